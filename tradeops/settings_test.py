@@ -1,0 +1,15 @@
+"""Settings for the test suite: the production settings plus fixed, test-only secrets and fast hashing.
+
+DATABASE_URL / CELERY_BROKER_URL still come from the environment, so the same suite runs on SQLite and on MariaDB.
+"""
+
+import os
+
+# Test-only keys (never used anywhere else). setdefault: an explicit environment still wins.
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-production")
+os.environ.setdefault("FIELD_ENCRYPTION_KEY", "2rrJ6Kp0d3hL2n-1mGsB5t4hXn3PqGQ8l2c7Ew5oW0Y=")
+os.environ.setdefault("TRADEOPS_VAR_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "var", "test"))
+
+from .settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

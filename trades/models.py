@@ -1,0 +1,236 @@
+"""Accounts, trades and the audit trail.
+
+A trade's state only changes through `TradeQuerySet.compare_and_set`: one `UPDATE … WHERE status=<expected>` plus one
+TradeEvent in the same transaction. The contract methods (`update_pending_to_filled`,
+`update_pending_by_entry_order_id`) and the reconciliation rule all go through it.
+"""
+
+import logging
+from datetime import timedelta
+from decimal import Decimal
+
+from django.core.validators import RegexValidator
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .db import retry_transient_db_errors
+from .fields import EncryptedTextField
+
+logger = logging.getLogger(__name__)
+
+# Binance: newClientOrderId must match ^[\.A-Z\:/a-z0-9_-]{1,36}$
+CLIENT_ORDER_ID_MAX_LENGTH = 36
+client_order_id_validator = RegexValidator(
+    r"^[\.A-Z\:/a-z0-9_-]{1,36}$", "Binance allows 1-36 characters of letters, digits and . : / _ -"
+)
+
+MONEY = {"max_digits": 28, "decimal_places": 10}  # DECIMAL(28,10): 1e-8 steps and prices to 10^17
+
+
+class Account(models.Model):
+    name = models.CharField(max_length=64, unique=True)
+    api_key = models.CharField(max_length=128)
+    api_secret = EncryptedTextField(help_text="Encrypted at rest with FIELD_ENCRYPTION_KEY; never shown.")
+    is_active = models.BooleanField(default=True)
+    use_testnet = models.BooleanField(default=False, help_text="Talk to Binance's futures testnet URLs.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def __repr__(self):  # never include the keys
+        return f"<Account {self.pk} {self.name!r}>"
+
+
+class TradeQuerySet(models.QuerySet):
+    def pending(self):
+        return self.filter(status=Trade.Status.PENDING)
+
+    def get_pending_recent(self, account_id, limit=50, max_age_sec=86400):
+        """Pending trades of one account created within max_age_sec, newest first, at most `limit`."""
+        since = timezone.now() - timedelta(seconds=max_age_sec)
+        return list(
+            self.filter(account_id=account_id, status=Trade.Status.PENDING, created_at__gte=since)
+            .order_by("-created_at", "-pk")[:limit]
+        )
+
+    def compare_and_set(
+        self,
+        lookup: dict,
+        *,
+        expected_status: str,
+        changes: dict,
+        source: str,
+        condition: Q | None = None,
+        payload: dict | None = None,
+        actor: str = "",
+    ):
+        """Apply `changes` to the one trade matching `lookup` if it is still in `expected_status` (and `condition`).
+
+        One UPDATE and, when it changed the row, one TradeEvent, in one transaction. Returns the updated trade, or
+        None when the row was not in the expected state (someone else got there first, or nothing to do).
+        """
+        now = timezone.now()
+        filters = Q(**lookup) & Q(status=expected_status)
+        if condition is not None:
+            filters &= condition
+        with transaction.atomic():
+            if self.filter(filters).update(**changes, updated_at=now) != 1:
+                return None
+            trade = self.get(**lookup)
+            TradeEvent.objects.create(
+                trade=trade,
+                created_at=now,
+                source=source,
+                from_status=expected_status,
+                to_status=trade.status,
+                filled_qty=trade.filled_qty,
+                payload=payload or {},
+                actor=actor,
+            )
+        return trade
+
+    def _fill_pending(self, lookup: dict, *, order_id, filled_qty, avg_price, source: str, log_ref: str) -> bool:
+        filled_qty, avg_price = Decimal(filled_qty), Decimal(avg_price)
+        changes = {
+            "status": Trade.Status.OPEN,
+            "filled_qty": filled_qty,
+            "entry_price": avg_price,
+            "exchange_status": "FILLED",
+            "opened_at": timezone.now(),
+        }
+        if order_id is not None:
+            changes["entry_order_id"] = order_id
+        payload = {"order_id": order_id, "filled_qty": str(filled_qty), "avg_price": str(avg_price)}
+        try:
+            trade = retry_transient_db_errors(self.compare_and_set)(
+                lookup, expected_status=Trade.Status.PENDING, changes=changes, source=source, payload=payload
+            )
+        except Exception:
+            logger.exception("trade fill failed: account=%s %s source=%s", lookup.get("account_id"), log_ref, source)
+            raise
+        if trade is None:
+            logger.info("trade fill no-op (not pending): account=%s %s source=%s", lookup["account_id"], log_ref, source)
+            return False
+        logger.info(
+            "trade filled: account=%s %s source=%s trade=%s qty=%s avg_price=%s",
+            lookup["account_id"], log_ref, source, trade.pk, filled_qty, avg_price,
+        )
+        return True
+
+    def update_pending_to_filled(self, account_id, client_order_id, *, order_id, filled_qty, avg_price, source) -> bool:
+        """pending → open for the trade with this client order id. True only for the call that made the change."""
+        return self._fill_pending(
+            {"account_id": account_id, "client_order_id": client_order_id},
+            order_id=order_id, filled_qty=filled_qty, avg_price=avg_price, source=source,
+            log_ref=f"client_order_id={client_order_id}",
+        )
+
+    def update_pending_by_entry_order_id(self, account_id, entry_order_id, *, filled_qty, avg_price, source) -> bool:
+        """pending → open for the trade with this Binance order id. True only for the call that made the change.
+
+        Binance order ids are unique per symbol, not per account: if two pending trades of the account carry the
+        same id the fill is not guessed onto either; it is logged and left to a reconcile (which knows the symbol).
+        """
+        log_ref = f"entry_order_id={entry_order_id}"
+        candidates = list(
+            self.filter(account_id=account_id, entry_order_id=entry_order_id, status=Trade.Status.PENDING)
+            .values_list("pk", flat=True)[:2]
+        )
+        if len(candidates) > 1:
+            logger.error("trade fill refused: account=%s %s source=%s matches several pending trades",
+                         account_id, log_ref, source)
+            return False
+        if not candidates:
+            logger.info("trade fill no-op (no pending trade): account=%s %s source=%s", account_id, log_ref, source)
+            return False
+        return self._fill_pending(
+            {"pk": candidates[0], "account_id": account_id},
+            order_id=None, filled_qty=filled_qty, avg_price=avg_price, source=source, log_ref=log_ref,
+        )
+
+
+class Trade(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        OPEN = "open", "open"
+        CLOSED = "closed", "closed"
+        CANCELLED = "cancelled", "cancelled"
+        FAILED = "failed", "failed"
+
+    class Side(models.TextChoices):
+        BUY = "BUY", "BUY"
+        SELL = "SELL", "SELL"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="trades")
+    symbol = models.CharField(max_length=32)
+    side = models.CharField(max_length=4, choices=Side.choices)
+    quantity = models.DecimalField(**MONEY)
+    price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Limit price; empty for market orders.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    status_reason = models.CharField(max_length=255, blank=True, default="")
+    client_order_id = models.CharField(
+        max_length=CLIENT_ORDER_ID_MAX_LENGTH, null=True, blank=True, validators=[client_order_id_validator]
+    )
+    entry_order_id = models.BigIntegerField(null=True, blank=True, help_text="Binance orderId of the entry order.")
+    filled_qty = models.DecimalField(**MONEY, default=Decimal("0"))
+    entry_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Average fill price.")
+    exchange_status = models.CharField(max_length=24, blank=True, default="", help_text="Last Binance status seen.")
+    exchange_update_time = models.BigIntegerField(
+        null=True, blank=True, help_text="Binance updateTime (ms) of the last snapshot applied."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TradeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "client_order_id"], name="trade_unique_client_order_id"),
+        ]
+        indexes = [
+            # get_pending_recent: account + status, newest first.
+            models.Index(fields=["account", "status", "created_at"], name="trade_account_status_created"),
+            # WebSocket events and update_pending_by_entry_order_id look trades up by Binance order id.
+            models.Index(fields=["account", "entry_order_id"], name="trade_account_entry_order"),
+        ]
+
+    def __str__(self):
+        return f"{self.symbol} {self.side} {self.quantity} [{self.status}] {self.client_order_id or self.entry_order_id}"
+
+
+class TradeEvent(models.Model):
+    """One audit row per state change: who (source, actor) changed what (from → to) and on what evidence (payload)."""
+
+    class Source(models.TextChoices):
+        WS = "ws", "WebSocket"
+        REST_WAIT = "rest_wait", "REST wait"
+        RECONCILE = "reconcile", "reconcile"
+        CANCEL_VERIFY = "cancel_verify", "post-cancel verification"
+        POSITION_SYNC = "position_sync", "position sync"
+        ADMIN = "admin", "admin"
+        BOT = "bot", "bot"
+
+    trade = models.ForeignKey(Trade, on_delete=models.PROTECT, related_name="events")
+    created_at = models.DateTimeField(default=timezone.now)
+    source = models.CharField(max_length=32)
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16, blank=True)
+    filled_qty = models.DecimalField(**MONEY, null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    actor = models.CharField(max_length=150, blank=True, default="", help_text="Admin user, when a person acted.")
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["trade", "created_at"], name="tradeevent_trade_created")]
+
+    def __str__(self):
+        return f"{self.trade_id}: {self.from_status} → {self.to_status} ({self.source})"
