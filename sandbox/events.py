@@ -1,0 +1,48 @@
+"""User-data stream payloads, field for field as Binance's USDⓈ-M docs describe them.
+
+ORDER_TRADE_UPDATE: developers.binance.com/docs/derivatives/usds-margined-futures/user-data-streams/Event-Order-Update
+ACCOUNT_UPDATE:     .../user-data-streams/Event-Balance-and-Position-Update
+listenKeyExpired:   .../user-data-streams/Event-User-Data-Stream-Expired
+"""
+from __future__ import annotations
+
+from .models import q8
+
+
+def order_trade_update(order, exec_type: str, fill, now: int) -> dict:
+    s = order.symbol
+    return {
+        "e": "ORDER_TRADE_UPDATE", "E": now, "T": now,
+        "o": {
+            "s": s.symbol, "c": order.client_order_id, "S": order.side, "o": order.type,
+            "f": order.time_in_force, "q": s.fmt_qty(order.orig_qty), "p": s.fmt_price(order.price),
+            "ap": s.fmt_avg(order.avg_price), "sp": "0", "x": exec_type, "X": order.status,
+            "i": order.order_id, "l": s.fmt_qty(fill.qty) if fill else "0",
+            "z": s.fmt_qty(order.executed_qty), "L": s.fmt_price(fill.price) if fill else "0",
+            "N": "USDT", "n": q8(fill.commission) if fill else "0",
+            "T": order.update_time, "t": fill.trade_id if fill else 0,
+            "b": "0", "a": "0", "m": fill.maker if fill else False, "R": order.reduce_only,
+            "wt": "CONTRACT_PRICE", "ot": order.type, "ps": "BOTH", "cp": False,
+            "rp": q8(fill.realized_pnl) if fill else "0", "pP": False, "si": 0, "ss": 0,
+            "V": order.stp_mode, "pm": order.price_match, "gtd": order.good_till_date,
+        },
+    }
+
+
+def account_update(account, position, now: int) -> dict:
+    s = position.symbol
+    balance = q8(account.balance)
+    return {
+        "e": "ACCOUNT_UPDATE", "E": now, "T": now,
+        "a": {
+            "m": "ORDER",
+            "B": [{"a": "USDT", "wb": balance, "cw": balance, "bc": "0"}],
+            "P": [{"s": s.symbol, "pa": s.fmt_qty(position.amount), "ep": s.fmt_avg(position.entry_price),
+                   "bep": s.fmt_avg(position.entry_price), "cp": "0",
+                   "up": q8(position.unrealized()), "mt": "cross", "iw": "0", "ps": "BOTH"}],
+        },
+    }
+
+
+def listen_key_expired(key: str, now: int) -> dict:
+    return {"e": "listenKeyExpired", "E": now, "listenKey": key}

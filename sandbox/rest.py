@@ -1,0 +1,349 @@
+"""Binance USDⓈ-M Futures REST (/fapi/...): routing, weight, auth, faults, and the endpoint handlers.
+
+One aiohttp handler takes every /fapi request and dispatches on (method, path) from ROUTES, so the common
+work (fault injection, weight, X-MBX-APIKEY, HMAC signature, timestamp window) lives in one place.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from decimal import Decimal, InvalidOperation
+from urllib.parse import parse_qsl, unquote_plus
+
+from aiohttp import web
+
+from .errors import INVALID_API_KEY, INVALID_SIGNATURE, ApiError, mandatory
+
+NONE, USER_STREAM, SIGNED = 0, 1, 2
+JSON = "application/json"
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _int(params: dict, name: str, required: bool = False) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        if required:
+            raise mandatory(name)
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(-1100, f"Illegal characters found in parameter '{name}'; "
+                              "legal range is '^[0-9]{1,20}$'.") from None
+
+
+def _decimal(params: dict, name: str) -> Decimal | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise mandatory(name) from None
+    if not value.is_finite():
+        raise mandatory(name)
+    return value
+
+
+def _required(params: dict, name: str) -> str:
+    value = params.get(name)
+    if not value:
+        raise mandatory(name)
+    return value
+
+
+def _limit(params: dict, default: int = 500, maximum: int = 1000) -> int:
+    limit = _int(params, "limit")
+    if limit is None or limit <= 0:
+        return default
+    return min(limit, maximum)
+
+
+# --- endpoint handlers: (exchange, account or None, params) -> JSON-able -------------------------------
+def ping(ex, account, params):
+    return {}
+
+
+def server_time(ex, account, params):
+    return {"serverTime": ex.engine.now()}
+
+
+def exchange_info(ex, account, params):
+    return {
+        "timezone": "UTC", "serverTime": ex.engine.now(), "futuresType": "U_MARGINED",
+        "rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": ex.limiter.limit},
+            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+        ],
+        "exchangeFilters": [],
+        "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
+        "symbols": [s.exchange_info() for s in ex.engine.symbols.values()],
+    }
+
+
+def new_order(ex, account, params):
+    side = _required(params, "side")
+    if side not in ("BUY", "SELL"):
+        raise ApiError(-1117, "Invalid side.")
+    type_ = _required(params, "type")
+    if type_ not in ("LIMIT", "MARKET"):
+        raise ApiError(-1116, "Invalid orderType.")
+    quantity = _decimal(params, "quantity")
+    if quantity is None:
+        raise mandatory("quantity")
+    tif = params.get("timeInForce") or None
+    if tif is not None and tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
+        raise ApiError(-1115, "Invalid timeInForce.")
+    position_side = params.get("positionSide", "BOTH")
+    if position_side != "BOTH":
+        raise ApiError(-4061, "Order's position side does not match user's setting.")
+    reduce_only = params.get("reduceOnly", "false").lower()
+    if reduce_only not in ("true", "false"):
+        raise ApiError(-1130, "Data sent for parameter 'reduceOnly' is not valid.")
+    resp_type = params.get("newOrderRespType", "ACK")
+    if resp_type not in ("ACK", "RESULT"):
+        raise ApiError(-1136, "Invalid newOrderRespType.")
+    client_id = params.get("newClientOrderId")
+    if client_id == "":
+        raise ApiError(-1118, "New client order ID was empty.")
+    order = ex.engine.place_order(
+        account, symbol=_required(params, "symbol"), side=side, type=type_, quantity=quantity,
+        price=_decimal(params, "price"), time_in_force=tif, client_order_id=client_id,
+        reduce_only=reduce_only == "true", price_match=params.get("priceMatch", "NONE"),
+        stp_mode=params.get("selfTradePreventionMode", "EXPIRE_MAKER"),
+        good_till_date=_int(params, "goodTillDate") or 0)
+    if resp_type == "ACK":
+        # ACK (the default) answers as the order was accepted: NEW, nothing executed yet — also for MARKET.
+        snapshot = order.to_binance()
+        snapshot.update(status="NEW", executedQty="0", cumQuote="0", avgPrice=order.symbol.fmt_avg(Decimal(0)),
+                        updateTime=order.time)
+        return snapshot
+    return order.to_binance()
+
+
+def query_order(ex, account, params):
+    return ex.engine.query_order(account, _required(params, "symbol"), _int(params, "orderId"),
+                                 params.get("origClientOrderId")).to_binance()
+
+
+def cancel_order(ex, account, params):
+    return ex.engine.cancel_order(account, _required(params, "symbol"), _int(params, "orderId"),
+                                  params.get("origClientOrderId")).to_binance()
+
+
+def open_orders(ex, account, params):
+    return [o.to_binance() for o in ex.engine.open_orders(account, params.get("symbol") or None)]
+
+
+def all_orders(ex, account, params):
+    rows = ex.engine.all_orders(account, _required(params, "symbol"), _int(params, "orderId"),
+                                _int(params, "startTime"), _int(params, "endTime"), _limit(params))
+    return [o.to_binance() for o in rows]
+
+
+def user_trades(ex, account, params):
+    rows = ex.engine.user_trades(account, _required(params, "symbol"), _int(params, "orderId"),
+                                 _int(params, "startTime"), _int(params, "endTime"), _int(params, "fromId"),
+                                 _limit(params))
+    return [f.to_binance() for f in rows]
+
+
+def _positions(ex, account, params):
+    symbol = params.get("symbol") or None
+    if symbol is not None:
+        ex.engine.symbol(symbol)
+    return symbol
+
+
+def position_risk_v2(ex, account, params):
+    """v2: every symbol (one row each in one-way mode), zero positions included."""
+    from .models import Position
+    symbol = _positions(ex, account, params)
+    rows = []
+    for name, sym in ex.engine.symbols.items():
+        if symbol is None or name == symbol:
+            rows.append((account.positions.get(name) or Position(sym)).risk_v2())
+    return rows
+
+
+def position_risk_v3(ex, account, params):
+    """v3: only symbols with a position (Binance also lists those with open orders; so do we)."""
+    from .models import Position
+    symbol = _positions(ex, account, params)
+    with_orders = {o.symbol.symbol for o in account.orders.values() if o.is_open}
+    rows = []
+    for name, sym in ex.engine.symbols.items():
+        pos = account.positions.get(name)
+        if (symbol is None or name == symbol) and ((pos is not None and pos.amount) or name in with_orders):
+            rows.append((pos or Position(sym)).risk_v3())
+    return rows
+
+
+def listen_key_new(ex, account, params):
+    return {"listenKey": ex.engine.listen_key_create(account)}
+
+
+def listen_key_keepalive(ex, account, params):
+    return {"listenKey": ex.engine.listen_key_keepalive(account, params.get("listenKey") or None)}
+
+
+def listen_key_close(ex, account, params):
+    ex.engine.listen_key_close(account, params.get("listenKey") or None)
+    return {}
+
+
+# (method, path) -> (weight, security, handler). openOrders weighs 40 without a symbol (see _weight).
+ROUTES = {
+    ("GET", "/fapi/v1/ping"): (1, NONE, ping),
+    ("GET", "/fapi/v1/time"): (1, NONE, server_time),
+    ("GET", "/fapi/v1/exchangeInfo"): (1, NONE, exchange_info),
+    ("POST", "/fapi/v1/order"): (1, SIGNED, new_order),
+    ("GET", "/fapi/v1/order"): (1, SIGNED, query_order),
+    ("DELETE", "/fapi/v1/order"): (1, SIGNED, cancel_order),
+    ("GET", "/fapi/v1/openOrders"): (1, SIGNED, open_orders),
+    ("GET", "/fapi/v1/allOrders"): (5, SIGNED, all_orders),
+    ("GET", "/fapi/v1/userTrades"): (5, SIGNED, user_trades),
+    ("GET", "/fapi/v2/positionRisk"): (5, SIGNED, position_risk_v2),
+    ("GET", "/fapi/v3/positionRisk"): (5, SIGNED, position_risk_v3),
+    ("POST", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_new),
+    ("PUT", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_keepalive),
+    ("DELETE", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_close),
+}
+
+
+def _split_signature(raw: str) -> tuple[str, str] | None:
+    i = raw.rfind("signature=")
+    if i < 0 or (i > 0 and raw[i - 1] != "&"):
+        return None
+    return raw[:max(i - 1, 0)], raw[i + 10:]
+
+
+def _check_signature(account, query: str, body: str) -> None:
+    found = _split_signature(body) if "signature=" in body else None
+    if found is not None:
+        payload, signature = query + found[0], found[1]
+    else:
+        found = _split_signature(query)
+        if found is None:
+            raise mandatory("signature")
+        payload, signature = found
+    secret = account.api_secret.encode()
+    signature = signature.lower()
+    expected = hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
+    if hmac.compare_digest(expected, signature):
+        return
+    # python-binance signs the raw values but sends a form-encoded body: accept the decoded form too.
+    decoded = unquote_plus(payload)
+    if decoded != payload and hmac.compare_digest(
+            hmac.new(secret, decoded.encode(), hashlib.sha256).hexdigest(), signature):
+        return
+    raise ApiError(*INVALID_SIGNATURE)
+
+
+def _check_timestamp(ex, params: dict) -> None:
+    timestamp = _int(params, "timestamp", required=True)
+    recv_window = _int(params, "recvWindow")
+    if recv_window is None:
+        recv_window = 5000
+    elif recv_window <= 0 or recv_window > 60000:
+        raise ApiError(-1130, "Data sent for parameter 'recvWindow' is not valid.")
+    # Checked against the sandbox clock and the real clock: either passing is enough, so advancing the
+    # sandbox clock does not invalidate clients that stamp requests with their own (real) time.
+    for server in (ex.engine.now(), int(time.time() * 1000)):
+        if timestamp < server + 1000 and server - timestamp <= recv_window:
+            return
+    if timestamp >= server + 1000:
+        raise ApiError(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")
+    raise ApiError(-1021, "Timestamp for this request is outside of the recvWindow.")
+
+
+def _fault_response(ex, fault, now: int) -> web.Response:
+    kind = fault.kind
+    if kind == "500":
+        return _json(500, {"code": -1000, "msg": "An unknown error occured while processing the request."})
+    if kind == "502":
+        return web.Response(status=502, text="<html><body><h1>502 Bad Gateway</h1></body></html>",
+                            content_type="text/html")
+    if kind == "503":
+        return _json(503, {"code": -1008, "msg": "Service Unavailable."})
+    if kind == "429":
+        retry = 60 - (now // 1000) % 60
+        return _json(429, {"code": -1003, "msg": f"Too many requests; current limit is {ex.limiter.limit} "
+                           "requests per minute. Please use the websocket for live updates to avoid polling the API."},
+                     {"Retry-After": str(retry)})
+    return _json(418, {"code": -1003, "msg": f"Way too many requests; IP banned until {now + 120000}. "
+                       "Please use the websocket for live updates to avoid bans."}, {"Retry-After": "120"})
+
+
+UNKNOWN_503 = {"code": -1000, "msg": "Unknown error, please check your request or try again later."}
+
+
+def _json(status: int, body, headers: dict | None = None) -> web.Response:
+    return web.Response(status=status, body=_dumps(body).encode(), content_type=JSON, headers=headers)
+
+
+def make_handler(ex):
+    engine, limiter, stats, faults = ex.engine, ex.limiter, ex.stats, ex.faults
+
+    async def handle(request: web.Request) -> web.Response:
+        method, path = request.method, request.path
+        endpoint = f"{method} {path}"
+        route = ROUTES.get((method, path))
+        if route is None:
+            stats.record(endpoint, 0, 404)
+            return _json(404, {"code": -1000, "msg": f"Path {path}, Method {method} is invalid"})
+        body = (await request.read()).decode() if request.can_read_body else ""
+        fault = faults.take(path, method) if faults.rules else None
+        unknown_after = False
+        if fault is not None:
+            if fault.kind == "hang":
+                await asyncio.sleep(fault.hang_sec)   # then served normally: the client has given up by now
+            elif fault.kind == "503_unknown_placed":
+                unknown_after = True                  # executed, then answered 503 "execution status unknown"
+            else:
+                stats.record(endpoint, 0, int(fault.kind))
+                return _fault_response(ex, fault, engine.now())
+        weight, security, handler = route
+        query = request.rel_url.raw_query_string
+        params = dict(parse_qsl(body)) if body else {}
+        if query:
+            params.update(parse_qsl(query))           # the query string wins, as on Binance
+        if handler is open_orders and not params.get("symbol"):
+            weight = 40
+        api_key = request.headers.get("X-MBX-APIKEY")
+        now = engine.now()
+        used, limited, retry = limiter.charge(api_key or f"ip:{request.remote}", weight, now)
+        headers = {"X-MBX-USED-WEIGHT-1M": str(used)}
+        try:
+            if limited:
+                headers["Retry-After"] = str(retry)
+                if limited == 429:
+                    raise ApiError(-1003, f"Too many requests; current limit is {limiter.limit} requests per "
+                                   "minute. Please use the websocket for live updates to avoid polling the API.", 429)
+                raise ApiError(-1003, f"Way too many requests; IP banned until {now + retry * 1000}. Please use "
+                               "the websocket for live updates to avoid bans.", 418)
+            account = None
+            if security != NONE:
+                if not api_key:
+                    raise ApiError(-2014, "API-key format invalid.", 401)
+                account = engine.accounts.get(api_key)
+                if account is None:
+                    raise ApiError(*INVALID_API_KEY, 401)
+                if security == SIGNED:
+                    _check_signature(account, query, body)
+                    _check_timestamp(ex, params)
+            result = handler(ex, account, params)
+            status, payload = 200, result
+        except ApiError as err:
+            status, payload = err.status, err.body()
+            headers.update(err.headers)
+        if unknown_after:
+            status, payload = 503, UNKNOWN_503
+        stats.record(endpoint, weight, status)
+        return web.Response(status=status, body=_dumps(payload).encode(), content_type=JSON, headers=headers)
+
+    return handle

@@ -1,0 +1,112 @@
+"""User-data WebSocket: ``/private/ws?listenKey=<key>`` (Binance's current routing) and legacy ``/ws/<key>``.
+
+Each connection has a queue and one writer task, so events go out in the order the engine made them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from aiohttp import WSMsgType, web
+
+from . import events
+
+log = logging.getLogger(__name__)
+CONNECTION_MAX_MS = 24 * 60 * 60 * 1000   # Binance closes a user-data connection after 24 hours
+_CLOSE = object()
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class Connection:
+    __slots__ = ("api_key", "listen_key", "connected_at", "ws", "request", "queue")
+
+    def __init__(self, api_key, listen_key, connected_at, ws, request):
+        self.api_key, self.listen_key, self.connected_at = api_key, listen_key, connected_at
+        self.ws, self.request = ws, request
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+
+class Hub:
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.connections: dict[str, set[Connection]] = {}   # api_key -> live connections
+        engine.on_event = self.publish
+        engine.on_listen_key_gone = self.listen_key_gone
+
+    def reset(self) -> None:
+        for api_key in list(self.connections):
+            self.drop(api_key, abort=False)
+
+    def publish(self, account, event: dict) -> None:
+        conns = self.connections.get(account.api_key)
+        if conns:
+            data = _dumps(event)
+            for conn in conns:
+                if conn.listen_key == account.listen_key:
+                    conn.queue.put_nowait(data)
+
+    def listen_key_gone(self, account, key: str, expired: bool) -> None:
+        for conn in list(self.connections.get(account.api_key, ())):
+            if conn.listen_key == key:
+                if expired:
+                    conn.queue.put_nowait(_dumps(events.listen_key_expired(key, self.engine.now())))
+                conn.queue.put_nowait(_CLOSE)
+
+    def drop(self, api_key: str, abort: bool = True) -> int:
+        """Cut the account's connections as a network failure would (TCP reset, no close frame)."""
+        conns = list(self.connections.get(api_key, ()))
+        for conn in conns:
+            transport = conn.request.transport
+            if abort and transport is not None:
+                transport.abort()
+            else:
+                conn.queue.put_nowait(_CLOSE)
+        return len(conns)
+
+    def close_old_connections(self) -> None:
+        now = self.engine.now()
+        for conns in self.connections.values():
+            for conn in conns:
+                if now - conn.connected_at >= CONNECTION_MAX_MS:
+                    conn.queue.put_nowait(_CLOSE)
+
+    def count(self, api_key: str) -> int:
+        return len(self.connections.get(api_key, ()))
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info.get("listen_key") or request.query.get("listenKey", "")
+        account = self.engine.account_for_listen_key(key)
+        if account is None:
+            return web.json_response({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        conn = Connection(account.api_key, key, self.engine.now(), ws, request)
+        self.connections.setdefault(account.api_key, set()).add(conn)
+        writer = asyncio.ensure_future(self._write(conn))
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            writer.cancel()
+            conns = self.connections.get(account.api_key)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self.connections[account.api_key]
+        return ws
+
+    async def _write(self, conn: Connection) -> None:
+        try:
+            while True:
+                item = await conn.queue.get()
+                if item is _CLOSE:
+                    await conn.ws.close()
+                    return
+                await conn.ws.send_str(item)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass
+        except Exception:   # never let a writer die silently with the socket open
+            log.exception("user-data writer failed")
+            await conn.ws.close()

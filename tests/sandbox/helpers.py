@@ -1,0 +1,30 @@
+"""Helpers for the sandbox tests."""
+from __future__ import annotations
+
+import time
+
+from binance.client import Client
+
+
+def binance_client(handle, account, **kwargs) -> Client:
+    """python-binance's own Client, pointed at the sandbox the way the project's gateway does it."""
+    client = Client(account["api_key"], account["api_secret"], ping=False, **kwargs)
+    client.FUTURES_URL = handle.rest_url + "/fapi"
+    return client
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def limit_buy(client, qty="0.010", price="50000", **kwargs):
+    return client.futures_create_order(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC",
+                                       quantity=qty, price=price, **kwargs)
