@@ -1,7 +1,9 @@
 import pytest
 from django.db import connection
 
-# (sandbox fixtures are registered here once the sandbox lands)
+from tests.factories import AccountFactory
+
+pytest_plugins = ["sandbox.pytest_plugin"]
 
 
 @pytest.fixture
@@ -16,3 +18,29 @@ def admin_client_logged_in(client, django_user_model):
     user = django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-for-tests-only")
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def binance(exchange, settings):
+    """The sandbox exchange (reset for this test), with the settings pointing every Binance URL at it."""
+    settings.BINANCE_FUTURES_REST_URL = exchange.rest_url
+    settings.BINANCE_FUTURES_WS_URL = exchange.ws_url
+    settings.BINANCE_FUTURES_TESTNET_REST_URL = exchange.rest_url
+    settings.BINANCE_FUTURES_TESTNET_WS_URL = exchange.ws_url
+    return exchange
+
+
+@pytest.fixture
+def make_account(binance, db):
+    """make_account(**fields) → a DB Account whose keys are a fresh sandbox account's."""
+
+    def make(**fields):
+        creds = binance.control.create_account()
+        return AccountFactory(api_key=creds["api_key"], api_secret=creds["api_secret"], **fields)
+
+    return make
+
+
+@pytest.fixture
+def account(make_account):
+    return make_account()

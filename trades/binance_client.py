@@ -1,0 +1,451 @@
+"""One account's gateway to Binance USDⓈ-M Futures, over python-binance.
+
+Knows Binance, not models or trade states: it takes keys (or an account-like object), returns Binance's own dicts
+(string decimals untouched) and maps Binance's failures to the few exceptions in `trades.exceptions`.
+
+How it uses python-binance 1.0.37 (read from its source, `binance/client.py` and `base_client.py`):
+
+* ``Client(api_key, api_secret, requests_params={"timeout": t}, ping=False)``: ``ping=False`` because the default
+  pings *spot* (api.binance.com), unreachable offline and irrelevant here; ``FUTURES_URL`` is replaced on the
+  instance by ``{rest_url}/fapi`` so URIs are ``{rest_url}/fapi/v1/<path>``. Never ``testnet=True``: that would
+  swap in python-binance's hard-coded testnet URL, and our settings already say where the testnet is.
+* Every call goes through ``Client._request_futures_api`` → ``Client._request`` → the client's own
+  ``requests.Session`` (one per gateway, keep-alive, the ``X-MBX-APIKEY`` header set once on the session).
+  Signed calls get ``timestamp`` + ``recvWindow`` (``REQUEST_RECVWINDOW``, set per instance) and an HMAC-SHA256
+  ``signature``; GET parameters go in the query string, POST/PUT parameters in the form body. python-binance puts
+  DELETE parameters in the body; we pass ``force_params=True`` so they go in the query string, which Binance
+  documents for every method and which no proxy strips.
+* python-binance does **not** retry: ``_request`` makes one ``session.<method>()`` call, and requests' default
+  adapter has ``max_retries=0`` (urllib3 ``Retry(0, read=False)``), so a POST is never replayed behind our back.
+  We do not retry either — retries belong to the Celery task (``trades.exceptions.TRANSIENT_ERRORS``).
+* Errors: non-2xx → ``BinanceAPIException`` (carries the ``requests.Response``); 2xx with a non-JSON body →
+  ``BinanceRequestException``; transport failures surface as ``requests`` exceptions. We map all of them from the
+  raw response (status, ``Retry-After``, body) with ``trades.exceptions.error_from_response`` /
+  ``error_from_transport`` — python-binance's own message would embed whole HTML pages.
+* ``client.response`` holds the last ``requests.Response``; ``used_weight`` reads ``X-MBX-USED-WEIGHT-1M`` from it.
+
+Keys never leave this object: python-binance logs request details only with ``verbose=True`` (never set here);
+urllib3's DEBUG lines show the URL (signature, no key); our log lines and exception messages carry the account
+label, the endpoint and Binance's message, with the key and secret scrubbed from any text we did not write; the
+exceptions hold no response object and are raised ``from None``.
+
+Not thread-safe (python-binance keeps per-call state on the client): one gateway per account per thread/task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from binance.client import Client
+from binance.exceptions import BinanceAPIException, BinanceRequestException
+
+from trades.exceptions import (
+    TRANSIENT_ERRORS,
+    ClockSkew,
+    ExchangeError,
+    ExchangeUnavailable,
+    ListenKeyExpired,
+    OrderNotFound,
+    RateLimited,
+    TransientExchangeError,
+    UnknownOrder,
+    error_from_response,
+    error_from_transport,
+)
+
+__all__ = [
+    "BinanceFuturesClient",
+    "ExchangeError",
+    "OrderNotFound",
+    "UnknownOrder",
+    "ListenKeyExpired",
+    "ClockSkew",
+    "TransientExchangeError",
+    "RateLimited",
+    "ExchangeUnavailable",
+    "TRANSIENT_ERRORS",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REST_URL = "https://fapi.binance.com"
+DEFAULT_TESTNET_REST_URL = "https://testnet.binancefuture.com"
+DEFAULT_HTTP_TIMEOUT = 10.0
+DEFAULT_RECV_WINDOW = 5000
+
+ALL_ORDERS_PAGE_LIMIT = 1000  # Binance's maximum for GET /fapi/v1/allOrders
+# allOrders rejects startTime..endTime spans of 7 days or more; endTime is inclusive, so a window of 7 d - 1 ms
+# covers [start, start + 7 d) exactly and consecutive windows neither overlap nor leave a gap.
+ALL_ORDERS_MAX_WINDOW_MS = 7 * 24 * 3600 * 1000 - 1
+
+
+class BinanceFuturesClient:
+    """Gateway for one Binance USDⓈ-M Futures account. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: str,
+        *,
+        rest_url: str = DEFAULT_REST_URL,
+        timeout: float = DEFAULT_HTTP_TIMEOUT,
+        recv_window: int = DEFAULT_RECV_WINDOW,
+        account_label: str = "",
+    ) -> None:
+        self.rest_url = rest_url.rstrip("/")
+        self._host = urlsplit(self.rest_url).netloc
+        self.timeout = float(timeout)
+        self.recv_window = int(recv_window)
+        self.account_label = account_label or "account"
+        self.http_calls = 0
+        self._used_weight: int | None = None
+        self._time_sync_due = False
+        self._secrets = tuple(s for s in (api_key, api_secret) if s and len(s) >= 4)
+
+        self._client = Client(
+            api_key,
+            api_secret,
+            requests_params={"timeout": self.timeout},
+            ping=False,
+        )
+        self._client.FUTURES_URL = f"{self.rest_url}/fapi"
+        self._client.REQUEST_TIMEOUT = self.timeout
+        self._client.REQUEST_RECVWINDOW = self.recv_window
+
+    @classmethod
+    def for_account(cls, account: Any) -> BinanceFuturesClient:
+        """Gateway for an account-like object (``api_key``, ``api_secret`` in plain text, optional ``use_testnet``,
+        ``name``, ``pk``); URLs, timeout and recvWindow come from Django settings when configured."""
+        use_testnet = bool(getattr(account, "use_testnet", False))
+        if use_testnet:
+            rest_url = _setting("BINANCE_FUTURES_TESTNET_REST_URL", DEFAULT_TESTNET_REST_URL)
+        else:
+            rest_url = _setting("BINANCE_FUTURES_REST_URL", DEFAULT_REST_URL)
+        label = f"{getattr(account, 'name', '') or 'account'}#{getattr(account, 'pk', '?')}"
+        return cls(
+            account.api_key,
+            account.api_secret,
+            rest_url=rest_url,
+            timeout=_setting("BINANCE_HTTP_TIMEOUT", DEFAULT_HTTP_TIMEOUT),
+            recv_window=_setting("BINANCE_RECV_WINDOW", DEFAULT_RECV_WINDOW),
+            account_label=label,
+        )
+
+    def __repr__(self) -> str:
+        return f"<BinanceFuturesClient {self.account_label} {self.rest_url}>"
+
+    def close(self) -> None:
+        """Close the keep-alive session."""
+        self._client.session.close()
+
+    def __enter__(self) -> BinanceFuturesClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ facts about the last responses
+
+    @property
+    def used_weight(self) -> int:
+        """``X-MBX-USED-WEIGHT-1M`` of the latest response that carried it (0 before any)."""
+        return self._used_weight or 0
+
+    # ------------------------------------------------------------------ orders
+
+    def get_order(self, symbol: str, order_id: int | str) -> dict | None:
+        """GET /fapi/v1/order by orderId → the order, or None when Binance says it does not exist (-2013)."""
+        return self._get_order_or_none({"symbol": symbol, "orderId": order_id})
+
+    def get_order_by_client_order_id(self, symbol: str, client_order_id: str) -> dict | None:
+        """GET /fapi/v1/order by origClientOrderId → the order, or None (-2013)."""
+        return self._get_order_or_none({"symbol": symbol, "origClientOrderId": client_order_id})
+
+    def _get_order_or_none(self, params: dict) -> dict | None:
+        try:
+            return self._call("get", "order", params)
+        except OrderNotFound:
+            return None
+
+    def place_order(
+        self,
+        symbol: str,
+        side: str,
+        quantity: Decimal | str | int,
+        *,
+        order_type: str = "LIMIT",
+        price: Decimal | str | int | None = None,
+        client_order_id: str | None = None,
+        time_in_force: str = "GTC",
+        reduce_only: bool = False,
+    ) -> dict:
+        """POST /fapi/v1/order → Binance's answer.
+
+        If it raises with ``execution_unknown`` True (503 "Unknown error…", timeout after sending, …) the order
+        **may exist**: keep the trade pending and look it up by ``exc.client_order_id``. Without a
+        ``client_order_id`` one is generated, so there is always something to look up.
+        """
+        order_type = order_type.upper()
+        params: dict[str, Any] = {
+            "symbol": symbol,
+            "side": side.upper(),
+            "type": order_type,
+            "quantity": _decimal_str(quantity, "quantity"),
+            "newClientOrderId": client_order_id or new_client_order_id(),
+        }
+        if order_type == "LIMIT":
+            if price is None:
+                raise ValueError("a LIMIT order needs a price")
+            params["price"] = _decimal_str(price, "price")
+            params["timeInForce"] = time_in_force
+        elif price is not None:
+            raise ValueError(f"a {order_type} order takes no price")
+        if reduce_only:
+            params["reduceOnly"] = "true"
+        try:
+            return self._call("post", "order", params)
+        except ExchangeError as exc:
+            exc.client_order_id = params["newClientOrderId"]
+            raise
+
+    def cancel_order(
+        self, symbol: str, *, order_id: int | str | None = None, client_order_id: str | None = None
+    ) -> dict:
+        """DELETE /fapi/v1/order → the cancelled order. -2011 (not open any more: filled, cancelled, unknown)
+        raises UnknownOrder — verify the order's state, it may have just filled."""
+        if order_id is None and client_order_id is None:
+            raise ValueError("cancel_order needs order_id or client_order_id")
+        params: dict[str, Any] = {"symbol": symbol}
+        if order_id is not None:
+            params["orderId"] = order_id
+        if client_order_id is not None:
+            params["origClientOrderId"] = client_order_id
+        return self._call("delete", "order", params, force_params=True)
+
+    def get_open_orders(self, symbol: str | None = None) -> list[dict]:
+        """GET /fapi/v1/openOrders (weight 1 with a symbol, 40 without)."""
+        return self._call("get", "openOrders", {"symbol": symbol} if symbol else {})
+
+    def get_all_orders(
+        self, symbol: str, start_time: int | None = None, end_time: int | None = None
+    ) -> list[dict]:
+        """Every order of ``symbol`` created in [start_time, end_time] (ms), sorted by orderId.
+
+        GET /fapi/v1/allOrders (weight 5 per page) returns at most 1000 orders and refuses spans of 7 days or more.
+        Longer spans are split into consecutive windows of 7 d - 1 ms; a full page is followed by the next one from
+        the last orderId + 1 ("orders >= that orderId", oldest first) within the same window. With no ``end_time``
+        the last window has no endTime, so a local clock behind the exchange's cannot hide the newest orders.
+
+        With neither bound: one call for Binance's default (the most recent orders of the last 7 days); only if
+        that page is full, the gateway syncs its clock with the exchange and pages through the last 7 days.
+        """
+        if start_time is None and end_time is None:
+            page = self._call("get", "allOrders", {"symbol": symbol, "limit": ALL_ORDERS_PAGE_LIMIT})
+            if len(page) < ALL_ORDERS_PAGE_LIMIT:
+                return sorted(page, key=lambda order: int(order["orderId"]))
+            self.sync_time()
+            start_time = self.exchange_time_ms() - ALL_ORDERS_MAX_WINDOW_MS
+        orders: dict[int, dict] = {}
+        for window_start, window_end in self._all_orders_windows(start_time, end_time):
+            from_order_id: int | None = None
+            while True:
+                params: dict[str, Any] = {"symbol": symbol, "startTime": window_start, "limit": ALL_ORDERS_PAGE_LIMIT}
+                if window_end is not None:
+                    params["endTime"] = window_end
+                if from_order_id is not None:
+                    params["orderId"] = from_order_id
+                page = self._call("get", "allOrders", params)
+                for order in page:
+                    orders[int(order["orderId"])] = order
+                if len(page) < ALL_ORDERS_PAGE_LIMIT:
+                    break
+                next_id = max(int(order["orderId"]) for order in page) + 1
+                if from_order_id is not None and next_id <= from_order_id:
+                    break  # an exchange that ignored orderId would loop forever; what we have is all we get
+                from_order_id = next_id
+        return [orders[order_id] for order_id in sorted(orders)]
+
+    def _all_orders_windows(self, start_time: int | None, end_time: int | None) -> list[tuple[int, int | None]]:
+        if start_time is None:  # only end_time: Binance's own default, the 7 days up to it
+            start_time = int(end_time) - ALL_ORDERS_MAX_WINDOW_MS
+        open_ended = end_time is None
+        last = max(self.exchange_time_ms(), int(start_time)) if open_ended else int(end_time)
+        if last < start_time:
+            raise ValueError("start_time is after end_time")
+        windows: list[tuple[int, int | None]] = []
+        window_start = int(start_time)
+        while True:
+            window_end = window_start + ALL_ORDERS_MAX_WINDOW_MS
+            if window_end >= last:
+                windows.append((window_start, None if open_ended else last))
+                return windows
+            windows.append((window_start, window_end))
+            window_start = window_end + 1
+
+    # ------------------------------------------------------------------ account
+
+    def get_positions(self) -> list[dict]:
+        """GET /fapi/v3/positionRisk (weight 5): the symbols with a position or open orders, one entry per
+        position side, string decimals. (v2 lists every symbol, zeros included; v3 is what Binance and
+        python-binance use now.)"""
+        return self._call("get", "positionRisk", {}, version=3)
+
+    def get_user_trades(
+        self,
+        symbol: str,
+        start_time: int | None = None,
+        from_id: int | None = None,
+        limit: int = 500,
+    ) -> list[dict]:
+        """GET /fapi/v1/userTrades (Binance: at most 1000 per call; fromId and startTime are exclusive there)."""
+        params: dict[str, Any] = {"symbol": symbol, "limit": limit}
+        if start_time is not None:
+            params["startTime"] = start_time
+        if from_id is not None:
+            params["fromId"] = from_id
+        return self._call("get", "userTrades", params)
+
+    # ------------------------------------------------------------------ user-data stream
+
+    def create_listen_key(self) -> str:
+        """POST /fapi/v1/listenKey (API key, no signature). Binance returns the account's current key if one is
+        still valid, extending it."""
+        return self._call("post", "listenKey", {}, signed=False)["listenKey"]
+
+    def keepalive_listen_key(self, listen_key: str) -> None:
+        """PUT /fapi/v1/listenKey; every < 60 min. -1125 (or a 404 at the gateway) → ListenKeyExpired."""
+        self._call("put", "listenKey", {"listenKey": listen_key}, signed=False)
+
+    def close_listen_key(self, listen_key: str) -> None:
+        """DELETE /fapi/v1/listenKey."""
+        self._call("delete", "listenKey", {"listenKey": listen_key}, signed=False, force_params=True)
+
+    # ------------------------------------------------------------------ time
+
+    def exchange_time_ms(self) -> int:
+        """Our best idea of the exchange's clock: local clock + the offset from the last ``sync_time``."""
+        return int(time.time() * 1000 + self._client.timestamp_offset)
+
+    def sync_time(self) -> int:
+        """GET /fapi/v1/time; afterwards signed requests carry timestamps in the exchange's clock. Returns the
+        offset in ms. Runs by itself before the next signed call after a -1021 (ClockSkew)."""
+        sent = time.time() * 1000
+        server_time = self._call("get", "time", {}, signed=False)["serverTime"]
+        received = time.time() * 1000
+        self._client.timestamp_offset = int(server_time - (sent + received) / 2)
+        self._time_sync_due = False
+        return self._client.timestamp_offset
+
+    # ------------------------------------------------------------------ the one HTTP path
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any],
+        *,
+        signed: bool = True,
+        version: int = 1,
+        force_params: bool = False,
+    ) -> Any:
+        if signed and self._time_sync_due:
+            self.sync_time()
+        endpoint = f"{method.upper()} /fapi/v{version}/{path}"
+        kwargs: dict[str, Any] = {"data": dict(params)}
+        if force_params:
+            kwargs["force_params"] = True
+        self._client.response = None
+        self.http_calls += 1
+        started = time.monotonic()
+        try:
+            result = self._client._request_futures_api(method, path, signed, version, **kwargs)
+        except BinanceAPIException as exc:
+            error = self._error_from_response(exc.response, method, endpoint)
+        except BinanceRequestException:  # a 2xx whose body is not JSON
+            error = self._error_from_response(self._client.response, method, endpoint)
+        except requests.RequestException as exc:
+            error = error_from_transport(
+                exc, method=method, endpoint=endpoint, host=self._host, timeout=self.timeout, scrub=self._scrub
+            )
+        except (ValueError, TypeError, AttributeError, KeyError):
+            # python-binance chokes on some bodies (e.g. a JSON string or list as an error body); if a response
+            # arrived, judge it ourselves, otherwise it is a bug and should surface as one.
+            if self._client.response is None:
+                raise
+            error = self._error_from_response(self._client.response, method, endpoint)
+        else:
+            self._note_response(self._client.response)
+            logger.debug(
+                "binance %s %s -> %s in %.0f ms (used weight %s)",
+                self.account_label,
+                endpoint,
+                getattr(self._client.response, "status_code", "?"),
+                (time.monotonic() - started) * 1000,
+                self._used_weight,
+            )
+            return result
+
+        self._note_response(self._client.response)
+        if isinstance(error, ClockSkew):
+            self._time_sync_due = True
+        level = logging.WARNING if isinstance(error, TransientExchangeError) else logging.DEBUG
+        logger.log(
+            level,
+            "binance %s %s failed in %.0f ms: %s: %s",
+            self.account_label,
+            endpoint,
+            (time.monotonic() - started) * 1000,
+            type(error).__name__,
+            error,
+        )
+        # `from None`: the python-binance/requests exception holds the request, whose headers carry the API key.
+        raise error from None
+
+    def _note_response(self, response: requests.Response | None) -> None:
+        if response is None:
+            return
+        weight = response.headers.get("X-MBX-USED-WEIGHT-1M")
+        if weight is not None:
+            try:
+                self._used_weight = int(weight)
+            except ValueError:
+                pass
+
+    def _error_from_response(self, response: requests.Response | None, method: str, endpoint: str) -> ExchangeError:
+        return error_from_response(
+            response, method=method, endpoint=endpoint, exchange_now_ms=self.exchange_time_ms(), scrub=self._scrub
+        )
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
+
+def new_client_order_id() -> str:
+    """A fresh client order id Binance accepts (``^[.A-Z:/a-z0-9_-]{1,36}$``)."""
+    return f"tradeops-{uuid.uuid4().hex[:24]}"
+
+
+def _setting(name: str, default: Any) -> Any:
+    from django.conf import settings
+
+    if not settings.configured:
+        return default
+    value = getattr(settings, name, None)
+    return default if value in (None, "") else value
+
+
+def _decimal_str(value: Decimal | str | int, what: str) -> str:
+    if isinstance(value, float) or isinstance(value, bool):
+        raise TypeError(f"{what} must be a Decimal, str or int, never float: {value!r}")
+    number = Decimal(value)
+    if not number.is_finite() or number <= 0:
+        raise ValueError(f"{what} must be a positive number: {value!r}")
+    return format(number, "f")
