@@ -205,3 +205,13 @@ LOGGING = {
         "urllib3": {"level": "WARNING"},
     },
 }
+
+# --- Reconciliation tuning (rarely changed; see reconciliation/services.py) --------------------------------------------
+RECONCILE_MAX_AGE_SEC = env.int("RECONCILE_MAX_AGE_SEC", default=86400)  # older pending trades: the hourly deep pass
+RECONCILE_PAGE_SIZE = env.int("RECONCILE_PAGE_SIZE", default=1000)
+RECONCILE_PER_ORDER_MAX = env.int("RECONCILE_PER_ORDER_MAX", default=5)  # above this per symbol, one allOrders (w5)
+RECONCILE_WEIGHT_BUDGET = env.int("RECONCILE_WEIGHT_BUDGET", default=1920)  # stop at 80 % of Binance's 2400/min
+RECONCILE_LEASE_SEC = env.int("RECONCILE_LEASE_SEC", default=CELERY_TASK_TIME_LIMIT + 30)
+CANCEL_VERIFY_MAX_TRIES = env.int("CANCEL_VERIFY_MAX_TRIES", default=5)
+CANCEL_RETRY_BASE_SEC = env.float("CANCEL_RETRY_BASE_SEC", default=1.0)  # cancel / verify retry backoff base
+ENTRY_TIMEOUT_SEC = env.int("ENTRY_TIMEOUT_SEC", default=60)

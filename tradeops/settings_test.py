@@ -13,3 +13,8 @@ os.environ.setdefault("TRADEOPS_VAR_DIR", os.path.join(os.path.dirname(os.path.d
 from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not Django's shared-cache in-memory database: worker threads in the tests then get SQLite's real
+    # locking (WAL + busy timeout) instead of "database table is locked".
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}  # noqa: F405

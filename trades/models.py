@@ -51,13 +51,18 @@ class TradeQuerySet(models.QuerySet):
     def pending(self):
         return self.filter(status=Trade.Status.PENDING)
 
-    def get_pending_recent(self, account_id, limit=50, max_age_sec=86400):
-        """Pending trades of one account created within max_age_sec, newest first, at most `limit`."""
+    def get_pending_recent(self, account_id, limit=50, max_age_sec=86400, *, before=None):
+        """Pending trades of one account created within max_age_sec, newest first, at most `limit`.
+
+        `before` (a trade from the previous page) continues after it, so a caller can page through all of them.
+        """
         since = timezone.now() - timedelta(seconds=max_age_sec)
-        return list(
-            self.filter(account_id=account_id, status=Trade.Status.PENDING, created_at__gte=since)
-            .order_by("-created_at", "-pk")[:limit]
-        )
+        query = self.filter(account_id=account_id, status=Trade.Status.PENDING, created_at__gte=since)
+        if before is not None:
+            query = query.filter(
+                Q(created_at__lt=before.created_at) | Q(created_at=before.created_at, pk__lt=before.pk)
+            )
+        return list(query.order_by("-created_at", "-pk")[:limit])
 
     def compare_and_set(
         self,
@@ -188,6 +193,11 @@ class Trade(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     opened_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    exit_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Average closing price, if known.")
+    realized_pnl = models.DecimalField(**MONEY, null=True, blank=True, help_text="From Binance's userTrades.")
+    needs_operator = models.BooleanField(
+        default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
+    )
 
     objects = TradeQuerySet.as_manager()
 
@@ -214,6 +224,8 @@ class TradeEvent(models.Model):
         WS = "ws", "WebSocket"
         REST_WAIT = "rest_wait", "REST wait"
         RECONCILE = "reconcile", "reconcile"
+        PLACE = "place", "placement answer"
+        CANCEL = "cancel", "cancel answer"
         CANCEL_VERIFY = "cancel_verify", "post-cancel verification"
         POSITION_SYNC = "position_sync", "position sync"
         ADMIN = "admin", "admin"

@@ -1,0 +1,48 @@
+"""At most one reconcile per account at a time: a lease on the account's sync-state row.
+
+Taken with one conditional UPDATE (free, or expired) and an expiry longer than a task's hard time limit, so a killed
+worker's lease simply runs out. Works the same on SQLite and MariaDB (which has no SKIP LOCKED), and no database
+transaction is held across the HTTP calls the lease protects.
+"""
+
+import logging
+import uuid
+from contextlib import contextmanager
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from .models import AccountSyncState
+
+logger = logging.getLogger(__name__)
+
+
+def sync_state(account_id) -> AccountSyncState:
+    state, _ = AccountSyncState.objects.get_or_create(account_id=account_id)
+    return state
+
+
+@contextmanager
+def account_lease(account_id, *, seconds: int | None = None):
+    """Yield True while this caller holds the account's lease, False if another holder has it (then do nothing)."""
+    sync_state(account_id)
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    until = now + timedelta(seconds=seconds or settings.RECONCILE_LEASE_SEC)
+    held = (
+        AccountSyncState.objects.filter(account_id=account_id)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(lease_owner=token, lease_until=until)
+        == 1
+    )
+    if not held:
+        logger.info("account %s: reconcile lease busy, skipping", account_id)
+    try:
+        yield held
+    finally:
+        if held:
+            AccountSyncState.objects.filter(account_id=account_id, lease_owner=token).update(
+                lease_owner="", lease_until=None
+            )

@@ -1,0 +1,83 @@
+"""What reconciliation keeps about accounts: a lease (one reconcile per account at a time), the last results and
+the user stream's state, the reports of every run, and exchange positions no trade explains (orphans)."""
+
+from django.db import models
+from django.utils import timezone
+
+from trades.models import MONEY, Account, Trade
+
+
+class AccountSyncState(models.Model):
+    """One row per account: the reconcile lease and what the admin and /health/ show about the account."""
+
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, primary_key=True, related_name="sync_state")
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_reconcile_at = models.DateTimeField(null=True, blank=True)
+    last_reconcile_report = models.JSONField(default=dict, blank=True)
+    last_position_sync_at = models.DateTimeField(null=True, blank=True)
+    used_weight = models.PositiveIntegerField(default=0, help_text="Binance X-MBX-USED-WEIGHT-1M last seen.")
+    stream_state = models.CharField(max_length=32, blank=True, default="")
+    stream_state_at = models.DateTimeField(null=True, blank=True)
+    stream_last_event_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"sync state of {self.account}"
+
+
+class ReconcileRun(models.Model):
+    class Kind(models.TextChoices):
+        PENDING = "pending", "pending trades"
+        DEEP = "deep", "pending trades, all ages"
+        POSITIONS = "positions", "positions"
+
+    class Outcome(models.TextChoices):
+        OK = "ok", "ok"
+        PARTIAL = "partial", "stopped early (weight budget)"
+        SKIPPED = "skipped", "skipped: busy"
+        ERROR = "error", "error"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="reconcile_runs")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    reason = models.CharField(max_length=32, help_text="beat, ws_connect, admin, cancel, command, …")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.PositiveIntegerField(default=0)
+    report = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["account", "started_at"], name="reconcilerun_account_started")]
+
+    def __str__(self):
+        return f"{self.kind} {self.account} {self.reason} {self.outcome}"
+
+
+class OrphanPosition(models.Model):
+    """An exchange position (or part of one) that no open or partially filled trade explains."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "open"
+        RESOLVED = "resolved", "resolved (explained again)"
+        RECOVERED = "recovered", "recovered as a trade"
+        DISMISSED = "dismissed", "dismissed"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="orphan_positions")
+    symbol = models.CharField(max_length=32)
+    quantity = models.DecimalField(**MONEY, help_text="Unexplained signed quantity (positive long, negative short).")
+    exchange_position = models.DecimalField(**MONEY, help_text="The whole exchange position when last seen.")
+    entry_price = models.DecimalField(**MONEY, null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    trade = models.ForeignKey(Trade, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    note = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        # One open orphan per (account, symbol) is kept by sync_positions_with_binance under the account lease:
+        # MariaDB has no partial unique indexes.
+        indexes = [models.Index(fields=["account", "symbol", "status"], name="orphan_account_symbol_status")]
+
+    def __str__(self):
+        return f"{self.account} {self.symbol} {self.quantity} [{self.status}]"

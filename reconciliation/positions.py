@@ -1,0 +1,166 @@
+"""Position sync: DB open trades against Binance's positions (positionRisk, one-way mode).
+
+- open trade, no exchange position for its symbol      → closed (exit price / realized PnL from userTrades)
+- open trades explain the exchange position exactly    → in sync
+- exchange position (or part) no trade explains        → an orphan record, logged at WARNING; turned into an open
+                                                         trade only when SYNC_RECOVER_MISSING_POSITIONS is on
+Quantities are compared exactly, as Decimals: open trades and partially filled pending trades count, BUY as +,
+SELL as −.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from trades.db import retry_transient_db_errors
+from trades.exceptions import ExchangeError, RateLimited
+from trades.models import Account, Trade, TradeEvent
+
+from .models import OrphanPosition
+from .reports import Report
+
+logger = logging.getLogger(__name__)
+
+
+def signed_qty(trade: Trade) -> Decimal:
+    return trade.filled_qty if trade.side == Trade.Side.BUY else -trade.filled_qty
+
+
+def exchange_positions(client) -> dict[str, tuple[Decimal, Decimal | None]]:
+    """symbol → (signed amount, entry price) for every non-zero position."""
+    positions: dict[str, tuple[Decimal, Decimal | None]] = {}
+    for row in client.get_positions():
+        amount = Decimal(row["positionAmt"])
+        if amount == 0:
+            continue
+        held, _ = positions.get(row["symbol"], (Decimal("0"), None))
+        positions[row["symbol"]] = (held + amount, Decimal(row.get("entryPrice") or "0") or None)
+    return positions
+
+
+def compare_positions(account: Account, client, report: Report) -> None:
+    """The comparison itself; the caller holds the account lease and has reconciled pending trades first."""
+    report.extra.update({"closed": 0, "in_sync": 0, "orphans": 0, "recovered": 0})
+    exchange = exchange_positions(client)
+    report.weight_used += 5
+    explained: dict[str, Decimal] = defaultdict(Decimal)
+    open_by_symbol: dict[str, list[Trade]] = defaultdict(list)
+    for trade in Trade.objects.filter(account=account, status=Trade.Status.OPEN):
+        explained[trade.symbol] += signed_qty(trade)
+        open_by_symbol[trade.symbol].append(trade)
+    for trade in Trade.objects.filter(account=account, status=Trade.Status.PENDING, filled_qty__gt=0):
+        explained[trade.symbol] += signed_qty(trade)
+
+    for symbol, trades in sorted(open_by_symbol.items()):
+        if symbol not in exchange:
+            exit_price, pnl = _closing_fills(client, trades, report)
+            for trade in trades:
+                if close_trade(trade, exit_price=exit_price, realized_pnl=pnl):
+                    report.extra["closed"] += 1
+
+    seen = set()
+    for symbol, (amount, entry_price) in sorted(exchange.items()):
+        unexplained = amount - explained.get(symbol, Decimal("0"))
+        if unexplained == 0:
+            report.extra["in_sync"] += 1
+            continue
+        seen.add(symbol)
+        report.extra["orphans"] += 1
+        orphan = _record_orphan(account, symbol, unexplained, amount, entry_price)
+        recoverable = (unexplained > 0) == (amount > 0) and abs(unexplained) <= abs(amount)
+        if settings.SYNC_RECOVER_MISSING_POSITIONS and recoverable:
+            recover_orphan(orphan, source=TradeEvent.Source.POSITION_SYNC)
+            report.extra["recovered"] += 1
+    OrphanPosition.objects.filter(account=account, status=OrphanPosition.Status.OPEN).exclude(
+        symbol__in=seen
+    ).update(status=OrphanPosition.Status.RESOLVED, note="explained by trades again")
+
+
+def _closing_fills(client, trades: list[Trade], report: Report):
+    """Average exit price and realized PnL of the fills that closed the position, when one trade owned it."""
+    if len(trades) != 1 or trades[0].opened_at is None:
+        return None, None
+    trade = trades[0]
+    try:
+        fills = client.get_user_trades(trade.symbol, start_time=int(trade.opened_at.timestamp() * 1000))
+    except RateLimited:
+        raise
+    except ExchangeError as exc:
+        logger.warning("trade %s: userTrades unavailable (%s); closing without exit price", trade.pk, exc)
+        return None, None
+    finally:
+        report.weight_used += 5
+    closing_side = Trade.Side.SELL if trade.side == Trade.Side.BUY else Trade.Side.BUY
+    closing = [f for f in fills if f.get("side") == closing_side]
+    qty = sum((Decimal(f["qty"]) for f in closing), Decimal("0"))
+    if not qty:
+        return None, None
+    notional = sum((Decimal(f["price"]) * Decimal(f["qty"]) for f in closing), Decimal("0"))
+    pnl = sum((Decimal(f.get("realizedPnl") or "0") for f in closing), Decimal("0"))
+    return (notional / qty).quantize(Decimal("1e-10")), pnl
+
+
+@retry_transient_db_errors
+def close_trade(trade: Trade, *, exit_price=None, realized_pnl=None, source=TradeEvent.Source.POSITION_SYNC,
+                actor: str = "") -> bool:
+    """open → closed: Binance holds no position for the trade's symbol any more."""
+    changes = {"status": Trade.Status.CLOSED, "closed_at": timezone.now(), "exit_price": exit_price,
+               "realized_pnl": realized_pnl}
+    payload = {"reason": "no exchange position",
+               "exit_price": None if exit_price is None else str(exit_price),
+               "realized_pnl": None if realized_pnl is None else str(realized_pnl)}
+    updated = Trade.objects.compare_and_set(
+        {"pk": trade.pk}, expected_status=Trade.Status.OPEN, changes=changes, source=source, payload=payload,
+        actor=actor,
+    )
+    if updated is None:
+        return False
+    trade.status, trade.closed_at = updated.status, updated.closed_at
+    logger.info("trade %s closed: account=%s symbol=%s no exchange position", trade.pk, trade.account_id, trade.symbol)
+    return True
+
+
+def _record_orphan(account, symbol, unexplained, amount, entry_price) -> OrphanPosition:
+    now = timezone.now()
+    orphan = OrphanPosition.objects.filter(account=account, symbol=symbol, status=OrphanPosition.Status.OPEN).first()
+    if orphan is None:
+        orphan = OrphanPosition.objects.create(
+            account=account, symbol=symbol, quantity=unexplained, exchange_position=amount, entry_price=entry_price,
+        )
+    else:
+        orphan.quantity, orphan.exchange_position, orphan.entry_price, orphan.last_seen_at = (
+            unexplained, amount, entry_price, now)
+        orphan.save(update_fields=["quantity", "exchange_position", "entry_price", "last_seen_at"])
+    logger.warning("account %s: orphan position %s %s (exchange %s) — no trade explains it",
+                   account.pk, symbol, unexplained, amount)
+    return orphan
+
+
+@transaction.atomic
+def recover_orphan(orphan: OrphanPosition, *, source: str, actor: str = "") -> Trade:
+    """Turn an orphan into an open trade (explicitly, or by SYNC_RECOVER_MISSING_POSITIONS), with its audit event."""
+    orphan = OrphanPosition.objects.select_for_update().get(pk=orphan.pk)
+    if orphan.status != OrphanPosition.Status.OPEN:
+        raise ValueError(f"orphan {orphan.pk} is {orphan.status}, not open")
+    now = timezone.now()
+    qty = abs(orphan.quantity)
+    trade = Trade.objects.create(
+        account_id=orphan.account_id, symbol=orphan.symbol,
+        side=Trade.Side.BUY if orphan.quantity > 0 else Trade.Side.SELL,
+        quantity=qty, filled_qty=qty, entry_price=orphan.entry_price, status=Trade.Status.OPEN,
+        status_reason="recovered from an orphan exchange position", opened_at=now, client_order_id=None,
+    )
+    TradeEvent.objects.create(
+        trade=trade, created_at=now, source=source, from_status="", to_status=Trade.Status.OPEN, filled_qty=qty,
+        payload={"recovered_orphan": orphan.pk, "exchange_position": str(orphan.exchange_position)}, actor=actor,
+    )
+    orphan.status, orphan.trade, orphan.note = OrphanPosition.Status.RECOVERED, trade, f"recovered by {actor or source}"
+    orphan.save(update_fields=["status", "trade", "note"])
+    logger.warning("account %s: orphan %s %s recovered as trade %s", orphan.account_id, orphan.symbol, qty, trade.pk)
+    return trade

@@ -1,0 +1,77 @@
+"""The small report every reconciliation service returns, and where it is kept (ReconcileRun, AccountSyncState)."""
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from django.utils import timezone
+
+from .models import AccountSyncState, ReconcileRun
+from .leases import sync_state
+
+
+@dataclass
+class Report:
+    account_id: int
+    kind: str
+    reason: str
+    checked: int = 0
+    opened: int = 0
+    progress: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    corrected: int = 0
+    noted: int = 0
+    unchanged: int = 0
+    stale: int = 0
+    ignored: int = 0
+    not_found_in_grace: int = 0
+    needs_operator: int = 0
+    errors: int = 0
+    weight_used: int = 0
+    http_calls: int = 0
+    duration_ms: int = 0
+    stopped_early: bool = False
+    retry_after: float | None = None
+    skipped: bool = False
+    extra: dict = field(default_factory=dict)
+    _started: float = field(default_factory=time.monotonic, repr=False)
+
+    def count(self, result: str) -> None:
+        setattr(self, result, getattr(self, result) + 1)
+
+    @property
+    def changed(self) -> int:
+        return self.opened + self.progress + self.cancelled + self.failed + self.corrected
+
+    @property
+    def outcome(self) -> str:
+        if self.skipped:
+            return ReconcileRun.Outcome.SKIPPED
+        if self.stopped_early:
+            return ReconcileRun.Outcome.PARTIAL
+        return ReconcileRun.Outcome.ERROR if self.errors else ReconcileRun.Outcome.OK
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("_started")
+        data["outcome"] = str(self.outcome)
+        return data
+
+    def finish(self, *, used_weight: int | None = None) -> dict:
+        """Stamp the duration, keep the run (ReconcileRun) and the account's latest state; return the dict."""
+        self.duration_ms = int((time.monotonic() - self._started) * 1000)
+        data = self.as_dict()
+        ReconcileRun.objects.create(
+            account_id=self.account_id, kind=self.kind, reason=self.reason[:32], outcome=self.outcome,
+            duration_ms=self.duration_ms, report=data,
+        )
+        if not self.skipped:
+            sync_state(self.account_id)
+            now = timezone.now()
+            updates = {"last_reconcile_at": now, "last_reconcile_report": data}
+            if self.kind == ReconcileRun.Kind.POSITIONS:
+                updates = {"last_position_sync_at": now}
+            if used_weight is not None:
+                updates["used_weight"] = used_weight
+            AccountSyncState.objects.filter(account_id=self.account_id).update(**updates)
+        return data

@@ -1,0 +1,177 @@
+"""THE rule: what a Binance order snapshot means for a trade (DESIGN §2 state table), as a pure decision.
+
+`decide(trade, snapshot, now)` reads only the trade's current fields and returns the compare-and-set to make, or
+None. `services.apply_order_snapshot` executes it; nothing else decides a trade's state from an order.
+
+| from              | Binance says                                             | to                               |
+|-------------------|----------------------------------------------------------|----------------------------------|
+| pending           | FILLED                                                   | open (qty, avg price, order id)  |
+| pending           | NEW / PARTIALLY_FILLED                                   | pending (filled_qty updated)     |
+| pending           | CANCELED / EXPIRED / EXPIRED_IN_MATCH, executedQty > 0   | open with the filled quantity    |
+| pending           | CANCELED / EXPIRED / EXPIRED_IN_MATCH, executedQty = 0   | cancelled                        |
+| pending           | REJECTED                                                 | failed                           |
+| pending           | -2013, trade older than the grace period                 | failed ("not found on exchange") |
+| failed/cancelled  | a fill, or the order still working                       | open / pending (a correction:    |
+|                   |                                                          | our inference was wrong)         |
+
+Never backwards: a snapshot older (updateTime) than the last one applied is ignored, filled_qty never decreases,
+open and closed trades are never changed by an order snapshot. Money is Decimal throughout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db.models import Q
+
+from trades.models import Trade
+
+from . import snapshots as s
+from .snapshots import OrderSnapshot
+
+NOT_FOUND_REASON = "not found on exchange"
+
+# Results (also the report's counter names).
+OPENED = "opened"
+PROGRESS = "progress"
+CANCELLED = "cancelled"
+FAILED = "failed"
+REOPENED = "corrected"  # a failed/cancelled trade Binance shows filled or working
+NOTED = "noted"  # exchange facts recorded (order id, status, time), no state change, no event
+UNCHANGED = "unchanged"
+STALE = "stale"
+NOT_FOUND_IN_GRACE = "not_found_in_grace"
+NEEDS_OPERATOR = "needs_operator"  # the facts contradict each other; a person decides
+IGNORED = "ignored"  # open/closed trades: nothing an order snapshot may change
+
+
+@dataclass
+class Decision:
+    result: str
+    expected_status: str
+    changes: dict
+    condition: Q | None = None
+    audited: bool = True  # False: a bookkeeping update (no state change), so no event
+    payload: dict = field(default_factory=dict)
+
+
+class SnapshotMismatch(ValueError):
+    """The snapshot is about another order than this trade's."""
+
+
+def check_same_order(trade: Trade, snap: OrderSnapshot) -> None:
+    if snap.symbol != trade.symbol:
+        raise SnapshotMismatch(f"symbol {snap.symbol} is not the trade's {trade.symbol}")
+    matched = False
+    if snap.client_order_id and trade.client_order_id:
+        if snap.client_order_id != trade.client_order_id:
+            raise SnapshotMismatch("client order id differs")
+        matched = True
+    if snap.order_id is not None and trade.entry_order_id is not None:
+        if snap.order_id != trade.entry_order_id:
+            raise SnapshotMismatch("order id differs")
+        matched = True
+    if not matched:
+        raise SnapshotMismatch("no id in common with the trade")
+
+
+def decide(trade: Trade, snap: OrderSnapshot, now: datetime, *, grace_sec: int) -> Decision | str:
+    """The compare-and-set to make for `snap`, or the result name when there is nothing to write."""
+    if snap.update_time is not None and trade.exchange_update_time is not None:
+        if snap.update_time < trade.exchange_update_time:
+            return STALE
+    if trade.status == Trade.Status.PENDING:
+        return _from_pending(trade, snap, now, grace_sec)
+    if trade.status in (Trade.Status.FAILED, Trade.Status.CANCELLED):
+        return _correction(trade, snap, now)
+    return IGNORED
+
+
+def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: int) -> Decision | str:
+    if snap.status == s.FILLED or (snap.status in s.ENDED_UNFILLED_OR_PARTIAL and snap.executed_qty > 0):
+        return _open(trade, snap, now, OPENED)
+    if snap.status in s.ENDED_UNFILLED_OR_PARTIAL:
+        return _end(trade, snap, Trade.Status.CANCELLED, f"{snap.status} on exchange, nothing filled", CANCELLED)
+    if snap.status == s.REJECTED:
+        detail = snap.raw.get("msg") if isinstance(snap.raw, dict) else None
+        return _end(trade, snap, Trade.Status.FAILED, f"rejected by exchange{': ' + detail if detail else ''}", FAILED)
+    if snap.status == s.NOT_FOUND:
+        if trade.filled_qty > 0 or trade.exchange_status not in ("", s.PLACING):
+            # We saw this order on the exchange before: "does not exist" now is not "never placed". Don't guess.
+            return NEEDS_OPERATOR
+        if now - trade.created_at < timedelta(seconds=grace_sec):
+            return NOT_FOUND_IN_GRACE
+        return _end(trade, snap, Trade.Status.FAILED, NOT_FOUND_REASON, FAILED)
+    # NEW / PARTIALLY_FILLED: still working.
+    if snap.executed_qty > trade.filled_qty:
+        changes = _exchange_facts(trade, snap) | {"filled_qty": snap.executed_qty}
+        if snap.avg_price is not None:
+            changes["entry_price"] = snap.avg_price
+        return Decision(PROGRESS, Trade.Status.PENDING, changes,
+                        condition=_monotonic(snap) & Q(filled_qty__lt=snap.executed_qty), payload=_payload(snap))
+    facts = _exchange_facts(trade, snap)
+    if any(getattr(trade, name) != value for name, value in facts.items()):
+        return Decision(NOTED, Trade.Status.PENDING, facts, condition=_monotonic(snap), audited=False)
+    return UNCHANGED
+
+
+def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | str:
+    """A failed or cancelled trade whose order Binance shows filled or still working: our earlier inference (not
+    found, a manual mark) was wrong, and the exchange's truth wins — never leave a real fill unrecorded."""
+    filled = snap.status == s.FILLED or (snap.status in s.ENDED_UNFILLED_OR_PARTIAL and snap.executed_qty > 0)
+    if filled:
+        return _open(trade, snap, now, REOPENED, expected=trade.status)
+    if snap.is_working:
+        changes = _exchange_facts(trade, snap) | {
+            "status": Trade.Status.PENDING, "status_reason": "", "filled_qty": snap.executed_qty,
+        }
+        if snap.avg_price is not None:
+            changes["entry_price"] = snap.avg_price
+        return Decision(REOPENED, trade.status, changes, condition=_monotonic(snap), payload=_payload(snap))
+    return UNCHANGED
+
+
+def _open(trade: Trade, snap: OrderSnapshot, now: datetime, result: str, expected: str = Trade.Status.PENDING):
+    changes = _exchange_facts(trade, snap) | {
+        "status": Trade.Status.OPEN,
+        "filled_qty": snap.executed_qty,
+        "opened_at": now,
+        "status_reason": "" if snap.status == s.FILLED else f"{snap.status} after a partial fill",
+    }
+    if snap.avg_price is not None:
+        changes["entry_price"] = snap.avg_price
+    return Decision(result, expected, changes, condition=_monotonic(snap), payload=_payload(snap))
+
+
+def _end(trade: Trade, snap: OrderSnapshot, status: str, reason: str, result: str) -> Decision:
+    changes = _exchange_facts(trade, snap) | {"status": status, "status_reason": reason[:255]}
+    return Decision(result, Trade.Status.PENDING, changes, condition=_monotonic(snap), payload=_payload(snap))
+
+
+def _exchange_facts(trade: Trade, snap: OrderSnapshot) -> dict:
+    facts = {"exchange_status": snap.status}
+    if snap.update_time is not None:
+        facts["exchange_update_time"] = snap.update_time
+    if snap.order_id is not None and trade.entry_order_id is None:
+        facts["entry_order_id"] = snap.order_id
+    return facts
+
+
+def _monotonic(snap: OrderSnapshot) -> Q:
+    """The write only happens if no newer snapshot was applied meanwhile (by another path)."""
+    if snap.update_time is None:
+        return Q()
+    return Q(exchange_update_time__isnull=True) | Q(exchange_update_time__lte=snap.update_time)
+
+
+def _payload(snap: OrderSnapshot) -> dict:
+    return {
+        "exchange_status": snap.status,
+        "order_id": snap.order_id,
+        "client_order_id": snap.client_order_id,
+        "executed_qty": str(snap.executed_qty),
+        "avg_price": None if snap.avg_price is None else str(snap.avg_price),
+        "update_time": snap.update_time,
+        **({"error": snap.raw} if snap.status in (s.NOT_FOUND,) or "code" in snap.raw else {}),
+    }

@@ -1,0 +1,367 @@
+"""Keeping trades true to Binance. Every path that learns an order's state — the WebSocket, the placement answer,
+the periodic reconcile, the post-cancel verification, an admin action — calls `apply_order_snapshot`; the rule it
+applies lives in `rules.py`. Services take model instances, talk to Binance through `BinanceFuturesClient`, and
+never import an interface (tasks, admin, commands, the stream).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from trades.binance_client import BinanceFuturesClient, new_client_order_id
+from trades.db import retry_transient_db_errors
+from trades.exceptions import (
+    ExchangeError,
+    RateLimited,
+    TransientExchangeError,
+    UnknownOrder,
+)
+from trades.models import Account, Trade, TradeEvent
+
+from . import rules
+from .leases import account_lease
+from .models import ReconcileRun
+from .positions import compare_positions
+from .reports import Report
+from .snapshots import PLACING, InvalidSnapshot, OrderSnapshot
+
+logger = logging.getLogger(__name__)
+
+Source = TradeEvent.Source
+ALL_ORDERS_SLACK = timedelta(minutes=5)  # our created_at precedes Binance's order time; allow for clock skew
+DUPLICATE_CLIENT_ORDER_ID_CODES = frozenset({-4116, -4015})  # "the order may exist already": never failed
+
+
+# --- THE rule ---------------------------------------------------------------------------------------------------------
+
+def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -> str:
+    """Make the state change Binance's view of this trade's order calls for (rules.py), compare-and-set, with one
+    audit event. `order`: a REST order dict, a WebSocket ORDER_TRADE_UPDATE (or its `o`), or an OrderSnapshot.
+
+    Returns the result name (rules.OPENED, rules.UNCHANGED, …). `trade` is updated in place. Raises InvalidSnapshot
+    for a payload that is not an order and rules.SnapshotMismatch for another order's snapshot; changes nothing then.
+    """
+    snap = OrderSnapshot.parse(order)
+    rules.check_same_order(trade, snap)
+    grace = settings.PENDING_NOT_FOUND_GRACE_SEC
+    for _ in range(3):  # lost a race to another path: re-read and decide again on the fresh row
+        decision = rules.decide(trade, snap, timezone.now(), grace_sec=grace)
+        if isinstance(decision, str):
+            if decision == rules.NEEDS_OPERATOR:
+                flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source)
+            logger.debug("trade %s: %s from %s (%s)", trade.pk, decision, source, snap.status)
+            return decision
+        if _write(trade, decision, source, actor):
+            logger.info(
+                "trade %s %s: account=%s client_order_id=%s source=%s exchange=%s filled=%s status=%s",
+                trade.pk, decision.result, trade.account_id, trade.client_order_id, source, snap.status,
+                trade.filled_qty, trade.status,
+            )
+            return decision.result
+        trade.refresh_from_db()
+    logger.warning("trade %s: gave up applying %s from %s after repeated races", trade.pk, snap.status, source)
+    return rules.UNCHANGED
+
+
+@retry_transient_db_errors
+def _write(trade: Trade, decision: rules.Decision, source: str, actor: str) -> bool:
+    if decision.audited:
+        updated = Trade.objects.compare_and_set(
+            {"pk": trade.pk}, expected_status=decision.expected_status, changes=decision.changes, source=source,
+            condition=decision.condition, payload=decision.payload, actor=actor,
+        )
+        if updated is None:
+            return False
+        for f in Trade._meta.concrete_fields:
+            setattr(trade, f.attname, getattr(updated, f.attname))
+        return True
+    query = Trade.objects.filter(pk=trade.pk, status=decision.expected_status)
+    if decision.condition is not None:
+        query = query.filter(decision.condition)
+    if query.update(**decision.changes, updated_at=timezone.now()) != 1:
+        return False
+    for name, value in decision.changes.items():
+        setattr(trade, name, value)
+    return True
+
+
+def flag_for_operator(trade: Trade, *, reason: str, source: str, actor: str = "") -> bool:
+    """Mark a trade as needing a person (once), with the reason in its audit trail. Never changes its status."""
+    updated = retry_transient_db_errors(Trade.objects.compare_and_set)(
+        {"pk": trade.pk}, expected_status=trade.status, changes={"needs_operator": True}, source=source,
+        condition=Q(needs_operator=False), payload={"flag": "needs_operator", "reason": reason}, actor=actor,
+    )
+    if updated is None:
+        return False
+    trade.needs_operator = True
+    logger.warning("trade %s flagged for an operator: account=%s client_order_id=%s reason=%s",
+                   trade.pk, trade.account_id, trade.client_order_id, reason)
+    return True
+
+
+# --- Pending reconcile ------------------------------------------------------------------------------------------------
+
+def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = False, client=None) -> dict:
+    """Bring every pending trade of the account in line with Binance's order state (the seed's
+    `_reconcile_pending_with_binance`). `deep`: the pending trades older than RECONCILE_MAX_AGE_SEC instead.
+
+    Weight ≈ min(N, 5·S): per symbol, one GET /fapi/v1/order per trade when it has few, one allOrders when many.
+    Stops early (report.stopped_early) when the account's used weight passes RECONCILE_WEIGHT_BUDGET or Binance
+    rate-limits us; the caller reschedules. A second concurrent run for the account returns skipped=True at once.
+    """
+    kind = ReconcileRun.Kind.DEEP if deep else ReconcileRun.Kind.PENDING
+    report = Report(account_id=account.pk, kind=kind, reason=reason)
+    return _run_under_lease(account, report, client,
+                            lambda client: reconcile_pending_locked(account, client, report, deep=deep))
+
+
+def _run_under_lease(account: Account, report: Report, client, work) -> dict:
+    """Run work(client) holding the account's lease; a busy lease means skipped. Rate limiting stops the run early
+    (the report says when to retry); the report is kept (ReconcileRun) and returned as a dict."""
+    with account_lease(account.pk) as held:
+        if not held:
+            report.skipped = True
+            return report.finish()
+        own_client = client is None
+        client = client or BinanceFuturesClient.for_account(account)
+        calls_before = client.http_calls
+        try:
+            work(client)
+        except RateLimited as exc:
+            report.stopped_early, report.retry_after = True, exc.retry_after
+            logger.warning("account %s: rate limited, stopping; retry after %ss", account.pk, exc.retry_after)
+        finally:
+            report.http_calls = client.http_calls - calls_before
+            if own_client:
+                client.close()
+        return report.finish(used_weight=client.used_weight)
+
+
+def reconcile_pending_locked(account: Account, client, report: Report, *, deep: bool = False) -> None:
+    """The reconcile itself; the caller holds the account lease."""
+    by_symbol: dict[str, list[Trade]] = defaultdict(list)
+    for trade in _pending_trades(account, deep=deep):
+        by_symbol[trade.symbol].append(trade)
+    for symbol, trades in sorted(by_symbol.items()):
+        if _over_budget(client, report):
+            return
+        if len(trades) > settings.RECONCILE_PER_ORDER_MAX:
+            _reconcile_symbol_by_all_orders(client, symbol, trades, report)
+            continue
+        for trade in trades:
+            if _over_budget(client, report):
+                return
+            _reconcile_by_order(client, trade, report, source=Source.RECONCILE)
+
+
+def _pending_trades(account: Account, *, deep: bool):
+    max_age = settings.RECONCILE_MAX_AGE_SEC
+    if deep:
+        cutoff = timezone.now() - timedelta(seconds=max_age)
+        yield from Trade.objects.pending().filter(account=account, created_at__lt=cutoff).order_by("created_at", "pk")
+        return
+    page_size, last = settings.RECONCILE_PAGE_SIZE, None
+    while True:
+        page = Trade.objects.get_pending_recent(account.pk, limit=page_size, max_age_sec=max_age, before=last)
+        yield from page
+        if len(page) < page_size:
+            return
+        last = page[-1]
+
+
+def _over_budget(client, report: Report) -> bool:
+    if client.used_weight >= settings.RECONCILE_WEIGHT_BUDGET:
+        if not report.stopped_early:
+            logger.warning("account %s: used weight %s ≥ budget %s, stopping early",
+                           report.account_id, client.used_weight, settings.RECONCILE_WEIGHT_BUDGET)
+        report.stopped_early = True
+        report.retry_after = report.retry_after or 60
+        return True
+    return False
+
+
+def _reconcile_symbol_by_all_orders(client, symbol: str, trades: list[Trade], report: Report) -> None:
+    start = min(trade.created_at for trade in trades) - ALL_ORDERS_SLACK
+    calls_before = client.http_calls
+    try:
+        orders = client.get_all_orders(symbol, start_time=int(start.timestamp() * 1000))
+    except RateLimited:
+        raise
+    except ExchangeError as exc:
+        report.errors += len(trades)
+        logger.warning("account %s: allOrders %s failed: %s", report.account_id, symbol, exc)
+        return
+    finally:
+        report.weight_used += 5 * (client.http_calls - calls_before)
+    by_client_id = {o.get("clientOrderId"): o for o in orders}
+    by_order_id = {o.get("orderId"): o for o in orders}
+    for trade in trades:
+        order = by_client_id.get(trade.client_order_id) if trade.client_order_id else None
+        order = order or (by_order_id.get(trade.entry_order_id) if trade.entry_order_id is not None else None)
+        if order is None:
+            # Not in the list (never placed, or not visible yet): ask for it alone, which answers -2013 precisely.
+            _reconcile_by_order(client, trade, report, source=Source.RECONCILE)
+        else:
+            report.checked += 1
+            _apply(trade, order, report, source=Source.RECONCILE)
+
+
+def _reconcile_by_order(client, trade: Trade, report: Report, *, source: str) -> None:
+    report.checked += 1
+    try:
+        order = fetch_order(client, trade)
+    except RateLimited:
+        raise
+    except ExchangeError as exc:
+        report.errors += 1
+        logger.warning("trade %s: order look-up failed: %s", trade.pk, exc)
+        return
+    except LookupError:
+        report.needs_operator += 1
+        flag_for_operator(trade, reason="neither a client order id nor an order id to look up", source=source)
+        return
+    finally:
+        report.weight_used += 1
+    _apply(trade, order, report, source=source)
+
+
+def fetch_order(client, trade: Trade):
+    """The trade's order as Binance has it, or a NOT_FOUND snapshot (-2013). LookupError: nothing to look up by."""
+    if trade.client_order_id:
+        order = client.get_order_by_client_order_id(trade.symbol, trade.client_order_id)
+    elif trade.entry_order_id is not None:
+        order = client.get_order(trade.symbol, trade.entry_order_id)
+    else:
+        raise LookupError("no order reference")
+    if order is None:
+        return OrderSnapshot.not_found(
+            trade.symbol, order_id=trade.entry_order_id, client_order_id=trade.client_order_id
+        )
+    return order
+
+
+def _apply(trade: Trade, order, report: Report, *, source: str) -> str | None:
+    try:
+        result = apply_order_snapshot(trade, order, source)
+    except (InvalidSnapshot, rules.SnapshotMismatch) as exc:
+        report.errors += 1
+        logger.error("trade %s: unusable order answer from Binance (%s): %.200r", trade.pk, exc, order)
+        return None
+    report.count(result)
+    return result
+
+
+# --- Position sync --------------------------------------------------------------------------------------------------
+
+def sync_positions_with_binance(account: Account, *, reason: str = "beat", client=None) -> dict:
+    """Reconcile pending trades first (so fills they reveal count), then DB open trades vs Binance's positions
+    (positions.py). One lease covers both."""
+    report = Report(account_id=account.pk, kind=ReconcileRun.Kind.POSITIONS, reason=reason)
+
+    def work(client):
+        reconcile_pending_locked(account, client, report)
+        if not report.stopped_early:
+            compare_positions(account, client, report)
+
+    return _run_under_lease(account, report, client, work)
+
+
+# --- Cancel and verify ------------------------------------------------------------------------------------------------
+
+def cancel_trade_order(trade: Trade, *, client=None) -> dict:
+    """Ask Binance to cancel the trade's order and apply its answer. -2011 (the order is not open: it may have just
+    filled) is an expected outcome, not an error: the verification that always follows decides."""
+    if trade.status != Trade.Status.PENDING:
+        return {"trade_id": trade.pk, "outcome": "not_pending", "status": trade.status}
+    if not trade.client_order_id and trade.entry_order_id is None:
+        flag_for_operator(trade, reason="cannot cancel: no order reference", source=Source.CANCEL)
+        return {"trade_id": trade.pk, "outcome": "no_order_ref"}
+    client = client or BinanceFuturesClient.for_account(trade.account)
+    try:
+        order = client.cancel_order(
+            trade.symbol,
+            client_order_id=trade.client_order_id or None,
+            order_id=None if trade.client_order_id else trade.entry_order_id,
+        )
+    except UnknownOrder as exc:
+        logger.info("trade %s: cancel answered -2011 (already filled/ended?): %s", trade.pk, exc)
+        return {"trade_id": trade.pk, "outcome": "unknown_order"}
+    result = apply_order_snapshot(trade, order, Source.CANCEL)
+    return {"trade_id": trade.pk, "outcome": "cancelled", "result": result, "status": trade.status}
+
+
+def verify_after_cancel(trade: Trade, *, client=None) -> dict:
+    """After a cancel (clean, raced by a fill, or failed): fetch the order again and apply it. `still_working`
+    tells the caller Binance still shows it open (the cancel did not take); the task retries, then flags."""
+    client = client or BinanceFuturesClient.for_account(trade.account)
+    try:
+        order = fetch_order(client, trade)
+    except LookupError:
+        flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY)
+        return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
+    result = apply_order_snapshot(trade, order, Source.CANCEL_VERIFY)
+    snap = OrderSnapshot.parse(order)
+    return {
+        "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
+        "still_working": snap.is_working, "status": trade.status,
+    }
+
+
+# --- The bot's entry flow -------------------------------------------------------------------------------------------
+
+def create_pending_trade(account: Account, symbol: str, side: str, quantity, price=None, *,
+                         client_order_id: str | None = None) -> Trade:
+    """The first step of opening a position: a pending trade with a client order id Binance will carry."""
+    trade = Trade(
+        account=account, symbol=symbol.upper(), side=side.upper(), quantity=quantity, price=price,
+        client_order_id=client_order_id or new_client_order_id(),
+    )
+    trade.full_clean(exclude=["account"])
+    trade.save()
+    return trade
+
+
+def place_entry_order(trade: Trade, *, client=None) -> dict:
+    """Send the trade's order to Binance once. An unknown outcome (timeout, 503 "Unknown error") leaves the trade
+    pending for the reconcile to decide by client order id; only a definite refusal fails it."""
+    claimed = Trade.objects.filter(pk=trade.pk, status=Trade.Status.PENDING, exchange_status="").update(
+        exchange_status=PLACING, updated_at=timezone.now()
+    )
+    if not claimed:
+        # Already sent once (e.g. this task was re-delivered after a crash): never send a second order.
+        return {"trade_id": trade.pk, "outcome": "already_attempted"}
+    trade.exchange_status = PLACING
+    client = client or BinanceFuturesClient.for_account(trade.account)
+    try:
+        order = client.place_order(
+            trade.symbol, trade.side, trade.quantity, order_type="LIMIT" if trade.price else "MARKET",
+            price=trade.price, client_order_id=trade.client_order_id,
+        )
+    except RateLimited as exc:  # refused before execution: a definite no
+        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
+            trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status})"), Source.PLACE)
+        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
+    except TransientExchangeError as exc:
+        logger.warning("trade %s: placement outcome unknown (%s); stays pending for reconcile", trade.pk, exc)
+        return {"trade_id": trade.pk, "outcome": "unknown"}
+    except ExchangeError as exc:
+        if exc.code in DUPLICATE_CLIENT_ORDER_ID_CODES or exc.execution_unknown:
+            logger.warning("trade %s: placement answered %s; stays pending for reconcile", trade.pk, exc)
+            return {"trade_id": trade.pk, "outcome": "unknown"}
+        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
+            trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"), Source.PLACE)
+        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
+    result = apply_order_snapshot(trade, order, Source.PLACE)
+    return {"trade_id": trade.pk, "outcome": "placed", "result": result, "status": trade.status}
+
+
+__all__ = [
+    "apply_order_snapshot", "reconcile_pending", "sync_positions_with_binance", "verify_after_cancel",
+    "cancel_trade_order", "flag_for_operator", "create_pending_trade", "place_entry_order", "fetch_order",
+]

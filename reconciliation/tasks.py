@@ -1,0 +1,188 @@
+"""Celery tasks: ids in, one service call, and the retry policy. No logic here beyond what to retry and when.
+
+The bot's entry flow (docs in README "How the bot calls tradeops"):
+    open_position(account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None)
+      → place_entry_order(trade_id, timeout_sec) → entry_timeout(trade_id) after timeout_sec
+      → cancel_and_verify(trade_id) if the trade is still pending
+Every cancel goes through cancel_and_verify: chain(cancel_order, verify_cancel), where cancel_order never fails
+the chain (its errors are logged and passed on), so the verification always runs.
+"""
+
+import logging
+import random
+
+from celery import Task, chain, shared_task
+from django.conf import settings
+from django.db import OperationalError
+
+from trades.exceptions import ExchangeError, RateLimited, TransientExchangeError
+from trades.models import Account, Trade, TradeEvent
+
+from . import services
+
+logger = logging.getLogger(__name__)
+
+BEAT_EXPIRES_SEC = 55  # a beat-fired fan-out older than one interval is useless: the next one is coming
+
+
+class ExchangeTask(Task):
+    """Retries transient exchange and database errors with exponential backoff and jitter; a RateLimited retry
+    waits at least as long as Binance asked (Retry-After)."""
+
+    autoretry_for = (TransientExchangeError, OperationalError)
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 6
+    acks_late = True
+
+    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
+              **options):
+        if isinstance(exc, RateLimited):
+            countdown = max(countdown or 0, exc.retry_after + random.uniform(0, 1))
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+
+def _active_account(account_id):
+    account = Account.objects.filter(pk=account_id, is_active=True).first()
+    if account is None:
+        logger.info("account %s is inactive or gone; nothing to do", account_id)
+    return account
+
+
+def _retry_if_stopped_early(task, report):
+    if report.get("stopped_early"):
+        raise task.retry(countdown=(report.get("retry_after") or 60) + random.uniform(0, 2), max_retries=20)
+    return report
+
+
+@shared_task(base=ExchangeTask, bind=True)
+def reconcile_account(self, account_id, reason="beat", deep=False):
+    account = _active_account(account_id)
+    if account is None:
+        return {"skipped": "inactive"}
+    return _retry_if_stopped_early(self, services.reconcile_pending(account, reason=reason, deep=deep))
+
+
+@shared_task
+def reconcile_all_accounts(deep=False):
+    """One reconcile_account per active account, each on its own: one account's failure never stops the others."""
+    ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
+    for account_id in ids:
+        reconcile_account.apply_async(
+            (account_id,), {"reason": "deep" if deep else "beat", "deep": deep},
+            expires=None if deep else BEAT_EXPIRES_SEC,
+        )
+    return len(ids)
+
+
+@shared_task(base=ExchangeTask, bind=True)
+def sync_positions(self, account_id, reason="beat"):
+    account = _active_account(account_id)
+    if account is None:
+        return {"skipped": "inactive"}
+    return _retry_if_stopped_early(self, services.sync_positions_with_binance(account, reason=reason))
+
+
+@shared_task
+def sync_all_positions():
+    ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
+    for account_id in ids:
+        sync_positions.apply_async((account_id,), expires=BEAT_EXPIRES_SEC * 5)
+    return len(ids)
+
+
+# --- cancel → verify ----------------------------------------------------------------------------------------------
+
+CANCEL_MAX_RETRIES = 3
+
+
+def _backoff(retries: int) -> float:
+    """Exponential backoff with full jitter, from CANCEL_RETRY_BASE_SEC, capped at a minute."""
+    base = settings.CANCEL_RETRY_BASE_SEC
+    return min(base * 2 ** retries, 60) * random.uniform(0.5, 1.0)
+
+
+@shared_task(bind=True, acks_late=True)
+def cancel_order(self, trade_id):
+    """Cancel the trade's order. Never raises: whatever happens, the chained verify_cancel must run."""
+    trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
+    if trade is None:
+        return {"trade_id": trade_id, "outcome": "no_trade"}
+    try:
+        return services.cancel_trade_order(trade)
+    except TransientExchangeError as exc:
+        if self.request.retries < CANCEL_MAX_RETRIES:
+            countdown = getattr(exc, "retry_after", 0) or _backoff(self.request.retries)
+            raise self.retry(exc=exc, countdown=countdown, max_retries=CANCEL_MAX_RETRIES)
+        logger.warning("trade %s: cancel failed after retries (%s); verifying anyway", trade_id, exc)
+        return {"trade_id": trade_id, "outcome": "error", "error": str(exc)}
+    except ExchangeError as exc:
+        logger.warning("trade %s: cancel refused (%s); verifying anyway", trade_id, exc)
+        return {"trade_id": trade_id, "outcome": "error", "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 — the verification is what keeps the books right; let it run
+        logger.exception("trade %s: cancel crashed; verifying anyway", trade_id)
+        return {"trade_id": trade_id, "outcome": "error", "error": type(exc).__name__}
+
+
+@shared_task(base=ExchangeTask, bind=True, max_retries=10)
+def verify_cancel(self, trade_id):
+    """Fetch the order after a cancel and apply it; while Binance still shows it working, retry with backoff a
+    bounded number of times, then flag the trade for an operator."""
+    trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
+    if trade is None:
+        return {"trade_id": trade_id, "result": "no_trade"}
+    report = services.verify_after_cancel(trade)
+    if report["still_working"]:
+        tries = settings.CANCEL_VERIFY_MAX_TRIES
+        if self.request.retries + 1 < tries:
+            raise self.retry(countdown=_backoff(self.request.retries), max_retries=tries)
+        services.flag_for_operator(
+            trade, reason=f"still {report['exchange_status']} on Binance after cancel and {tries} verifications",
+            source=TradeEvent.Source.CANCEL_VERIFY,
+        )
+    return report
+
+
+def cancel_and_verify_signature(trade_id):
+    return chain(cancel_order.si(trade_id), verify_cancel.si(trade_id))
+
+
+@shared_task
+def cancel_and_verify(trade_id):
+    """Every cancel goes through here (admin, entry timeout, bot): cancel, then always verify."""
+    return cancel_and_verify_signature(trade_id).apply_async().id
+
+
+# --- the bot's entry flow ------------------------------------------------------------------------------------------
+
+@shared_task
+def open_position(account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None):
+    """Create the pending trade, then place it once the row is committed. Returns the trade id."""
+    from .bot import open_position as open_position_now
+
+    account = Account.objects.get(pk=account_id, is_active=True)
+    trade = open_position_now(account, symbol, side, quantity, price, timeout_sec=timeout_sec,
+                              client_order_id=client_order_id)
+    return trade.pk
+
+
+@shared_task(bind=True, acks_late=True)
+def place_entry_order(self, trade_id, timeout_sec=None):
+    """Placement is sent at most once (services.place_entry_order guards it), so it is never auto-retried: an
+    unknown outcome stays pending and the entry timeout / reconcile decide."""
+    trade = Trade.objects.select_related("account").get(pk=trade_id)
+    result = services.place_entry_order(trade)
+    if trade.status == Trade.Status.PENDING:
+        entry_timeout.apply_async(
+            (trade_id,), countdown=settings.ENTRY_TIMEOUT_SEC if timeout_sec is None else timeout_sec
+        )
+    return result
+
+
+@shared_task
+def entry_timeout(trade_id):
+    """The entry wait is over: if the trade is still pending, cancel and verify."""
+    if Trade.objects.filter(pk=trade_id, status=Trade.Status.PENDING).exists():
+        return cancel_and_verify(trade_id)
+    return None

@@ -1,0 +1,194 @@
+"""Position sync (F14, F15), cancel → verify at the service level (F4, F5) and the bot's placement."""
+
+from decimal import Decimal
+
+import pytest
+
+from reconciliation import rules
+from reconciliation.models import OrphanPosition
+from reconciliation.services import (
+    cancel_trade_order,
+    create_pending_trade,
+    place_entry_order,
+    reconcile_pending,
+    sync_positions_with_binance,
+    verify_after_cancel,
+)
+from tests.factories import TradeFactory
+from tests.helpers import place
+from trades.binance_client import BinanceFuturesClient
+from trades.models import Trade, TradeEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def opened_trade(binance, account, qty="0.010", side="BUY", symbol="BTCUSDT"):
+    trade = TradeFactory(account=account, symbol=symbol, side=side, quantity=Decimal(qty), price=None)
+    place(trade)  # MARKET: fills at once on the sandbox
+    reconcile_pending(account)
+    trade.refresh_from_db()
+    assert trade.status == Trade.Status.OPEN
+    return trade
+
+
+class TestSyncPositions:
+    def test_f15_open_trade_without_exchange_position_is_closed_with_exit_price_and_pnl(self, binance, account):
+        binance.control.set_price("BTCUSDT", "50000")
+        trade = opened_trade(binance, account)
+        binance.control.set_price("BTCUSDT", "51000")
+        with BinanceFuturesClient.for_account(account) as client:  # closed outside the bot (e.g. on the web UI)
+            client.place_order("BTCUSDT", "SELL", Decimal("0.010"), order_type="MARKET", reduce_only=True)
+
+        report = sync_positions_with_binance(account)
+
+        trade.refresh_from_db()
+        assert trade.status == Trade.Status.CLOSED and trade.closed_at is not None
+        assert trade.exit_price == Decimal("51000")
+        assert trade.realized_pnl == Decimal("10")  # 0.010 × (51000 − 50000)
+        assert report["extra"]["closed"] == 1
+        assert list(TradeEvent.objects.filter(trade=trade).values_list("to_status", "source")) == [
+            ("open", "reconcile"), ("closed", "position_sync")]
+
+    def test_open_trades_matching_the_position_stay_open(self, binance, account):
+        first = opened_trade(binance, account, "0.010")
+        second = opened_trade(binance, account, "0.005")
+
+        report = sync_positions_with_binance(account)
+
+        assert set(Trade.objects.filter(pk__in=[first.pk, second.pk]).values_list("status", flat=True)) == {"open"}
+        assert report["extra"] == {"closed": 0, "in_sync": 1, "orphans": 0, "recovered": 0}
+        assert not OrphanPosition.objects.exists()
+
+    def test_f14_position_no_trade_explains_is_reported_not_recovered_by_default(self, binance, account, settings):
+        settings.SYNC_RECOVER_MISSING_POSITIONS = False
+        with BinanceFuturesClient.for_account(account) as client:  # a fill the DB never heard of
+            client.place_order("ETHUSDT", "SELL", Decimal("0.5"), order_type="MARKET")
+
+        report = sync_positions_with_binance(account)
+        sync_positions_with_binance(account)  # seen again: still one record
+
+        [orphan] = OrphanPosition.objects.all()
+        assert (orphan.symbol, orphan.quantity, orphan.status) == ("ETHUSDT", Decimal("-0.5"), "open")
+        assert report["extra"]["orphans"] == 1 and report["extra"]["recovered"] == 0
+        assert not Trade.objects.filter(account=account).exists()
+
+    def test_f14_recovered_as_an_open_trade_only_when_enabled(self, binance, account, settings):
+        settings.SYNC_RECOVER_MISSING_POSITIONS = True
+        opened_trade(binance, account, "0.010")
+        with BinanceFuturesClient.for_account(account) as client:
+            client.place_order("BTCUSDT", "BUY", Decimal("0.004"), order_type="MARKET")  # unexplained extra
+
+        report = sync_positions_with_binance(account)
+
+        [orphan] = OrphanPosition.objects.all()
+        recovered = orphan.trade
+        assert orphan.status == "recovered" and report["extra"]["recovered"] == 1
+        assert (recovered.status, recovered.side, recovered.filled_qty) == ("open", "BUY", Decimal("0.004"))
+        assert TradeEvent.objects.filter(trade=recovered, to_status="open").count() == 1
+        assert sync_positions_with_binance(account)["extra"]["in_sync"] == 1  # explained now
+
+    def test_partially_filled_pending_trade_explains_its_part(self, binance, account):
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id, qty="0.004")
+
+        report = sync_positions_with_binance(account)  # reconciles pending first: filled_qty 0.004 counts
+
+        assert report["progress"] == 1 and report["extra"]["in_sync"] == 1
+        assert not OrphanPosition.objects.exists()
+
+
+class TestCancelAndVerify:
+    def test_clean_cancel_then_verification_cancels(self, binance, account):
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+
+        assert cancel_trade_order(trade)["outcome"] == "cancelled"
+        report = verify_after_cancel(trade)
+
+        trade.refresh_from_db()
+        assert trade.status == Trade.Status.CANCELLED
+        assert report["still_working"] is False
+        assert TradeEvent.objects.filter(trade=trade).count() == 1
+
+    def test_f4_cancel_loses_the_race_verification_opens_the_trade(self, binance, account):
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        binance.control.arm_cancel_race(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
+
+        cancelled = cancel_trade_order(trade)
+        assert cancelled["outcome"] == "unknown_order"  # -2011: the seed returned "not filled" here
+        assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
+
+        report = verify_after_cancel(trade)
+
+        trade.refresh_from_db()
+        assert report["result"] == rules.OPENED
+        assert (trade.status, trade.filled_qty) == ("open", Decimal("0.010"))
+        assert list(TradeEvent.objects.filter(trade=trade).values_list("source", flat=True)) == ["cancel_verify"]
+
+    def test_f5_partial_fill_then_cancel_opens_with_the_partial_quantity(self, binance, account):
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id, qty="0.006")
+
+        cancel_trade_order(trade)
+        verify_after_cancel(trade)
+
+        trade.refresh_from_db()
+        assert (trade.status, trade.filled_qty) == ("open", Decimal("0.006"))
+        assert TradeEvent.objects.filter(trade=trade, to_status="open").count() == 1
+
+    def test_cancel_that_did_not_reach_binance_shows_still_working(self, binance, account):
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        binance.control.inject_fault("/fapi/v1/order", "503", count=1, method="DELETE")
+
+        with pytest.raises(Exception):
+            cancel_trade_order(trade)
+        report = verify_after_cancel(trade)
+
+        assert report["still_working"] is True and report["exchange_status"] == "NEW"
+        assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
+
+
+class TestPlacement:
+    def test_limit_order_is_placed_once_and_its_order_id_noted(self, binance, account):
+        trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
+
+        assert place_entry_order(trade)["outcome"] == "placed"
+        assert place_entry_order(trade)["outcome"] == "already_attempted"  # a re-delivered task
+
+        trade.refresh_from_db()
+        assert (trade.status, trade.exchange_status) == ("pending", "NEW") and trade.entry_order_id
+        assert binance.control.stats()["requests"]["POST /fapi/v1/order"] == 1
+
+    def test_market_order_placed_then_reconciled_opens(self, binance, account):
+        trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"))
+        place_entry_order(trade)  # Binance answers NEW (ACK) even for MARKET; the fill is seen on the next look
+
+        reconcile_pending(account)
+
+        trade.refresh_from_db()
+        assert trade.status == Trade.Status.OPEN
+
+    def test_unknown_outcome_stays_pending_and_reconcile_finds_the_order(self, binance, account):
+        binance.control.inject_fault("/fapi/v1/order", "503_unknown_placed", count=1, method="POST")
+        trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
+
+        assert place_entry_order(trade)["outcome"] == "unknown"
+        assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
+        binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
+        reconcile_pending(account)
+
+        trade.refresh_from_db()
+        assert trade.status == Trade.Status.OPEN
+
+    def test_definite_refusal_fails_with_binances_reason(self, binance, account):
+        trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.0001"), Decimal("50000"))  # < min qty
+
+        assert place_entry_order(trade)["outcome"] == "rejected"
+
+        trade.refresh_from_db()
+        assert trade.status == Trade.Status.FAILED
+        assert trade.status_reason.startswith("rejected by exchange: -")

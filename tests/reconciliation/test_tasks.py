@@ -1,0 +1,114 @@
+"""Celery tasks on a real worker (the test process's own app, in a thread, on the configured broker: Redis in CI's
+second pass, the filesystem transport otherwise), and the beat schedules."""
+
+from decimal import Decimal
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from django.test import override_settings
+from django_celery_beat.models import PeriodicTask
+
+from reconciliation import tasks
+from tests.factories import TradeFactory
+from tests.helpers import place, wait_for
+from tradeops.celery import app
+from trades.models import Trade, TradeEvent
+
+
+@pytest.fixture(scope="module")
+def worker():
+    """One real worker for the module (starting and stopping one costs seconds), on an empty queue."""
+    app.control.purge()
+    with override_settings(CANCEL_RETRY_BASE_SEC=0.05, CANCEL_VERIFY_MAX_TRIES=3), start_worker(
+        app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10, loglevel="WARNING"
+    ):
+        yield
+
+
+@pytest.fixture
+def live_trade(binance, account):
+    trade = TradeFactory(account=account, symbol="BTCUSDT", quantity=Decimal("0.010"), price=Decimal("50000"))
+    place(trade)
+    return trade
+
+
+def requests_made(binance, what):
+    return binance.control.stats()["requests"].get(what, 0)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+class TestCancelAndVerifyOnAWorker:
+    def test_clean_cancel_then_verification(self, worker, binance, live_trade):
+        tasks.cancel_and_verify.delay(live_trade.pk)
+
+        wait_for(lambda: requests_made(binance, "GET /fapi/v1/order") >= 1, message="verification ran")
+        live_trade.refresh_from_db()
+        assert live_trade.status == Trade.Status.CANCELLED
+        assert requests_made(binance, "DELETE /fapi/v1/order") == 1
+
+    def test_f4_cancel_loses_the_race_verification_opens_the_trade(self, worker, binance, live_trade):
+        binance.control.arm_cancel_race(live_trade.account.api_key, "BTCUSDT",
+                                        client_order_id=live_trade.client_order_id)
+
+        tasks.cancel_and_verify.delay(live_trade.pk)
+
+        wait_for(lambda: Trade.objects.get(pk=live_trade.pk).status == Trade.Status.OPEN, message="trade opened")
+        [event] = TradeEvent.objects.filter(trade=live_trade)
+        assert (event.source, event.to_status, event.filled_qty) == ("cancel_verify", "open", Decimal("0.010"))
+
+    def test_cancel_erroring_every_time_still_verifies_then_flags_the_working_order(self, worker, binance,
+                                                                                     live_trade):
+        binance.control.inject_fault("/fapi/v1/order", "503", count=100, method="DELETE")
+
+        tasks.cancel_and_verify.delay(live_trade.pk)
+
+        wait_for(lambda: Trade.objects.get(pk=live_trade.pk).needs_operator, timeout=20, message="flagged")
+        assert requests_made(binance, "DELETE /fapi/v1/order") == 1 + tasks.CANCEL_MAX_RETRIES
+        assert requests_made(binance, "GET /fapi/v1/order") == 3  # CANCEL_VERIFY_MAX_TRIES
+        trade = Trade.objects.get(pk=live_trade.pk)
+        assert trade.status == Trade.Status.PENDING  # never guessed
+        assert "still NEW on Binance" in TradeEvent.objects.get(trade=trade).payload["reason"]
+
+    def test_cancel_timing_out_once_is_retried_then_verified(self, worker, binance, live_trade):
+        binance.control.inject_fault("/fapi/v1/order", "502", count=1, method="DELETE")
+
+        tasks.cancel_and_verify.delay(live_trade.pk)
+
+        wait_for(lambda: Trade.objects.get(pk=live_trade.pk).status == Trade.Status.CANCELLED, message="cancelled")
+        wait_for(lambda: requests_made(binance, "GET /fapi/v1/order") >= 1, message="verification ran")
+        assert requests_made(binance, "DELETE /fapi/v1/order") == 2
+
+    def test_bot_entry_flow_times_out_cancels_and_verifies(self, worker, binance, account):
+        # No result backend: a bot that enqueues (rather than calling reconciliation.bot) names its client order id.
+        tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=0,
+                                  client_order_id="bot-entry-1")
+
+        trade = wait_for(lambda: Trade.objects.filter(client_order_id="bot-entry-1",
+                                                      status=Trade.Status.CANCELLED).first(), message="cancelled")
+        assert trade.entry_order_id is not None
+        assert requests_made(binance, "POST /fapi/v1/order") == 1
+
+
+@pytest.mark.django_db
+def test_every_beat_schedule_names_a_registered_task():
+    app.loader.import_default_modules()
+    schedules = list(PeriodicTask.objects.exclude(task="celery.backend_cleanup"))
+    assert {p.name for p in schedules} >= {
+        "reconcile pending trades (all accounts)", "sync positions (all accounts)",
+        "deep reconcile of old pending trades (all accounts)",
+    }
+    for periodic in schedules:
+        assert periodic.task in app.tasks, periodic.task
+        assert periodic.expire_seconds and periodic.expire_seconds < periodic.interval.every
+
+
+@pytest.mark.django_db
+def test_reconcile_all_accounts_fans_out_one_task_per_active_account(make_account, monkeypatch):
+    active = [make_account(), make_account()]
+    make_account(is_active=False)
+    sent = []
+    monkeypatch.setattr(tasks.reconcile_account, "apply_async", lambda args, kwargs, **opts: sent.append(args[0]))
+
+    assert tasks.reconcile_all_accounts() == 2
+    assert sorted(sent) == sorted(a.pk for a in active)
