@@ -176,6 +176,23 @@ class TestWeight:
         assert report["weight_used"] == stats["total_weight"]
         assert report["opened"] == 15 and report["noted"] == 7
 
+    def test_500_pending_over_5_symbols_cost_at_most_min_n_5s_plus_2(self, binance, account):
+        symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
+        for symbol in symbols:
+            bulk = binance.control.bulk_orders(account.api_key, symbol, 100, price="1", quantity="10",
+                                               client_order_id_prefix=f"w{symbol}-")
+            Trade.objects.bulk_create([
+                Trade(account=account, symbol=symbol, side="BUY", quantity=Decimal("10"), price=Decimal("1"),
+                      client_order_id=f"w{symbol}-{order_id}")
+                for order_id in range(bulk["first_order_id"], bulk["last_order_id"] + 1)
+            ])
+        binance.control.reset_stats()
+
+        report = reconcile_pending(account)
+
+        assert report["checked"] == 500 and report["errors"] == 0
+        assert binance.control.stats()["total_weight"] <= min(500, 5 * 5) + 2
+
     def test_stops_early_at_the_weight_budget_and_finishes_on_the_next_run(self, binance, account, settings):
         settings.RECONCILE_PER_ORDER_MAX = 100
         settings.RECONCILE_WEIGHT_BUDGET = 3

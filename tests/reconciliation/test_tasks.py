@@ -19,7 +19,7 @@ from trades.models import Trade, TradeEvent
 def worker():
     """One real worker for the module (starting and stopping one costs seconds), on an empty queue."""
     app.control.purge()
-    with override_settings(CANCEL_RETRY_BASE_SEC=0.05, CANCEL_VERIFY_MAX_TRIES=3), start_worker(
+    with override_settings(CANCEL_RETRY_BASE_SEC=0.05, CANCEL_VERIFY_MAX_TRIES=3, BINANCE_HTTP_TIMEOUT=0.5), start_worker(
         app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10, loglevel="WARNING"
     ):
         yield
@@ -70,7 +70,7 @@ class TestCancelAndVerifyOnAWorker:
         assert trade.status == Trade.Status.PENDING  # never guessed
         assert "still NEW on Binance" in TradeEvent.objects.get(trade=trade).payload["reason"]
 
-    def test_cancel_timing_out_once_is_retried_then_verified(self, worker, binance, live_trade):
+    def test_cancel_answering_5xx_once_is_retried_then_verified(self, worker, binance, live_trade):
         binance.control.inject_fault("/fapi/v1/order", "502", count=1, method="DELETE")
 
         tasks.cancel_and_verify.delay(live_trade.pk)
@@ -78,6 +78,16 @@ class TestCancelAndVerifyOnAWorker:
         wait_for(lambda: Trade.objects.get(pk=live_trade.pk).status == Trade.Status.CANCELLED, message="cancelled")
         wait_for(lambda: requests_made(binance, "GET /fapi/v1/order") >= 1, message="verification ran")
         assert requests_made(binance, "DELETE /fapi/v1/order") == 2
+
+    def test_cancel_timing_out_is_retried_then_verified(self, worker, binance, live_trade):
+        # The exchange sits on the cancel past our 0.5 s timeout (and then executes it, as Binance may).
+        binance.control.inject_fault("/fapi/v1/order", "hang", count=1, method="DELETE", hang_sec=1.5)
+
+        tasks.cancel_and_verify.delay(live_trade.pk)
+
+        wait_for(lambda: Trade.objects.get(pk=live_trade.pk).status == Trade.Status.CANCELLED, message="cancelled")
+        wait_for(lambda: requests_made(binance, "GET /fapi/v1/order") >= 1, message="verification ran")
+        assert TradeEvent.objects.filter(trade=live_trade).count() == 1
 
     def test_bot_entry_flow_times_out_cancels_and_verifies(self, worker, binance, account):
         # No result backend: a bot that enqueues (rather than calling reconciliation.bot) names its client order id.
