@@ -136,6 +136,11 @@ class SandboxControl:
         """Cut the account's WebSocket connections (TCP abort, no close frame). -> {"dropped": n}."""
         return self._call("POST", "/ws/drop", {"api_key": api_key})
 
+    def push_raw(self, api_key: str, raw: str) -> dict:
+        """Send a raw text frame to the account's live user-stream connections (a duplicate or out-of-order event,
+        a malformed payload, …), as is. -> {"sent": n}."""
+        return self._call("POST", "/ws/push", {"api_key": api_key, "raw": raw})
+
     def expire_listen_key(self, api_key: str) -> dict:
         """Expire the account's listenKey now: listenKeyExpired is sent, sockets closed, keepalive -> -1125."""
         return self._call("POST", "/listen_keys/expire", {"api_key": api_key})
@@ -149,15 +154,18 @@ class SandboxControl:
 
     # --- faults --------------------------------------------------------------------------------------------
     def inject_fault(self, path: str, kind: str, count: int = 1, method: str | None = None,
-                     hang_sec: float | None = None) -> dict:
+                     hang_sec: float | None = None, retry_after: int | None = None) -> dict:
         """Next `count` requests on `path` (and `method`, if given) fail. kind: "500", "502", "503",
         "503_unknown_placed" (the request IS executed, then 503 "Unknown error..."), "429", "418",
-        "hang" (sleep hang_sec, then served normally)."""
+        "hang" (sleep hang_sec, then served normally). retry_after: the Retry-After a 429/418 fault sends
+        (default: what Binance would, the seconds to the next minute / 120)."""
         payload = {"path": path, "kind": str(kind), "count": int(count)}
         if method is not None:
             payload["method"] = method
         if hang_sec is not None:
             payload["hang_sec"] = float(hang_sec)
+        if retry_after is not None:
+            payload["retry_after"] = int(retry_after)
         return self._call("POST", "/faults", payload)
 
     def clear_faults(self) -> dict:

@@ -41,6 +41,7 @@ class ControlApi:
             ("POST", "/orders/expire", self.expire), ("GET", "/orders", self.get_order),
             ("POST", "/orders/bulk", self.bulk_orders), ("GET", "/positions", self.positions),
             ("GET", "/listen_keys", self.listen_keys), ("POST", "/ws/drop", self.drop_connections),
+            ("POST", "/ws/push", self.push_raw),
             ("POST", "/listen_keys/expire", self.expire_listen_key), ("POST", "/events/pause", self.pause),
             ("POST", "/events/resume", self.resume), ("POST", "/faults", self.add_fault),
             ("GET", "/faults", self.list_faults), ("DELETE", "/faults", self.clear_faults),
@@ -164,6 +165,9 @@ class ControlApi:
     def drop_connections(self, data):
         return {"dropped": self.ex.hub.drop(self._account(data).api_key)}
 
+    def push_raw(self, data):
+        return {"sent": self.ex.hub.push_raw(self._account(data), str(data["raw"]))}
+
     def expire_listen_key(self, data):
         return {"expired": self.engine.expire_listen_key(self._account(data))}
 
@@ -177,7 +181,7 @@ class ControlApi:
 
     def add_fault(self, data):
         fault = self.ex.faults.add(data["path"], str(data["kind"]), int(data.get("count", 1)), data.get("method"),
-                                   data.get("hang_sec"))
+                                   data.get("hang_sec"), data.get("retry_after"))
         return fault.public()
 
     def list_faults(self, data):

@@ -63,10 +63,11 @@ class Fault:
     count: int
     method: str | None = None
     hang_sec: float | None = None
+    retry_after: int | None = None  # 429/418: the Retry-After to send instead of the realistic one
 
     def public(self) -> dict:
         return {"path": self.path, "kind": self.kind, "count": self.count, "method": self.method,
-                "hang_sec": self.hang_sec}
+                "hang_sec": self.hang_sec, "retry_after": self.retry_after}
 
 
 class Faults:
@@ -74,12 +75,13 @@ class Faults:
         self.rules: list[Fault] = []
 
     def add(self, path: str, kind: str, count: int = 1, method: str | None = None,
-            hang_sec: float | None = None) -> Fault:
+            hang_sec: float | None = None, retry_after: int | None = None) -> Fault:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
         if kind == "hang" and not hang_sec:
             raise ValueError("fault kind 'hang' needs hang_sec")
-        fault = Fault(path, kind, int(count), method.upper() if method else None, hang_sec)
+        fault = Fault(path, kind, int(count), method.upper() if method else None, hang_sec,
+                      None if retry_after is None else int(retry_after))
         self.rules.append(fault)
         return fault
 

@@ -271,12 +271,13 @@ def _fault_response(ex, fault, now: int) -> web.Response:
     if kind == "503":
         return _json(503, {"code": -1008, "msg": "Service Unavailable."})
     if kind == "429":
-        retry = 60 - (now // 1000) % 60
+        retry = fault.retry_after if fault.retry_after is not None else 60 - (now // 1000) % 60
         return _json(429, {"code": -1003, "msg": f"Too many requests; current limit is {ex.limiter.limit} "
                            "requests per minute. Please use the websocket for live updates to avoid polling the API."},
                      {"Retry-After": str(retry)})
     return _json(418, {"code": -1003, "msg": f"Way too many requests; IP banned until {now + 120000}. "
-                       "Please use the websocket for live updates to avoid bans."}, {"Retry-After": "120"})
+                       "Please use the websocket for live updates to avoid bans."},
+                 {"Retry-After": str(fault.retry_after if fault.retry_after is not None else 120)})
 
 
 UNKNOWN_503 = {"code": -1000, "msg": "Unknown error, please check your request or try again later."}

@@ -46,6 +46,13 @@ class Hub:
                 if conn.listen_key == account.listen_key:
                     conn.queue.put_nowait(data)
 
+    def push_raw(self, account, raw: str) -> int:
+        """Send `raw` text as is to the account's live connections (duplicates, stale or malformed frames)."""
+        conns = [c for c in self.connections.get(account.api_key, ()) if c.listen_key == account.listen_key]
+        for conn in conns:
+            conn.queue.put_nowait(raw)
+        return len(conns)
+
     def listen_key_gone(self, account, key: str, expired: bool) -> None:
         for conn in list(self.connections.get(account.api_key, ())):
             if conn.listen_key == key:

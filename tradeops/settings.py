@@ -106,7 +106,8 @@ if _db["ENGINE"] == "django.db.backends.mysql":
             # READ COMMITTED: a compare-and-set UPDATE sees the latest committed row, and gap locks (a deadlock
             # source under REPEATABLE READ) are not taken.
             "isolation_level": "read committed",
-            "init_command": "SET sql_mode='STRICT_TRANS_TABLES', innodb_lock_wait_timeout=10",
+            "init_command": "SET sql_mode='STRICT_TRANS_TABLES', innodb_lock_wait_timeout="
+            + str(env.int("DATABASE_LOCK_WAIT_TIMEOUT", default=10)),
         }
     )
     _db["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
@@ -215,3 +216,12 @@ RECONCILE_LEASE_SEC = env.int("RECONCILE_LEASE_SEC", default=CELERY_TASK_TIME_LI
 CANCEL_VERIFY_MAX_TRIES = env.int("CANCEL_VERIFY_MAX_TRIES", default=5)
 CANCEL_RETRY_BASE_SEC = env.float("CANCEL_RETRY_BASE_SEC", default=1.0)  # cancel / verify retry backoff base
 ENTRY_TIMEOUT_SEC = env.int("ENTRY_TIMEOUT_SEC", default=60)
+
+# --- User-data stream (reconciliation/stream/config.py documents each) -----------------------------------------------
+USER_STREAM_KEEPALIVE_SEC = env.float("USER_STREAM_KEEPALIVE_SEC", default=1800)
+USER_STREAM_MAX_CONNECTION_SEC = env.float("USER_STREAM_MAX_CONNECTION_SEC", default=84600)
+USER_STREAM_ACCOUNT_REFRESH_SEC = env.float("USER_STREAM_ACCOUNT_REFRESH_SEC", default=30)
+USER_STREAM_BACKOFF_BASE_SEC = env.float("USER_STREAM_BACKOFF_BASE_SEC", default=1.0)
+USER_STREAM_BACKOFF_MAX_SEC = env.float("USER_STREAM_BACKOFF_MAX_SEC", default=60)
+USER_STREAM_POSITION_DEBOUNCE_SEC = env.float("USER_STREAM_POSITION_DEBOUNCE_SEC", default=2.0)
+

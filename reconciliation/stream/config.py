@@ -1,0 +1,63 @@
+"""Stream tuning, read once from settings (all optional; defaults in brackets):
+
+USER_STREAM_KEEPALIVE_SEC          [1800]    PUT listenKey this often (Binance expires a key after 60 min)
+USER_STREAM_MAX_CONNECTION_SEC     [84600]   reconnect on our terms before Binance's 24 h cut (23.5 h)
+USER_STREAM_ACCOUNT_REFRESH_SEC    [30]      re-read accounts (added / disabled / re-keyed) this often
+USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unplanned disconnect (× 0.5–1 jitter)
+USER_STREAM_BACKOFF_MAX_SEC        [60]      reconnect delay cap
+USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts → one sync_positions per account per window
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields, replace
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    keepalive_sec: float = 30 * 60
+    max_connection_sec: float = 23.5 * 3600
+    account_refresh_sec: float = 30.0
+    backoff_base_sec: float = 1.0
+    backoff_max_sec: float = 60.0
+    position_debounce_sec: float = 2.0
+    # Not settings: rarely worth changing, but tests and the benchmark shorten some.
+    stable_after_sec: float = 30.0  # a connection that lived this long resets the failure count
+    open_timeout_sec: float = 10.0
+    ping_interval_sec: float = 20.0  # our pings; a half-open socket is noticed within ping_interval + ping_timeout
+    ping_timeout_sec: float = 20.0
+    db_tries: int = 3
+    db_retry_delay_sec: float = 0.05
+    last_event_write_sec: float = 5.0  # AccountSyncState.stream_last_event_at is written at most this often
+    shutdown_sec: float = 4.0  # SIGTERM → sockets and listenKeys closed within this (the process exits within 5 s)
+    listen_key_http_timeout_sec: float = 3.0
+    threads: int = 8
+
+    _SETTINGS = {
+        "keepalive_sec": "USER_STREAM_KEEPALIVE_SEC",
+        "max_connection_sec": "USER_STREAM_MAX_CONNECTION_SEC",
+        "account_refresh_sec": "USER_STREAM_ACCOUNT_REFRESH_SEC",
+        "backoff_base_sec": "USER_STREAM_BACKOFF_BASE_SEC",
+        "backoff_max_sec": "USER_STREAM_BACKOFF_MAX_SEC",
+        "position_debounce_sec": "USER_STREAM_POSITION_DEBOUNCE_SEC",
+    }
+
+    @classmethod
+    def from_settings(cls, **overrides) -> StreamConfig:
+        values = {}
+        for name in (f.name for f in fields(cls)):
+            setting = cls._SETTINGS.get(name)
+            if setting is not None and hasattr(settings, setting):
+                values[name] = float(getattr(settings, setting))
+        return replace(cls(**values), **overrides)
+
+    def backoff_delay(self, failures: int) -> float:
+        """Seconds to wait before attempt number `failures` + 1: exponential, capped, with jitter (so a fleet of
+        accounts cut off together does not reconnect in lockstep)."""
+        if failures <= 0:
+            return 0.0
+        ceiling = min(self.backoff_max_sec, self.backoff_base_sec * 2 ** min(failures - 1, 30))
+        return random.uniform(0.5, 1.0) * ceiling

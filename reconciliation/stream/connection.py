@@ -1,0 +1,253 @@
+"""One account's user-data stream: listenKey life cycle, the WebSocket, reconnects, and what each message triggers.
+
+    create listenKey → connect {ws}/private/ws?listenKey=… → enqueue reconcile("ws_connect") → read …
+      … until: the socket drops / listenKeyExpired / keepalive fails / the connection reaches max age / stop()
+    → back off (none for planned reconnects) → again, with a new key when the old one is gone.
+
+The reconcile is enqueued only once the socket is live, so a fill either arrives on this socket or happened
+before it was open and the reconcile finds it; overlap is harmless (the rule is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from django.conf import settings
+from django.utils import timezone
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from trades.binance_client import BinanceFuturesClient
+from trades.exceptions import ListenKeyExpired
+from trades.models import Account
+
+from . import messages
+from .config import StreamConfig
+from .state import CONNECTED, CONNECTING, RECONNECTING, STOPPED, blocking, record_last_event, record_state
+
+logger = logging.getLogger("reconciliation.user_stream")
+
+# Reasons a connection ends that call for an immediate reconnect rather than a backoff.
+PLANNED = frozenset({"listen_key_expired", "max_connection_age", "keepalive_failed"})
+
+
+def ws_base_url(account: Account) -> str:
+    name = "BINANCE_FUTURES_TESTNET_WS_URL" if account.use_testnet else "BINANCE_FUTURES_WS_URL"
+    return getattr(settings, name).rstrip("/")
+
+
+def listen_key_client(account: Account, timeout: float) -> BinanceFuturesClient:
+    """The account's gateway for listenKey calls, with a short timeout (shutdown must not wait on a slow DELETE)."""
+    client = BinanceFuturesClient.for_account(account)
+    return BinanceFuturesClient(account.api_key, account.api_secret, rest_url=client.rest_url,
+                                timeout=min(client.timeout, timeout), account_label=client.account_label)
+
+
+class AccountStream:
+    """Runs until stop(); never raises out of run(). Counters (`connects`, `outcomes`) are for tests and the bench."""
+
+    def __init__(self, account: Account, *, config: StreamConfig, executor: Executor,
+                 enqueue_reconcile: Callable[[int, str], object],
+                 enqueue_position_sync: Callable[[int, str], object]) -> None:
+        self.account = account
+        self.account_id = account.pk
+        self.label = f"{account.pk}/{account.name}"
+        self.config = config
+        self.executor = executor
+        self.enqueue_reconcile = enqueue_reconcile
+        self.enqueue_position_sync = enqueue_position_sync
+        self.connects = 0
+        self.disconnects: list[str] = []  # why each connection ended, in order
+        self.outcomes: dict[str, int] = {}
+        self._stopping = False
+        self._ws = None
+        self._end_reason: str | None = None
+        self._listen_key: str | None = None
+        self._connected_at: float | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._position_sync: asyncio.Task | None = None
+        self._last_event_written = 0.0
+
+    # --- control -------------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask run() to close the socket and the listenKey and return (call on the stream's loop)."""
+        self._stopping = True
+        self._end("stop")
+
+    def _end(self, reason: str) -> None:
+        """End the current connection (first reason wins); run() decides what comes next."""
+        if self._end_reason is None:
+            self._end_reason = reason
+        if self._ws is not None:
+            self._spawn(self._ws.close())
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _blocking(self, fn, *args, **kwargs):
+        return await blocking(self.executor, fn, *args, **kwargs)
+
+    async def _call(self, what: str, fn, *args) -> None:
+        """A side effect (enqueue a task, write state) that must not take the stream down when it fails."""
+        try:
+            await self._blocking(fn, *args)
+        except Exception as exc:  # noqa: BLE001
+            logger.error("user_stream %s_failed account=%s: %s: %s", what, self.label, type(exc).__name__,
+                         str(exc)[:200])
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        client = None
+        failures, reason, disconnected_at = 0, "start", None
+        try:
+            await self._call("state", record_state, self.account_id, CONNECTING)
+            client = await self._blocking(listen_key_client, self.account, self.config.listen_key_http_timeout_sec)
+            while not self._stopping:
+                self._end_reason, self._connected_at = None, None
+                try:
+                    reason = await self._connect_and_read(client, reason, disconnected_at)
+                except Exception as exc:  # noqa: BLE001 — refused, timed out, DNS, REST errors: back off, retry
+                    reason = self._end_reason or _describe(exc)
+                connected_at = self._connected_at
+                if self._stopping:
+                    break
+                self.disconnects.append(reason)
+                disconnected_at = time.monotonic()
+                lived = disconnected_at - connected_at if connected_at else 0.0
+                failures = 0 if lived >= self.config.stable_after_sec else failures + 1
+                planned = reason in PLANNED and failures <= 1
+                delay = 0.0 if planned else self.config.backoff_delay(max(failures, 1))
+                log = logger.info if planned else logger.warning
+                log("user_stream event=%s account=%s reason=%s connected_for_s=%.1f failures=%d retry_in_s=%.2f",
+                    "disconnected" if connected_at else "connect_failed", self.label, reason, lived, failures, delay)
+                await self._call("state", record_state, self.account_id, RECONNECTING)
+                await self._sleep(delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 — one account's bug never takes the others down; the runner restarts us
+            logger.exception("user_stream crashed account=%s", self.label)
+        finally:
+            await self._shut(client)
+
+    async def _connect_and_read(self, client, previous_reason: str, disconnected_at: float | None) -> str:
+        """One connection: returns why it ended. Raises when it could not connect (or broke while connected)."""
+        self._listen_key = await self._blocking(client.create_listen_key)
+        if self._stopping:
+            return "stop"
+        url = f"{ws_base_url(self.account)}/private/ws?listenKey={self._listen_key}"
+        cfg = self.config
+        async with connect(url, open_timeout=cfg.open_timeout_sec, ping_interval=cfg.ping_interval_sec,
+                           ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20) as ws:
+            self._ws = ws
+            self._connected_at = time.monotonic()
+            self.connects += 1
+            gap_ms = round((self._connected_at - disconnected_at) * 1000) if disconnected_at else None
+            logger.info("user_stream event=%s account=%s reason=%s gap_ms=%s", "connected" if self.connects == 1
+                        else "reconnected", self.label, previous_reason, gap_ms)
+            if self._stopping:  # stop() came while connecting
+                return "stop"
+            # Live now: whatever filled before this instant the reconcile finds; anything later arrives here.
+            self._spawn(self._call("enqueue_reconcile", self.enqueue_reconcile, self.account_id, "ws_connect"))
+            self._spawn(self._call("state", record_state, self.account_id, CONNECTED))
+            keepalive = self._spawn(self._keep_alive(client, self._listen_key))
+            max_age = asyncio.get_running_loop().call_later(cfg.max_connection_sec, self._end, "max_connection_age")
+            try:
+                reason = await self._read(ws)
+            finally:
+                self._ws = None
+                keepalive.cancel()
+                max_age.cancel()
+            return reason
+
+    async def _read(self, ws) -> str:
+        try:
+            async for raw in ws:
+                await self._on_message(raw)
+        except ConnectionClosed as exc:
+            return self._end_reason or _describe(exc)
+        return self._end_reason or _describe_close(ws)
+
+    async def _on_message(self, raw) -> None:
+        outcome = messages.classify(self.account_id, raw)
+        if outcome.kind == messages.ORDER:
+            outcome = await self._blocking(
+                messages.apply_order_event, self.account_id, outcome.snapshot, enqueue_reconcile=self.enqueue_reconcile,
+                tries=self.config.db_tries, retry_delay=self.config.db_retry_delay_sec,
+            )
+        elif outcome.kind == messages.POSITIONS:
+            self._schedule_position_sync()
+        elif outcome.kind == messages.EXPIRED:
+            self._end("listen_key_expired")
+        self.outcomes[outcome.kind] = self.outcomes.get(outcome.kind, 0) + 1
+        now = time.monotonic()
+        if now - self._last_event_written >= self.config.last_event_write_sec:
+            self._last_event_written = now
+            self._spawn(self._call("state", record_last_event, self.account_id, timezone.now()))
+
+    async def _keep_alive(self, client, key: str) -> None:
+        while True:
+            await asyncio.sleep(self.config.keepalive_sec)
+            try:
+                await self._blocking(client.keepalive_listen_key, key)
+            except ListenKeyExpired:
+                self._end("listen_key_expired")
+                return
+            except Exception as exc:  # noqa: BLE001 — a new key (or the same one, if still valid) and a reconnect
+                logger.warning("user_stream keepalive_failed account=%s: %s", self.label, str(exc)[:200])
+                self._end("keepalive_failed")
+                return
+
+    def _schedule_position_sync(self) -> None:
+        """One sync_positions per account per debounce window, sent at the window's end."""
+        if self._position_sync is not None and not self._position_sync.done():
+            return
+
+        async def fire():
+            await asyncio.sleep(self.config.position_debounce_sec)
+            self._position_sync = None
+            await self._call("enqueue_position_sync", self.enqueue_position_sync, self.account_id,
+                             "ws_account_update")
+
+        self._position_sync = self._spawn(fire())
+
+    async def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < end:
+            await asyncio.sleep(min(0.05, end - time.monotonic()))
+
+    async def _shut(self, client) -> None:
+        """Close the listenKey (Binance: DELETE invalidates it) and record the state. Bounded: shutdown waits."""
+        if self._position_sync is not None:
+            self._position_sync.cancel()  # the periodic position sync covers it
+        if client is not None and self._listen_key is not None:
+            try:
+                await self._blocking(client.close_listen_key, self._listen_key)
+                logger.info("user_stream event=listen_key_closed account=%s", self.label)
+            except Exception as exc:  # noqa: BLE001 — it expires by itself within 60 minutes
+                logger.warning("user_stream listen_key_close_failed account=%s: %s", self.label, str(exc)[:200])
+            self._listen_key = None
+        await self._call("state", record_state, self.account_id, STOPPED)
+        pending = [task for task in self._tasks if not task.done()]
+        if pending:  # an enqueue or a state write in flight: let it land
+            await asyncio.wait(pending, timeout=1.0)
+        logger.info("user_stream event=stopped account=%s", self.label)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed):
+        code = exc.rcvd.code if exc.rcvd else (exc.sent.code if exc.sent else 1006)
+        return f"connection_closed_{code}"
+    return f"{type(exc).__name__}: {messages.excerpt(exc)[:120]}"
+
+
+def _describe_close(ws) -> str:
+    return f"closed_by_server_{ws.close_code}"

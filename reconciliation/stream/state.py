@@ -1,0 +1,68 @@
+"""The stream's blocking side: the database (accounts to stream, AccountSyncState) and the thread hop to reach it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+from concurrent.futures import Executor
+from datetime import datetime
+
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from trades.models import Account
+
+from ..leases import sync_state
+from ..models import AccountSyncState
+
+CONNECTING = "connecting"
+CONNECTED = "connected"
+RECONNECTING = "reconnecting"
+STOPPED = "stopped"
+
+
+def recycle_connections() -> None:
+    """What Django does around a request: close this thread's connections that are broken or past CONN_MAX_AGE.
+    Never inside a transaction (a caller's atomic block, a test's): that connection is in use."""
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
+def _fresh_connection(fn, *args, **kwargs):
+    recycle_connections()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        recycle_connections()
+
+
+async def blocking(executor: Executor, fn, *args, **kwargs):
+    """Await fn(*args, **kwargs) run in the executor (never on the event loop)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, functools.partial(_fresh_connection, fn, *args, **kwargs))
+
+
+def fingerprint(account: Account) -> str:
+    """Changes when anything the stream connects with changes (keys, testnet), without keeping the secret."""
+    material = "\0".join((account.api_key, account.api_secret or "", str(bool(account.use_testnet))))
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def load_accounts(names: list[str] | None) -> dict[int, Account]:
+    """The accounts to stream now: the active ones, or the active ones among `names`."""
+    query = Account.objects.filter(is_active=True)
+    if names:
+        query = query.filter(name__in=names)
+    return {account.pk: account for account in query}
+
+
+def record_state(account_id: int, state: str, at: datetime | None = None) -> None:
+    sync_state(account_id)
+    AccountSyncState.objects.filter(account_id=account_id).update(
+        stream_state=state, stream_state_at=at or timezone.now()
+    )
+
+
+def record_last_event(account_id: int, at: datetime) -> None:
+    AccountSyncState.objects.filter(account_id=account_id).update(stream_last_event_at=at)

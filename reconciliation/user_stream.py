@@ -1,0 +1,36 @@
+"""The user-data WebSocket consumer (DESIGN §1 P0 "reconcile on every (re)connect"; issue 5).
+
+One asyncio process streams every active account (or the named ones), one connection each, to
+``{BINANCE_FUTURES_WS_URL}/private/ws?listenKey=<key>``:
+
+- listenKey: created per connection (Binance returns the live key if there is one), kept alive every
+  USER_STREAM_KEEPALIVE_SEC, closed (DELETE) on shutdown; -1125 on keepalive, a failed keepalive or a
+  ``listenKeyExpired`` event → a new key and an immediate reconnect; a proactive reconnect after
+  USER_STREAM_MAX_CONNECTION_SEC, before Binance's 24 h cut.
+- After every successful subscribe, the first included, ``reconcile_account(account_id, reason="ws_connect")`` is
+  enqueued: fills during a gap (drop, expired key, restart) are fetched from Binance; overlap is harmless.
+- Unplanned disconnects back off exponentially with jitter (USER_STREAM_BACKOFF_BASE_SEC … _MAX_SEC); each account
+  runs on its own, one account's trouble never touches another's stream.
+- ORDER_TRADE_UPDATE → ``services.apply_order_snapshot(trade, …, source="ws")`` in a worker thread (never on the
+  loop); a DB failure is retried 3 times, then the account gets a reconcile instead of losing the fill. Orders the
+  bot did not create are logged and left alone. ACCOUNT_UPDATE with positions → one ``sync_positions`` per account
+  per USER_STREAM_POSITION_DEBOUNCE_SEC. Anything malformed or unknown → one WARNING with a masked excerpt.
+- Accounts are re-read every USER_STREAM_ACCOUNT_REFRESH_SEC: added → started, disabled/deleted → stopped (key
+  closed), re-keyed → restarted.
+- State for the admin and health checks: AccountSyncState.stream_state (connecting / connected / reconnecting /
+  stopped), stream_state_at, stream_last_event_at (written at most every 5 s).
+- Log lines: ``user_stream event=connected|reconnected|disconnected|connect_failed account=<id>/<name> reason=…
+  gap_ms=… connected_for_s=… retry_in_s=…``.
+
+`handle_message(account_id, raw)` is the message path without a socket (tests, fuzzing); it never raises.
+"""
+
+from .stream.config import StreamConfig
+from .stream.connection import AccountStream
+from .stream.messages import Outcome, classify, excerpt, handle_message
+from .stream.runner import UserStreamRunner, run_user_stream
+
+__all__ = [
+    "AccountStream", "Outcome", "StreamConfig", "UserStreamRunner", "classify", "excerpt", "handle_message",
+    "run_user_stream",
+]

@@ -1,0 +1,385 @@
+"""The user-data stream consumer (reconciliation.user_stream) against the sandbox's real WebSocket.
+
+The consumer runs in-process on its own loop in a background thread (stream_helpers.StreamThread), with the Celery
+enqueues replaced by in-process calls (the reconcile service runs at once, as a worker would); the process-level
+test runs `manage.py run_user_stream` as a subprocess and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from django.db import OperationalError
+from websockets.sync.client import connect
+
+from reconciliation import services
+from reconciliation.models import AccountSyncState
+from reconciliation.user_stream import AccountStream, StreamConfig, excerpt, handle_message
+from trades.binance_client import BinanceFuturesClient
+from trades.models import Trade, TradeEvent
+
+from .stream_helpers import Recorder, StreamThread, new_trade, place, place_trade, status_of, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+live = pytest.mark.django_db(transaction=True)  # the stream's threads must see the test's rows
+
+
+@pytest.fixture
+def stream_recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def start_stream(binance):
+    threads = []
+
+    def start(recorder, **config):
+        thread = StreamThread(recorder, **config).start()
+        threads.append(thread)
+        return thread
+
+    yield start
+    for thread in threads:
+        thread.stop()
+
+
+def fill(exchange, trade, **kwargs):
+    return exchange.control.fill_order(trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id,
+                                       **kwargs)
+
+
+def events_of(trade, **filters):
+    return list(TradeEvent.objects.filter(trade=trade, **filters).order_by("pk"))
+
+
+def capture_order_events(exchange, account, action, count: int) -> list[str]:
+    """Run action() with a bare WebSocket on the account's stream; return the first `count` ORDER_TRADE_UPDATE
+    frames exactly as the sandbox sent them."""
+    with BinanceFuturesClient.for_account(account) as client:
+        key = client.create_listen_key()
+    frames = []
+    with connect(f"{exchange.ws_url}/private/ws?listenKey={key}", open_timeout=5) as ws:
+        wait_for(lambda: exchange.control.listen_keys(account.api_key)["connections"] == 1)
+        action()
+        while len(frames) < count:
+            raw = ws.recv(timeout=5)
+            if json.loads(raw)["e"] == "ORDER_TRADE_UPDATE":
+                frames.append(raw)
+    return frames
+
+
+# --- the live path ----------------------------------------------------------------------------------------------
+
+@live
+def test_fill_pushed_over_the_websocket_opens_the_trade(binance, account, start_stream):
+    recorder = Recorder(reconcile=False)  # only the WebSocket can open the trades here
+    stream = start_stream(recorder)
+    stream.wait_connected(account.pk)
+    first, second = place_trade(account), place_trade(account, qty="0.020")
+
+    fill(binance, first)
+    fill(binance, second)
+
+    wait_for(lambda: status_of(first) == status_of(second) == Trade.Status.OPEN, what="both trades open")
+    first.refresh_from_db()
+    assert (first.filled_qty, first.entry_price) == (Decimal("0.010"), Decimal("50000"))
+    assert [(e.source, e.to_status) for e in events_of(first, from_status="pending", to_status="open")] == [
+        ("ws", "open")]
+    # The fills' ACCOUNT_UPDATEs ask for a position sync (debounced: see the next test).
+    wait_for(lambda: recorder.count("sync_positions", account.pk, "ws_account_update") >= 1)
+    state = AccountSyncState.objects.get(account=account)
+    assert state.stream_state == "connected" and state.stream_last_event_at is not None
+
+
+def test_account_updates_within_the_debounce_window_make_one_position_sync():
+    recorder = Recorder(reconcile=False)
+
+    async def scenario():
+        with ThreadPoolExecutor(2) as executor:
+            stream = AccountStream(SimpleNamespace(pk=7, name="debounce"), executor=executor,
+                                   config=StreamConfig(position_debounce_sec=0.05),
+                                   enqueue_reconcile=recorder.enqueue_reconcile,
+                                   enqueue_position_sync=recorder.enqueue_position_sync)
+            for _ in range(5):
+                stream._schedule_position_sync()
+            await asyncio.gather(*stream._tasks)  # every scheduled send has happened
+            first_window = recorder.count("sync_positions", 7, "ws_account_update")
+            stream._schedule_position_sync()
+            await asyncio.gather(*stream._tasks)
+            return first_window, recorder.count("sync_positions", 7)
+
+    assert asyncio.run(scenario()) == (1, 2)
+
+
+@live
+def test_f2_fill_while_the_stream_is_down_is_reconciled_on_reconnect(binance, account, start_stream, stream_recorder):
+    stream = start_stream(stream_recorder)
+    stream.wait_connected(account.pk)
+    trade = place_trade(account)
+    binance.control.pause_events(account.api_key)  # the fill's events are lost, as in an outage
+    fill(binance, trade)
+    binance.control.resume_events(account.api_key)
+    assert status_of(trade) == Trade.Status.PENDING
+
+    binance.control.drop_connections(account.api_key)
+
+    stream.wait_connected(account.pk, connects=2)
+    wait_for(lambda: status_of(trade) == Trade.Status.OPEN, timeout=5, what="trade opened by the reconcile")
+    assert [e.source for e in events_of(trade, to_status="open")] == ["reconcile"]
+    assert stream.stream(account.pk).disconnects[0].startswith("connection_closed_")
+    assert stream_recorder.count("reconcile", account.pk, "ws_connect") == 2
+
+
+@live
+@pytest.mark.parametrize("how", ["clock_past_60_min", "expired_now"])
+def test_f3_expired_listen_key_means_new_key_reconnect_and_reconcile(binance, account, start_stream, stream_recorder,
+                                                                      how):
+    stream = start_stream(stream_recorder)
+    stream.wait_connected(account.pk)
+    old_key = binance.control.listen_keys(account.api_key)["listen_key"]
+    trade = place_trade(account)
+    binance.control.pause_events(account.api_key)
+    fill(binance, trade)
+    binance.control.resume_events(account.api_key)
+
+    if how == "clock_past_60_min":
+        binance.control.advance_clock(60 * 60 * 1000 + 1)
+    else:
+        binance.control.expire_listen_key(account.api_key)
+
+    stream.wait_connected(account.pk, connects=2)
+    wait_for(lambda: status_of(trade) == Trade.Status.OPEN, timeout=5, what="trade opened by the reconcile")
+    keys = binance.control.listen_keys(account.api_key)
+    assert keys["listen_key"] not in (None, old_key) and keys["connections"] == 1
+    assert stream.stream(account.pk).disconnects == ["listen_key_expired"]
+
+
+@live
+def test_keepalive_and_proactive_reconnect_before_the_connection_limit(binance, account, start_stream,
+                                                                        stream_recorder):
+    binance.control.reset_stats()
+    stream = start_stream(stream_recorder, keepalive_sec=0.1, max_connection_sec=1.0)
+    stream.wait_connected(account.pk, connects=2, timeout=5)  # the second connect is the proactive one
+    assert stream.stream(account.pk).disconnects[0] == "max_connection_age"
+    assert binance.control.stats()["requests"].get("PUT /fapi/v1/listenKey", 0) >= 1
+    assert stream_recorder.count("reconcile", account.pk, "ws_connect") >= 2
+
+
+@live
+def test_two_accounts_on_one_symbol_only_see_and_apply_their_own_events(binance, make_account, start_stream):
+    alice, bob = make_account(), make_account()
+    stream = start_stream(Recorder(reconcile=False))
+    stream.wait_connected(alice.pk)
+    stream.wait_connected(bob.pk)
+    # Same symbol and even the same client order id (DESIGN F16): only the account's own stream may touch it.
+    alices = place_trade(alice, client_order_id="shared-id-1")
+    bobs = place_trade(bob, client_order_id="shared-id-1")
+
+    fill(binance, alices)
+    wait_for(lambda: status_of(alices) == Trade.Status.OPEN)
+    fill(binance, bobs, qty="0.004")
+    wait_for(lambda: Trade.objects.get(pk=bobs.pk).filled_qty == Decimal("0.004"))
+
+    alices.refresh_from_db()
+    bobs.refresh_from_db()
+    assert (alices.status, alices.filled_qty) == ("open", Decimal("0.010"))
+    assert (bobs.status, bobs.filled_qty) == ("pending", Decimal("0.004"))
+    assert alices.entry_order_id != bobs.entry_order_id
+    for trade in (alices, bobs):
+        assert {e.payload["order_id"] for e in events_of(trade, source="ws")} == {trade.entry_order_id}
+
+
+@live
+def test_accounts_added_disabled_and_rekeyed_are_picked_up_without_restart(binance, make_account, start_stream,
+                                                                          stream_recorder):
+    first = make_account()
+    stream = start_stream(stream_recorder)
+    stream.wait_connected(first.pk)
+
+    added = make_account()
+    stream.wait_connected(added.pk)
+
+    first.is_active = False
+    first.save()
+    wait_for(lambda: binance.control.listen_keys(first.api_key)["listen_key"] is None, what="key closed")
+    wait_for(lambda: AccountSyncState.objects.get(account=first).stream_state == "stopped")
+
+    old_api_key = added.api_key
+    creds = binance.control.create_account()
+    added.api_key, added.api_secret = creds["api_key"], creds["api_secret"]
+    added.save()
+    wait_for(lambda: binance.control.listen_keys(creds["api_key"])["connections"] == 1, what="re-keyed stream")
+    assert binance.control.listen_keys(old_api_key)["listen_key"] is None
+
+
+# --- the message path without a socket ---------------------------------------------------------------------------
+
+@pytest.mark.django_db
+def test_f6_duplicate_and_out_of_order_events_make_one_transition_and_never_regress(binance, account):
+    trade = new_trade(account)
+
+    def partial_fills_then_full():
+        place(trade)
+        fill(binance, trade, qty="0.004")
+        fill(binance, trade, qty="0.002")
+        fill(binance, trade)
+
+    new, part1, part2, filled = capture_order_events(binance, account, partial_fills_then_full, 4)
+    assert [json.loads(f)["o"]["X"] for f in (part1, part2, filled)] == ["PARTIALLY_FILLED"] * 2 + ["FILLED"]
+
+    recorder = Recorder(reconcile=False)
+    handle = lambda raw: handle_message(account.pk, raw, enqueue_reconcile=recorder.enqueue_reconcile)  # noqa: E731
+    handle(new)
+    handle(part2)
+    handle(part1)  # older than the one applied
+    handle(part2)  # duplicate
+    assert Trade.objects.get(pk=trade.pk).filled_qty == Decimal("0.006")
+    assert str(handle(filled)) == "applied:opened"
+    for raw in (filled, part1, new, filled):
+        assert str(handle(raw)) != "applied:opened"
+
+    trade.refresh_from_db()
+    assert (trade.status, trade.filled_qty) == ("open", Decimal("0.010"))
+    assert [(e.from_status, e.to_status) for e in events_of(trade, source="ws")] == [
+        ("pending", "pending"), ("pending", "open")]  # the 0.006 progress, then the fill: once each
+    assert recorder.calls == []
+
+
+@pytest.mark.django_db
+def test_a_db_error_is_retried_then_a_reconcile_is_enqueued_instead_of_dropping_the_fill(monkeypatch, caplog):
+    from tests.factories import TradeFactory
+
+    trade = TradeFactory()
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise OperationalError(2013, "Lost connection to MySQL server during query")
+
+    monkeypatch.setattr(services, "apply_order_snapshot", broken)
+    recorder = Recorder(reconcile=False)
+    event = {"e": "ORDER_TRADE_UPDATE", "E": 1, "o": {"s": trade.symbol, "c": trade.client_order_id, "X": "FILLED",
+                                                      "i": 42, "z": "0.010", "ap": "67000", "T": 1}}
+    with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
+        outcome = handle_message(trade.account_id, json.dumps(event), enqueue_reconcile=recorder.enqueue_reconcile,
+                                 retry_delay=0)
+    assert outcome.kind == "db_failed" and len(calls) == 3
+    assert recorder.calls == [("reconcile", trade.account_id, "ws_db_error")]
+    assert [r.levelname for r in caplog.records].count("ERROR") == 1
+
+
+# --- F13: malformed and foreign payloads, through the live stream --------------------------------------------------
+
+SECRET_LOOKING = "Zq" * 32  # shaped like a listenKey / API key
+
+
+def malformed_frames():
+    return [
+        "not json at all",
+        "[1, 2, 3]",
+        '{"e": 5}',
+        '{"E": 1}',
+        '{"e": "ORDER_TRADE_UPDATE", "E": 1}',
+        '{"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "X": "SOMETHING", "i": 1, "c": "x"}}',
+        '{"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "X": "FILLED", "i": "NaN", "z": 1e400}}',
+        '{"e": "ACCOUNT_UPDATE", "a": "nope"}',
+        '{"e": "SOMETHING_NEW", "E": 1, "listenKey": "%s", "pad": "%s"}' % (SECRET_LOOKING, "x" * 5000),
+        "[" * 100_000,
+    ]
+
+
+@live
+def test_f13_malformed_payloads_are_warned_and_skipped_and_good_ones_still_applied(binance, account, start_stream,
+                                                                                 caplog):
+    trades = [place_trade(account) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
+        stream = start_stream(Recorder(reconcile=False))  # only the WebSocket can open the trades here
+        stream.wait_connected(account.pk)
+        bad = malformed_frames()
+        for trade, frames in zip(trades, (bad[:4], bad[4:8], bad[8:])):
+            for raw in frames:
+                binance.control.push_raw(account.api_key, raw)
+            fill(binance, trade)  # its real events are queued on the same socket behind the bad frames
+        wait_for(lambda: all(status_of(t) == Trade.Status.OPEN for t in trades), what="good frames applied")
+    assert stream.connects(account.pk) == 1  # never dropped the connection over a bad frame
+    skipped = [r.getMessage() for r in caplog.records if "user_stream skipped" in r.getMessage()]
+    assert len(skipped) == len(bad)
+    assert all(f"account={account.pk}" in line for line in skipped)
+    assert not any(SECRET_LOOKING in line for line in skipped)
+    assert all(len(line.split("excerpt=", 1)[1]) <= 200 for line in skipped)
+    for trade in trades:
+        assert [e.source for e in events_of(trade, to_status="open")] == ["ws"]
+
+
+def test_binary_and_undecodable_frames_are_malformed_not_errors(caplog):
+    with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
+        outcomes = [handle_message(1, raw) for raw in (b"\xff\xfe\x00 not utf-8", b"", "", None, 12)]
+    assert [o.kind for o in outcomes] == ["malformed"] * 5
+    assert len(caplog.records) == 5
+
+
+def test_excerpt_is_short_printable_and_masks_keys():
+    text = excerpt(b'{"listenKey": "' + SECRET_LOOKING.encode() + b'"}\n\xff' + b"y" * 500)
+    assert SECRET_LOOKING not in text and "<masked>" in text and len(text) <= 200 and "\n" not in text
+
+
+# --- the process: manage.py run_user_stream, SIGTERM ------------------------------------------------------------
+
+def test_run_user_stream_command_streams_the_named_accounts_and_sigterm_closes_keys_and_exits_0(exchange, tmp_path):
+    """Its own SQLite file DB (the test database is invisible to another process): migrate, create two accounts,
+    stream one of them, SIGTERM."""
+    env = {
+        **os.environ, "DJANGO_SETTINGS_MODULE": "tradeops.settings_test", "TRADEOPS_VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'stream.sqlite3'}", "CELERY_BROKER_URL": "memory://",
+        "BINANCE_FUTURES_REST_URL": exchange.rest_url, "BINANCE_FUTURES_WS_URL": exchange.ws_url,
+    }
+    manage = [sys.executable, str(REPO / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, timeout=60)
+    streamed, other = exchange.control.create_account(), exchange.control.create_account()
+    create = ("from trades.models import Account\n"
+              f"Account.objects.create(name='streamed', api_key='{streamed['api_key']}', "
+              f"api_secret='{streamed['api_secret']}')\n"
+              f"Account.objects.create(name='other', api_key='{other['api_key']}', api_secret='{other['api_secret']}')")
+    subprocess.run([*manage, "shell", "-c", create], env=env, check=True, timeout=60)
+
+    proc = subprocess.Popen([*manage, "run_user_stream", "--account", "streamed"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: exchange.control.listen_keys(streamed["api_key"])["connections"] == 1, timeout=15,
+                 what="the subprocess connected")
+        assert exchange.control.listen_keys(streamed["api_key"])["listen_key"] is not None
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, output
+    keys = exchange.control.listen_keys(streamed["api_key"])
+    assert (keys["listen_key"], keys["connections"]) == (None, 0), output
+    assert exchange.control.listen_keys(other["api_key"])["listen_key"] is None  # not named: never streamed
+    assert "event=connected" in output and "event=listen_key_closed" in output
+    with sqlite3.connect(tmp_path / "stream.sqlite3") as db:
+        assert db.execute("SELECT stream_state FROM reconciliation_accountsyncstate").fetchall() == [("stopped",)]
+
+
+def test_config_reads_settings_and_backoff_is_capped_with_jitter(settings):
+    settings.USER_STREAM_KEEPALIVE_SEC = 60
+    settings.USER_STREAM_BACKOFF_MAX_SEC = 8
+    config = StreamConfig.from_settings(backoff_base_sec=1)
+    assert config.keepalive_sec == 60
+    assert config.backoff_delay(0) == 0
+    assert 0.5 <= config.backoff_delay(1) <= 1
+    assert all(4 <= config.backoff_delay(20) <= 8 for _ in range(50))
