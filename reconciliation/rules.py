@@ -97,11 +97,11 @@ def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: i
         detail = snap.raw.get("msg") if isinstance(snap.raw, dict) else None
         return _end(trade, snap, Trade.Status.FAILED, f"rejected by exchange{': ' + detail if detail else ''}", FAILED)
     if snap.status == s.NOT_FOUND:
+        if now - trade.created_at < timedelta(seconds=grace_sec):
+            return NOT_FOUND_IN_GRACE  # Binance answers -2013 for a while right after placing
         if trade.filled_qty > 0 or trade.exchange_status not in ("", s.PLACING):
             # We saw this order on the exchange before: "does not exist" now is not "never placed". Don't guess.
             return NEEDS_OPERATOR
-        if now - trade.created_at < timedelta(seconds=grace_sec):
-            return NOT_FOUND_IN_GRACE
         return _end(trade, snap, Trade.Status.FAILED, NOT_FOUND_REASON, FAILED)
     # NEW / PARTIALLY_FILLED: still working.
     if snap.executed_qty > trade.filled_qty:

@@ -22,6 +22,7 @@ from . import services
 
 logger = logging.getLogger(__name__)
 
+SKIPPED_MAX_RETRIES = 30  # ~45 s of waiting for another reconcile of the account; the next beat covers the rest
 BEAT_EXPIRES_SEC = 55  # a beat-fired fan-out older than one interval is useless: the next one is coming
 
 
@@ -50,9 +51,22 @@ def _active_account(account_id):
     return account
 
 
-def _retry_if_stopped_early(task, report):
+SCHEDULED_REASONS = frozenset({"beat", "deep"})
+
+
+def _retry_if_unfinished(task, report, reason):
+    """Stopped early (weight budget, 429): continue after Binance's window. Skipped because another reconcile of
+    the account holds the lease, or some look-ups failed: a scheduled run leaves it to the next one, but a run asked
+    for a reason (a WebSocket reconnect, a cancel, an operator) is retried — the one in progress may have read
+    before the news, and the failed look-ups are exactly what was asked."""
     if report.get("stopped_early"):
         raise task.retry(countdown=(report.get("retry_after") or 60) + random.uniform(0, 2), max_retries=20)
+    if reason in SCHEDULED_REASONS:
+        return report  # the next scheduled run is the retry
+    if report.get("skipped"):
+        raise task.retry(countdown=1 + random.uniform(0, 1), max_retries=SKIPPED_MAX_RETRIES)
+    if report.get("errors"):  # some look-ups failed (5xx, timeouts): the check asked for has not happened yet
+        raise task.retry(countdown=min(2 ** task.request.retries, 60) * random.uniform(0.5, 1.0))
     return report
 
 
@@ -61,7 +75,7 @@ def reconcile_account(self, account_id, reason="beat", deep=False):
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
-    return _retry_if_stopped_early(self, services.reconcile_pending(account, reason=reason, deep=deep))
+    return _retry_if_unfinished(self, services.reconcile_pending(account, reason=reason, deep=deep), reason)
 
 
 @shared_task
@@ -81,7 +95,7 @@ def sync_positions(self, account_id, reason="beat"):
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
-    return _retry_if_stopped_early(self, services.sync_positions_with_binance(account, reason=reason))
+    return _retry_if_unfinished(self, services.sync_positions_with_binance(account, reason=reason), reason)
 
 
 @shared_task

@@ -144,12 +144,15 @@ def test_not_found_stays_pending_inside_the_grace_period_then_fails(binance, tra
 
 
 def test_not_found_for_an_order_seen_before_is_flagged_not_failed(binance, trade, settings):
-    settings.PENDING_NOT_FOUND_GRACE_SEC = 0
+    settings.PENDING_NOT_FOUND_GRACE_SEC = 60
     place(trade)
-    apply_order_snapshot(trade, exchange_order(trade), "ws")  # NEW seen
+    apply_order_snapshot(trade, exchange_order(trade), "ws")  # NEW seen (the placement answer, say)
+    missing = OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id)
+    assert apply_order_snapshot(trade, missing, "reconcile") == rules.NOT_FOUND_IN_GRACE  # eventual consistency
+    Trade.objects.filter(pk=trade.pk).update(created_at=timezone.now() - timedelta(seconds=61))
+    trade.refresh_from_db()
 
-    result = apply_order_snapshot(trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id),
-                                  "reconcile")
+    result = apply_order_snapshot(trade, missing, "reconcile")
 
     trade.refresh_from_db()
     assert result == rules.NEEDS_OPERATOR
