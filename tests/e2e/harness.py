@@ -4,6 +4,7 @@ retry bases, account refresh) so the fault matrix runs in minutes, not hours."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,12 +113,5 @@ class Stack:
             assert proc is not None and proc.poll() is None, f"{name} died:\n{self.log(name)[-3000:]}"
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} not met within {timeout}s")
-        time.sleep(interval)
+# The stack is slower to settle than one process: a longer default deadline, a calmer poll.
+wait_for = functools.partial(wait_for, timeout=30.0, interval=0.1)

@@ -1,8 +1,6 @@
 """Helpers for the sandbox tests."""
 from __future__ import annotations
 
-import time
-
 from binance.client import Client
 
 
@@ -11,18 +9,6 @@ def binance_client(handle, account, **kwargs) -> Client:
     client = Client(account["api_key"], account["api_secret"], ping=False, **kwargs)
     client.FUTURES_URL = handle.rest_url + "/fapi"
     return client
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
-    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def limit_buy(client, qty="0.010", price="50000", **kwargs):

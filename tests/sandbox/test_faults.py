@@ -6,8 +6,9 @@ import requests
 from binance.exceptions import BinanceAPIException
 
 from sandbox.control import SandboxControlError
+from tests.helpers import wait_for
 
-from .helpers import binance_client, limit_buy, wait_for
+from .helpers import binance_client, limit_buy
 
 
 def api_error(call, *args, **kwargs) -> BinanceAPIException:

@@ -7,7 +7,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from .helpers import limit_buy, wait_for
+from tests.helpers import wait_for
+
+from .helpers import limit_buy
 
 ORDER_KEYS = set("s c S o f q p ap sp x X i l z L N n T t b a m R wt ot ps cp rp pP si ss V pm gtd".split())
 

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers import wait_for
 from trades.binance_client import (
     ALL_ORDERS_MAX_WINDOW_MS,
     TRANSIENT_ERRORS,
@@ -37,18 +38,6 @@ SYMBOL = "BTCUSDT"
 PRICE = Decimal("50000.0")  # below the sandbox's 60000: a LIMIT BUY rests on the book
 QTY = Decimal("0.010")
 DAY_MS = 86_400_000
-
-
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
-    """Poll until `predicate()` is truthy; fail after `timeout` seconds (a deadline, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 def make_gateway(handle, account: dict, **kwargs) -> BinanceFuturesClient:
