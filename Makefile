@@ -18,8 +18,23 @@ venv: $(STAMP)
 migrate: venv
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput
 
+# make run: the whole stack on this machine (Procfile.dev) against the sandbox exchange, with the demo story.
+# Ports: SANDBOX_PORT=9900 WEB_PORT=8000 make run. DATABASE_URL / CELERY_BROKER_URL pass through (default: SQLite and
+# the filesystem broker under TRADEOPS_VAR_DIR, ./var). Binance's URLs are pinned to the sandbox here, never in a
+# Procfile, so production (Procfile) talks to whatever its environment says.
+SANDBOX_PORT ?= 9900
+WEB_PORT ?= 8000
+RUN_ENV = DJANGO_DEBUG=$${DJANGO_DEBUG:-1} PYTHONUNBUFFERED=1 PATH="$(abspath $(BIN)):$$PATH" \
+	SANDBOX_PORT=$(SANDBOX_PORT) WEB_PORT=$(WEB_PORT) \
+	BINANCE_FUTURES_REST_URL=http://127.0.0.1:$(SANDBOX_PORT) BINANCE_FUTURES_WS_URL=ws://127.0.0.1:$(SANDBOX_PORT) \
+	BINANCE_FUTURES_TESTNET_REST_URL=http://127.0.0.1:$(SANDBOX_PORT) \
+	BINANCE_FUTURES_TESTNET_WS_URL=ws://127.0.0.1:$(SANDBOX_PORT) \
+	USER_STREAM_BACKOFF_MAX_SEC=$${USER_STREAM_BACKOFF_MAX_SEC:-5} \
+	USER_STREAM_ACCOUNT_REFRESH_SEC=$${USER_STREAM_ACCOUNT_REFRESH_SEC:-5}
+
 run: migrate
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start -f Procfile
+	@$(RUN_ENV) $(BIN)/python manage.py dev_setup --admin-url http://127.0.0.1:$(WEB_PORT)/admin/
+	$(RUN_ENV) exec $(BIN)/honcho start -f Procfile.dev
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -190,6 +190,9 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=150)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Write PeriodicTask.last_run_at after every task beat sends (default: every 3 min), so /health/ and the admin see
+# when the reconcile schedule last ran. About one small UPDATE a minute.
+CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TIMEZONE = TIME_ZONE
 
 # --- Logging ---------------------------------------------------------------------------------------------------------
@@ -225,3 +228,8 @@ USER_STREAM_BACKOFF_BASE_SEC = env.float("USER_STREAM_BACKOFF_BASE_SEC", default
 USER_STREAM_BACKOFF_MAX_SEC = env.float("USER_STREAM_BACKOFF_MAX_SEC", default=60)
 USER_STREAM_POSITION_DEBOUNCE_SEC = env.float("USER_STREAM_POSITION_DEBOUNCE_SEC", default=2.0)
 
+# --- Health and metrics (issue 7; tradeops/views.py, reconciliation/metrics.py) -------------------------------------
+HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)
+HEALTH_BEAT_MAX_AGE_SEC = env.int("HEALTH_BEAT_MAX_AGE_SEC", default=0)  # 0: three intervals of the reconcile schedule
+HEALTH_STREAM_GRACE_SEC = env.int("HEALTH_STREAM_GRACE_SEC", default=120)  # (re)connecting longer than this = down
+METRICS_CACHE_SEC = env.float("METRICS_CACHE_SEC", default=10.0)

@@ -3,7 +3,12 @@ from django.urls import path
 
 from . import views
 
+admin.site.site_header = "tradeops — operators' desk"
+admin.site.site_title = "tradeops"
+admin.site.index_title = "Trades, accounts and reconciliation"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", views.health, name="health"),
+    path("metrics", views.metrics, name="metrics"),
 ]

@@ -1,21 +1,117 @@
-"""Health endpoint: 200 when the database answers, 503 otherwise (later issues add broker, beat and stream)."""
+"""Health (/health/) and Prometheus metrics (/metrics).
+
+/health/ answers 200 when every check is "ok", 503 otherwise, with a JSON body naming each check:
+- database: SELECT 1;
+- broker: a connection to CELERY_BROKER_URL within HEALTH_BROKER_TIMEOUT_SEC;
+- beat: the reconcile schedule (django-celery-beat) ran within HEALTH_BEAT_MAX_AGE_SEC (default: 3 of its intervals);
+- user_stream: every active account's stream is connected, or (re)connecting for less than HEALTH_STREAM_GRACE_SEC.
+"""
 
 import logging
+from datetime import timedelta
 
-from django.db import DatabaseError, connection
-from django.http import JsonResponse
+from django.conf import settings
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
 
 logger = logging.getLogger(__name__)
 
+RECONCILE_TASK = "reconciliation.tasks.reconcile_all_accounts"
 
+
+def check_database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return True, {}
+
+
+def check_broker():
+    from kombu import Connection
+
+    url = settings.CELERY_BROKER_URL
+    timeout = settings.HEALTH_BROKER_TIMEOUT_SEC
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
+    with Connection(url, transport_options=options, connect_timeout=timeout) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+    return True, {"transport": url.split(":", 1)[0]}  # never the URL: it may hold a password
+
+
+def check_beat():
+    from django_celery_beat.models import PeriodicTask
+
+    tasks = [t for t in PeriodicTask.objects.filter(task=RECONCILE_TASK, enabled=True).select_related("interval")
+             if t.interval is not None and "deep" not in (t.kwargs or "")]
+    if not tasks:
+        return False, {"error": f"no enabled interval schedule for {RECONCILE_TASK}"}
+    task = min(tasks, key=lambda t: t.interval.schedule.run_every)
+    interval = task.interval.schedule.run_every.total_seconds()
+    max_age = settings.HEALTH_BEAT_MAX_AGE_SEC or 3 * interval
+    details = {"schedule": task.name, "every_sec": interval, "max_age_sec": max_age,
+               "last_run_at": task.last_run_at.isoformat() if task.last_run_at else None}
+    if task.last_run_at is None:
+        return False, details | {"error": "never ran"}
+    age = (timezone.now() - task.last_run_at).total_seconds()
+    details["age_sec"] = round(age, 1)
+    return age <= max_age, details
+
+
+def check_user_streams():
+    from reconciliation.models import AccountSyncState
+    from trades.models import Account
+
+    now = timezone.now()
+    grace = timedelta(seconds=settings.HEALTH_STREAM_GRACE_SEC)
+    states = {s.account_id: s for s in AccountSyncState.objects.all()}
+    healthy, details = True, {}
+    for account in Account.objects.filter(is_active=True).only("pk", "name"):
+        state = states.get(account.pk)
+        current = state.stream_state if state else ""
+        since = state.stream_state_at if state else None
+        ok = current == "connected" or (current in ("connecting", "reconnecting") and since and now - since < grace)
+        healthy &= bool(ok)
+        details[account.name] = {
+            "state": current or "none", "since": since.isoformat() if since else None,
+            "last_event_at": state.stream_last_event_at.isoformat() if state and state.stream_last_event_at else None,
+            "ok": bool(ok),
+        }
+    return healthy, details
+
+
+CHECKS = {"database": check_database, "broker": check_broker, "beat": check_beat, "user_stream": check_user_streams}
+
+
+@never_cache
+@require_GET
 def health(request):
-    checks = {}
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
-    except DatabaseError as exc:
-        logger.error("health: database check failed: %s", exc)
-        checks["database"] = "error"
+    checks, details = {}, {}
+    for name, check in CHECKS.items():
+        try:
+            ok, info = check()
+        except Exception as exc:  # noqa: BLE001 — a failing check is the answer, not a 500
+            logger.error("health: %s check failed: %s: %s", name, type(exc).__name__, exc)
+            ok, info = False, {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        checks[name] = "ok" if ok else "error"
+        if info:
+            details[name] = info
     healthy = all(value == "ok" for value in checks.values())
-    return JsonResponse({"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503)
+    return JsonResponse({"status": "ok" if healthy else "error", "checks": checks, "details": details},
+                        status=200 if healthy else 503)
+
+
+_registry = None
+
+
+@never_cache
+@require_GET
+def metrics(request):
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from reconciliation.metrics import build_registry
+
+    global _registry
+    if _registry is None:
+        _registry = build_registry()
+    return HttpResponse(generate_latest(_registry), content_type=CONTENT_TYPE_LATEST)

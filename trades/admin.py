@@ -1,12 +1,30 @@
-"""The operators' desk (first version). State changes never happen here: trade state is read-only in the admin and
-later actions call the reconciliation services."""
+"""The operators' desk: accounts, trades and their audit trail.
+
+State never changes here: trade state is read-only, and every action calls a reconciliation service
+(`reconciliation.operator_services`, `reconciliation.services`, `reconciliation.tasks`). Every action that changes
+anything needs `trades.fix_trade` ("operators" group); "observers" only see. Trade changes are audited as TradeEvents
+carrying the admin user (actor); account runs and cancel requests also go to the admin's history (LogEntry).
+"""
+
+from datetime import timedelta
+from functools import partial
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.db import transaction
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from reconciliation import operator_services, services, tasks
+from reconciliation.models import AccountSyncState
+
 from .models import Account, Trade, TradeEvent
+from .permissions import FIX_PERMISSION
+
+MAX_TRADES_PER_ACTION = 50  # each costs a Binance call made during the request
+MAX_ACCOUNTS_PER_ACTION = 10
 
 
 def mask(value: str, keep: int = 4) -> str:
@@ -16,6 +34,19 @@ def mask(value: str, keep: int = 4) -> str:
         return "•" * len(value)
     return f"{value[:keep]}…{value[-keep:]}"
 
+
+class FixPermissionMixin:
+    """`@admin.action(permissions=["fix"])` asks `has_fix_permission`: the one permission for changing things."""
+
+    def has_fix_permission(self, request):
+        return request.user.has_perm(FIX_PERMISSION)
+
+
+def actor_of(request) -> str:
+    return request.user.get_username()
+
+
+# --- Accounts ---------------------------------------------------------------------------------------------------------
 
 class AccountForm(forms.ModelForm):
     # The secret is write-only: the widget never renders the stored value, and leaving it empty keeps it.
@@ -39,17 +70,96 @@ class AccountForm(forms.ModelForm):
         raise forms.ValidationError("An API secret is required for a new account.")
 
 
+def _sync_state(account) -> AccountSyncState | None:
+    try:
+        return account.sync_state
+    except AccountSyncState.DoesNotExist:
+        return None
+
+
+def _report_summary(report: dict) -> str:
+    if not report:
+        return "—"
+    if report.get("skipped"):
+        return "skipped: another reconcile of this account is running"
+    keys = ["checked", "opened", "progress", "cancelled", "failed", "corrected", "needs_operator", "errors"]
+    parts = [f"{key} {report[key]}" for key in keys if report.get(key)]
+    parts += [f"{key} {value}" for key, value in (report.get("extra") or {}).items() if value]
+    return f"{report.get('outcome', '?')}: " + (", ".join(parts) or "nothing to do")
+
+
 @admin.register(Account)
-class AccountAdmin(admin.ModelAdmin):
+class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     form = AccountForm
-    list_display = ["name", "masked_api_key", "is_active", "use_testnet", "updated_at"]
+    list_display = ["name", "masked_api_key", "is_active", "use_testnet", "last_reconcile", "last_result",
+                    "stream", "stream_last_event", "used_weight"]
     list_filter = ["is_active", "use_testnet"]
+    list_select_related = ["sync_state"]
     search_fields = ["name"]
+    actions = ["reconcile_now", "sync_positions_now"]
 
     @admin.display(description="API key")
     def masked_api_key(self, obj):
         return mask(obj.api_key)
 
+    @admin.display(description="last reconcile")
+    def last_reconcile(self, obj):
+        state = _sync_state(obj)
+        if state is None or state.last_reconcile_at is None:
+            return "never"
+        return f"{timesince(state.last_reconcile_at, timezone.now())} ago"
+
+    @admin.display(description="last result")
+    def last_result(self, obj):
+        state = _sync_state(obj)
+        return _report_summary(state.last_reconcile_report) if state else "—"
+
+    @admin.display(description="user stream")
+    def stream(self, obj):
+        state = _sync_state(obj)
+        if state is None or not state.stream_state:
+            return "not running"
+        since = f" for {timesince(state.stream_state_at, timezone.now())}" if state.stream_state_at else ""
+        return f"{state.stream_state}{since}"
+
+    @admin.display(description="last stream event")
+    def stream_last_event(self, obj):
+        state = _sync_state(obj)
+        if state is None or state.stream_last_event_at is None:
+            return "—"
+        return f"{timesince(state.stream_last_event_at, timezone.now())} ago"
+
+    @admin.display(description="used weight (1m)")
+    def used_weight(self, obj):
+        state = _sync_state(obj)
+        return state.used_weight if state else 0
+
+    def _run_for_accounts(self, request, queryset, what, run):
+        # Synchronous on purpose: the operator sees the result at once, and it works when the workers or the broker
+        # are what is broken. Bounded: at most MAX_ACCOUNTS_PER_ACTION, each under the weight budget and the lease.
+        for account in queryset[:MAX_ACCOUNTS_PER_ACTION]:
+            try:
+                report = run(account)
+            except Exception as exc:  # noqa: BLE001 — one account's failure is reported, the others still run
+                self.message_user(request, f"{account}: {what} failed: {type(exc).__name__}: {exc}", messages.ERROR)
+                continue
+            summary = _report_summary(report)
+            self.log_change(request, account, f"{what} (admin): {summary}")
+            level = messages.SUCCESS if report.get("outcome") == "ok" else messages.WARNING
+            self.message_user(request, f"{account}: {what}: {summary} ({report.get('duration_ms', 0)} ms)", level)
+
+    @admin.action(description="Reconcile now (pending trades vs Binance)", permissions=["fix"])
+    def reconcile_now(self, request, queryset):
+        self._run_for_accounts(request, queryset, "reconcile",
+                               lambda account: services.reconcile_pending(account, reason="admin"))
+
+    @admin.action(description="Sync positions now", permissions=["fix"])
+    def sync_positions_now(self, request, queryset):
+        self._run_for_accounts(request, queryset, "position sync",
+                               lambda account: services.sync_positions_with_binance(account, reason="admin"))
+
+
+# --- Trades -----------------------------------------------------------------------------------------------------------
 
 class TradeEventInline(admin.TabularInline):
     model = TradeEvent
@@ -66,14 +176,59 @@ class TradeEventInline(admin.TabularInline):
         return False
 
 
+class StalePendingFilter(admin.SimpleListFilter):
+    """Pending trades older than N minutes: what the reconcile should have settled by now."""
+
+    title = "stale pending"
+    parameter_name = "stale"
+    MINUTES = (5, 30, 120)
+
+    def lookups(self, request, model_admin):
+        return [(str(m), f"pending > {m} min") for m in self.MINUTES]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value not in {str(m) for m in self.MINUTES}:
+            return queryset
+        cutoff = timezone.now() - timedelta(minutes=int(value))
+        return queryset.filter(status=Trade.Status.PENDING, created_at__lt=cutoff)
+
+
+class NeedsOperatorFilter(admin.SimpleListFilter):
+    title = "needs an operator"
+    parameter_name = "flagged"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "flagged"), ("no", "not flagged")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(needs_operator=self.value() == "yes")
+        return queryset
+
+
+class ManualMarkForm(forms.Form):
+    status = forms.ChoiceField(
+        choices=[(s, s) for s in operator_services.MANUAL_STATUSES], widget=forms.RadioSelect,
+        initial=Trade.Status.FAILED,
+    )
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=500,
+        help_text="Why, for the audit trail. Binance is asked first: a trade it shows filled or still working is "
+                  "refused.",
+    )
+
+
 @admin.register(Trade)
-class TradeAdmin(admin.ModelAdmin):
-    list_display = ["id", "account", "client_order_id", "symbol", "side", "quantity", "filled_qty", "price", "status", "age"]
-    list_filter = ["status", "account", "symbol"]
+class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
+    list_display = ["id", "account", "client_order_id", "symbol", "side", "quantity", "filled_qty", "price", "status",
+                    "needs_operator", "age"]
+    list_filter = [StalePendingFilter, NeedsOperatorFilter, "status", "account", "symbol"]
     search_fields = ["client_order_id", "=entry_order_id"]
     date_hierarchy = "created_at"
     list_select_related = ["account"]
     inlines = [TradeEventInline]
+    actions = ["verify_on_binance", "cancel_and_verify", "mark_manually"]
     # Trade state is the exchange's truth applied by the reconciliation rule; nobody edits it by hand here.
     readonly_fields = [field.name for field in Trade._meta.fields]
 
@@ -84,15 +239,72 @@ class TradeAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        return False  # view-only page: every change is an action below
+
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.action(description="Verify on Binance (fetch the order, apply it)", permissions=["fix"])
+    def verify_on_binance(self, request, queryset):
+        trades = list(queryset.select_related("account")[:MAX_TRADES_PER_ACTION])
+        results = operator_services.verify_trades_on_binance(trades, actor=actor_of(request))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Verified on Binance", "opts": self.model._meta, "results": results,
+            "truncated": queryset.count() > len(trades), "limit": MAX_TRADES_PER_ACTION,
+        }
+        return TemplateResponse(request, "admin/trades/trade/verify_result.html", context)
+
+    @admin.action(description="Cancel and verify (cancel on Binance, then record what it says)", permissions=["fix"])
+    def cancel_and_verify(self, request, queryset):
+        queued, skipped = [], []
+        for trade in queryset[:MAX_TRADES_PER_ACTION]:
+            if trade.status != Trade.Status.PENDING:
+                skipped.append(trade.pk)
+                continue
+            transaction.on_commit(partial(tasks.cancel_and_verify.delay, trade.pk))
+            self.log_change(request, trade, "cancel and verify requested")
+            queued.append(trade.pk)
+        if queued:
+            self.message_user(request, f"Cancel and verify queued for trade(s) {_ids(queued)}; the result appears "
+                                       "in each trade's events.", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"Not pending, not cancelled: {_ids(skipped)}", messages.WARNING)
+
+    @admin.action(description="Mark failed/cancelled manually…", permissions=["fix"])
+    def mark_manually(self, request, queryset):
+        trades = list(queryset.select_related("account")[:MAX_TRADES_PER_ACTION])
+        form = ManualMarkForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            for trade in trades:
+                try:
+                    operator_services.mark_trade_manually(
+                        trade, status=form.cleaned_data["status"], reason=form.cleaned_data["reason"],
+                        actor=actor_of(request),
+                    )
+                except operator_services.OperatorActionRefused as exc:
+                    self.message_user(request, f"Trade {trade.pk} not marked: {exc}", messages.ERROR)
+                else:
+                    self.message_user(request, f"Trade {trade.pk} marked {trade.status}.", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Mark trades failed or cancelled by hand", "opts": self.model._meta, "trades": trades,
+            "form": form, "action": "mark_manually", "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/trades/trade/mark_manually.html", context)
+
+
+def _ids(pks) -> str:
+    return ", ".join(str(pk) for pk in pks)
 
 
 @admin.register(TradeEvent)
 class TradeEventAdmin(admin.ModelAdmin):
     list_display = ["created_at", "trade", "source", "from_status", "to_status", "filled_qty", "actor"]
     list_filter = ["source", "to_status"]
-    search_fields = ["trade__client_order_id", "=trade__entry_order_id"]
+    search_fields = ["trade__client_order_id", "=trade__entry_order_id", "actor"]
     list_select_related = ["trade"]
     date_hierarchy = "created_at"
 

@@ -203,6 +203,9 @@ class Trade(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # Admin actions that change trades, run an account's reconcile or resolve orphans need this (issue 7);
+        # observers get view permissions only.
+        permissions = [("fix_trade", "Can fix trades (admin actions: verify, cancel, mark, reconcile, orphans)")]
         constraints = [
             models.UniqueConstraint(fields=["account", "client_order_id"], name="trade_unique_client_order_id"),
         ]

@@ -69,8 +69,3 @@ def test_staff_without_permissions_cannot_see_accounts(client, django_user_model
     AccountFactory()
     assert client.get(reverse("admin:trades_account_changelist")).status_code == 403
 
-
-def test_health(client):
-    response = client.get("/health/")
-    assert response.status_code == 200
-    assert response.json()["checks"]["database"] == "ok"

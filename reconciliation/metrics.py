@@ -1,0 +1,141 @@
+"""Prometheus metrics, read from the database at scrape time (served at /metrics by tradeops.views.metrics).
+
+Why a collector over the DB rather than counters in memory: reconciles run in Celery workers, fills arrive in the
+stream process, and /metrics is served by the web process — per-process counters would show the web process's
+own (empty) view. ReconcileRun, TradeEvent, Trade and AccountSyncState already hold every fact, shared by all
+processes and hosts, and survive restarts. A scrape costs a handful of aggregate queries; the result is cached for
+METRICS_CACHE_SEC so several scrapers (or a fast one) do not multiply that.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from django.conf import settings
+from django.db.models import Count, Min, Q, Sum
+from django.utils import timezone
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from trades.models import Account, Trade, TradeEvent
+
+from .models import AccountSyncState, OrphanPosition, ReconcileRun
+
+DURATION_BUCKETS_SEC = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+def _seconds_since(moment, now) -> float:
+    return max((now - moment).total_seconds(), 0.0)
+
+
+class TradeopsCollector(Collector):
+    def __init__(self, cache_sec: float | None = None):
+        self.cache_sec = cache_sec
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list] | None = None
+
+    def collect(self):
+        cache_sec = getattr(settings, "METRICS_CACHE_SEC", 10) if self.cache_sec is None else self.cache_sec
+        with self._lock:
+            if self._cached is None or time.monotonic() - self._cached[0] >= cache_sec:
+                self._cached = (time.monotonic(), list(self._families()))
+            return list(self._cached[1])
+
+    def _families(self):
+        now = timezone.now()
+        yield from self._reconcile_runs()
+        yield from self._state_changes()
+        yield from self._accounts(now)
+        yield from self._pending(now)
+
+    @staticmethod
+    def _reconcile_runs():
+        runs = CounterMetricFamily("tradeops_reconcile_runs", "Reconcile runs (ReconcileRun rows).",
+                                   labels=["kind", "reason", "outcome"])
+        for row in ReconcileRun.objects.values("kind", "reason", "outcome").annotate(n=Count("pk")).order_by():
+            runs.add_metric([row["kind"], row["reason"], row["outcome"]], row["n"])
+        yield runs
+
+        annotations = {f"le_{i}": Count("pk", filter=Q(duration_ms__lte=int(b * 1000)))
+                       for i, b in enumerate(DURATION_BUCKETS_SEC)}
+        duration = HistogramMetricFamily("tradeops_reconcile_duration_seconds",
+                                         "Duration of reconcile runs that ran (not skipped).", labels=["kind"])
+        rows = (ReconcileRun.objects.exclude(outcome=ReconcileRun.Outcome.SKIPPED).values("kind")
+                .annotate(n=Count("pk"), total_ms=Sum("duration_ms"), **annotations).order_by())
+        for row in rows:
+            buckets = [(str(b), row[f"le_{i}"]) for i, b in enumerate(DURATION_BUCKETS_SEC)] + [("+Inf", row["n"])]
+            duration.add_metric([row["kind"]], buckets, sum_value=(row["total_ms"] or 0) / 1000)
+        yield duration
+
+    @staticmethod
+    def _state_changes():
+        changes = CounterMetricFamily(
+            "tradeops_trade_state_changes",
+            "Audited trade changes (TradeEvent rows) by the path that made them and the status they led to: "
+            "source=reconcile|cancel_verify|admin with to_status=open are fills the other paths missed.",
+            labels=["source", "to_status"],
+        )
+        for row in TradeEvent.objects.values("source", "to_status").annotate(n=Count("pk")).order_by():
+            changes.add_metric([row["source"], row["to_status"] or ""], row["n"])
+        yield changes
+
+    @staticmethod
+    def _accounts(now):
+        weight = GaugeMetricFamily("tradeops_binance_used_weight", "X-MBX-USED-WEIGHT-1M last seen.", labels=["account"])
+        last_reconcile = GaugeMetricFamily("tradeops_last_reconcile_age_seconds",
+                                           "Seconds since the account's last reconcile.", labels=["account"])
+        connected = GaugeMetricFamily("tradeops_user_stream_connected", "1 when the user stream is connected.",
+                                      labels=["account"])
+        state = GaugeMetricFamily("tradeops_user_stream_state", "The user stream's state (1 for the current one).",
+                                  labels=["account", "state"])
+        last_event = GaugeMetricFamily("tradeops_user_stream_last_event_age_seconds",
+                                       "Seconds since the last user-stream event.", labels=["account"])
+        connects = CounterMetricFamily(
+            "tradeops_user_stream_connects",
+            "Successful user-stream (re)connects, counted by the reconcile each one triggers (reason=ws_connect).",
+            labels=["account"])
+        orphans = GaugeMetricFamily("tradeops_orphan_positions_open", "Open orphan positions.", labels=["account"])
+
+        names = dict(Account.objects.filter(is_active=True).values_list("pk", "name"))
+        states = {s.account_id: s for s in AccountSyncState.objects.filter(account_id__in=names)}
+        ws_connects = dict(ReconcileRun.objects.filter(account_id__in=names, reason="ws_connect")
+                           .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))
+        open_orphans = dict(OrphanPosition.objects.filter(account_id__in=names, status=OrphanPosition.Status.OPEN)
+                            .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))
+        for pk, name in sorted(names.items(), key=lambda item: item[1]):
+            s = states.get(pk)
+            weight.add_metric([name], s.used_weight if s else 0)
+            if s and s.last_reconcile_at:
+                last_reconcile.add_metric([name], _seconds_since(s.last_reconcile_at, now))
+            connected.add_metric([name], 1 if s and s.stream_state == "connected" else 0)
+            state.add_metric([name, (s.stream_state if s else "") or "none"], 1)
+            if s and s.stream_last_event_at:
+                last_event.add_metric([name], _seconds_since(s.stream_last_event_at, now))
+            connects.add_metric([name], ws_connects.get(pk, 0))
+            orphans.add_metric([name], open_orphans.get(pk, 0))
+        yield from (weight, last_reconcile, connected, state, last_event, connects, orphans)
+
+    @staticmethod
+    def _pending(now):
+        pending = GaugeMetricFamily("tradeops_pending_trades", "Pending trades.", labels=["account"])
+        oldest = GaugeMetricFamily("tradeops_oldest_pending_age_seconds", "Age of the oldest pending trade.",
+                                   labels=["account"])
+        rows = (Trade.objects.filter(status=Trade.Status.PENDING).values("account__name")
+                .annotate(n=Count("pk"), oldest=Min("created_at")).order_by())
+        for row in rows:
+            pending.add_metric([row["account__name"]], row["n"])
+            oldest.add_metric([row["account__name"]], _seconds_since(row["oldest"], now))
+        flagged = GaugeMetricFamily("tradeops_trades_needing_operator", "Trades flagged for an operator.")
+        flagged.add_metric([], Trade.objects.filter(needs_operator=True).count())
+        yield from (pending, oldest, flagged)
+
+
+def build_registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TradeopsCollector())
+    return registry
+
+
+__all__ = ["TradeopsCollector", "build_registry"]

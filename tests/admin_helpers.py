@@ -1,0 +1,42 @@
+"""Users for admin tests: an operator (operators group: view + trades.fix_trade) and an observer (view only)."""
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import Group
+
+from trades.permissions import OBSERVERS, OPERATORS, ensure_operator_groups
+
+
+def staff_in(django_user_model, username: str, group: str):
+    ensure_operator_groups()  # the migration made them; a transactional test's flush may have removed them
+    user = django_user_model.objects.create_user(username, password="pw-for-tests-only", is_staff=True)
+    user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+@pytest.fixture
+def operator(django_user_model):
+    return staff_in(django_user_model, "night-operator", OPERATORS)
+
+
+@pytest.fixture
+def observer(django_user_model):
+    return staff_in(django_user_model, "observer", OBSERVERS)
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def observer_client(client, observer):
+    client.force_login(observer)
+    return client
+
+
+def run_action(client, url: str, action: str, objects, **extra):
+    """POST an admin changelist action on `objects` as the changelist form does."""
+    data = {"action": action, ACTION_CHECKBOX_NAME: [str(o.pk) for o in objects], "index": "0", **extra}
+    return client.post(url, data)

@@ -1,0 +1,120 @@
+"""/health/ (200 only when database, broker, beat and every active account's user stream are fine) and /metrics."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from reconciliation.models import AccountSyncState, ReconcileRun
+from tests.factories import AccountFactory, TradeEventFactory, TradeFactory
+
+pytestmark = pytest.mark.django_db
+
+RECONCILE_SCHEDULE = "reconcile pending trades (all accounts)"
+
+
+@pytest.fixture
+def beat_ran():
+    def at(ago_sec: float):
+        PeriodicTask.objects.filter(name=RECONCILE_SCHEDULE).update(
+            last_run_at=timezone.now() - timedelta(seconds=ago_sec))
+    at(10)
+    return at
+
+
+def stream(account, state, ago_sec=5):
+    AccountSyncState.objects.update_or_create(
+        account=account, defaults={"stream_state": state, "stream_state_at": timezone.now() - timedelta(seconds=ago_sec)})
+
+
+def test_healthy(client, beat_ran):
+    stream(AccountFactory(name="desk"), "connected", ago_sec=3600)
+    stream(AccountFactory(name="desk-2"), "reconnecting", ago_sec=5)  # a short gap is normal
+    AccountFactory(name="retired", is_active=False)  # not streamed, not checked
+
+    response = client.get("/health/")
+
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["checks"] == {"database": "ok", "broker": "ok", "beat": "ok", "user_stream": "ok"}
+    assert set(body["details"]["user_stream"]) == {"desk", "desk-2"}
+    assert body["details"]["beat"]["max_age_sec"] == 180
+
+
+@pytest.mark.parametrize("problem, check", [
+    ("beat never ran", "beat"), ("beat stale", "beat"), ("beat disabled", "beat"),
+    ("stream missing", "user_stream"), ("stream reconnecting too long", "user_stream"),
+    ("stream stopped", "user_stream"), ("broker down", "broker"),
+])
+def test_unhealthy(client, beat_ran, settings, problem, check):
+    account = AccountFactory(name="desk")
+    stream(account, "connected")
+    if problem == "beat never ran":
+        PeriodicTask.objects.update(last_run_at=None)
+    elif problem == "beat stale":
+        beat_ran(181)
+    elif problem == "beat disabled":
+        PeriodicTask.objects.update(enabled=False)
+    elif problem == "stream missing":
+        AccountSyncState.objects.all().delete()
+    elif problem == "stream reconnecting too long":
+        stream(account, "reconnecting", ago_sec=121)
+    elif problem == "stream stopped":
+        stream(account, "stopped")
+    elif problem == "broker down":
+        settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+        settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
+
+    response = client.get("/health/")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "error"
+    assert body["checks"][check] == "error"
+    assert [name for name, value in body["checks"].items() if value != "ok"] == [check]
+
+
+def test_broker_check_never_shows_the_url(client, beat_ran, settings):
+    settings.CELERY_BROKER_URL = "redis://:s3cret-pw@127.0.0.1:1/0"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
+    body = client.get("/health/").content.decode()
+    assert "s3cret-pw" not in body
+
+
+def test_metrics(client, settings):
+    settings.METRICS_CACHE_SEC = 0
+    desk = AccountFactory(name="desk")
+    ReconcileRun.objects.create(account=desk, kind="pending", reason="beat", outcome="ok", duration_ms=40)
+    ReconcileRun.objects.create(account=desk, kind="pending", reason="ws_connect", outcome="ok", duration_ms=700)
+    ReconcileRun.objects.create(account=desk, kind="pending", reason="beat", outcome="skipped")
+    AccountSyncState.objects.create(account=desk, used_weight=37, stream_state="connected",
+                                    stream_state_at=timezone.now(), last_reconcile_at=timezone.now())
+    TradeFactory(account=desk, created_at=timezone.now() - timedelta(minutes=10))
+    TradeFactory(account=desk, needs_operator=True)
+    TradeEventFactory(source="reconcile", from_status="pending", to_status="open")
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    text = response.content.decode()
+    for line in [
+        'tradeops_reconcile_runs_total{kind="pending",outcome="ok",reason="beat"} 1.0',
+        'tradeops_reconcile_runs_total{kind="pending",outcome="skipped",reason="beat"} 1.0',
+        'tradeops_reconcile_duration_seconds_bucket{kind="pending",le="0.05"} 1.0',
+        'tradeops_reconcile_duration_seconds_bucket{kind="pending",le="1"} 2.0',
+        'tradeops_reconcile_duration_seconds_count{kind="pending"} 2.0',
+        'tradeops_reconcile_duration_seconds_sum{kind="pending"} 0.74',
+        'tradeops_trade_state_changes_total{source="reconcile",to_status="open"} 1.0',
+        'tradeops_binance_used_weight{account="desk"} 37.0',
+        'tradeops_user_stream_connected{account="desk"} 1.0',
+        'tradeops_user_stream_connects_total{account="desk"} 1.0',
+        'tradeops_pending_trades{account="desk"} 2.0',
+        "tradeops_trades_needing_operator 1.0",
+    ]:
+        assert line in text, line
+    oldest = next(line for line in text.splitlines()
+                  if line.startswith('tradeops_oldest_pending_age_seconds{account="desk"}'))
+    assert 590 < float(oldest.split()[-1]) < 700
