@@ -20,6 +20,9 @@ class AccountSyncState(models.Model):
     stream_state = models.CharField(max_length=32, blank=True, default="")
     stream_state_at = models.DateTimeField(null=True, blank=True)
     stream_last_event_at = models.DateTimeField(null=True, blank=True)
+    stream_heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Written by a live stream process every account refresh; a killed process "
+        "leaves its last state behind, so health trusts that state only while this is fresh.")
 
     def __str__(self):
         return f"sync state of {self.account}"

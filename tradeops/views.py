@@ -4,7 +4,8 @@
 - database: SELECT 1;
 - broker: a connection to CELERY_BROKER_URL within HEALTH_BROKER_TIMEOUT_SEC;
 - beat: the reconcile schedule (django-celery-beat) ran within HEALTH_BEAT_MAX_AGE_SEC (default: 3 of its intervals);
-- user_stream: every active account's stream is connected, or (re)connecting for less than HEALTH_STREAM_GRACE_SEC.
+- user_stream: every active account's stream is connected, or (re)connecting for less than HEALTH_STREAM_GRACE_SEC,
+  and the stream process has shown a heartbeat within three account refreshes (a killed process keeps its state).
 """
 
 import logging
@@ -64,17 +65,22 @@ def check_user_streams():
 
     now = timezone.now()
     grace = timedelta(seconds=settings.HEALTH_STREAM_GRACE_SEC)
+    heartbeat_max_age = timedelta(seconds=3 * settings.USER_STREAM_ACCOUNT_REFRESH_SEC + 10)
     states = {s.account_id: s for s in AccountSyncState.objects.all()}
     healthy, details = True, {}
     for account in Account.objects.filter(is_active=True).only("pk", "name"):
         state = states.get(account.pk)
         current = state.stream_state if state else ""
         since = state.stream_state_at if state else None
-        ok = current == "connected" or (current in ("connecting", "reconnecting") and since and now - since < grace)
+        beat = state.stream_heartbeat_at if state else None
+        alive = beat is not None and now - beat < heartbeat_max_age  # a killed process leaves "connected" behind
+        ok = alive and (current == "connected"
+                        or (current in ("connecting", "reconnecting") and since and now - since < grace))
         healthy &= bool(ok)
         details[account.name] = {
             "state": current or "none", "since": since.isoformat() if since else None,
             "last_event_at": state.stream_last_event_at.isoformat() if state and state.stream_last_event_at else None,
+            "heartbeat_at": beat.isoformat() if beat else None,
             "ok": bool(ok),
         }
     return healthy, details

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import messages
 from .config import StreamConfig
 from .connection import AccountStream
-from .state import blocking, fingerprint, load_accounts
+from .state import blocking, fingerprint, load_accounts, record_heartbeat
 
 logger = logging.getLogger("reconciliation.user_stream")
 
@@ -84,6 +84,7 @@ class UserStreamRunner:
         for pk, account in accounts.items():
             if pk not in self._tasks:
                 self._start(account, wanted[pk])
+        await blocking(self._executor, record_heartbeat, list(self._tasks))
         self.refreshes += 1
 
     def _start(self, account, account_fingerprint: str) -> None:

@@ -59,9 +59,15 @@ def load_accounts(names: list[str] | None) -> dict[int, Account]:
 
 def record_state(account_id: int, state: str, at: datetime | None = None) -> None:
     sync_state(account_id)
+    at = at or timezone.now()
     AccountSyncState.objects.filter(account_id=account_id).update(
-        stream_state=state, stream_state_at=at or timezone.now()
+        stream_state=state, stream_state_at=at, stream_heartbeat_at=at
     )
+
+
+def record_heartbeat(account_ids: list[int]) -> None:
+    """This process is alive and streams these accounts (one UPDATE per account refresh)."""
+    AccountSyncState.objects.filter(account_id__in=account_ids).update(stream_heartbeat_at=timezone.now())
 
 
 def record_last_event(account_id: int, at: datetime) -> None:

@@ -101,6 +101,7 @@ def test_fill_pushed_over_the_websocket_opens_the_trade(binance, account, start_
     wait_for(lambda: recorder.count("sync_positions", account.pk, "ws_account_update") >= 1)
     state = AccountSyncState.objects.get(account=account)
     assert state.stream_state == "connected" and state.stream_last_event_at is not None
+    assert state.stream_heartbeat_at is not None
 
 
 def test_account_updates_within_the_debounce_window_make_one_position_sync():

@@ -23,9 +23,10 @@ def beat_ran():
     return at
 
 
-def stream(account, state, ago_sec=5):
+def stream(account, state, ago_sec=5, heartbeat_ago_sec=5):
     AccountSyncState.objects.update_or_create(
-        account=account, defaults={"stream_state": state, "stream_state_at": timezone.now() - timedelta(seconds=ago_sec)})
+        account=account, defaults={"stream_state": state, "stream_state_at": timezone.now() - timedelta(seconds=ago_sec),
+                                   "stream_heartbeat_at": timezone.now() - timedelta(seconds=heartbeat_ago_sec)})
 
 
 def test_healthy(client, beat_ran):
@@ -46,7 +47,7 @@ def test_healthy(client, beat_ran):
 @pytest.mark.parametrize("problem, check", [
     ("beat never ran", "beat"), ("beat stale", "beat"), ("beat disabled", "beat"),
     ("stream missing", "user_stream"), ("stream reconnecting too long", "user_stream"),
-    ("stream stopped", "user_stream"), ("broker down", "broker"),
+    ("stream stopped", "user_stream"), ("stream process dead", "user_stream"), ("broker down", "broker"),
 ])
 def test_unhealthy(client, beat_ran, settings, problem, check):
     account = AccountFactory(name="desk")
@@ -63,6 +64,8 @@ def test_unhealthy(client, beat_ran, settings, problem, check):
         stream(account, "reconnecting", ago_sec=121)
     elif problem == "stream stopped":
         stream(account, "stopped")
+    elif problem == "stream process dead":  # SIGKILLed while connected: its state stays, its heartbeat stops
+        stream(account, "connected", heartbeat_ago_sec=3 * settings.USER_STREAM_ACCOUNT_REFRESH_SEC + 11)
     elif problem == "broker down":
         settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
         settings.CELERY_BROKER_TRANSPORT_OPTIONS = {}
