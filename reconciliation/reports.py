@@ -2,6 +2,7 @@
 
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 from django.utils import timezone
 
@@ -35,6 +36,7 @@ class Report:
     skipped: bool = False
     extra: dict = field(default_factory=dict)
     _started: float = field(default_factory=time.monotonic, repr=False)
+    _started_at: datetime = field(default_factory=timezone.now, repr=False)
 
     def count(self, result: str) -> None:
         setattr(self, result, getattr(self, result) + 1)
@@ -54,6 +56,7 @@ class Report:
     def as_dict(self) -> dict:
         data = asdict(self)
         data.pop("_started")
+        data.pop("_started_at")
         data["outcome"] = str(self.outcome)
         return data
 
@@ -63,6 +66,7 @@ class Report:
         data = self.as_dict()
         ReconcileRun.objects.create(
             account_id=self.account_id, kind=self.kind, reason=self.reason[:32], outcome=self.outcome,
+            started_at=self._started_at,
             duration_ms=self.duration_ms, report=data,
         )
         if not self.skipped:

@@ -318,3 +318,18 @@ def test_f12_two_reconciles_racing_on_mariadb_one_runs_one_skips(mysql_only, bin
     assert sum(r["opened"] for r in reports) == 5
     for trade in trades:
         assert TradeEvent.objects.filter(trade=trade).count() == 1
+
+
+def test_a_run_is_kept_with_when_it_started_and_how_long_it_took(binance, account):
+    before = timezone.now()
+    [trade] = pending(account)
+    place(trade)
+    binance.control.inject_fault("/fapi/v1/order", "hang", count=1, method="GET", hang_sec=0.3)
+
+    reconcile_pending(account, reason="admin")
+
+    run = ReconcileRun.objects.get(account=account)
+    assert before <= run.started_at <= run.started_at + timedelta(milliseconds=run.duration_ms) <= timezone.now()
+    assert run.duration_ms >= 300
+    assert timezone.now() - run.started_at >= timedelta(milliseconds=300)  # stamped at the start, not the end
+    assert (run.reason, run.outcome, run.report["checked"]) == ("admin", "ok", 1)
