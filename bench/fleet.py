@@ -5,7 +5,7 @@ approach (one GET /fapi/v1/order per pending trade, 2 processes), same run, same
         [--trades 50] [--symbols 5]
 
 Each side gets its own `accounts` accounts with `trades` pending trades each (NEW orders resting in the sandbox,
-spread over `symbols` symbols). Prints trades reconciled per second, Binance weight per account and the p95 time per
+spread over `symbols` symbols, their placement answers already applied: the periodic reconcile's everyday case). Prints trades reconciled per second, Binance weight per account and the p95 time per
 account, and the ratios.
 """
 
@@ -47,8 +47,11 @@ def make_fleet(control, prefix: str, accounts: int, trades: int, symbols: list[s
         for symbol in symbols:
             bulk = control.bulk_orders(creds["api_key"], symbol, per_symbol, price="1", quantity="10",
                                        client_order_id_prefix=f"{prefix}{a}-{symbol}-")
+            # As after the bot's placement: the answer (NEW, orderId, updateTime) is already applied to the row.
+            placed_at = control.get_order(creds["api_key"], symbol, order_id=bulk["first_order_id"])["updateTime"]
             rows += [Trade(account=account, symbol=symbol, side="BUY", quantity=Decimal("10"), price=Decimal("1"),
-                           client_order_id=f"{prefix}{a}-{symbol}-{order_id}")
+                           client_order_id=f"{prefix}{a}-{symbol}-{order_id}", entry_order_id=order_id,
+                           exchange_status="NEW", exchange_update_time=placed_at)
                      for order_id in range(bulk["first_order_id"], bulk["last_order_id"] + 1)]
         Trade.objects.bulk_create(rows)
         ids.append(account.pk)
@@ -93,8 +96,9 @@ def main() -> None:
     with running_sandbox(weight_limit=10**9) as sandbox, override_settings(BINANCE_FUTURES_REST_URL=sandbox.rest_url):
         control = sandbox.control
         t0 = time.perf_counter()
-        ours_ids = make_fleet(control, "ours", args.accounts, args.trades, symbols)
-        seed_ids = make_fleet(control, "seed", args.accounts, args.trades, symbols)
+        run = f"{int(time.time()) % 100000}-"  # account names stay unique when DATABASE_URL is reused
+        ours_ids = make_fleet(control, f"ours{run}", args.accounts, args.trades, symbols)
+        seed_ids = make_fleet(control, f"seed{run}", args.accounts, args.trades, symbols)
         print(f"setup: {2 * args.accounts} accounts, {2 * n_trades} pending trades in {time.perf_counter() - t0:.0f}s")
 
         # Ours: beat's reconcile_all_accounts, fanned out to 2 worker processes over Redis.
