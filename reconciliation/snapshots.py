@@ -29,6 +29,7 @@ KNOWN_STATUSES = WORKING | ENDED_UNFILLED_OR_PARTIAL | {FILLED, REJECTED}
 
 
 MAX_DECIMAL = Decimal(10) ** 17  # what DECIMAL(28,10) columns hold
+MAX_INT = 2**63 - 1  # what BIGINT columns (entry_order_id, exchange_update_time) hold
 
 
 class InvalidSnapshot(ValueError):
@@ -108,16 +109,17 @@ class OrderSnapshot:
     def _build(cls, raw, *, symbol, status, order_id, client_order_id, executed_qty, avg_price, update_time):
         if not isinstance(symbol, str) or not symbol:
             raise InvalidSnapshot("missing symbol")
-        if status not in KNOWN_STATUSES:
-            raise InvalidSnapshot(f"unknown order status {status!r}")
+        if not isinstance(status, str) or status not in KNOWN_STATUSES:  # a list or dict is not even hashable
+            raise InvalidSnapshot(f"unknown order status {str(status)[:40]!r}")
         if not isinstance(client_order_id, str) or not client_order_id:
             client_order_id = None
-        if order_id is None and client_order_id is None:
+        order_id = _int_or_none(order_id, "orderId")
+        if order_id is None and client_order_id is None:  # after parsing: "orderId": "" is no id either
             raise InvalidSnapshot("neither orderId nor clientOrderId")
         return cls(
             symbol=symbol,
             status=status,
-            order_id=_int_or_none(order_id, "orderId"),
+            order_id=order_id,
             client_order_id=client_order_id,
             executed_qty=_decimal(executed_qty, "executedQty", default=Decimal("0")),
             avg_price=_positive_or_none(_decimal(avg_price, "avgPrice", default=None)),
@@ -156,4 +158,6 @@ def _int_or_none(value, name: str) -> int | None:
         raise InvalidSnapshot(f"{name} is not an integer: {str(value)[:40]!r}") from None
     if number < 0:
         raise InvalidSnapshot(f"{name} is negative")
+    if number > MAX_INT:  # the database could neither store nor even look it up
+        raise InvalidSnapshot(f"{name} out of range: {str(value)[:40]!r}")
     return number

@@ -169,9 +169,12 @@ class BinanceFuturesClient:
 
     def _get_order_or_none(self, params: dict) -> dict | None:
         try:
-            return self._call("get", "order", params)
+            order = self._call("get", "order", params)
         except OrderNotFound:
             return None
+        if not isinstance(order, dict):  # e.g. a 2xx "null" from an intermediary: None would mean "-2013"
+            raise self._unusable_answer("GET /fapi/v1/order", order)
+        return order
 
     def place_order(
         self,
@@ -246,7 +249,7 @@ class BinanceFuturesClient:
         that page is full, the gateway syncs its clock with the exchange and pages through the last 7 days.
         """
         if start_time is None and end_time is None:
-            page = self._call("get", "allOrders", {"symbol": symbol, "limit": ALL_ORDERS_PAGE_LIMIT})
+            page = self._orders_page({"symbol": symbol, "limit": ALL_ORDERS_PAGE_LIMIT})
             if len(page) < ALL_ORDERS_PAGE_LIMIT:
                 return sorted(page, key=lambda order: int(order["orderId"]))
             self.sync_time()
@@ -260,7 +263,7 @@ class BinanceFuturesClient:
                     params["endTime"] = window_end
                 if from_order_id is not None:
                     params["orderId"] = from_order_id
-                page = self._call("get", "allOrders", params)
+                page = self._orders_page(params)
                 for order in page:
                     orders[int(order["orderId"])] = order
                 if len(page) < ALL_ORDERS_PAGE_LIMIT:
@@ -270,6 +273,22 @@ class BinanceFuturesClient:
                     break  # an exchange that ignored orderId would loop forever; what we have is all we get
                 from_order_id = next_id
         return [orders[order_id] for order_id in sorted(orders)]
+
+    def _orders_page(self, params: dict[str, Any]) -> list[dict]:
+        """One allOrders page, checked: a list of orders with integer orderIds, or ExchangeUnavailable (a 2xx body
+        that is not Binance's answer — an intermediary's JSON — must not surface as a KeyError or TypeError)."""
+        page = self._call("get", "allOrders", params)
+        if isinstance(page, list) and all(isinstance(order, dict) and _is_int(order.get("orderId")) for order in page):
+            return page
+        raise self._unusable_answer("GET /fapi/v1/allOrders", page)
+
+    def _unusable_answer(self, endpoint: str, answer: Any) -> ExchangeUnavailable:
+        """A 2xx whose JSON is not the shape Binance answers with: someone in between answered."""
+        status = getattr(self._client.response, "status_code", None)
+        error = ExchangeUnavailable(None, f"unusable answer: {self._scrub(str(answer)[:120])}", status,
+                                    endpoint=endpoint)
+        logger.warning("binance %s %s", self.account_label, error)
+        return error
 
     def _all_orders_windows(self, start_time: int | None, end_time: int | None) -> list[tuple[int, int | None]]:
         if start_time is None:  # only end_time: Binance's own default, the 7 days up to it
@@ -373,9 +392,10 @@ class BinanceFuturesClient:
             error = error_from_transport(
                 exc, method=method, endpoint=endpoint, host=self._host, timeout=self.timeout, scrub=self._scrub
             )
-        except (ValueError, TypeError, AttributeError, KeyError):
-            # python-binance chokes on some bodies (e.g. a JSON string or list as an error body); if a response
-            # arrived, judge it ourselves, otherwise it is a bug and should surface as one.
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+            # python-binance chokes on some bodies (e.g. a JSON string or list as an error body, JSON nested deeper
+            # than the json module parses); if a response arrived, judge it ourselves, otherwise it is a bug and
+            # should surface as one.
             if self._client.response is None:
                 raise
             error = self._error_from_response(self._client.response, method, endpoint)
@@ -440,6 +460,16 @@ def _setting(name: str, default: Any) -> Any:
         return default
     value = getattr(settings, name, None)
     return default if value in (None, "") else value
+
+
+def _is_int(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _decimal_str(value: Decimal | str | int, what: str) -> str:

@@ -28,6 +28,7 @@ They are reconstructible from ``args`` (code, message, status), which is what Ce
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Callable
@@ -148,6 +149,9 @@ _FAILED_5XX_MESSAGES = ("service unavailable", "internal error; unable to proces
 
 RATE_LIMIT_DEFAULT_SEC = 60.0  # 429 / -1003 without Retry-After: one full 1-minute weight window
 IP_BAN_DEFAULT_SEC = 120.0  # 418 without Retry-After: Binance's shortest IP ban (they escalate up to 3 days)
+# Binance's longest ban. A longer (or infinite) wait from a header or message is junk, and an infinite countdown
+# would crash Celery's retry instead of rescheduling.
+MAX_RETRY_AFTER_SEC = 3 * 86400.0
 
 _BANNED_UNTIL = re.compile(r"banned until (\d{12,14})")
 _WHITESPACE = re.compile(r"\s+")
@@ -175,12 +179,12 @@ def error_from_response(
     message: str | None = None
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         body = None
     if isinstance(body, dict):
         try:
             code = int(body["code"]) if body.get("code") is not None else None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: {"code": 1e999} is inf
             code = None
         if body.get("msg") is not None:
             message = str(body["msg"])
@@ -240,14 +244,21 @@ def error_from_transport(
 
 
 def _retry_after(header: str | None, message: str, banned: bool, exchange_now_ms: int | None) -> float:
+    return min(_retry_after_unbounded(header, message, banned, exchange_now_ms), MAX_RETRY_AFTER_SEC)
+
+
+def _retry_after_unbounded(header: str | None, message: str, banned: bool, exchange_now_ms: int | None) -> float:
     if header:
         try:
-            return max(0.0, float(header))
+            seconds = float(header)
         except ValueError:
             try:  # Retry-After may also be an HTTP date
                 return max(0.0, email.utils.parsedate_to_datetime(header).timestamp() - time.time())
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 pass
+        else:
+            if math.isfinite(seconds):  # "inf" / "nan" are junk, not a wait
+                return max(0.0, seconds)
     match = _BANNED_UNTIL.search(message)  # -1003 "... IP banned until 1700000000000 ..."
     if match:
         now_ms = exchange_now_ms if exchange_now_ms is not None else time.time() * 1000

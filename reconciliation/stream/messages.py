@@ -70,6 +70,11 @@ def excerpt(raw) -> str:
     return printable[:EXCERPT_CHARS]
 
 
+def printable(value, limit: int = 80) -> str:
+    """An untrusted field (a symbol, a client order id) for a log line: ASCII, one line, at most `limit` chars."""
+    return "".join(c if c.isprintable() and c.isascii() else ascii(c)[1:-1] for c in str(value)[:limit])
+
+
 def _skip(account_id, kind: str, why: str, raw) -> Outcome:
     logger.warning("user_stream skipped account=%s kind=%s why=%s excerpt=%s", account_id, kind, why, excerpt(raw))
     return Outcome(kind)
@@ -138,13 +143,14 @@ def apply_order_event(
             trade = find_trade(account_id, snap)
             if trade is None:
                 logger.info("user_stream not_ours account=%s symbol=%s order_id=%s client_order_id=%s status=%s",
-                            account_id, snap.symbol, snap.order_id, snap.client_order_id, snap.status)
+                            account_id, printable(snap.symbol), snap.order_id, printable(snap.client_order_id),
+                            snap.status)
                 return Outcome(NO_TRADE)
             result = services.apply_order_snapshot(trade, snap, TradeEvent.Source.WS)
             return Outcome(APPLIED, result)
         except (SnapshotMismatch, InvalidSnapshot) as exc:
             logger.warning("user_stream mismatch account=%s order_id=%s client_order_id=%s: %s",
-                           account_id, snap.order_id, snap.client_order_id, exc)
+                           account_id, snap.order_id, printable(snap.client_order_id), printable(exc, 200))
             return Outcome(MISMATCH)
         except Exception as exc:  # noqa: BLE001 — DB errors above all; never lose the fill over any of them
             if attempt < tries:
@@ -154,7 +160,7 @@ def apply_order_event(
                 continue
             logger.error("user_stream apply_gave_up account=%s order_id=%s client_order_id=%s status=%s "
                          "after %d tries (%s: %s); enqueueing a reconcile of the account",
-                         account_id, snap.order_id, snap.client_order_id, snap.status, tries,
+                         account_id, snap.order_id, printable(snap.client_order_id), snap.status, tries,
                          type(exc).__name__, str(exc)[:200])
         finally:
             recycle_connections()
