@@ -274,6 +274,7 @@ class TestClientOrderId:
     ],
     ids=["get_pending_recent", "by_entry_order_id"],
 )
+@pytest.mark.django_db(transaction=True)  # ANALYZE TABLE commits implicitly: a rolled-back test would leak its rows
 def test_lookups_use_their_index_on_mariadb(mysql_only, query, index):
     account = AccountFactory()
     other = AccountFactory()
