@@ -7,23 +7,12 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
-from trades.admin import FixPermissionMixin, actor_of
+from trades.admin import FixPermissionMixin, ReadOnlyAdmin, actor_of
 from trades.models import TradeEvent
 
 from . import operator_services
 from .models import AccountSyncState, OrphanPosition, ReconcileRun
 from .positions import recover_orphan
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(ReconcileRun)

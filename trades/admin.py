@@ -48,6 +48,19 @@ def actor_of(request) -> str:
 
 # --- Accounts ---------------------------------------------------------------------------------------------------------
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Audit and history: looked at, never edited, added or deleted from the admin."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class AccountForm(forms.ModelForm):
     # The secret is write-only: the widget never renders the stored value, and leaving it empty keeps it.
     api_secret = forms.CharField(
@@ -301,18 +314,9 @@ def _ids(pks) -> str:
 
 
 @admin.register(TradeEvent)
-class TradeEventAdmin(admin.ModelAdmin):
+class TradeEventAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "trade", "source", "from_status", "to_status", "filled_qty", "actor"]
     list_filter = ["source", "to_status"]
     search_fields = ["trade__client_order_id", "=trade__entry_order_id", "actor"]
     list_select_related = ["trade"]
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
