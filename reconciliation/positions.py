@@ -3,7 +3,8 @@
 - open trade, no exchange position for its symbol      → closed (exit price / realized PnL from userTrades)
 - open trades explain the exchange position exactly    → in sync
 - exchange position (or part) no trade explains        → an orphan record, logged at WARNING; turned into an open
-                                                         trade only when SYNC_RECOVER_MISSING_POSITIONS is on
+                                                         trade only when SYNC_RECOVER_MISSING_POSITIONS is on and
+                                                         two syncs in a row saw the same gap
 Quantities are compared exactly, as Decimals: open trades and partially filled pending trades count, BUY as +,
 SELL as −.
 """
@@ -16,6 +17,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from trades.db import retry_transient_db_errors
@@ -47,14 +49,17 @@ def exchange_positions(client) -> dict[str, tuple[Decimal, Decimal | None]]:
 def compare_positions(account: Account, client, report: Report) -> None:
     """The comparison itself; the caller holds the account lease and has reconciled pending trades first."""
     report.extra.update({"closed": 0, "in_sync": 0, "orphans": 0, "recovered": 0})
-    exchange = exchange_positions(client)
-    report.weight_used += 5
-    explained: dict[str, Decimal] = defaultdict(Decimal)
+    # Only trades already open before Binance's positions are read can be closed by what it says: a trade the
+    # stream opens while we read must not be closed by a snapshot that predates its fill (the soak caught this).
     open_by_symbol: dict[str, list[Trade]] = defaultdict(list)
     for trade in Trade.objects.filter(account=account, status=Trade.Status.OPEN):
-        explained[trade.symbol] += signed_qty(trade)
         open_by_symbol[trade.symbol].append(trade)
-    for trade in Trade.objects.filter(account=account, status=Trade.Status.PENDING, filled_qty__gt=0):
+    exchange = exchange_positions(client)
+    report.weight_used += 5
+    # What explains each position is read after Binance answered, so fills it already reflects count.
+    explained: dict[str, Decimal] = defaultdict(Decimal)
+    explaining = Q(status=Trade.Status.OPEN) | Q(status=Trade.Status.PENDING, filled_qty__gt=0)
+    for trade in Trade.objects.filter(explaining, account=account):
         explained[trade.symbol] += signed_qty(trade)
 
     for symbol, trades in sorted(open_by_symbol.items()):
@@ -72,9 +77,11 @@ def compare_positions(account: Account, client, report: Report) -> None:
             continue
         seen.add(symbol)
         report.extra["orphans"] += 1
-        orphan = _record_orphan(account, symbol, unexplained, amount, entry_price)
+        orphan, seen_before = _record_orphan(account, symbol, unexplained, amount, entry_price)
         recoverable = (unexplained > 0) == (amount > 0) and abs(unexplained) <= abs(amount)
-        if settings.SYNC_RECOVER_MISSING_POSITIONS and recoverable:
+        # Recovered only once the same gap is seen by two syncs in a row: a fill still on its way to the DB (the
+        # stream or a reconcile about to apply it) is not an orphan, and recovering it would count it twice.
+        if settings.SYNC_RECOVER_MISSING_POSITIONS and recoverable and seen_before:
             recover_orphan(orphan, source=TradeEvent.Source.POSITION_SYNC)
             report.extra["recovered"] += 1
     OrphanPosition.objects.filter(account=account, status=OrphanPosition.Status.OPEN).exclude(
@@ -126,9 +133,11 @@ def close_trade(trade: Trade, *, exit_price=None, realized_pnl=None, source=Trad
     return True
 
 
-def _record_orphan(account, symbol, unexplained, amount, entry_price) -> OrphanPosition:
+def _record_orphan(account, symbol, unexplained, amount, entry_price) -> tuple[OrphanPosition, bool]:
+    """The open orphan record for this gap, and whether the previous sync had already seen the same gap."""
     now = timezone.now()
     orphan = OrphanPosition.objects.filter(account=account, symbol=symbol, status=OrphanPosition.Status.OPEN).first()
+    seen_before = orphan is not None and orphan.quantity == unexplained
     if orphan is None:
         orphan = OrphanPosition.objects.create(
             account=account, symbol=symbol, quantity=unexplained, exchange_position=amount, entry_price=entry_price,
@@ -139,7 +148,7 @@ def _record_orphan(account, symbol, unexplained, amount, entry_price) -> OrphanP
         orphan.save(update_fields=["quantity", "exchange_position", "entry_price", "last_seen_at"])
     logger.warning("account %s: orphan position %s %s (exchange %s) — no trade explains it",
                    account.pk, symbol, unexplained, amount)
-    return orphan
+    return orphan, seen_before
 
 
 @transaction.atomic

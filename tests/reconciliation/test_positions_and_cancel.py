@@ -7,6 +7,7 @@ import pytest
 from reconciliation import rules
 from reconciliation.models import OrphanPosition
 from reconciliation.services import (
+    apply_order_snapshot,
     cancel_trade_order,
     create_pending_trade,
     place_entry_order,
@@ -78,7 +79,9 @@ class TestSyncPositions:
         with BinanceFuturesClient.for_account(account) as client:
             client.place_order("BTCUSDT", "BUY", Decimal("0.004"), order_type="MARKET")  # unexplained extra
 
-        report = sync_positions_with_binance(account)
+        first = sync_positions_with_binance(account)  # seen once: could be a fill on its way to the DB
+        assert first["extra"]["recovered"] == 0 and OrphanPosition.objects.get().status == "open"
+        report = sync_positions_with_binance(account)  # the same gap again: recovered
 
         [orphan] = OrphanPosition.objects.all()
         recovered = orphan.trade
@@ -86,6 +89,41 @@ class TestSyncPositions:
         assert (recovered.status, recovered.side, recovered.filled_qty) == ("open", "BUY", Decimal("0.004"))
         assert TradeEvent.objects.filter(trade=recovered, to_status="open").count() == 1
         assert sync_positions_with_binance(account)["extra"]["in_sync"] == 1  # explained now
+
+    def test_a_gap_that_closes_before_the_next_sync_is_never_recovered(self, binance, account, settings):
+        settings.SYNC_RECOVER_MISSING_POSITIONS = True
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        fill_in_flight = RaceAtPositionRead(BinanceFuturesClient.for_account(account), before=lambda: (
+            binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)))
+
+        # The fill lands after this sync's reconcile step and before the positions read: a gap, seen once.
+        assert sync_positions_with_binance(account, client=fill_in_flight)["extra"]["orphans"] == 1
+        sync_positions_with_binance(account)  # its reconcile step applies the fill: explained
+
+        trade.refresh_from_db()
+        assert trade.status == Trade.Status.OPEN
+        assert not Trade.objects.exclude(pk=trade.pk).exists()  # no recovered double
+        assert OrphanPosition.objects.get().status == "resolved"
+
+    def test_a_trade_opened_while_positions_are_read_is_not_closed(self, binance, account):
+        """Found by the soak: the stream opened a trade between Binance's positions answer and the DB read, and the
+        sync closed it on the strength of a snapshot that predated its fill."""
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+
+        def fill_and_apply():  # the fill happens, and the stream applies it, just after Binance answered
+            binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
+            with BinanceFuturesClient.for_account(account) as other:
+                apply_order_snapshot(Trade.objects.get(pk=trade.pk), other.get_order_by_client_order_id(
+                    "BTCUSDT", trade.client_order_id), "ws")
+
+        report = sync_positions_with_binance(account, client=RaceAtPositionRead(
+            BinanceFuturesClient.for_account(account), after=fill_and_apply))
+
+        trade.refresh_from_db()
+        assert trade.status == Trade.Status.OPEN and report["extra"]["closed"] == 0
+        assert sync_positions_with_binance(account)["extra"]["in_sync"] == 1
 
     def test_partially_filled_pending_trade_explains_its_part(self, binance, account):
         trade = TradeFactory(account=account, price=Decimal("50000"))
@@ -96,6 +134,25 @@ class TestSyncPositions:
 
         assert report["progress"] == 1 and report["extra"]["in_sync"] == 1
         assert not OrphanPosition.objects.exists()
+
+
+class RaceAtPositionRead:
+    """A gateway where something happens (a fill, the stream applying it) right before or right after Binance's
+    positions answer: the race between Binance's snapshot and the database, made deterministic."""
+
+    def __init__(self, client, *, before=None, after=None):
+        self._client, self._before, self._after = client, before, after
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def get_positions(self):
+        if self._before:
+            self._before()
+        positions = self._client.get_positions()
+        if self._after:
+            self._after()
+        return positions
 
 
 class TestCancelAndVerify:
