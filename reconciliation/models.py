@@ -50,7 +50,10 @@ class ReconcileRun(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["account", "started_at"], name="reconcilerun_account_started")]
+        indexes = [
+            models.Index(fields=["account", "started_at"], name="reconcilerun_account_started"),
+            models.Index(fields=["started_at"], name="reconcilerun_started"),  # retention pruning
+        ]
 
     def __str__(self):
         return f"{self.kind} {self.account} {self.reason} {self.outcome}"

@@ -106,6 +106,12 @@ def sync_all_positions():
     return len(ids)
 
 
+@shared_task
+def prune_reconcile_runs():
+    """Daily: drop reconcile reports past RECONCILE_RUN_RETENTION_DAYS (the audit trail of trades is kept)."""
+    return services.prune_reconcile_runs()
+
+
 # --- cancel → verify ----------------------------------------------------------------------------------------------
 
 CANCEL_MAX_RETRIES = 3

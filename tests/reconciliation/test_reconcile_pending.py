@@ -333,3 +333,20 @@ def test_a_run_is_kept_with_when_it_started_and_how_long_it_took(binance, accoun
     assert run.duration_ms >= 300
     assert timezone.now() - run.started_at >= timedelta(milliseconds=300)  # stamped at the start, not the end
     assert (run.reason, run.outcome, run.report["checked"]) == ("admin", "ok", 1)
+
+
+def test_reconcile_reports_past_the_retention_are_pruned_and_trade_audit_is_kept(binance, account, settings):
+    settings.RECONCILE_RUN_RETENTION_DAYS = 7
+    [trade] = pending(account)
+    place(trade)
+    fill(binance, trade)
+    reconcile_pending(account)
+    reconcile_pending(account)
+    ReconcileRun.objects.filter(pk=ReconcileRun.objects.order_by("pk").first().pk).update(
+        started_at=timezone.now() - timedelta(days=8))
+    from reconciliation.services import prune_reconcile_runs
+
+    assert prune_reconcile_runs(batch=1) == 1
+
+    assert ReconcileRun.objects.count() == 1
+    assert TradeEvent.objects.filter(trade=trade).count() == 1
