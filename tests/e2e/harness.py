@@ -30,6 +30,11 @@ FAST = {
     "USER_STREAM_BACKOFF_MAX_SEC": "1",
     "USER_STREAM_POSITION_DEBOUNCE_SEC": "0.3",
     "CELERY_VISIBILITY_TIMEOUT": "20",  # a SIGKILLed worker's unacked task comes back after this
+    # A killed task's account lease runs out after RECONCILE_LEASE_SEC (kept above the hard time limit, as in
+    # production); its redelivery retries meanwhile (F11).
+    "CELERY_TASK_SOFT_TIME_LIMIT": "8",
+    "CELERY_TASK_TIME_LIMIT": "10",
+    "RECONCILE_LEASE_SEC": "12",
     "LOG_LEVEL": "INFO",
 }
 
