@@ -7,6 +7,7 @@ from django.conf import settings as django_settings
 from django.test import override_settings
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from reconciliation import services
 from tests.factories import AccountFactory
 from tradeops.celery import app
 
@@ -71,8 +72,14 @@ class E2E:
         self.stack.start_beat()
 
     def settle(self, accounts=None, timeout=60):
-        """Wait (with a deadline) until every trade agrees with the exchange, then check the whole invariant."""
+        """DESIGN §4: after the fault stops and one reconcile has run, the invariant holds. Wait (with a deadline)
+        until every trade agrees with the exchange, run one position sync per account (what beat does every 5 min),
+        then check the whole invariant."""
         accounts = accounts or self.accounts
+        wait_for(lambda: settled(self.control, accounts), timeout=timeout, interval=0.3, message="quiescence")
+        for account in accounts:  # a worker may hold the account's lease for a moment: skipped means try again
+            wait_for(lambda account=account: not services.sync_positions_with_binance(account, reason="e2e")["skipped"],
+                     timeout=timeout, interval=0.3, message=f"a position sync of {account.name}")
         wait_for(lambda: settled(self.control, accounts), timeout=timeout, interval=0.3, message="quiescence")
         assert_invariant(self.control, accounts)
 

@@ -32,9 +32,10 @@ FAST = {
     "CELERY_VISIBILITY_TIMEOUT": "20",  # a SIGKILLed worker's unacked task comes back after this
     # A killed task's account lease runs out after RECONCILE_LEASE_SEC (kept above the hard time limit, as in
     # production); its redelivery retries meanwhile (F11).
-    "CELERY_TASK_SOFT_TIME_LIMIT": "8",
-    "CELERY_TASK_TIME_LIMIT": "10",
-    "RECONCILE_LEASE_SEC": "12",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "15",
+    "CELERY_TASK_TIME_LIMIT": "18",
+    "RECONCILE_LEASE_SEC": "20",
+    "DATABASE_LOCK_WAIT_TIMEOUT": "2",  # F10: a lock-wait timeout well inside the soft time limit
     "LOG_LEVEL": "INFO",
 }
 
