@@ -164,6 +164,7 @@ PENDING_NOT_FOUND_GRACE_SEC = env.int("PENDING_NOT_FOUND_GRACE_SEC", default=120
 # --- Celery (all of it here: one module) -----------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT = "tradeops.kombu_filesystem:Transport"  # kombu's, with atomic message files
     _queue_dir = VAR_DIR / "celery-broker"
     (_queue_dir / "processed").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
