@@ -39,15 +39,23 @@ def fill(e2e, trade, **kw):
     e2e.control.fill_order(trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id, **kw)
 
 
+def filled_unseen(e2e, account, n=1):
+    """n positions the bot opened whose fills never reach the DB by push (the account's events are paused): only a
+    reconcile can find them."""
+    trades = [open_position(e2e, account) for _ in range(n)]
+    e2e.control.pause_events(account.api_key)
+    for trade in trades:
+        fill(e2e, trade)
+    return trades
+
+
 def status_of(trade):
     return Trade.objects.get(pk=trade.pk).status
 
 
 def test_f1_fill_lost_while_the_bot_was_down_periodic_reconcile_opens_it(e2e):
     account = e2e.account()
-    trade = open_position(e2e, account)
-    e2e.control.pause_events(account.api_key)  # nothing reaches the DB by push
-    fill(e2e, trade)
+    [trade] = filled_unseen(e2e, account)  # nothing reaches the DB by push
     assert status_of(trade) == Trade.Status.PENDING
 
     e2e.start_beat()
@@ -163,10 +171,7 @@ def test_f8_crash_before_place_fails_after_the_grace_period_with_reason(e2e):
 
 def test_f9_rate_limits_server_errors_and_timeouts_back_off_and_lose_nothing(e2e):
     account = e2e.account()
-    trades = [open_position(e2e, account) for _ in range(3)]
-    e2e.control.pause_events(account.api_key)
-    for trade in trades:
-        fill(e2e, trade)
+    trades = filled_unseen(e2e, account, 3)
     control = e2e.control
     control.inject_fault("/fapi/v1/order", "502", count=2, method="GET")
     control.inject_fault("/fapi/v1/order", "503", count=1, method="GET")
@@ -183,9 +188,7 @@ def test_f9_rate_limits_server_errors_and_timeouts_back_off_and_lose_nothing(e2e
 
 def test_f10_lock_wait_timeouts_are_retried_then_the_update_lands(e2e):
     account = e2e.account()
-    trade = open_position(e2e, account)
-    e2e.control.pause_events(account.api_key)
-    fill(e2e, trade)
+    [trade] = filled_unseen(e2e, account)
     locked, release = threading.Event(), threading.Event()
 
     def hold_row_lock():
@@ -215,9 +218,7 @@ def test_f10_lock_wait_timeouts_are_retried_then_the_update_lands(e2e):
 
 def test_f10_lost_database_connections_are_reopened(e2e):
     account = e2e.account()
-    trade = open_position(e2e, account)
-    e2e.control.pause_events(account.api_key)
-    fill(e2e, trade)
+    [trade] = filled_unseen(e2e, account)
     with connections["default"].cursor() as cursor:  # kill every other connection of ours (workers, stream)
         cursor.execute("SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() AND db = DATABASE()")
         for (pid,) in cursor.fetchall():
@@ -231,9 +232,7 @@ def test_f10_lost_database_connections_are_reopened(e2e):
 
 def test_f11_worker_killed_mid_task_is_redelivered_same_end_state(e2e):
     account = e2e.account()
-    trade = open_position(e2e, account)
-    e2e.control.pause_events(account.api_key)
-    fill(e2e, trade)
+    [trade] = filled_unseen(e2e, account)
     e2e.control.reset_stats()
     e2e.control.inject_fault("/fapi/v1/order", "hang", count=1, method="GET", hang_sec=1.8)
 
@@ -252,10 +251,7 @@ def test_f12_two_reconciles_of_one_account_at_once_one_runs_one_skips(e2e):
     e2e.wait_streaming(account)
     wait_for(lambda: ReconcileRun.objects.filter(account=account, reason="ws_connect").exists(),
              message="the stream's own reconcile is done")  # so only the two below compete for the lease
-    trades = [open_position(e2e, account) for _ in range(2)]
-    e2e.control.pause_events(account.api_key)
-    for trade in trades:
-        fill(e2e, trade)
+    trades = filled_unseen(e2e, account, 2)
     e2e.control.inject_fault("/fapi/v1/order", "hang", count=1, method="GET", hang_sec=1.5)  # keep the first busy
 
     tasks.reconcile_account.delay(account.pk, reason="beat")
