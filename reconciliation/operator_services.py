@@ -26,7 +26,7 @@ from trades.models import Trade, TradeEvent
 
 from .models import OrphanPosition
 from .rules import SnapshotMismatch
-from .services import apply_order_snapshot, fetch_order
+from .services import apply_order_snapshot, fetch_order, gateway
 from .snapshots import FILLED, NOT_FOUND, InvalidSnapshot, OrderSnapshot
 
 logger = logging.getLogger(__name__)
@@ -62,13 +62,8 @@ def snapshot_view(snap: OrderSnapshot) -> dict:
 
 
 def _fetch_snapshot(trade: Trade, client) -> tuple[object, OrderSnapshot]:
-    own = client is None
-    client = client or BinanceFuturesClient.for_account(trade.account)
-    try:
+    with gateway(trade.account, client) as client:
         order = fetch_order(client, trade)
-    finally:
-        if own:
-            client.close()
     return order, OrderSnapshot.parse(order)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
@@ -36,6 +37,16 @@ logger = logging.getLogger(__name__)
 Source = TradeEvent.Source
 ALL_ORDERS_SLACK = timedelta(minutes=5)  # our created_at precedes Binance's order time; allow for clock skew
 DUPLICATE_CLIENT_ORDER_ID_CODES = frozenset({-4116, -4015})  # "the order may exist already": never failed
+
+
+@contextmanager
+def gateway(account: Account, client=None):
+    """The client a caller passed in (theirs to close), or the account's own for this block, closed after it."""
+    if client is not None:
+        yield client
+        return
+    with BinanceFuturesClient.for_account(account) as own:
+        yield own
 
 
 # --- THE rule ---------------------------------------------------------------------------------------------------------
@@ -128,19 +139,16 @@ def _run_under_lease(account: Account, report: Report, client, work) -> dict:
         if not held:
             report.skipped = True
             return report.finish()
-        own_client = client is None
-        client = client or BinanceFuturesClient.for_account(account)
-        calls_before = client.http_calls
-        try:
-            work(client)
-        except RateLimited as exc:
-            report.stopped_early, report.retry_after = True, exc.retry_after
-            logger.warning("account %s: rate limited, stopping; retry after %ss", account.pk, exc.retry_after)
-        finally:
-            report.http_calls = client.http_calls - calls_before
-            if own_client:
-                client.close()
-        return report.finish(used_weight=client.used_weight)
+        with gateway(account, client) as client:
+            calls_before = client.http_calls
+            try:
+                work(client)
+            except RateLimited as exc:
+                report.stopped_early, report.retry_after = True, exc.retry_after
+                logger.warning("account %s: rate limited, stopping; retry after %ss", account.pk, exc.retry_after)
+            finally:
+                report.http_calls = client.http_calls - calls_before
+            return report.finish(used_weight=client.used_weight)
 
 
 def reconcile_pending_locked(account: Account, client, report: Report, *, deep: bool = False) -> None:
@@ -297,13 +305,13 @@ def cancel_trade_order(trade: Trade, *, client=None) -> dict:
     if not trade.client_order_id and trade.entry_order_id is None:
         flag_for_operator(trade, reason="cannot cancel: no order reference", source=Source.CANCEL)
         return {"trade_id": trade.pk, "outcome": "no_order_ref"}
-    client = client or BinanceFuturesClient.for_account(trade.account)
     try:
-        order = client.cancel_order(
-            trade.symbol,
-            client_order_id=trade.client_order_id or None,
-            order_id=None if trade.client_order_id else trade.entry_order_id,
-        )
+        with gateway(trade.account, client) as client:
+            order = client.cancel_order(
+                trade.symbol,
+                client_order_id=trade.client_order_id or None,
+                order_id=None if trade.client_order_id else trade.entry_order_id,
+            )
     except UnknownOrder as exc:
         logger.info("trade %s: cancel answered -2011 (already filled/ended?): %s", trade.pk, exc)
         return {"trade_id": trade.pk, "outcome": "unknown_order"}
@@ -314,14 +322,13 @@ def cancel_trade_order(trade: Trade, *, client=None) -> dict:
 def verify_after_cancel(trade: Trade, *, client=None) -> dict:
     """After a cancel (clean, raced by a fill, or failed): fetch the order again and apply it. `still_working`
     tells the caller Binance still shows it open (the cancel did not take); the task retries, then flags."""
-    client = client or BinanceFuturesClient.for_account(trade.account)
     try:
-        order = fetch_order(client, trade)
+        with gateway(trade.account, client) as client:
+            snap = OrderSnapshot.parse(fetch_order(client, trade))
     except LookupError:
         flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY)
         return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
-    result = apply_order_snapshot(trade, order, Source.CANCEL_VERIFY)
-    snap = OrderSnapshot.parse(order)
+    result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY)
     return {
         "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
         "still_working": snap.is_working, "status": trade.status,
@@ -352,12 +359,12 @@ def place_entry_order(trade: Trade, *, client=None) -> dict:
         # Already sent once (e.g. this task was re-delivered after a crash): never send a second order.
         return {"trade_id": trade.pk, "outcome": "already_attempted"}
     trade.exchange_status = PLACING
-    client = client or BinanceFuturesClient.for_account(trade.account)
     try:
-        order = client.place_order(
-            trade.symbol, trade.side, trade.quantity, order_type="LIMIT" if trade.price else "MARKET",
-            price=trade.price, client_order_id=trade.client_order_id,
-        )
+        with gateway(trade.account, client) as client:
+            order = client.place_order(
+                trade.symbol, trade.side, trade.quantity, order_type="LIMIT" if trade.price else "MARKET",
+                price=trade.price, client_order_id=trade.client_order_id,
+            )
     except RateLimited as exc:  # refused before execution: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
             trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status})"), Source.PLACE)
@@ -379,5 +386,5 @@ def place_entry_order(trade: Trade, *, client=None) -> dict:
 __all__ = [
     "apply_order_snapshot", "reconcile_pending", "sync_positions_with_binance", "verify_after_cancel",
     "cancel_trade_order", "flag_for_operator", "create_pending_trade", "place_entry_order", "fetch_order",
-    "prune_reconcile_runs",
+    "prune_reconcile_runs", "gateway",
 ]

@@ -164,14 +164,10 @@ def verify_cancel(self, trade_id):
     return report
 
 
-def cancel_and_verify_signature(trade_id):
-    return chain(cancel_order.si(trade_id), verify_cancel.si(trade_id))
-
-
 @shared_task
 def cancel_and_verify(trade_id):
     """Every cancel goes through here (admin, entry timeout, bot): cancel, then always verify."""
-    return cancel_and_verify_signature(trade_id).apply_async().id
+    return chain(cancel_order.si(trade_id), verify_cancel.si(trade_id)).apply_async().id
 
 
 # --- the bot's entry flow ------------------------------------------------------------------------------------------
