@@ -118,9 +118,7 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     @admin.display(description="last reconcile")
     def last_reconcile(self, obj):
         state = _sync_state(obj)
-        if state is None or state.last_reconcile_at is None:
-            return "never"
-        return f"{timesince(state.last_reconcile_at, timezone.now())} ago"
+        return _ago(state.last_reconcile_at if state else None, missing="never")
 
     @admin.display(description="last result")
     def last_result(self, obj):
@@ -138,9 +136,7 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     @admin.display(description="last stream event")
     def stream_last_event(self, obj):
         state = _sync_state(obj)
-        if state is None or state.stream_last_event_at is None:
-            return "—"
-        return f"{timesince(state.stream_last_event_at, timezone.now())} ago"
+        return _ago(state.stream_last_event_at if state else None, missing="—")
 
     @admin.display(description="used weight (1m)")
     def used_weight(self, obj):
@@ -307,6 +303,10 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
             "form": form, "action": "mark_manually", "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/trades/trade/mark_manually.html", context)
+
+
+def _ago(moment, *, missing: str) -> str:
+    return missing if moment is None else f"{timesince(moment, timezone.now())} ago"
 
 
 def _ids(pks) -> str:
