@@ -66,21 +66,21 @@ def test_f1_fill_lost_while_the_bot_was_down_periodic_reconcile_opens_it(e2e):
 
 def test_f2_fill_while_the_stream_is_down_reconcile_on_reconnect_opens_it(e2e):
     account = e2e.account()
-    e2e.wait_streaming(account)
+    connects = ReconcileRun.objects.filter(account=account, reason="ws_connect")
     trade = open_position(e2e, account)
     e2e.stack.kill("stream")  # crash: no close frame, no listenKey close
+    before = connects.count()
     fill(e2e, trade)
 
     e2e.stack.start_stream()
 
     wait_for(lambda: status_of(trade) == Trade.Status.OPEN, message="reconcile on reconnect opened it")
-    assert ReconcileRun.objects.filter(account=account, reason="ws_connect").exists()
+    assert connects.count() > before
     e2e.settle()
 
 
 def test_f3_listen_key_expired_new_key_reconnect_reconcile(e2e):
     account = e2e.account()
-    e2e.wait_streaming(account)
     old_key = e2e.control.listen_keys(account.api_key)["listen_key"]
     trade = open_position(e2e, account)
     e2e.control.pause_events(account.api_key)
@@ -107,7 +107,6 @@ def test_f4_cancel_loses_the_race_chained_verification_opens_the_trade(e2e):
 @pytest.mark.parametrize("end", ["timeout_cancel", "EXPIRED"])
 def test_f5_partial_fill_then_cancel_or_expire_opens_with_the_partial_quantity(e2e, end):
     account = e2e.account()
-    e2e.wait_streaming(account)
     trade = open_position(e2e, account, timeout_sec=3 if end == "timeout_cancel" else FAR)
     fill(e2e, trade, qty="0.004")
     if end == "EXPIRED":
@@ -120,7 +119,6 @@ def test_f5_partial_fill_then_cancel_or_expire_opens_with_the_partial_quantity(e
 
 def test_f6_duplicate_and_out_of_order_events_one_transition_no_regression(e2e):
     account = e2e.account()
-    e2e.wait_streaming(account)
     trade = open_position(e2e, account)
     fill(e2e, trade, qty="0.004")
     older = e2e.control.get_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
@@ -204,6 +202,7 @@ def test_f10_lock_wait_timeouts_are_retried_then_the_update_lands(e2e):
     holder.start()
     assert locked.wait(10)
     try:
+        assert status_of(trade) == Trade.Status.PENDING  # so the reconcile below must wait on the lock
         tasks.reconcile_account.delay(account.pk, reason="e2e")
         wait_for(lambda: "Lock wait timeout" in e2e.stack.log("worker1") + e2e.stack.log("worker2")
                  or "transient DB error 1205" in e2e.stack.log("worker1") + e2e.stack.log("worker2"),
@@ -247,10 +246,7 @@ def test_f11_worker_killed_mid_task_is_redelivered_same_end_state(e2e):
 
 
 def test_f12_two_reconciles_of_one_account_at_once_one_runs_one_skips(e2e):
-    account = e2e.account()
-    e2e.wait_streaming(account)
-    wait_for(lambda: ReconcileRun.objects.filter(account=account, reason="ws_connect").exists(),
-             message="the stream's own reconcile is done")  # so only the two below compete for the lease
+    account = e2e.account()  # the stream's own reconcile is done: only the two below compete for the lease
     trades = filled_unseen(e2e, account, 2)
     e2e.control.inject_fault("/fapi/v1/order", "hang", count=1, method="GET", hang_sec=1.5)  # keep the first busy
 
@@ -269,7 +265,6 @@ def test_f12_two_reconciles_of_one_account_at_once_one_runs_one_skips(e2e):
 
 def test_f13_malformed_and_foreign_payloads_are_skipped_and_the_stream_keeps_going(e2e):
     account = e2e.account()
-    e2e.wait_streaming(account)
     trade = open_position(e2e, account)
     for raw in ["not json", "{", "[]", '{"e": "SOMETHING_NEW"}', '{"e": "ORDER_TRADE_UPDATE"}',
                 '{"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "X": "FILLED", "i": 1, "c": "not-ours", '
@@ -286,7 +281,6 @@ def test_f13_malformed_and_foreign_payloads_are_skipped_and_the_stream_keeps_goi
 
 def test_f14_exchange_position_with_no_trade_is_reported_as_an_orphan(e2e):
     account = e2e.account()
-    e2e.wait_streaming(account)
     with BinanceFuturesClient.for_account(account) as client:  # someone traded by hand
         client.place_order("ETHUSDT", "SELL", Decimal("0.5"), order_type="MARKET")
 
@@ -299,7 +293,6 @@ def test_f14_exchange_position_with_no_trade_is_reported_as_an_orphan(e2e):
 
 def test_f15_open_trade_whose_position_is_gone_is_closed(e2e):
     account = e2e.account()
-    e2e.wait_streaming(account)
     trade = open_position(e2e, account, price=None)  # MARKET
     wait_for(lambda: status_of(trade) == Trade.Status.OPEN, message="opened")
     with BinanceFuturesClient.for_account(account) as client:  # closed by hand on the exchange

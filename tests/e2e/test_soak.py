@@ -30,9 +30,7 @@ def test_randomized_soak(e2e):
     print(f"\nsoak seed: {seed}  (replay: SOAK_SEED={seed})")
     rng = random.Random(seed)
     control, stack = e2e.control, e2e.stack
-    accounts = [e2e.account() for _ in range(3)]
-    for account in accounts:
-        e2e.wait_streaming(account)
+    accounts = [e2e.account() for _ in range(3)]  # each streaming, its first reconcile done
     e2e.start_beat()
     paused, later, stream_down_until = {}, [], None
     trades = []
