@@ -177,8 +177,17 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": 0.05,
     }
 else:
-    # Redis re-delivers an unacked message after visibility_timeout: keep it above the longest countdown/ETA we use.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+    # A task a worker holds unacked (running with acks_late, or a countdown/ETA waiting in its memory) goes back to
+    # the queue at once on a warm shutdown. After a crash of the whole worker, Redis hands it out again once it is
+    # visibility_timeout old, at the next sweep. Kombu sweeps every interval × throttle seconds (10 × 10 by default,
+    # so up to 100 s late); throttle 1 makes it every CELERY_UNACKED_RESTORE_SEC. The timeout stays above the hard
+    # time limit (a running task is never handed out twice) and the default entry timeout; a countdown longer than
+    # it is delivered more than once, which our tasks tolerate (idempotent, one placement per trade).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=600),
+        "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_SEC", default=10),
+        "unacked_restore_throttle": 1,
+    }
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=None)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

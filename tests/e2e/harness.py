@@ -30,6 +30,7 @@ FAST = {
     "USER_STREAM_BACKOFF_MAX_SEC": "1",
     "USER_STREAM_POSITION_DEBOUNCE_SEC": "0.3",
     "CELERY_VISIBILITY_TIMEOUT": "20",  # a SIGKILLed worker's unacked task comes back after this
+    "CELERY_UNACKED_RESTORE_SEC": "2",  # … at the next sweep
     # A killed task's account lease runs out after RECONCILE_LEASE_SEC (kept above the hard time limit, as in
     # production); its redelivery retries meanwhile (F11).
     "CELERY_TASK_SOFT_TIME_LIMIT": "15",

@@ -16,6 +16,7 @@ from django.db import connection, connections, transaction
 from reconciliation import tasks
 from reconciliation.models import OrphanPosition, ReconcileRun
 from tests.helpers import as_ws
+from tradeops.celery import app
 from trades.binance_client import BinanceFuturesClient
 from trades.models import Trade, TradeEvent
 
@@ -242,6 +243,42 @@ def test_f11_worker_killed_mid_task_is_redelivered_same_end_state(e2e):
             os.kill(pid, signal.SIGKILL)
 
     wait_for(lambda: status_of(trade) == Trade.Status.OPEN, timeout=120, message="redelivered task opened it")
+    e2e.settle()
+
+
+def countdown_holder(trade):
+    """The worker holding the trade's entry-timeout countdown (an ETA task reserved, unacked), or None."""
+    scheduled = app.control.inspect(timeout=1).scheduled() or {}
+    for worker, entries in scheduled.items():
+        for entry in entries:
+            request = entry["request"]
+            if request["name"] == "reconciliation.tasks.entry_timeout" and request["args"] == [trade.pk]:
+                return worker
+    return None
+
+
+@pytest.mark.parametrize("how", ["warm_restart", "crash"])
+def test_f11_workers_restarted_while_the_entry_timeout_counts_down_the_timeout_still_fires(e2e, how):
+    account = e2e.account()
+    trade = open_position(e2e, account, timeout_sec=5)  # nobody fills it: the entry timeout must cancel it
+    wait_for(lambda: countdown_holder(trade), message="a worker holds the entry-timeout countdown")
+
+    readies = {name: e2e.stack.log(name).count("ready.") for name in ("worker1", "worker2")}
+    for name in ("worker1", "worker2"):
+        if how == "crash":
+            e2e.stack.kill(name)  # the countdown dies with the process, unacked
+        else:
+            e2e.stack.stop(name)  # warm shutdown: what a deploy does
+    assert status_of(trade) == Trade.Status.PENDING
+    for name in ("worker1", "worker2"):
+        e2e.stack.start_worker(name)
+    for name in ("worker1", "worker2"):
+        wait_for(lambda name=name: e2e.stack.log(name).count("ready.") > readies[name], timeout=60,
+                 message=f"{name} back")
+
+    # Redis hands the countdown back (at once after a warm shutdown, after the visibility timeout after a crash).
+    wait_for(lambda: status_of(trade) == Trade.Status.CANCELLED, timeout=90, message="the entry timeout cancelled it")
+    assert Trade.objects.get(pk=trade.pk).exchange_status == "CANCELED"
     e2e.settle()
 
 
