@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -25,9 +26,9 @@ from trades.exceptions import ExchangeError
 from trades.models import Trade, TradeEvent
 
 from .models import OrphanPosition
-from .rules import SnapshotMismatch
+from .rules import SnapshotMismatch, in_not_found_grace
 from .services import apply_order_snapshot, fetch_order, gateway
-from .snapshots import FILLED, NOT_FOUND, InvalidSnapshot, OrderSnapshot
+from .snapshots import FILLED, NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +128,20 @@ def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, c
         raise OperatorActionRefused(
             f"trade {trade.pk}'s order is still {snap.status} on Binance: use “Cancel and verify”"
         )
+    # Never sent (exchange_status ""): safe to mark at any time, a placement only claims a pending trade. Sent
+    # moments ago: Binance may not show the order yet.
+    if snap.status == NOT_FOUND and trade.exchange_status == PLACING \
+            and in_not_found_grace(trade, timezone.now(), settings.PENDING_NOT_FOUND_GRACE_SEC):
+        raise OperatorActionRefused(
+            f"trade {trade.pk}'s order was sent moments ago and Binance may not show it yet; look again in a minute"
+        )
     exchange = "order never reached the exchange" if snap.status == NOT_FOUND else f"{snap.status} on exchange"
     status_reason = f"marked {status} by {actor}: {reason}"[:255]
     updated = retry_transient_db_errors(Trade.objects.compare_and_set)(
         {"pk": trade.pk}, expected_status=Trade.Status.PENDING,
         changes={"status": status, "status_reason": status_reason, "needs_operator": False},
-        condition=Q(filled_qty=0), source=TradeEvent.Source.ADMIN, actor=actor,
+        # Unchanged since Binance was asked: not sent meanwhile, nothing filled meanwhile.
+        condition=Q(filled_qty=0, exchange_status=trade.exchange_status), source=TradeEvent.Source.ADMIN, actor=actor,
         payload={"manual": True, "reason": reason[:1000], "exchange": exchange,
                  "exchange_status": snap.status, "order_id": snap.order_id},
     )

@@ -10,7 +10,8 @@ None. `services.apply_order_snapshot` executes it; nothing else decides a trade'
 | pending           | CANCELED / EXPIRED / EXPIRED_IN_MATCH, executedQty > 0   | open with the filled quantity    |
 | pending           | CANCELED / EXPIRED / EXPIRED_IN_MATCH, executedQty = 0   | cancelled                        |
 | pending           | REJECTED                                                 | failed                           |
-| pending           | -2013, trade older than the grace period                 | failed ("not found on exchange") |
+| pending           | -2013, order sent (or trade created, if never sent)      | failed ("not found on exchange") |
+|                   | longer ago than the grace period                         |                                  |
 | failed/cancelled  | a fill, or the order still working                       | open / pending (a correction:    |
 |                   |                                                          | our inference was wrong)         |
 
@@ -88,6 +89,12 @@ def decide(trade: Trade, snap: OrderSnapshot, now: datetime, *, grace_sec: int) 
     return IGNORED
 
 
+def in_not_found_grace(trade: Trade, now: datetime, grace_sec: int) -> bool:
+    """Whether -2013 ("order does not exist") may still mean "not visible yet": within grace_sec of the order being
+    sent (of the trade's creation, while it was never sent). Queued placements can run long after creation."""
+    return now - (trade.placed_at or trade.created_at) < timedelta(seconds=grace_sec)
+
+
 def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: int) -> Decision | str:
     if snap.status == s.FILLED or (snap.status in s.ENDED_UNFILLED_OR_PARTIAL and snap.executed_qty > 0):
         return _open(trade, snap, now, OPENED)
@@ -97,12 +104,16 @@ def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: i
         detail = snap.raw.get("msg") if isinstance(snap.raw, dict) else None
         return _end(trade, snap, Trade.Status.FAILED, f"rejected by exchange{': ' + detail if detail else ''}", FAILED)
     if snap.status == s.NOT_FOUND:
-        if now - trade.created_at < timedelta(seconds=grace_sec):
+        if in_not_found_grace(trade, now, grace_sec):
             return NOT_FOUND_IN_GRACE  # Binance answers -2013 for a while right after placing
         if trade.filled_qty > 0 or trade.exchange_status not in ("", s.PLACING):
             # We saw this order on the exchange before: "does not exist" now is not "never placed". Don't guess.
             return NEEDS_OPERATOR
-        return _end(trade, snap, Trade.Status.FAILED, NOT_FOUND_REASON, FAILED)
+        decision = _end(trade, snap, Trade.Status.FAILED, NOT_FOUND_REASON, FAILED)
+        # Only if the placement state is still what this decision read: a placement claimed meanwhile (the order
+        # on its way to Binance) must not be failed by an answer from before it was sent.
+        decision.condition &= Q(exchange_status=trade.exchange_status)
+        return decision
     # NEW / PARTIALLY_FILLED: still working.
     if snap.executed_qty > trade.filled_qty:
         changes = _exchange_facts(trade, snap) | {"filled_qty": snap.executed_qty}
@@ -123,12 +134,19 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
     if filled:
         return _open(trade, snap, now, REOPENED, expected=trade.status)
     if snap.is_working:
+        if snap.update_time is not None and trade.exchange_update_time is not None \
+                and snap.update_time <= trade.exchange_update_time:
+            # Same millisecond as the end we applied (Binance stamps NEW and EXPIRED of an IOC/GTX order alike):
+            # an ended order never works again, so only a strictly newer snapshot may reopen the trade.
+            return STALE
         changes = _exchange_facts(trade, snap) | {
             "status": Trade.Status.PENDING, "status_reason": "", "filled_qty": snap.executed_qty,
         }
         if snap.avg_price is not None:
             changes["entry_price"] = snap.avg_price
-        return Decision(REOPENED, trade.status, changes, condition=_monotonic(snap), payload=_payload(snap))
+        newer = Q(exchange_update_time__isnull=True) | Q(exchange_update_time__lt=snap.update_time) \
+            if snap.update_time is not None else Q()
+        return Decision(REOPENED, trade.status, changes, condition=newer, payload=_payload(snap))
     return UNCHANGED
 
 

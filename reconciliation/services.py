@@ -352,13 +352,14 @@ def create_pending_trade(account: Account, symbol: str, side: str, quantity, pri
 def place_entry_order(trade: Trade, *, client=None) -> dict:
     """Send the trade's order to Binance once. An unknown outcome (timeout, 503 "Unknown error") leaves the trade
     pending for the reconcile to decide by client order id; only a definite refusal fails it."""
+    now = timezone.now()
     claimed = Trade.objects.filter(pk=trade.pk, status=Trade.Status.PENDING, exchange_status="").update(
-        exchange_status=PLACING, updated_at=timezone.now()
+        exchange_status=PLACING, placed_at=now, updated_at=now
     )
     if not claimed:
         # Already sent once (e.g. this task was re-delivered after a crash): never send a second order.
         return {"trade_id": trade.pk, "outcome": "already_attempted"}
-    trade.exchange_status = PLACING
+    trade.exchange_status, trade.placed_at = PLACING, now
     try:
         with gateway(trade.account, client) as client:
             order = client.place_order(

@@ -191,6 +191,9 @@ class Trade(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    placed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the entry order was sent to Binance (the not-found grace runs from it)."
+    )
     opened_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     exit_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Average closing price, if known.")

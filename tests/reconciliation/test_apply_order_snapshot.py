@@ -242,3 +242,52 @@ class TestWrongInput:
             apply_order_snapshot(trade, payload, "ws")
         trade.refresh_from_db()
         assert trade.status == Trade.Status.PENDING
+
+
+class TestNotFoundAroundPlacement:
+    """-2013 means "not visible yet" for a while after the order is *sent*, which can be long after the trade was
+    created (placements queue behind other tasks)."""
+
+    def test_grace_runs_from_the_placement_not_from_the_trades_creation(self, trade, settings):
+        settings.PENDING_NOT_FOUND_GRACE_SEC = 120
+        now = timezone.now()
+        Trade.objects.filter(pk=trade.pk).update(created_at=now - timedelta(seconds=130), placed_at=now,
+                                                 exchange_status="PLACING")  # sent just now, answer unknown
+        trade.refresh_from_db()
+        missing = OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id)
+
+        assert apply_order_snapshot(trade, missing, "reconcile") == rules.NOT_FOUND_IN_GRACE
+
+        Trade.objects.filter(pk=trade.pk).update(placed_at=now - timedelta(seconds=121))
+        trade.refresh_from_db()
+        assert apply_order_snapshot(trade, missing, "reconcile") == rules.FAILED
+        assert events(trade) == [("pending", "failed")]
+
+    def test_an_answer_read_before_the_placement_was_claimed_does_not_fail_it(self, trade, settings):
+        settings.PENDING_NOT_FOUND_GRACE_SEC = 120
+        Trade.objects.filter(pk=trade.pk).update(created_at=timezone.now() - timedelta(seconds=130))
+        trade.refresh_from_db()  # what a reconcile read: never sent, past the grace
+        Trade.objects.filter(pk=trade.pk).update(exchange_status="PLACING", placed_at=timezone.now())  # then sent
+
+        result = apply_order_snapshot(trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id),
+                                      "reconcile")
+
+        assert result == rules.NOT_FOUND_IN_GRACE
+        assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
+        assert events(trade) == []
+
+
+def test_a_working_snapshot_from_the_same_millisecond_as_the_end_does_not_reopen(binance, trade):
+    """Binance stamps NEW and EXPIRED of an order that ends at once (IOC, GTX) with the same time."""
+    place(trade)
+    new = exchange_order(trade)
+    binance.control.expire_order(trade.account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
+    expired = exchange_order(trade)
+    new["updateTime"] = expired["updateTime"]  # the same millisecond (the sandbox's clock runs on)
+
+    assert apply_order_snapshot(trade, as_ws(expired), "ws") == rules.CANCELLED
+    assert apply_order_snapshot(trade, new, "place") == rules.STALE  # the placement answer, late
+
+    trade.refresh_from_db()
+    assert trade.status == Trade.Status.CANCELLED
+    assert events(trade) == [("pending", "cancelled")]

@@ -218,6 +218,7 @@ class TestPlacement:
 
         trade.refresh_from_db()
         assert (trade.status, trade.exchange_status) == ("pending", "NEW") and trade.entry_order_id
+        assert trade.placed_at is not None  # the not-found grace runs from here
         assert binance.control.stats()["requests"]["POST /fapi/v1/order"] == 1
 
     def test_market_order_placed_then_reconciled_opens(self, binance, account):

@@ -123,6 +123,21 @@ def test_mark_manually_asks_for_a_reason_first(operator_client, account):
     assert trade.status == "pending" and not trade.events.exists()
 
 
+def test_mark_manually_refuses_an_order_sent_moments_ago_that_binance_does_not_show_yet(operator_client, account,
+                                                                                          settings):
+    settings.PENDING_NOT_FOUND_GRACE_SEC = 120
+    trade = TradeFactory(account=account, symbol="BTCUSDT", created_at=timezone.now() - timedelta(hours=1),
+                         exchange_status="PLACING", placed_at=timezone.now())  # sent just now, answer unknown
+
+    response = run_action(operator_client, CHANGELIST, "mark_manually", [trade], apply="1", status="failed",
+                          reason="looks stuck")
+
+    assert response.status_code == 302
+    assert "Binance may not show it yet" in " ".join(str(m) for m in response.wsgi_request._messages)
+    trade.refresh_from_db()
+    assert trade.status == "pending" and not trade.events.exists()
+
+
 def test_mark_manually_marks_an_order_binance_never_saw(operator_client, operator, account):
     trade = TradeFactory(account=account, symbol="BTCUSDT")  # never placed: Binance answers -2013
 
