@@ -1,11 +1,14 @@
 """Position sync (F14, F15), cancel → verify at the service level (F4, F5) and the bot's placement."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from reconciliation import rules
 from reconciliation.models import OrphanPosition
+from reconciliation.positions import recover_orphan
 from reconciliation.services import (
     apply_order_snapshot,
     cancel_trade_order,
@@ -105,6 +108,62 @@ class TestSyncPositions:
         assert trade.status == Trade.Status.OPEN
         assert not Trade.objects.exclude(pk=trade.pk).exists()  # no recovered double
         assert OrphanPosition.objects.get().status == "resolved"
+
+    def test_a_fill_the_sync_could_not_check_is_never_recovered_twice(self, binance, account, settings):
+        """The stream missed a fill and Binance's order endpoint fails during two syncs in a row: the same gap twice,
+        but a pending trade on the symbol may explain it. Recovering it would count the fill twice."""
+        settings.SYNC_RECOVER_MISSING_POSITIONS = True
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
+        binance.control.inject_fault("/fapi/v1/order", "503", count=2, method="GET")
+
+        for _ in range(2):
+            report = sync_positions_with_binance(account)
+            assert report["extra"]["orphans"] == 1 and report["extra"]["recovered"] == 0
+        reconcile_pending(account)  # Binance answers again: the real trade opens
+
+        assert list(Trade.objects.values_list("status", "filled_qty")) == [("open", Decimal("0.010"))]
+        assert sync_positions_with_binance(account)["extra"]["in_sync"] == 1
+
+    def test_a_pending_trade_older_than_the_reconcile_window_blocks_recovery(self, binance, account, settings):
+        settings.SYNC_RECOVER_MISSING_POSITIONS = True
+        settings.RECONCILE_MAX_AGE_SEC = 60
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        Trade.objects.filter(pk=trade.pk).update(created_at=timezone.now() - timedelta(days=2))  # the deep pass's
+        binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
+
+        for _ in range(2):
+            assert sync_positions_with_binance(account)["extra"]["recovered"] == 0
+        assert Trade.objects.count() == 1
+
+    def test_an_operator_cannot_recover_a_gap_that_pending_or_changed_trades_explain(self, binance, account):
+        opened_trade(binance, account, "0.010")
+        with BinanceFuturesClient.for_account(account) as client:
+            client.place_order("BTCUSDT", "BUY", Decimal("0.004"), order_type="MARKET")  # by hand
+        sync_positions_with_binance(account)
+        orphan = OrphanPosition.objects.get()
+
+        pending = TradeFactory(account=account, symbol="BTCUSDT", price=Decimal("50000"))
+        with pytest.raises(ValueError, match="pending BTCUSDT trades"):
+            recover_orphan(orphan, source="admin", actor="desk")
+        Trade.objects.filter(pk=pending.pk).update(status=Trade.Status.OPEN, filled_qty=Decimal("0.004"))  # its fill
+        with pytest.raises(ValueError, match="changed since the position sync"):
+            recover_orphan(orphan, source="admin", actor="desk")
+        assert OrphanPosition.objects.get().status == "open" and Trade.objects.count() == 2
+
+    def test_an_operator_cannot_recover_a_gap_where_our_trades_hold_more(self, binance, account):
+        trade = opened_trade(binance, account, "0.010")
+        with BinanceFuturesClient.for_account(account) as client:
+            client.place_order("BTCUSDT", "SELL", Decimal("0.004"), order_type="MARKET", reduce_only=True)
+        sync_positions_with_binance(account)
+        orphan = OrphanPosition.objects.get()
+        assert orphan.quantity == Decimal("-0.004")  # the exchange holds 0.006 of our 0.010
+
+        with pytest.raises(ValueError, match="hold more BTCUSDT than the exchange"):
+            recover_orphan(orphan, source="admin", actor="desk")
+        assert list(Trade.objects.values_list("pk", flat=True)) == [trade.pk]
 
     def test_a_trade_opened_while_positions_are_read_is_not_closed(self, binance, account):
         """Found by the soak: the stream opened a trade between Binance's positions answer and the DB read, and the
