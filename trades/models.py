@@ -47,6 +47,13 @@ class Account(models.Model):
         return f"<Account {self.pk} {self.name!r}>"
 
 
+def _exact_decimal(value, name: str) -> Decimal:
+    """Money arrives as a Decimal, an int or Binance's decimal string; a float is already rounded, so it is refused."""
+    if isinstance(value, float):
+        raise TypeError(f"{name} must be a Decimal or a decimal string, not a float ({value!r})")
+    return Decimal(value)
+
+
 class TradeQuerySet(models.QuerySet):
     def pending(self):
         return self.filter(status=Trade.Status.PENDING)
@@ -101,7 +108,7 @@ class TradeQuerySet(models.QuerySet):
         return trade
 
     def _fill_pending(self, lookup: dict, *, order_id, filled_qty, avg_price, source: str, log_ref: str) -> bool:
-        filled_qty, avg_price = Decimal(filled_qty), Decimal(avg_price)
+        filled_qty, avg_price = _exact_decimal(filled_qty, "filled_qty"), _exact_decimal(avg_price, "avg_price")
         changes = {
             "status": Trade.Status.OPEN,
             "filled_qty": filled_qty,

@@ -89,6 +89,15 @@ class TestUpdatePendingToFilled:
         assert not TradeEvent.objects.exists()
 
 
+    @pytest.mark.parametrize("field", ["filled_qty", "avg_price"])
+    def test_a_float_is_refused_money_is_never_rounded_on_the_way_in(self, field):
+        trade = TradeFactory()
+        with pytest.raises(TypeError, match="not a float"):
+            fill(trade, **{field: 0.1})
+        trade.refresh_from_db()
+        assert trade.status == Trade.Status.PENDING and not TradeEvent.objects.exists()
+
+
 class TestUpdatePendingByEntryOrderId:
     def test_first_call_changes_and_audits_once_repeat_is_a_noop(self):
         trade = TradeFactory(entry_order_id=555)
