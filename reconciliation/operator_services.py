@@ -5,6 +5,9 @@
 - `mark_trade_manually`: pending → failed/cancelled by a person, with a reason. Refused unless Binance confirms
   there is nothing to lose: the order shows no fill and is not working (or never existed). If Binance cannot be
   reached, it is refused too — a manual mark is only ever made with the exchange's answer in hand.
+- `close_trade_manually`: open → closed by a person, with a reason, when position sync cannot tell which of several
+  open trades on a symbol Binance no longer holds. Refused unless Binance's position, asked now, is short of our
+  trades by at least that trade.
 - `dismiss_orphan`: an orphan exchange position an operator has looked at and accepts (e.g. opened by hand).
   `positions.recover_orphan` is the other way out (an open trade); both record who did it.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Q
@@ -26,6 +30,7 @@ from trades.exceptions import ExchangeError
 from trades.models import Trade, TradeEvent
 
 from .models import OrphanPosition
+from .positions import close_trade, exchange_positions, explained_by_trades, signed_qty
 from .rules import SnapshotMismatch, in_not_found_grace
 from .services import apply_order_snapshot, fetch_order, gateway
 from .snapshots import FILLED, NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
@@ -153,6 +158,42 @@ def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, c
     return trade
 
 
+def close_trade_manually(trade: Trade, *, reason: str, actor: str, client=None) -> Trade:
+    """open → closed by an operator, with a reason: for the case position sync cannot decide alone — several open
+    trades on one symbol and Binance holds less than they add up to (one was closed, but which?).
+
+    Refused unless Binance's position, asked now, shows our trades on the symbol hold at least this trade's
+    quantity more than the exchange: closing it then moves the books towards the exchange, never away."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise OperatorActionRefused("a reason is required")
+    if not actor:
+        raise OperatorActionRefused("an operator (actor) is required")
+    if trade.status != Trade.Status.OPEN:
+        raise OperatorActionRefused(f"trade {trade.pk} is {trade.status}, not open")
+    try:
+        with gateway(trade.account, client) as client:
+            held, _ = exchange_positions(client).get(trade.symbol, (Decimal("0"), None))
+    except ExchangeError as exc:
+        raise OperatorActionRefused(
+            f"Binance could not be asked for the {trade.symbol} position ({exc}); not closing without its answer"
+        ) from None
+    ours = explained_by_trades(trade.account_id, trade.symbol)[trade.symbol]
+    surplus = ours - held  # what our trades hold that the exchange does not
+    mine = signed_qty(trade)
+    if mine == 0 or (surplus > 0) != (mine > 0) or abs(surplus) < abs(mine):
+        raise OperatorActionRefused(
+            f"Binance holds {held} {trade.symbol} and our trades {ours}: closing trade {trade.pk} ({mine}) would "
+            "not bring them together"
+        )
+    if not close_trade(trade, source=TradeEvent.Source.ADMIN, actor=actor, reason=reason[:1000],
+                       status_reason=f"closed by {actor}: {reason}"):
+        raise OperatorActionRefused(f"trade {trade.pk} changed meanwhile; reload and look again")
+    trade.refresh_from_db()
+    logger.warning("trade %s closed by %s: %s (exchange %s, our trades %s)", trade.pk, actor, reason, held, ours)
+    return trade
+
+
 def dismiss_orphan(orphan: OrphanPosition, *, reason: str, actor: str) -> bool:
     """open → dismissed, with who and why in its note. False if it was no longer open. If the position is still
     unexplained at the next position sync, a new orphan is recorded (the exchange still holds it)."""
@@ -171,5 +212,5 @@ def dismiss_orphan(orphan: OrphanPosition, *, reason: str, actor: str) -> bool:
 
 __all__ = [
     "OperatorActionRefused", "Verification", "verify_on_binance", "verify_trades_on_binance", "mark_trade_manually",
-    "dismiss_orphan",
+    "close_trade_manually", "dismiss_orphan",
 ]

@@ -135,11 +135,13 @@ def _closing_fills(client, trades: list[Trade], report: Report):
 
 @retry_transient_db_errors
 def close_trade(trade: Trade, *, exit_price=None, realized_pnl=None, source=TradeEvent.Source.POSITION_SYNC,
-                actor: str = "") -> bool:
-    """open → closed: Binance holds no position for the trade's symbol any more."""
+                actor: str = "", reason: str = "no exchange position", status_reason: str | None = None) -> bool:
+    """open → closed: Binance holds no position for the trade's symbol any more (or an operator closed it)."""
     changes = {"status": Trade.Status.CLOSED, "closed_at": timezone.now(), "exit_price": exit_price,
                "realized_pnl": realized_pnl}
-    payload = {"reason": "no exchange position",
+    if status_reason is not None:
+        changes["status_reason"] = status_reason[:255]
+    payload = {"reason": reason,
                "exit_price": None if exit_price is None else str(exit_price),
                "realized_pnl": None if realized_pnl is None else str(realized_pnl)}
     updated = Trade.objects.compare_and_set(
@@ -149,7 +151,7 @@ def close_trade(trade: Trade, *, exit_price=None, realized_pnl=None, source=Trad
     if updated is None:
         return False
     trade.status, trade.closed_at = updated.status, updated.closed_at
-    logger.info("trade %s closed: account=%s symbol=%s no exchange position", trade.pk, trade.account_id, trade.symbol)
+    logger.info("trade %s closed: account=%s symbol=%s %s", trade.pk, trade.account_id, trade.symbol, reason)
     return True
 
 

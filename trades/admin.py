@@ -228,6 +228,13 @@ class ManualMarkForm(forms.Form):
     )
 
 
+class ManualCloseForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=500,
+        help_text="Why, for the audit trail (e.g. which order closed it). Binance's position is asked first.",
+    )
+
+
 @admin.register(Trade)
 class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
     list_display = ["id", "account", "client_order_id", "symbol", "side", "quantity", "filled_qty", "price", "status",
@@ -237,7 +244,7 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["account"]
     inlines = [TradeEventInline]
-    actions = ["verify_on_binance", "cancel_and_verify", "mark_manually"]
+    actions = ["verify_on_binance", "cancel_and_verify", "mark_manually", "close_manually"]
     # Trade state is the exchange's truth applied by the reconciliation rule; nobody edits it by hand here.
     readonly_fields = [field.name for field in Trade._meta.fields]
 
@@ -303,6 +310,29 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
             "form": form, "action": "mark_manually", "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/trades/trade/mark_manually.html", context)
+
+
+    @admin.action(description="Close open trades by hand…", permissions=["fix"])
+    def close_manually(self, request, queryset):
+        trades = list(queryset.select_related("account")[:MAX_TRADES_PER_ACTION])
+        form = ManualCloseForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            for trade in trades:
+                try:
+                    operator_services.close_trade_manually(trade, reason=form.cleaned_data["reason"],
+                                                           actor=actor_of(request))
+                except operator_services.OperatorActionRefused as exc:
+                    self.message_user(request, f"Trade {trade.pk} not closed: {exc}", messages.ERROR)
+                else:
+                    self.log_change(request, trade, f"closed by hand: {form.cleaned_data['reason']}")
+                    self.message_user(request, f"Trade {trade.pk} closed.", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Close open trades by hand", "opts": self.model._meta, "trades": trades,
+            "form": form, "action": "close_manually", "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/trades/trade/close_manually.html", context)
 
 
 def _ago(moment, *, missing: str) -> str:

@@ -9,10 +9,12 @@ from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 from django.utils import timezone
 
-from reconciliation import tasks
+from reconciliation import services, tasks
+from reconciliation.models import OrphanPosition
 from tests.admin_helpers import observer, observer_client, operator, operator_client, run_action  # noqa: F401
 from tests.factories import TradeFactory
 from tests.helpers import place
+from trades.binance_client import BinanceFuturesClient
 from trades.models import Trade, TradeEvent
 
 pytestmark = pytest.mark.django_db
@@ -193,6 +195,74 @@ def test_an_observer_cannot_mark(observer_client, account):
     run_action(observer_client, CHANGELIST, "mark_manually", [trade], apply="1", status="failed", reason="x")
     trade.refresh_from_db()
     assert trade.status == "pending" and not TradeEvent.objects.exists()
+
+
+# --- Close by hand --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def two_open_one_closed_on_binance(placed, binance, account):
+    """Two open BUY 0.010 BTCUSDT trades; then 0.010 was sold reduce-only on Binance. Which trade closed? Position
+    sync cannot tell (it only closes a symbol's trades when no position is left): a person decides."""
+    first, second = placed(), placed()
+    for trade in (first, second):
+        fill(binance, trade)
+        services.reconcile_pending(account)
+    with BinanceFuturesClient.for_account(account) as client:
+        client.place_order("BTCUSDT", "SELL", Decimal("0.010"), order_type="MARKET", reduce_only=True)
+    report = services.sync_positions_with_binance(account)
+    assert report["extra"] == {"closed": 0, "in_sync": 0, "orphans": 1, "recovered": 0}
+    return Trade.objects.get(pk=first.pk), Trade.objects.get(pk=second.pk)
+
+
+def test_close_manually_closes_the_trade_binance_no_longer_holds(operator_client, operator, account,
+                                                                  two_open_one_closed_on_binance):
+    first, second = two_open_one_closed_on_binance
+
+    response = run_action(operator_client, CHANGELIST, "close_manually", [first], apply="1",
+                          reason="the 10:02 reduce-only sell closed this one")
+
+    assert response.status_code == 302
+    first.refresh_from_db()
+    assert (first.status, first.status_reason) == ("closed", f"closed by {operator.username}: the 10:02 reduce-only "
+                                                             "sell closed this one")
+    event = first.events.get(to_status="closed")
+    assert (event.source, event.from_status, event.actor) == ("admin", "open", operator.username)
+    assert Trade.objects.get(pk=second.pk).status == "open"
+    report = services.sync_positions_with_binance(account)
+    assert report["extra"]["in_sync"] == 1 and OrphanPosition.objects.get().status == "resolved"
+
+
+def test_close_manually_refuses_what_would_take_the_books_away_from_binance(operator_client, account, binance,
+                                                                            two_open_one_closed_on_binance):
+    first, second = two_open_one_closed_on_binance
+    run_action(operator_client, CHANGELIST, "close_manually", [first], apply="1", reason="this one")
+
+    response = run_action(operator_client, CHANGELIST, "close_manually", [second], apply="1", reason="and this one")
+
+    message = " ".join(str(m) for m in response.wsgi_request._messages)
+    assert f"Trade {second.pk} not closed: Binance holds 0.010 BTCUSDT" in message
+    assert Trade.objects.get(pk=second.pk).status == "open"
+
+    binance.control.inject_fault("/fapi/v3/positionRisk", "503", count=3, method="GET")
+    Trade.objects.filter(pk=first.pk).update(status="open")  # pretend: two again, but Binance cannot answer
+    response = run_action(operator_client, CHANGELIST, "close_manually", [second], apply="1", reason="still")
+    assert "could not be asked" in " ".join(str(m) for m in response.wsgi_request._messages)
+    assert Trade.objects.get(pk=second.pk).status == "open"
+
+
+def test_close_manually_asks_for_a_reason_first(operator_client, two_open_one_closed_on_binance):
+    first, _ = two_open_one_closed_on_binance
+    form = run_action(operator_client, CHANGELIST, "close_manually", [first])
+    assert form.status_code == 200 and "Close open trades by hand" in form.content.decode()
+    empty = run_action(operator_client, CHANGELIST, "close_manually", [first], apply="1", reason=" ")
+    assert empty.status_code == 200 and "This field is required" in empty.content.decode()
+    assert Trade.objects.get(pk=first.pk).status == "open"
+
+
+def test_an_observer_cannot_close(observer_client, two_open_one_closed_on_binance):
+    first, _ = two_open_one_closed_on_binance
+    run_action(observer_client, CHANGELIST, "close_manually", [first], apply="1", reason="x")
+    assert Trade.objects.get(pk=first.pk).status == "open"
 
 
 # --- Filters ------------------------------------------------------------------------------------------------------
