@@ -188,12 +188,15 @@ def place_entry_order(self, trade_id, timeout_sec=None):
     """Placement is sent at most once (services.place_entry_order guards it), so it is never auto-retried: an
     unknown outcome stays pending and the entry timeout / reconcile decide."""
     trade = Trade.objects.select_related("account").get(pk=trade_id)
-    result = services.place_entry_order(trade)
-    if trade.status == Trade.Status.PENDING:
-        entry_timeout.apply_async(
-            (trade_id,), countdown=settings.ENTRY_TIMEOUT_SEC if timeout_sec is None else timeout_sec
-        )
-    return result
+    try:
+        return services.place_entry_order(trade)
+    finally:
+        # Also when placement raised (e.g. the DB lost while applying Binance's answer): the order may be live, and
+        # without its timeout a LIMIT order could fill hours later. entry_timeout re-checks the trade when it fires.
+        if trade.status == Trade.Status.PENDING:
+            entry_timeout.apply_async(
+                (trade_id,), countdown=settings.ENTRY_TIMEOUT_SEC if timeout_sec is None else timeout_sec
+            )
 
 
 @shared_task

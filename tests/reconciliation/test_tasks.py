@@ -1,14 +1,15 @@
 """Celery tasks on a real worker (the test process's own app, in a thread, on the configured broker: Redis in CI's
-second pass, the filesystem transport otherwise), and the beat schedules."""
+second pass, the filesystem transport otherwise), the beat schedules, and the tasks' own policies run in-process."""
 
 from decimal import Decimal
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from django.db import OperationalError
 from django.test import override_settings
 from django_celery_beat.models import PeriodicTask
 
-from reconciliation import tasks
+from reconciliation import services, tasks
 from tests.factories import TradeFactory
 from tests.helpers import place, wait_for
 from tradeops.celery import app
@@ -122,3 +123,22 @@ def test_reconcile_all_accounts_fans_out_one_task_per_active_account(make_accoun
 
     assert tasks.reconcile_all_accounts() == 2
     assert sorted(sent) == sorted(a.pk for a in active)
+
+
+# --- the tasks' own policies, run in-process (eagerly) against the sandbox --------------------------------------------
+
+def test_entry_timeout_is_scheduled_even_when_applying_the_placement_answer_fails(binance, account, monkeypatch):
+    trade = TradeFactory(account=account, symbol="BTCUSDT", quantity=Decimal("0.010"), price=Decimal("50000"))
+
+    def db_gone(*args, **kwargs):
+        raise OperationalError(2013, "Lost connection to MySQL server during query")
+
+    monkeypatch.setattr(services, "apply_order_snapshot", db_gone)
+    scheduled = []
+    monkeypatch.setattr(tasks.entry_timeout, "apply_async", lambda args, **opts: scheduled.append((args, opts)))
+
+    with pytest.raises(OperationalError):
+        tasks.place_entry_order(trade.pk, 30)
+
+    assert requests_made(binance, "POST /fapi/v1/order") == 1  # the LIMIT order is live on the exchange
+    assert scheduled == [((trade.pk,), {"countdown": 30})]
