@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -349,6 +350,35 @@ def create_pending_trade(account: Account, symbol: str, side: str, quantity, pri
     return trade
 
 
+def get_or_create_pending_trade(account: Account, symbol: str, side: str, quantity, price=None, *,
+                                client_order_id: str | None = None) -> tuple[Trade, bool]:
+    """create_pending_trade, idempotent on the client order id: asked again for the same order under the same id (a
+    redelivered task, a caller's retry), it returns the trade the first call created, as (trade, False). The same id
+    with another symbol, side, quantity or price is a caller's bug: ValueError, never the other trade."""
+    if client_order_id is None:
+        return create_pending_trade(account, symbol, side, quantity, price), True
+    try:
+        with transaction.atomic():  # a savepoint: the caller's transaction stays usable after the duplicate
+            return create_pending_trade(account, symbol, side, quantity, price, client_order_id=client_order_id), True
+    except IntegrityError:
+        existing = Trade.objects.filter(account=account, client_order_id=client_order_id).first()
+        if existing is None:
+            raise
+    asked = (symbol.upper(), side.upper(), quantity, price)
+    if asked != (existing.symbol, existing.side, existing.quantity, existing.price):
+        raise ValueError(
+            f"client_order_id {client_order_id!r} already belongs to trade {existing.pk} of account {account.pk} "
+            f"({existing.symbol} {existing.side} {existing.quantity} @ {existing.price or 'MARKET'}), "
+            f"not to {asked[0]} {asked[1]} {quantity} @ {price or 'MARKET'}"
+        )
+    return existing, False
+
+
+def awaits_placement(trade: Trade) -> bool:
+    """Pending and never sent: place_entry_order has not claimed it (its claim is what keeps it to one order)."""
+    return trade.status == Trade.Status.PENDING and trade.exchange_status == ""
+
+
 def place_entry_order(trade: Trade, *, client=None) -> dict:
     """Send the trade's order to Binance once. An unknown outcome (timeout, 503 "Unknown error") leaves the trade
     pending for the reconcile to decide by client order id; only a definite refusal fails it."""
@@ -386,6 +416,6 @@ def place_entry_order(trade: Trade, *, client=None) -> dict:
 
 __all__ = [
     "apply_order_snapshot", "reconcile_pending", "sync_positions_with_binance", "verify_after_cancel",
-    "cancel_trade_order", "flag_for_operator", "create_pending_trade", "place_entry_order", "fetch_order",
-    "prune_reconcile_runs", "gateway",
+    "cancel_trade_order", "flag_for_operator", "create_pending_trade", "get_or_create_pending_trade",
+    "awaits_placement", "place_entry_order", "fetch_order", "prune_reconcile_runs", "gateway",
 ]

@@ -15,6 +15,7 @@ from celery import Task, chain, shared_task
 from django.conf import settings
 from django.db import OperationalError
 
+from trades.binance_client import client_order_id_for
 from trades.exceptions import ExchangeError, RateLimited, TransientExchangeError
 from trades.models import Account, Trade, TradeEvent
 
@@ -172,11 +173,17 @@ def cancel_and_verify(trade_id):
 
 # --- the bot's entry flow ------------------------------------------------------------------------------------------
 
-@shared_task
-def open_position(account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None):
-    """Create the pending trade, then place it once the row is committed. Returns the trade id."""
+@shared_task(bind=True)
+def open_position(self, account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None):
+    """Create the pending trade, then place it once the row is committed. Returns the trade id.
+
+    acks_late: a redelivery (worker killed after the commit, before the ack) runs this again. Without a client order
+    id from the caller, one is derived from the task id, so the second run finds the first run's trade instead of
+    opening a second position (bot.open_position is idempotent on the client order id)."""
     from .bot import open_position as open_position_now
 
+    if client_order_id is None and self.request.id:  # called directly (no task id): a fresh one is generated
+        client_order_id = client_order_id_for(self.request.id)
     account = Account.objects.get(pk=account_id, is_active=True)
     trade = open_position_now(account, symbol, side, quantity, price, timeout_sec=timeout_sec,
                               client_order_id=client_order_id)

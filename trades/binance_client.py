@@ -34,6 +34,7 @@ Not thread-safe (python-binance keeps per-call state on the client): one gateway
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -448,9 +449,18 @@ class BinanceFuturesClient:
         return text
 
 
+CLIENT_ORDER_ID_PREFIX = "tradeops-"
+
+
 def new_client_order_id() -> str:
     """A fresh client order id Binance accepts (``^[.A-Z:/a-z0-9_-]{1,36}$``)."""
-    return f"tradeops-{uuid.uuid4().hex[:24]}"
+    return f"{CLIENT_ORDER_ID_PREFIX}{uuid.uuid4().hex[:24]}"
+
+
+def client_order_id_for(key: str) -> str:
+    """The client order id for `key` (e.g. a Celery task id), in new_client_order_id's format: the same key always
+    gives the same id, so work redone under that key finds what the first attempt created."""
+    return f"{CLIENT_ORDER_ID_PREFIX}{hashlib.sha256(key.encode()).hexdigest()[:24]}"
 
 
 def _setting(name: str, default: Any) -> Any:

@@ -142,3 +142,92 @@ def test_entry_timeout_is_scheduled_even_when_applying_the_placement_answer_fail
 
     assert requests_made(binance, "POST /fapi/v1/order") == 1  # the LIMIT order is live on the exchange
     assert scheduled == [((trade.pk,), {"countdown": 30})]
+
+
+@pytest.fixture
+def placements(monkeypatch):
+    """Placements enqueued by open_position, held instead of sent; run() runs them in-process, in order."""
+
+    class Held(list):
+        def run(self):
+            for trade_id, timeout_sec in self:
+                tasks.place_entry_order(trade_id, timeout_sec)
+
+    held = Held()
+    monkeypatch.setattr(tasks.place_entry_order, "delay", lambda *args: held.append(args))
+    monkeypatch.setattr(tasks.entry_timeout, "apply_async", lambda *args, **opts: None)
+    return held
+
+
+def open_position_delivery(account, task_id, **kwargs):
+    """One delivery of the open_position message `task_id`, as a worker runs it (eagerly, in-process)."""
+    kwargs = {"price": "50000", "timeout_sec": 60, **kwargs}
+    result = tasks.open_position.apply(args=(account.pk, "BTCUSDT", "BUY", "0.010"), kwargs=kwargs, task_id=task_id,
+                                       throw=True)
+    return result.get()
+
+
+def test_open_position_redelivered_after_placement_opens_one_trade_and_one_order(
+        binance, account, placements, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = open_position_delivery(account, "a6b1c3d2-0000-4000-8000-000000000001")
+    placements.run()
+    with django_capture_on_commit_callbacks(execute=True):
+        again = open_position_delivery(account, "a6b1c3d2-0000-4000-8000-000000000001")  # killed before the ack
+    placements.run()
+
+    assert again == first
+    trade = Trade.objects.get(account=account)
+    assert len(trade.client_order_id) <= 36
+    assert len(placements) == 1  # the trade was sent: its placement is not enqueued again
+    assert requests_made(binance, "POST /fapi/v1/order") == 1
+
+
+def test_open_position_redelivered_before_placement_ran_places_it_once(
+        binance, account, placements, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = open_position_delivery(account, "fixed-id")
+    maybe_lost = placements.pop()  # killed between the commit and the enqueue, or the message is still queued
+    with django_capture_on_commit_callbacks(execute=True):
+        again = open_position_delivery(account, "fixed-id")
+    placements.run()
+
+    assert again == first
+    assert Trade.objects.filter(account=account).count() == 1
+    assert placements == [(first, 60)]  # never sent, so enqueued again
+    assert Trade.objects.get(pk=first).entry_order_id is not None
+    tasks.place_entry_order(*maybe_lost)  # the first placement turns up after all
+    assert requests_made(binance, "POST /fapi/v1/order") == 1  # place_entry_order's claim: one order at most
+
+
+def test_open_position_runs_under_other_task_ids_open_other_trades(binance, account, placements,
+                                                                   django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        ids = {open_position_delivery(account, "order-1"), open_position_delivery(account, "order-2")}
+        tasks.open_position(account.pk, "BTCUSDT", "BUY", "0.010", "50000")  # called directly: no task id
+        tasks.open_position(account.pk, "BTCUSDT", "BUY", "0.010", "50000")
+
+    assert len(ids) == 2
+    assert Trade.objects.filter(account=account).values("client_order_id").distinct().count() == 4
+    assert len(placements) == 4
+
+
+def test_open_position_with_the_callers_client_order_id_is_idempotent(binance, account, placements,
+                                                                     django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        first = open_position_delivery(account, "t-1", client_order_id="bot-entry-7")
+        again = open_position_delivery(account, "t-2", client_order_id="bot-entry-7", price="50000.00")
+
+    assert again == first
+    assert Trade.objects.filter(account=account).count() == 1
+
+
+def test_open_position_reusing_a_client_order_id_for_another_order_fails_loudly(binance, account, placements,
+                                                                               django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        open_position_delivery(account, "t-1", client_order_id="bot-entry-7")
+        with pytest.raises(ValueError, match="bot-entry-7.*already belongs to trade"):
+            open_position_delivery(account, "t-2", client_order_id="bot-entry-7", price="49000")
+
+    assert Trade.objects.filter(account=account).count() == 1
+    assert len(placements) == 1
