@@ -126,17 +126,19 @@ def _backoff(retries: int) -> float:
 
 @shared_task(bind=True, acks_late=True)
 def cancel_order(self, trade_id):
-    """Cancel the trade's order. Never raises: whatever happens, the chained verify_cancel must run."""
-    trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
-    if trade is None:
-        return {"trade_id": trade_id, "outcome": "no_trade"}
+    """Cancel the trade's order. Never fails the chain: whatever happens (the trade's own look-up included), the
+    chained verify_cancel must run. Transient exchange and database errors are retried a few times first."""
     try:
+        trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
+        if trade is None:
+            return {"trade_id": trade_id, "outcome": "no_trade"}
         return services.cancel_trade_order(trade)
-    except TransientExchangeError as exc:
+    except (TransientExchangeError, OperationalError) as exc:
         if self.request.retries < CANCEL_MAX_RETRIES:
             countdown = getattr(exc, "retry_after", 0) or _backoff(self.request.retries)
             raise self.retry(exc=exc, countdown=countdown, max_retries=CANCEL_MAX_RETRIES)
-        logger.warning("trade %s: cancel failed after retries (%s); verifying anyway", trade_id, exc)
+        logger.warning("trade %s: cancel failed after retries (%s: %s); verifying anyway",
+                       trade_id, type(exc).__name__, exc)
         return {"trade_id": trade_id, "outcome": "error", "error": str(exc)}
     except ExchangeError as exc:
         logger.warning("trade %s: cancel refused (%s); verifying anyway", trade_id, exc)

@@ -4,6 +4,7 @@ second pass, the filesystem transport otherwise), the beat schedules, and the ta
 from decimal import Decimal
 
 import pytest
+from celery import current_task
 from celery.contrib.testing.worker import start_worker
 from django.db import OperationalError
 from django.test import override_settings
@@ -231,3 +232,30 @@ def test_open_position_reusing_a_client_order_id_for_another_order_fails_loudly(
 
     assert Trade.objects.filter(account=account).count() == 1
     assert len(placements) == 1
+
+
+@pytest.fixture
+def eager(monkeypatch):
+    """Tasks, chains and retries run in-process at once (countdowns are not waited for)."""
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+
+
+def test_cancel_whose_trade_lookup_fails_still_runs_the_verification(binance, live_trade, eager, monkeypatch,
+                                                                     settings, caplog):
+    settings.CANCEL_VERIFY_MAX_TRIES = 2
+    real_select_related = Trade.objects.select_related
+
+    def select_related(*fields):  # the database is gone for cancel_order only
+        if current_task and current_task.name == tasks.cancel_order.name:
+            raise OperationalError(2006, "MySQL server has gone away")
+        return real_select_related(*fields)
+
+    monkeypatch.setattr(Trade.objects, "select_related", select_related)
+
+    tasks.cancel_and_verify(live_trade.pk)
+
+    assert requests_made(binance, "DELETE /fapi/v1/order") == 0  # the cancel never got as far as Binance
+    assert requests_made(binance, "GET /fapi/v1/order") == 2  # the verification ran, saw the order working, retried
+    trade = Trade.objects.get(pk=live_trade.pk)
+    assert (trade.status, trade.needs_operator) == (Trade.Status.PENDING, True)
+    assert "cancel failed after retries (OperationalError" in caplog.text
