@@ -29,7 +29,7 @@ BEAT_EXPIRES_SEC = 55  # a beat-fired fan-out older than one interval is useless
 
 class ExchangeTask(Task):
     """Retries transient exchange and database errors with exponential backoff and jitter; a RateLimited retry
-    waits at least as long as Binance asked (Retry-After)."""
+    waits at least as long as Binance asked (Retry-After). A retry(max_retries=N) limit holds for that call only."""
 
     autoretry_for = (TransientExchangeError, OperationalError)
     retry_backoff = 2
@@ -42,7 +42,13 @@ class ExchangeTask(Task):
               **options):
         if isinstance(exc, RateLimited):
             countdown = max(countdown or 0, exc.retry_after + random.uniform(0, 1))
-        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        try:
+            return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        finally:
+            # Celery 5 keeps max_retries as override_max_retries on this task object, which every run in the worker
+            # process shares, and autoretry_for applies it to later, unrelated runs (its own clean-up is never
+            # reached: retry() raises). Our explicit limits are meant for the call that passes them.
+            self.__dict__.pop("override_max_retries", None)
 
 
 def _active_account(account_id):

@@ -11,9 +11,10 @@ from django.test import override_settings
 from django_celery_beat.models import PeriodicTask
 
 from reconciliation import services, tasks
-from tests.factories import TradeFactory
+from tests.factories import AccountFactory, TradeFactory
 from tests.helpers import place, wait_for
 from tradeops.celery import app
+from trades.exceptions import ExchangeUnavailable
 from trades.models import Trade, TradeEvent
 
 
@@ -259,3 +260,29 @@ def test_cancel_whose_trade_lookup_fails_still_runs_the_verification(binance, li
     trade = Trade.objects.get(pk=live_trade.pk)
     assert (trade.status, trade.needs_operator) == (Trade.Status.PENDING, True)
     assert "cancel failed after retries (OperationalError" in caplog.text
+
+
+@pytest.mark.django_db
+def test_one_runs_retry_limit_does_not_leak_into_the_next_run_of_the_task(eager, monkeypatch):
+    account = AccountFactory()
+    calls = []
+
+    def stopped_early_once(acct, **kwargs):
+        calls.append("first")
+        return {"stopped_early": len(calls) == 1, "retry_after": 60}
+
+    def exchange_down(acct, **kwargs):
+        calls.append("second")
+        raise ExchangeUnavailable(None, "Service Unavailable", 503)
+
+    try:
+        monkeypatch.setattr(services, "reconcile_pending", stopped_early_once)
+        tasks.reconcile_account.apply((account.pk,))  # rate limited once: retry(max_retries=20), then done
+
+        monkeypatch.setattr(services, "reconcile_pending", exchange_down)
+        result = tasks.reconcile_account.apply((account.pk,))  # another run: autoretry_for, with the task's limit
+    finally:  # were it to leak, keep it out of the other tests
+        tasks.reconcile_account.__dict__.pop("override_max_retries", None)
+
+    assert result.failed()
+    assert calls.count("second") == 1 + tasks.reconcile_account.max_retries  # 7, not 21
