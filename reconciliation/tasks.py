@@ -10,6 +10,7 @@ the chain (its errors are logged and passed on), so the verification always runs
 
 import logging
 import random
+from datetime import timedelta
 
 from celery import Task, chain, shared_task
 from django.conf import settings
@@ -25,11 +26,13 @@ logger = logging.getLogger(__name__)
 
 SKIPPED_MAX_RETRIES = 30  # ~45 s of waiting for another reconcile of the account; the next beat covers the rest
 BEAT_EXPIRES_SEC = 55  # a beat-fired fan-out older than one interval is useless: the next one is coming
+RETRY_EXPIRES_SEC = BEAT_EXPIRES_SEC  # a retry of an expiring run: as long to be picked up, once it is due
 
 
 class ExchangeTask(Task):
     """Retries transient exchange and database errors with exponential backoff and jitter; a RateLimited retry
-    waits at least as long as Binance asked (Retry-After). A retry(max_retries=N) limit holds for that call only."""
+    waits at least as long as Binance asked (Retry-After). A retry(max_retries=N) limit holds for that call only; a
+    retry of a run that expires (beat-fired) expires RETRY_EXPIRES_SEC after it is due."""
 
     autoretry_for = (TransientExchangeError, OperationalError)
     retry_backoff = 2
@@ -42,6 +45,13 @@ class ExchangeTask(Task):
               **options):
         if isinstance(exc, RateLimited):
             countdown = max(countdown or 0, exc.retry_after + random.uniform(0, 1))
+        if self.request.expires and "expires" not in options:
+            # Celery's retry keeps the first message's absolute expiry: a beat run retried after a rate limit
+            # (≥ 60 s) would be due after it and discarded on arrival, every time.
+            if eta is not None:
+                options["expires"] = eta + timedelta(seconds=RETRY_EXPIRES_SEC)
+            else:
+                options["expires"] = (self.default_retry_delay if countdown is None else countdown) + RETRY_EXPIRES_SEC
         try:
             return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
         finally:

@@ -1,13 +1,16 @@
 """Celery tasks on a real worker (the test process's own app, in a thread, on the configured broker: Redis in CI's
 second pass, the filesystem transport otherwise), the beat schedules, and the tasks' own policies run in-process."""
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from celery import current_task
 from celery.contrib.testing.worker import start_worker
+from celery.exceptions import Retry
 from django.db import OperationalError
 from django.test import override_settings
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from reconciliation import services, tasks
@@ -286,3 +289,48 @@ def test_one_runs_retry_limit_does_not_leak_into_the_next_run_of_the_task(eager,
 
     assert result.failed()
     assert calls.count("second") == 1 + tasks.reconcile_account.max_retries  # 7, not 21
+
+
+def retry_options(monkeypatch, report, *, expires=None, reason="beat") -> dict:
+    """The options reconcile_account's retry is sent with, for a run (as a worker sees it) that ended with `report`."""
+    task = tasks.reconcile_account
+    sent = []
+    monkeypatch.setattr(task, "apply_async", lambda *args, **options: sent.append(options))
+    task.push_request(id="a-run", args=(1,), kwargs={"reason": reason}, retries=0, called_directly=False,
+                      expires=expires, delivery_info={})
+    try:
+        with pytest.raises(Retry):
+            tasks._retry_if_unfinished(task, report, reason)
+    finally:
+        task.pop_request()
+    [options] = sent
+    return options
+
+
+def _expiry(expires, now):
+    """An apply_async `expires` (seconds from now, a datetime or an ISO string) as a datetime; None stays None."""
+    if expires is None or isinstance(expires, datetime):
+        return expires
+    if isinstance(expires, str):
+        return datetime.fromisoformat(expires)
+    return now + timedelta(seconds=expires)
+
+
+@pytest.mark.parametrize("report", [
+    {"stopped_early": True, "retry_after": 60},  # rate limited: retry after Binance's window
+    {"stopped_early": True, "retry_after": 120},  # banned (418)
+])
+def test_a_beat_runs_retry_is_not_due_after_it_expires(report, monkeypatch):
+    now = timezone.now()
+    options = retry_options(monkeypatch, report, expires=(now + timedelta(seconds=tasks.BEAT_EXPIRES_SEC)).isoformat())
+
+    due = now + timedelta(seconds=options["countdown"])
+    assert options["countdown"] >= report["retry_after"]
+    expiry = _expiry(options["expires"], now)
+    assert expiry is None or expiry > due + timedelta(seconds=30)  # time to be picked up once due
+
+
+def test_a_retry_of_a_run_that_never_expires_never_expires(monkeypatch):
+    options = retry_options(monkeypatch, {"skipped": True}, reason="ws_connect")
+
+    assert options["expires"] is None
