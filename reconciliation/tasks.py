@@ -167,20 +167,40 @@ def cancel_order(self, trade_id):
 @shared_task(base=ExchangeTask, bind=True, max_retries=10)
 def verify_cancel(self, trade_id):
     """Fetch the order after a cancel and apply it; while Binance still shows it working, retry with backoff a
-    bounded number of times, then flag the trade for an operator."""
-    trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
-    if trade is None:
-        return {"trade_id": trade_id, "result": "no_trade"}
-    report = services.verify_after_cancel(trade)
+    bounded number of times. Gives up — flags the trade for an operator — then, and also when transient errors
+    (5xx, timeouts, 429, the database) outlast max_retries or Binance refuses for good (e.g. revoked keys)."""
+    trade = None
+    try:
+        trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
+        if trade is None:
+            return {"trade_id": trade_id, "result": "no_trade"}
+        report = services.verify_after_cancel(trade)
+    except (TransientExchangeError, OperationalError) as exc:
+        if self.request.retries < self.max_retries:
+            raise  # ExchangeTask's autoretry_for: backoff, Retry-After
+        return _give_up_verifying(
+            trade_id, trade, f"cancel not verified after {self.max_retries + 1} tries: {type(exc).__name__}: {exc}"
+        )
+    except ExchangeError as exc:
+        return _give_up_verifying(trade_id, trade, f"cancel not verified, Binance refused: {exc}")
     if report["still_working"]:
         tries = settings.CANCEL_VERIFY_MAX_TRIES
         if self.request.retries + 1 < tries:
             raise self.retry(countdown=_backoff(self.request.retries), max_retries=tries)
-        services.flag_for_operator(
-            trade, reason=f"still {report['exchange_status']} on Binance after cancel and {tries} verifications",
-            source=TradeEvent.Source.CANCEL_VERIFY,
+        _give_up_verifying(
+            trade_id, trade, f"still {report['exchange_status']} on Binance after cancel and {tries} verifications"
         )
     return report
+
+
+def _give_up_verifying(trade_id, trade, reason: str) -> dict:
+    """Nobody will check this cancel again by itself: say so once, loudly, and put the trade in front of a person."""
+    logger.error("trade %s: cancel verification gave up: %s; flagging the trade for an operator", trade_id, reason)
+    if trade is None:  # its own look-up was what failed
+        trade = Trade.objects.filter(pk=trade_id).first()
+    if trade is not None:
+        services.flag_for_operator(trade, reason=reason, source=TradeEvent.Source.CANCEL_VERIFY)
+    return {"trade_id": trade_id, "result": "gave_up", "reason": reason}
 
 
 @shared_task

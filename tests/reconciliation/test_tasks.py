@@ -18,7 +18,7 @@ from tests.factories import AccountFactory, TradeFactory
 from tests.helpers import place, wait_for
 from tradeops.celery import app
 from trades.exceptions import ExchangeUnavailable
-from trades.models import Trade, TradeEvent
+from trades.models import Account, Trade, TradeEvent
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +334,36 @@ def test_a_retry_of_a_run_that_never_expires_never_expires(monkeypatch):
     options = retry_options(monkeypatch, {"skipped": True}, reason="ws_connect")
 
     assert options["expires"] is None
+
+
+def flag_reason(trade) -> str:
+    [event] = TradeEvent.objects.filter(trade=trade, payload__flag="needs_operator")
+    return event.payload["reason"]
+
+
+def test_verify_cancel_gives_up_after_its_retries_and_flags_the_trade(binance, live_trade, eager, caplog):
+    binance.control.inject_fault("/fapi/v1/order", "503", count=100, method="GET")
+
+    result = tasks.verify_cancel.apply((live_trade.pk,))
+
+    assert result.successful()
+    assert requests_made(binance, "GET /fapi/v1/order") == 1 + tasks.verify_cancel.max_retries
+    trade = Trade.objects.get(pk=live_trade.pk)
+    assert (trade.status, trade.needs_operator) == (Trade.Status.PENDING, True)  # never guessed
+    assert "not verified after 11 tries: ExchangeUnavailable" in flag_reason(trade)
+    [line] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert f"trade {trade.pk}: cancel verification gave up" in line.getMessage()
+
+
+def test_verify_cancel_refused_by_binance_flags_the_trade_at_once(binance, live_trade, eager, caplog):
+    Account.objects.filter(pk=live_trade.account_id).update(api_key="k" * 64)  # keys revoked on Binance's side
+
+    result = tasks.verify_cancel.apply((live_trade.pk,))
+
+    assert result.successful()
+    trade = Trade.objects.get(pk=live_trade.pk)
+    assert (trade.status, trade.needs_operator) == (Trade.Status.PENDING, True)
+    assert "Binance refused" in flag_reason(trade) and "-2015" in flag_reason(trade)
+    [line] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert f"trade {trade.pk}: cancel verification gave up" in line.getMessage()
+    assert "k" * 64 not in caplog.text
