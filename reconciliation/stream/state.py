@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 from concurrent.futures import Executor
 from datetime import datetime
 
+from cryptography.fernet import InvalidToken
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
@@ -20,6 +23,11 @@ CONNECTING = "connecting"
 CONNECTED = "connected"
 RECONNECTING = "reconnecting"
 STOPPED = "stopped"
+
+logger = logging.getLogger("reconciliation.user_stream")
+
+# What reading a row whose api_secret cannot be decrypted raises (trades/fields.py; wrong FIELD_ENCRYPTION_KEY).
+UNREADABLE = (ImproperlyConfigured, InvalidToken)
 
 
 def recycle_connections() -> None:
@@ -50,11 +58,28 @@ def fingerprint(account: Account) -> str:
 
 
 def load_accounts(names: list[str] | None) -> dict[int, Account]:
-    """The accounts to stream now: the active ones, or the active ones among `names`."""
+    """The accounts to stream now: the active ones, or the active ones among `names`.
+
+    One query normally. When a row cannot be decrypted, that one row must not stop every account from streaming:
+    the accounts are then read one by one and each unreadable one is skipped with an ERROR (every refresh, until
+    its keys are re-entered or the key configuration is fixed)."""
     query = Account.objects.filter(is_active=True)
     if names:
         query = query.filter(name__in=names)
-    return {account.pk: account for account in query}
+    try:
+        return {account.pk: account for account in query}
+    except UNREADABLE:
+        pass
+    accounts = {}
+    for pk, name in query.order_by("pk").values_list("pk", "name"):
+        try:
+            accounts[pk] = query.get(pk=pk)
+        except Account.DoesNotExist:  # deleted or disabled in between
+            continue
+        except UNREADABLE as exc:  # the message names the field and the cause, never a value
+            logger.error("user_stream account_unreadable account=%s/%s: not streaming it: %s: %s", pk, name,
+                         type(exc).__name__, str(exc)[:200])
+    return accounts
 
 
 def record_state(account_id: int, state: str, at: datetime | None = None) -> None:

@@ -21,14 +21,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from websockets.sync.client import connect
 
 from reconciliation import services
 from reconciliation.models import AccountSyncState
 from reconciliation.user_stream import AccountStream, StreamConfig, excerpt, handle_message
 from trades.binance_client import BinanceFuturesClient
-from trades.models import Trade, TradeEvent
+from trades.models import Account, Trade, TradeEvent
 
 from .stream_helpers import Recorder, StreamThread, new_trade, place, place_trade, status_of, wait_for
 
@@ -223,6 +223,28 @@ def test_accounts_added_disabled_and_rekeyed_are_picked_up_without_restart(binan
     added.save()
     wait_for(lambda: binance.control.listen_keys(creds["api_key"])["connections"] == 1, what="re-keyed stream")
     assert binance.control.listen_keys(old_api_key)["listen_key"] is None
+
+
+@live
+def test_an_account_whose_secret_cannot_be_decrypted_is_skipped_and_the_others_stream(binance, make_account,
+                                                                                      start_stream, caplog):
+    broken, healthy = make_account(), make_account()
+    with connection.cursor() as cursor:  # e.g. encrypted under a FIELD_ENCRYPTION_KEY this process does not have
+        cursor.execute(f"UPDATE {Account._meta.db_table} SET api_secret = %s WHERE id = %s",
+                       ["gAAAAABnot-a-token-for-our-key", broken.pk])
+
+    with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
+        stream = start_stream(Recorder(reconcile=False))
+        stream.wait_connected(healthy.pk)
+        wait_for(lambda: [r for r in caplog.records if "account_unreadable" in r.getMessage()], what="the error")
+
+    assert stream.stream(broken.pk) is None
+    assert binance.control.listen_keys(broken.api_key)["listen_key"] is None
+    unreadable = [r for r in caplog.records if "account_unreadable" in r.getMessage()]
+    assert {r.levelname for r in unreadable} == {"ERROR"}
+    assert all(f"account={broken.pk}/{broken.name}" in r.getMessage() for r in unreadable)
+    assert not any(broken.api_secret in r.getMessage() or healthy.api_secret in r.getMessage()
+                   for r in caplog.records)
 
 
 # --- the message path without a socket ---------------------------------------------------------------------------
