@@ -31,6 +31,9 @@ class StreamConfig:
     ping_timeout_sec: float = 20.0
     db_tries: int = 3
     db_retry_delay_sec: float = 0.05
+    # A DB call from the stream that has not returned by then (a half-open socket after a failover) ends the
+    # connection: the reconnect's reconcile fetches what was not applied. The thread itself cannot be cancelled.
+    db_call_timeout_sec: float = 60.0
     last_event_write_sec: float = 5.0  # AccountSyncState.stream_last_event_at is written at most this often
     shutdown_sec: float = 4.0  # SIGTERM → sockets and listenKeys closed within this (the process exits within 5 s)
     listen_key_http_timeout_sec: float = 3.0

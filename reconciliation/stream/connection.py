@@ -2,6 +2,7 @@
 
     create listenKey → connect {ws}/private/ws?listenKey=… → enqueue reconcile("ws_connect") → read …
       … until: the socket drops / listenKeyExpired / keepalive fails / the connection reaches max age / stop()
+               / applying a message does not return within db_call_timeout_sec (a DB call hung on a dead socket)
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
 
 The reconcile is enqueued only once the socket is live, so a fill either arrives on this socket or happened
@@ -33,6 +34,8 @@ logger = logging.getLogger("reconciliation.user_stream")
 
 # Reasons a connection ends that call for an immediate reconnect rather than a backoff.
 PLANNED = frozenset({"listen_key_expired", "max_connection_age", "keepalive_failed"})
+# Applying a message took longer than config.db_call_timeout_sec: a connection end reason and a message outcome.
+DB_TIMEOUT = "db_timeout"
 
 
 def ws_base_url(account: Account) -> str:
@@ -96,12 +99,13 @@ class AccountStream:
         return await blocking(self.executor, fn, *args, **kwargs)
 
     async def _call(self, what: str, fn, *args) -> None:
-        """A side effect (enqueue a task, write state) that must not take the stream down when it fails."""
+        """A side effect (enqueue a task, write state) that must not take the stream down when it fails, nor hang
+        it (a DB call stuck on a dead socket) for longer than db_call_timeout_sec."""
         try:
-            await self._blocking(fn, *args)
-        except Exception as exc:  # noqa: BLE001
+            await asyncio.wait_for(self._blocking(fn, *args), self.config.db_call_timeout_sec)
+        except Exception as exc:  # noqa: BLE001 — TimeoutError included
             logger.error("user_stream %s_failed account=%s: %s: %s", what, self.label, type(exc).__name__,
-                         str(exc)[:200])
+                         str(exc)[:200] or f"no answer within {self.config.db_call_timeout_sec:g}s")
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
@@ -172,6 +176,8 @@ class AccountStream:
         try:
             async for raw in ws:
                 await self._on_message(raw)
+                if self._end_reason == DB_TIMEOUT:
+                    break  # each further message would wait as long; the reconnect's reconcile fetches them
         except ConnectionClosed as exc:
             return self._end_reason or _describe(exc)
         return self._end_reason or _describe_close(ws)
@@ -179,10 +185,22 @@ class AccountStream:
     async def _on_message(self, raw) -> None:
         outcome = messages.classify(self.account_id, raw)
         if outcome.kind == messages.ORDER:
-            outcome = await self._blocking(
-                messages.apply_order_event, self.account_id, outcome.snapshot, enqueue_reconcile=self.enqueue_reconcile,
-                tries=self.config.db_tries, retry_delay=self.config.db_retry_delay_sec,
-            )
+            snap = outcome.snapshot
+            try:
+                outcome = await asyncio.wait_for(self._blocking(
+                    messages.apply_order_event, self.account_id, snap, enqueue_reconcile=self.enqueue_reconcile,
+                    tries=self.config.db_tries, retry_delay=self.config.db_retry_delay_sec,
+                ), self.config.db_call_timeout_sec)
+            except asyncio.TimeoutError:
+                # Waiting on would freeze this account: no reads, so no notice that its socket died, no reconnect,
+                # no reconcile, and "connected" in the health check. The thread may still finish: harmless, the rule
+                # is idempotent.
+                logger.error("user_stream db_timeout account=%s order_id=%s client_order_id=%s status=%s: not applied "
+                             "within %gs; reconnecting (its reconcile fetches the order from Binance)", self.label,
+                             snap.order_id, messages.printable(snap.client_order_id), snap.status,
+                             self.config.db_call_timeout_sec)
+                self._end(DB_TIMEOUT)
+                outcome = messages.Outcome(DB_TIMEOUT)
         elif outcome.kind == messages.POSITIONS:
             self._schedule_position_sync()
         elif outcome.kind == messages.EXPIRED:

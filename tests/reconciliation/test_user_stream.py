@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -176,6 +177,34 @@ def test_keepalive_and_proactive_reconnect_before_the_connection_limit(binance, 
     assert stream.stream(account.pk).disconnects[0] == "max_connection_age"
     assert binance.control.stats()["requests"].get("PUT /fapi/v1/listenKey", 0) >= 1
     assert stream_recorder.count("reconcile", account.pk, "ws_connect") >= 2
+
+
+@live
+def test_a_hung_db_call_ends_the_connection_and_the_reconnect_reconciles(binance, account, start_stream,
+                                                                         stream_recorder, monkeypatch, caplog):
+    """A DB call that never returns (a half-open socket after a failover) must not freeze the account's stream."""
+    released = threading.Event()
+    real_apply = services.apply_order_snapshot
+
+    def hung(*args, **kwargs):
+        released.wait(30)
+        return real_apply(*args, **kwargs)
+
+    stream_recorder.reconcile = False  # the reconcile would hang on the same call
+    stream = start_stream(stream_recorder, db_call_timeout_sec=0.3)
+    stream.wait_connected(account.pk)
+    monkeypatch.setattr(services, "apply_order_snapshot", hung)
+    try:
+        with caplog.at_level(logging.ERROR, logger="reconciliation.user_stream"):
+            place_trade(account)  # its NEW order update is applied through the hung call
+
+            stream.wait_connected(account.pk, connects=2)
+        assert stream.stream(account.pk).disconnects[0] == "db_timeout"
+        assert stream.stream(account.pk).outcomes.get("db_timeout") == 1
+        assert any("db_timeout" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+        wait_for(lambda: binance.control.listen_keys(account.api_key)["connections"] == 1, what="one live socket")
+    finally:
+        released.set()
 
 
 @live
