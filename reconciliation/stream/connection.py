@@ -6,7 +6,9 @@
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
 
 The reconcile is enqueued only once the socket is live, so a fill either arrives on this socket or happened
-before it was open and the reconcile finds it; overlap is harmless (the rule is idempotent).
+before it was open and the reconcile finds it; overlap is harmless (the rule is idempotent). Enqueues (that
+reconcile, the debounced position sync) that the broker refuses are retried with the reconnect backoff until they
+go through, the stream stops, or — for the reconcile — a newer connection has sent its own.
 """
 
 from __future__ import annotations
@@ -160,7 +162,9 @@ class AccountStream:
             if self._stopping:  # stop() came while connecting
                 return "stop"
             # Live now: whatever filled before this instant the reconcile finds; anything later arrives here.
-            self._spawn(self._call("enqueue_reconcile", self.enqueue_reconcile, self.account_id, "ws_connect"))
+            connection = self.connects
+            self._spawn(self._enqueue("enqueue_reconcile", self.enqueue_reconcile, "ws_connect",
+                                      superseded=lambda: self.connects != connection))  # a newer one sends its own
             self._spawn(self._call("state", record_state, self.account_id, CONNECTED))
             keepalive = self._spawn(self._keep_alive(client, self._listen_key))
             max_age = asyncio.get_running_loop().call_later(cfg.max_connection_sec, self._end, "max_connection_age")
@@ -225,17 +229,43 @@ class AccountStream:
                 return
 
     def _schedule_position_sync(self) -> None:
-        """One sync_positions per account per debounce window, sent at the window's end."""
+        """One sync_positions per account per debounce window, sent at the window's end (retried until it is).
+
+        Updates that arrive while it is being sent fall into the same window: the worker reads Binance's positions
+        only once the send has completed, so after them."""
         if self._position_sync is not None and not self._position_sync.done():
             return
 
-        async def fire():
+        async def send():
             await asyncio.sleep(self.config.position_debounce_sec)
-            self._position_sync = None
-            await self._call("enqueue_position_sync", self.enqueue_position_sync, self.account_id,
-                             "ws_account_update")
+            await self._enqueue("enqueue_position_sync", self.enqueue_position_sync, "ws_account_update")
 
-        self._position_sync = self._spawn(fire())
+        self._position_sync = self._spawn(send())
+
+    async def _enqueue(self, what: str, fn, reason: str, *, superseded: Callable[[], bool] = lambda: False) -> None:
+        """fn(account_id, reason) — a Celery enqueue — retried with the reconnect backoff until it goes through,
+        the stream stops or `superseded()`. A broker hiccup at the wrong moment must not cost the task."""
+        failures = 0
+        while True:
+            try:
+                await asyncio.wait_for(self._blocking(fn, self.account_id, reason), self.config.db_call_timeout_sec)
+            except Exception as exc:  # noqa: BLE001 — the broker away, above all; TimeoutError included
+                failures += 1
+                delay = self.config.backoff_delay(failures)
+                logger.error("user_stream %s_failed account=%s reason=%s attempt=%d retry_in_s=%.2f: %s: %s", what,
+                             self.label, reason, failures, delay, type(exc).__name__,
+                             str(exc)[:200] or f"no answer within {self.config.db_call_timeout_sec:g}s")
+            else:
+                if failures:
+                    logger.info("user_stream %s_sent account=%s reason=%s attempt=%d", what, self.label, reason,
+                                failures + 1)
+                return
+            await self._sleep(delay)
+            if self._stopping or superseded():
+                logger.warning("user_stream %s_abandoned account=%s reason=%s: %s", what, self.label, reason,
+                               "the stream stopped; the periodic task covers it" if self._stopping
+                               else "superseded by a newer one")
+                return
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -244,8 +274,10 @@ class AccountStream:
 
     async def _shut(self, client) -> None:
         """Close the listenKey (Binance: DELETE invalidates it) and record the state. Bounded: shutdown waits."""
-        if self._position_sync is not None:
-            self._position_sync.cancel()  # the periodic position sync covers it
+        if self._position_sync is not None and not self._position_sync.done():
+            self._position_sync.cancel()
+            logger.info("user_stream position_sync_dropped account=%s: stopping; the periodic position sync covers it",
+                        self.label)
         if client is not None and self._listen_key is not None:
             try:
                 await self._blocking(client.close_listen_key, self._listen_key)

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 from django.db import OperationalError, connection
+from kombu.exceptions import OperationalError as BrokerUnavailable
 from websockets.sync.client import connect
 
 from reconciliation import services
@@ -123,6 +124,83 @@ def test_account_updates_within_the_debounce_window_make_one_position_sync():
             return first_window, recorder.count("sync_positions", 7)
 
     assert asyncio.run(scenario()) == (1, 2)
+
+
+class BrokerHiccup(Recorder):
+    """The broker refuses the first `failures` enqueues of each kind, then takes them."""
+
+    def __init__(self, failures: int = 1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.failures = {"reconcile": failures, "sync_positions": failures}
+
+    def _hiccup(self, kind: str) -> None:
+        with self.lock:
+            if self.failures[kind] > 0:
+                self.failures[kind] -= 1
+                raise BrokerUnavailable("Error 111 connecting to localhost:6379. Connection refused.")
+
+    def enqueue_reconcile(self, account_id: int, reason: str) -> None:
+        self._hiccup("reconcile")
+        super().enqueue_reconcile(account_id, reason)
+
+    def enqueue_position_sync(self, account_id: int, reason: str) -> None:
+        self._hiccup("sync_positions")
+        super().enqueue_position_sync(account_id, reason)
+
+
+@live
+def test_the_connect_reconcile_is_retried_when_the_broker_refuses_it(binance, account, start_stream, caplog):
+    recorder = BrokerHiccup()
+    with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
+        stream = start_stream(recorder)
+        stream.wait_connected(account.pk)  # i.e. the ws_connect reconcile went through after all
+    assert recorder.failures["reconcile"] == 0
+    assert stream.connects(account.pk) == 1  # retried on the same connection, not by reconnecting
+    failed = [r for r in caplog.records if "enqueue_reconcile_failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelname == "ERROR" and "reason=ws_connect" in failed[0].getMessage()
+
+
+def test_a_refused_position_sync_enqueue_is_retried():
+    recorder = BrokerHiccup(reconcile=False)
+
+    async def scenario():
+        with ThreadPoolExecutor(2) as executor:
+            stream = AccountStream(SimpleNamespace(pk=7, name="hiccup"), executor=executor,
+                                   config=StreamConfig(position_debounce_sec=0.01, backoff_base_sec=0.01),
+                                   enqueue_reconcile=recorder.enqueue_reconcile,
+                                   enqueue_position_sync=recorder.enqueue_position_sync)
+            stream._schedule_position_sync()
+            await asyncio.wait_for(asyncio.gather(*stream._tasks), 5)
+
+    asyncio.run(scenario())
+    assert recorder.failures["sync_positions"] == 0
+    assert recorder.calls == [("sync_positions", 7, "ws_account_update")]
+
+
+def test_a_refused_connect_reconcile_is_abandoned_once_a_newer_connection_sent_its_own(caplog):
+    recorder = BrokerHiccup(failures=1000, reconcile=False)
+
+    async def scenario():
+        with ThreadPoolExecutor(2) as executor:
+            stream = AccountStream(SimpleNamespace(pk=7, name="hiccup"), executor=executor,
+                                   config=StreamConfig(backoff_base_sec=0.01, backoff_max_sec=0.01),
+                                   enqueue_reconcile=recorder.enqueue_reconcile,
+                                   enqueue_position_sync=recorder.enqueue_position_sync)
+            stream.connects = 1
+            retrying = asyncio.create_task(stream._enqueue("enqueue_reconcile", recorder.enqueue_reconcile,
+                                                           "ws_connect", superseded=lambda: stream.connects != 1))
+
+            async def a_few_attempts():
+                while recorder.failures["reconcile"] > 997:
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(a_few_attempts(), 5)
+            stream.connects = 2
+            await asyncio.wait_for(retrying, 5)
+
+    with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
+        asyncio.run(scenario())
+    assert any("enqueue_reconcile_abandoned" in r.getMessage() for r in caplog.records)
 
 
 @live
