@@ -4,9 +4,11 @@ One asyncio process streams every active account (or the named ones), one connec
 ``{BINANCE_FUTURES_WS_URL}/private/ws?listenKey=<key>``:
 
 - listenKey: created per connection (Binance returns the live key if there is one), kept alive every
-  USER_STREAM_KEEPALIVE_SEC, closed (DELETE) on shutdown; -1125 on keepalive, a failed keepalive or a
-  ``listenKeyExpired`` event → a new key and an immediate reconnect; a proactive reconnect after
-  USER_STREAM_MAX_CONNECTION_SEC, before Binance's 24 h cut.
+  USER_STREAM_KEEPALIVE_SEC, closed (DELETE) on shutdown; -1125 on keepalive or a ``listenKeyExpired`` event → a
+  new key and an immediate reconnect; a proactive reconnect after USER_STREAM_MAX_CONNECTION_SEC, before Binance's
+  24 h cut. A keepalive that fails otherwise (429/418, 5xx, timeout) is retried with backoff (at least the rate
+  limit's Retry-After) on the live connection, which ends (then backs off and reconnects) only once no keepalive
+  has succeeded for 55 minutes, shortly before Binance would expire the key.
 - After every successful subscribe, the first included, ``reconcile_account(account_id, reason="ws_connect")`` is
   enqueued: fills during a gap (drop, expired key, restart) are fetched from Binance; overlap is harmless.
 - Unplanned disconnects back off exponentially with jitter (USER_STREAM_BACKOFF_BASE_SEC … _MAX_SEC); each account

@@ -1,6 +1,8 @@
 """Stream tuning, read once from settings (all optional; defaults in brackets):
 
-USER_STREAM_KEEPALIVE_SEC          [1800]    PUT listenKey this often (Binance expires a key after 60 min)
+USER_STREAM_KEEPALIVE_SEC          [1800]    PUT listenKey this often (Binance expires a key after 60 min); a
+                                             failed PUT is retried with the backoff below (or the 429/418's
+                                             Retry-After) on the live socket
 USER_STREAM_MAX_CONNECTION_SEC     [84600]   reconnect on our terms before Binance's 24 h cut (23.5 h)
 USER_STREAM_ACCOUNT_REFRESH_SEC    [30]      re-read accounts (added / disabled / re-keyed) this often
 USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unplanned disconnect (× 0.5–1 jitter)
@@ -37,6 +39,10 @@ class StreamConfig:
     last_event_write_sec: float = 5.0  # AccountSyncState.stream_last_event_at is written at most this often
     shutdown_sec: float = 4.0  # SIGTERM → sockets and listenKeys closed within this (the process exits within 5 s)
     listen_key_http_timeout_sec: float = 3.0
+    # Binance expires a listenKey this long after its creation or last successful keepalive. Failed keepalives are
+    # retried on the live socket; once none has succeeded for validity − margin, the connection starts over.
+    listen_key_validity_sec: float = 60 * 60
+    listen_key_margin_sec: float = 5 * 60
     threads: int = 8
 
     _SETTINGS = {

@@ -1,7 +1,9 @@
 """One account's user-data stream: listenKey life cycle, the WebSocket, reconnects, and what each message triggers.
 
     create listenKey → connect {ws}/private/ws?listenKey=… → enqueue reconcile("ws_connect") → read …
-      … until: the socket drops / listenKeyExpired / keepalive fails / the connection reaches max age / stop()
+      … until: the socket drops / listenKeyExpired / the key is gone on keepalive (-1125) / keepalives have
+               failed (each retried with backoff on the live socket) until the key is about to lapse
+               / the connection reaches max age / stop()
                / applying a message does not return within db_call_timeout_sec (a DB call hung on a dead socket)
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
 
@@ -25,7 +27,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from trades.binance_client import BinanceFuturesClient
-from trades.exceptions import ListenKeyExpired
+from trades.exceptions import ListenKeyExpired, RateLimited
 from trades.models import Account
 
 from . import messages
@@ -35,7 +37,7 @@ from .state import CONNECTED, CONNECTING, RECONNECTING, STOPPED, blocking, recor
 logger = logging.getLogger("reconciliation.user_stream")
 
 # Reasons a connection ends that call for an immediate reconnect rather than a backoff.
-PLANNED = frozenset({"listen_key_expired", "max_connection_age", "keepalive_failed"})
+PLANNED = frozenset({"listen_key_expired", "max_connection_age"})
 # Applying a message took longer than config.db_call_timeout_sec: a connection end reason and a message outcome.
 DB_TIMEOUT = "db_timeout"
 
@@ -146,6 +148,7 @@ class AccountStream:
 
     async def _connect_and_read(self, client, previous_reason: str, disconnected_at: float | None) -> str:
         """One connection: returns why it ended. Raises when it could not connect (or broke while connected)."""
+        key_extended_at = time.monotonic()  # before the POST: Binance's 60 minutes start no earlier
         self._listen_key = await self._blocking(client.create_listen_key)
         if self._stopping:
             return "stop"
@@ -166,7 +169,7 @@ class AccountStream:
             self._spawn(self._enqueue("enqueue_reconcile", self.enqueue_reconcile, "ws_connect",
                                       superseded=lambda: self.connects != connection))  # a newer one sends its own
             self._spawn(self._call("state", record_state, self.account_id, CONNECTED))
-            keepalive = self._spawn(self._keep_alive(client, self._listen_key))
+            keepalive = self._spawn(self._keep_alive(client, self._listen_key, key_extended_at))
             max_age = asyncio.get_running_loop().call_later(cfg.max_connection_sec, self._end, "max_connection_age")
             try:
                 reason = await self._read(ws)
@@ -215,18 +218,42 @@ class AccountStream:
             self._last_event_written = now
             self._spawn(self._call("state", record_last_event, self.account_id, timezone.now()))
 
-    async def _keep_alive(self, client, key: str) -> None:
+    async def _keep_alive(self, client, key: str, extended_at: float) -> None:
+        """PUT the listenKey every keepalive_sec. A failed PUT (429/418, 5xx, a timeout) keeps the socket and is
+        retried with backoff, never sooner than a rate limit's retry_after (re-POSTing or reconnecting then would
+        only add to it). The connection ends when the key is gone (-1125), or when no PUT has succeeded for
+        listen_key_validity_sec − listen_key_margin_sec (time.monotonic() `extended_at` was the last success)."""
+        cfg = self.config
+        failures, wait = 0, cfg.keepalive_sec
         while True:
-            await asyncio.sleep(self.config.keepalive_sec)
+            give_up_at = extended_at + cfg.listen_key_validity_sec - cfg.listen_key_margin_sec
+            await asyncio.sleep(max(0.0, min(wait, give_up_at - time.monotonic())))
+            if failures and time.monotonic() >= give_up_at:
+                logger.error("user_stream keepalive_gave_up account=%s failures=%d last_success_s_ago=%.0f: the "
+                             "listenKey is about to lapse; reconnecting with a new one", self.label, failures,
+                             time.monotonic() - extended_at)
+                self._end("keepalive_failed")
+                return
+            attempt_at = time.monotonic()
             try:
                 await self._blocking(client.keepalive_listen_key, key)
             except ListenKeyExpired:
                 self._end("listen_key_expired")
                 return
-            except Exception as exc:  # noqa: BLE001 — a new key (or the same one, if still valid) and a reconnect
-                logger.warning("user_stream keepalive_failed account=%s: %s", self.label, str(exc)[:200])
-                self._end("keepalive_failed")
-                return
+            except Exception as exc:  # noqa: BLE001 — rate limits, 5xx, timeouts: the key is still good for a while
+                failures += 1
+                wait = cfg.backoff_delay(failures)
+                if isinstance(exc, RateLimited):
+                    wait = max(wait, exc.retry_after)
+                logger.warning("user_stream keepalive_failed account=%s attempt=%d retry_in_s=%.2f key_lapses_in_s="
+                               "%.0f: %s: %s", self.label, failures, wait,
+                               extended_at + cfg.listen_key_validity_sec - time.monotonic(), type(exc).__name__,
+                               str(exc)[:200])
+                continue
+            if failures:
+                logger.info("user_stream keepalive_recovered account=%s after %d failed attempts", self.label,
+                            failures)
+            failures, wait, extended_at = 0, cfg.keepalive_sec, attempt_at
 
     def _schedule_position_sync(self) -> None:
         """One sync_positions per account per debounce window, sent at the window's end (retried until it is).

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -30,6 +31,7 @@ from reconciliation import services
 from reconciliation.models import AccountSyncState
 from reconciliation.user_stream import AccountStream, StreamConfig, excerpt, handle_message
 from trades.binance_client import BinanceFuturesClient
+from trades.exceptions import RateLimited
 from trades.models import Account, Trade, TradeEvent
 
 from .stream_helpers import Recorder, StreamThread, new_trade, place, place_trade, status_of, wait_for
@@ -283,6 +285,71 @@ def test_a_hung_db_call_ends_the_connection_and_the_reconnect_reconciles(binance
         wait_for(lambda: binance.control.listen_keys(account.api_key)["connections"] == 1, what="one live socket")
     finally:
         released.set()
+
+
+@live
+def test_a_failed_keepalive_is_retried_on_the_live_connection(binance, account, start_stream, stream_recorder):
+    binance.control.inject_fault("/fapi/v1/listenKey", "503", count=1, method="PUT")
+    stream = start_stream(stream_recorder, keepalive_sec=0.2)
+    stream.wait_connected(account.pk)
+    key = binance.control.listen_keys(account.api_key)
+
+    wait_for(lambda: binance.control.stats()["requests"].get("PUT /fapi/v1/listenKey", 0) >= 2,
+             what="the failed keepalive and its retry")
+    wait_for(lambda: binance.control.listen_keys(account.api_key)["expires_at"] > key["expires_at"],
+             what="a keepalive that went through")  # extended; the sandbox clock is real time
+
+    assert binance.control.stats()["statuses"].get("503") == 1
+    assert stream.connects(account.pk) == 1 and list(stream.stream(account.pk).disconnects) == []
+    after = binance.control.listen_keys(account.api_key)
+    assert (after["listen_key"], after["connections"]) == (key["listen_key"], 1)
+
+
+@live
+def test_keepalives_failing_until_the_key_is_about_to_lapse_end_the_connection(binance, account, start_stream,
+                                                                               stream_recorder, caplog):
+    binance.control.inject_fault("/fapi/v1/listenKey", "503", count=1000, method="PUT")
+    with caplog.at_level(logging.INFO, logger="reconciliation.user_stream"):
+        stream = start_stream(stream_recorder, keepalive_sec=0.1, listen_key_validity_sec=1.0,
+                              listen_key_margin_sec=0.4)
+        stream.wait_connected(account.pk, connects=2)
+        binance.control.clear_faults()
+    assert stream.stream(account.pk).disconnects[0] == "keepalive_failed"
+    lines = [r.getMessage() for r in caplog.records]
+    gave_up = next(i for i, line in enumerate(lines) if "keepalive_gave_up" in line)
+    assert caplog.records[gave_up].levelname == "ERROR"
+    assert sum("keepalive_failed account=" in line for line in lines[:gave_up]) >= 2  # retried on the socket first
+
+
+def test_a_rate_limited_keepalive_waits_for_retry_after():
+    calls = []
+
+    class Client:
+        def keepalive_listen_key(self, key):
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                raise RateLimited(-1003, "Too many requests", 429, retry_after=0.3)
+
+    async def scenario():
+        with ThreadPoolExecutor(2) as executor:
+            stream = AccountStream(SimpleNamespace(pk=7, name="limited"), executor=executor,
+                                   config=StreamConfig(keepalive_sec=0.01, backoff_base_sec=0.01),
+                                   enqueue_reconcile=Recorder().enqueue_reconcile,
+                                   enqueue_position_sync=Recorder().enqueue_position_sync)
+            keepalive = asyncio.create_task(stream._keep_alive(Client(), "key", time.monotonic()))
+
+            async def two_calls():
+                while len(calls) < 2:
+                    await asyncio.sleep(0.01)
+
+            try:
+                await asyncio.wait_for(two_calls(), 5)
+            finally:
+                keepalive.cancel()
+            return stream._end_reason
+
+    assert asyncio.run(scenario()) is None  # the connection was never ended
+    assert calls[1] - calls[0] >= 0.3
 
 
 @live
