@@ -136,10 +136,13 @@ class Story:
         try:
             self.wait(lambda: self.stream_state() == "connected", self.stream_timeout, "the user stream")
             connected_at = AccountSyncState.objects.get(account=self.account).stream_state_at
-            # The reconcile every (re)connect runs: let it pass first, so what follows is found by its own path.
-            self.wait(lambda: ReconcileRun.objects.filter(account=self.account, reason="ws_connect",
-                                                          started_at__gte=connected_at).exists(),
-                      30, "the reconcile that follows the stream's connect")
+            # The reconcile and the position sync (it reconciles too) every (re)connect runs: let them pass first,
+            # so what follows is found by its own path.
+            for kind in (ReconcileRun.Kind.PENDING, ReconcileRun.Kind.POSITIONS):
+                self.wait(lambda kind=kind: ReconcileRun.objects.filter(
+                    account=self.account, reason="ws_connect", kind=kind, started_at__gte=connected_at,
+                ).exclude(outcome=ReconcileRun.Outcome.SKIPPED).exists(),  # a skipped one is retried: wait for that
+                    30, f"the {kind} run that follows the stream's connect")
             self.say("   user stream connected, and its first reconcile has run")
         except StoryError:
             self.say(f"   the user stream is not connected ({self.stream_state() or 'no state'}); carrying on — the "

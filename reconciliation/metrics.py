@@ -94,13 +94,16 @@ class TradeopsCollector(Collector):
                                        "Seconds since the last user-stream event.", labels=["account"])
         connects = CounterMetricFamily(
             "tradeops_user_stream_connects",
-            "Successful user-stream (re)connects, counted by the reconcile each one triggers (reason=ws_connect).",
+            "Successful user-stream (re)connects, counted by the reconcile each one triggers "
+            "(kind=pending, reason=ws_connect).",
             labels=["account"])
         orphans = GaugeMetricFamily("tradeops_orphan_positions_open", "Open orphan positions.", labels=["account"])
 
         names = dict(Account.objects.filter(is_active=True).values_list("pk", "name"))
         states = {s.account_id: s for s in AccountSyncState.objects.filter(account_id__in=names)}
-        ws_connects = dict(ReconcileRun.objects.filter(account_id__in=names, reason="ws_connect")
+        # kind=pending: each connect also asks for a position sync with reason ws_connect (kind=positions).
+        ws_connects = dict(ReconcileRun.objects.filter(account_id__in=names, reason="ws_connect",
+                                                       kind=ReconcileRun.Kind.PENDING)
                            .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))
         open_orphans = dict(OrphanPosition.objects.filter(account_id__in=names, status=OrphanPosition.Status.OPEN)
                             .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))

@@ -10,7 +10,9 @@ One asyncio process streams every active account (or the named ones), one connec
   limit's Retry-After) on the live connection, which ends (then backs off and reconnects) only once no keepalive
   has succeeded for 55 minutes, shortly before Binance would expire the key.
 - After every successful subscribe, the first included, ``reconcile_account(account_id, reason="ws_connect")`` is
-  enqueued: fills during a gap (drop, expired key, restart) are fetched from Binance; overlap is harmless.
+  enqueued: fills during a gap (drop, expired key, restart) are fetched from Binance; overlap is harmless. A
+  ``sync_positions(account_id, reason="ws_connect")`` follows through the position-sync debounce below (a position
+  closed in the gap, by a stop-loss say, is noticed now). A refused enqueue is retried with backoff.
 - Unplanned disconnects back off exponentially with jitter (USER_STREAM_BACKOFF_BASE_SEC … _MAX_SEC); each account
   runs on its own, one account's trouble never touches another's stream.
 - ORDER_TRADE_UPDATE → ``services.apply_order_snapshot(trade, …, source="ws")`` in a worker thread (never on the

@@ -7,7 +7,8 @@ USER_STREAM_MAX_CONNECTION_SEC     [84600]   reconnect on our terms before Binan
 USER_STREAM_ACCOUNT_REFRESH_SEC    [30]      re-read accounts (added / disabled / re-keyed) this often
 USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unplanned disconnect (× 0.5–1 jitter)
 USER_STREAM_BACKOFF_MAX_SEC        [60]      reconnect delay cap
-USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts → one sync_positions per account per window
+USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts and (re)connects → one sync_positions per
+                                             account per window
 """
 
 from __future__ import annotations

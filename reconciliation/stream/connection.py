@@ -1,6 +1,7 @@
 """One account's user-data stream: listenKey life cycle, the WebSocket, reconnects, and what each message triggers.
 
-    create listenKey → connect {ws}/private/ws?listenKey=… → enqueue reconcile("ws_connect") → read …
+    create listenKey → connect {ws}/private/ws?listenKey=… → enqueue reconcile("ws_connect") and schedule a
+    (debounced) sync_positions("ws_connect") → read …
       … until: the socket drops / listenKeyExpired / the key is gone on keepalive (-1125) / keepalives have
                failed (each retried with backoff on the live socket) until the key is about to lapse
                / the connection reaches max age / stop()
@@ -8,9 +9,10 @@
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
 
 The reconcile is enqueued only once the socket is live, so a fill either arrives on this socket or happened
-before it was open and the reconcile finds it; overlap is harmless (the rule is idempotent). Enqueues (that
-reconcile, the debounced position sync) that the broker refuses are retried with the reconnect backoff until they
-go through, the stream stops, or — for the reconcile — a newer connection has sent its own.
+before it was open and the reconcile finds it; overlap is harmless (the rule is idempotent). Positions may have
+changed in the gap as well (a stop-loss, its ACCOUNT_UPDATE lost), hence the position sync. Enqueues the broker
+refuses (that reconcile, any position sync) are retried with the reconnect backoff until they go through, the
+stream stops, or — for the reconcile — a newer connection has sent its own.
 """
 
 from __future__ import annotations
@@ -168,6 +170,8 @@ class AccountStream:
             connection = self.connects
             self._spawn(self._enqueue("enqueue_reconcile", self.enqueue_reconcile, "ws_connect",
                                       superseded=lambda: self.connects != connection))  # a newer one sends its own
+            # Positions may have changed in the gap too (a stop-loss closed one, its ACCOUNT_UPDATE lost).
+            self._schedule_position_sync("ws_connect")
             self._spawn(self._call("state", record_state, self.account_id, CONNECTED))
             keepalive = self._spawn(self._keep_alive(client, self._listen_key, key_extended_at))
             max_age = asyncio.get_running_loop().call_later(cfg.max_connection_sec, self._end, "max_connection_age")
@@ -209,7 +213,7 @@ class AccountStream:
                 self._end(DB_TIMEOUT)
                 outcome = messages.Outcome(DB_TIMEOUT)
         elif outcome.kind == messages.POSITIONS:
-            self._schedule_position_sync()
+            self._schedule_position_sync("ws_account_update")
         elif outcome.kind == messages.EXPIRED:
             self._end("listen_key_expired")
         self.outcomes[outcome.kind] = self.outcomes.get(outcome.kind, 0) + 1
@@ -255,17 +259,18 @@ class AccountStream:
                             failures)
             failures, wait, extended_at = 0, cfg.keepalive_sec, attempt_at
 
-    def _schedule_position_sync(self) -> None:
-        """One sync_positions per account per debounce window, sent at the window's end (retried until it is).
+    def _schedule_position_sync(self, reason: str) -> None:
+        """One sync_positions per account per debounce window, sent at the window's end (retried until it is), with
+        the reason of the request that opened the window (a connect, an ACCOUNT_UPDATE).
 
-        Updates that arrive while it is being sent fall into the same window: the worker reads Binance's positions
+        Requests that arrive while it is being sent fall into the same window: the worker reads Binance's positions
         only once the send has completed, so after them."""
         if self._position_sync is not None and not self._position_sync.done():
             return
 
         async def send():
             await asyncio.sleep(self.config.position_debounce_sec)
-            await self._enqueue("enqueue_position_sync", self.enqueue_position_sync, "ws_account_update")
+            await self._enqueue("enqueue_position_sync", self.enqueue_position_sync, reason)
 
         self._position_sync = self._spawn(send())
 

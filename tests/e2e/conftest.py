@@ -54,15 +54,17 @@ class E2E:
 
     def account(self, **fields):
         """A fresh exchange account and its row, returned once the user stream has connected it and the reconcile
-        that connect enqueues has run. Otherwise that reconcile lands at a random moment inside the test and can
-        do the very work the test wants a later path (beat, an explicit reconcile under a lock, …) to do."""
+        and the position sync (which reconciles too) that connect enqueues have run. Otherwise they land at a random
+        moment inside the test and can do the very work the test wants a later path (beat, an explicit reconcile
+        under a lock, …) to do."""
         creds = self.control.create_account()
         account = AccountFactory(api_key=creds["api_key"], api_secret=creds["api_secret"], **fields)
         self.accounts.append(account)
         self.wait_streaming(account)
-        wait_for(lambda: ReconcileRun.objects.filter(account=account, reason="ws_connect")
-                 .exclude(outcome=ReconcileRun.Outcome.SKIPPED).exists(),
-                 timeout=30, message=f"the stream's first reconcile of {account.name}")
+        for kind in (ReconcileRun.Kind.PENDING, ReconcileRun.Kind.POSITIONS):
+            wait_for(lambda kind=kind: ReconcileRun.objects.filter(account=account, reason="ws_connect", kind=kind)
+                     .exclude(outcome=ReconcileRun.Outcome.SKIPPED).exists(),
+                     timeout=30, message=f"the stream's first {kind} run for {account.name}")
         return account
 
     def wait_streaming(self, account, timeout=20):

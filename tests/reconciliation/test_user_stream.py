@@ -91,6 +91,8 @@ def test_fill_pushed_over_the_websocket_opens_the_trade(binance, account, start_
     recorder = Recorder(reconcile=False)  # only the WebSocket can open the trades here
     stream = start_stream(recorder)
     stream.wait_connected(account.pk)
+    # The connect's own position sync, first: the fills' ACCOUNT_UPDATEs must open a window of their own.
+    wait_for(lambda: recorder.count("sync_positions", account.pk, "ws_connect") == 1)
     first, second = place_trade(account), place_trade(account, qty="0.020")
 
     fill(binance, first)
@@ -118,10 +120,10 @@ def test_account_updates_within_the_debounce_window_make_one_position_sync():
                                    enqueue_reconcile=recorder.enqueue_reconcile,
                                    enqueue_position_sync=recorder.enqueue_position_sync)
             for _ in range(5):
-                stream._schedule_position_sync()
+                stream._schedule_position_sync("ws_account_update")
             await asyncio.gather(*stream._tasks)  # every scheduled send has happened
             first_window = recorder.count("sync_positions", 7, "ws_account_update")
-            stream._schedule_position_sync()
+            stream._schedule_position_sync("ws_connect")
             await asyncio.gather(*stream._tasks)
             return first_window, recorder.count("sync_positions", 7)
 
@@ -171,7 +173,7 @@ def test_a_refused_position_sync_enqueue_is_retried():
                                    config=StreamConfig(position_debounce_sec=0.01, backoff_base_sec=0.01),
                                    enqueue_reconcile=recorder.enqueue_reconcile,
                                    enqueue_position_sync=recorder.enqueue_position_sync)
-            stream._schedule_position_sync()
+            stream._schedule_position_sync("ws_account_update")
             await asyncio.wait_for(asyncio.gather(*stream._tasks), 5)
 
     asyncio.run(scenario())
@@ -209,6 +211,7 @@ def test_a_refused_connect_reconcile_is_abandoned_once_a_newer_connection_sent_i
 def test_f2_fill_while_the_stream_is_down_is_reconciled_on_reconnect(binance, account, start_stream, stream_recorder):
     stream = start_stream(stream_recorder)
     stream.wait_connected(account.pk)
+    wait_for(lambda: stream_recorder.count("sync_positions", account.pk, "ws_connect") == 1)
     trade = place_trade(account)
     binance.control.pause_events(account.api_key)  # the fill's events are lost, as in an outage
     fill(binance, trade)
@@ -222,6 +225,10 @@ def test_f2_fill_while_the_stream_is_down_is_reconciled_on_reconnect(binance, ac
     assert [e.source for e in events_of(trade, to_status="open")] == ["reconcile"]
     assert stream.stream(account.pk).disconnects[0].startswith("connection_closed_")
     assert stream_recorder.count("reconcile", account.pk, "ws_connect") == 2
+    # The position it opened (and any a stop-loss closed in the gap, its ACCOUNT_UPDATE lost) is synced too.
+    wait_for(lambda: stream_recorder.count("sync_positions", account.pk, "ws_connect") == 2,
+             what="the reconnect's position sync")
+    assert stream_recorder.count("sync_positions", account.pk, "ws_account_update") == 0
 
 
 @live

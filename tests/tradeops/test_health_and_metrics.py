@@ -91,6 +91,7 @@ def test_metrics(client, settings):
     desk = AccountFactory(name="desk")
     ReconcileRun.objects.create(account=desk, kind="pending", reason="beat", outcome="ok", duration_ms=40)
     ReconcileRun.objects.create(account=desk, kind="pending", reason="ws_connect", outcome="ok", duration_ms=700)
+    ReconcileRun.objects.create(account=desk, kind="positions", reason="ws_connect", outcome="ok", duration_ms=90)
     ReconcileRun.objects.create(account=desk, kind="pending", reason="beat", outcome="skipped")
     AccountSyncState.objects.create(account=desk, used_weight=37, stream_state="connected",
                                     stream_state_at=timezone.now(), last_reconcile_at=timezone.now())
