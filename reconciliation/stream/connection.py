@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -42,6 +43,7 @@ logger = logging.getLogger("reconciliation.user_stream")
 PLANNED = frozenset({"listen_key_expired", "max_connection_age"})
 # Applying a message took longer than config.db_call_timeout_sec: a connection end reason and a message outcome.
 DB_TIMEOUT = "db_timeout"
+DISCONNECTS_KEPT = 100  # AccountStream.disconnects: a stream runs for months
 
 
 def ws_base_url(account: Account) -> str:
@@ -50,10 +52,11 @@ def ws_base_url(account: Account) -> str:
 
 
 def listen_key_client(account: Account, timeout: float) -> BinanceFuturesClient:
-    """The account's gateway for listenKey calls, with a short timeout (shutdown must not wait on a slow DELETE)."""
-    client = BinanceFuturesClient.for_account(account)
-    return BinanceFuturesClient(account.api_key, account.api_secret, rest_url=client.rest_url,
-                                timeout=min(client.timeout, timeout), account_label=client.account_label)
+    """The account's gateway for listenKey calls, with a short timeout (shutdown must not wait on a slow DELETE).
+    The caller closes it."""
+    with BinanceFuturesClient.for_account(account) as defaults:  # only for its URL, timeout and label
+        return BinanceFuturesClient(account.api_key, account.api_secret, rest_url=defaults.rest_url,
+                                    timeout=min(defaults.timeout, timeout), account_label=defaults.account_label)
 
 
 class AccountStream:
@@ -70,7 +73,7 @@ class AccountStream:
         self.enqueue_reconcile = enqueue_reconcile
         self.enqueue_position_sync = enqueue_position_sync
         self.connects = 0
-        self.disconnects: list[str] = []  # why each connection ended, in order
+        self.disconnects: deque[str] = deque(maxlen=DISCONNECTS_KEPT)  # why the latest connections ended, in order
         self.outcomes: dict[str, int] = {}
         self._stopping = False
         self._ws = None
@@ -317,6 +320,8 @@ class AccountStream:
             except Exception as exc:  # noqa: BLE001 — it expires by itself within 60 minutes
                 logger.warning("user_stream listen_key_close_failed account=%s: %s", self.label, str(exc)[:200])
             self._listen_key = None
+        if client is not None:
+            client.close()
         await self._call("state", record_state, self.account_id, STOPPED)
         pending = [task for task in self._tasks if not task.done()]
         if pending:  # an enqueue or a state write in flight: let it land

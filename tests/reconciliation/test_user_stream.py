@@ -252,7 +252,7 @@ def test_f3_expired_listen_key_means_new_key_reconnect_and_reconcile(binance, ac
     wait_for(lambda: status_of(trade) == Trade.Status.OPEN, timeout=5, what="trade opened by the reconcile")
     keys = binance.control.listen_keys(account.api_key)
     assert keys["listen_key"] not in (None, old_key) and keys["connections"] == 1
-    assert stream.stream(account.pk).disconnects == ["listen_key_expired"]
+    assert list(stream.stream(account.pk).disconnects) == ["listen_key_expired"]
 
 
 @live
@@ -426,6 +426,64 @@ def test_an_account_whose_secret_cannot_be_decrypted_is_skipped_and_the_others_s
     assert all(f"account={broken.pk}/{broken.name}" in r.getMessage() for r in unreadable)
     assert not any(broken.api_secret in r.getMessage() or healthy.api_secret in r.getMessage()
                    for r in caplog.records)
+
+
+class Reconnecting(AccountStream):
+    """An AccountStream whose connections end as soon as they start, `limit` times, then it stops (no sockets)."""
+
+    def __init__(self, *args, limit: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit = limit
+        self.attempts = 0
+
+    async def _connect_and_read(self, client, previous_reason, disconnected_at) -> str:
+        self.attempts += 1
+        if self.attempts > self.limit:
+            self.stop()
+            return "stop"
+        return f"dropped_{self.attempts}"
+
+
+def run_reconnecting(account, limit: int) -> Reconnecting:
+    recorder = Recorder(reconcile=False)
+
+    async def scenario():
+        with ThreadPoolExecutor(2) as executor:
+            stream = Reconnecting(account, limit=limit, executor=executor,
+                                  config=StreamConfig(backoff_base_sec=0, backoff_max_sec=0),
+                                  enqueue_reconcile=recorder.enqueue_reconcile,
+                                  enqueue_position_sync=recorder.enqueue_position_sync)
+            await asyncio.wait_for(stream.run(), 30)
+            return stream
+
+    return asyncio.run(scenario())
+
+
+@live
+def test_the_disconnect_history_is_bounded(binance, account):
+    stream = run_reconnecting(account, limit=250)
+    assert stream.attempts == 251
+    assert list(stream.disconnects) == [f"dropped_{n}" for n in range(151, 251)]  # the latest 100
+
+
+@live
+def test_every_gateway_the_stream_builds_is_closed(binance, account, monkeypatch):
+    built, closed = [], []
+    real_init, real_close = BinanceFuturesClient.__init__, BinanceFuturesClient.close
+
+    def init(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    def close(self):
+        closed.append(self)
+        real_close(self)
+
+    monkeypatch.setattr(BinanceFuturesClient, "__init__", init)
+    monkeypatch.setattr(BinanceFuturesClient, "close", close)
+    run_reconnecting(account, limit=1)
+    assert len(built) == 2  # for_account's defaults, and the listenKey client
+    assert {id(c) for c in closed} == {id(c) for c in built}
 
 
 # --- the message path without a socket ---------------------------------------------------------------------------
