@@ -16,11 +16,14 @@ One asyncio process streams every active account (or the named ones), one connec
 - Unplanned disconnects back off exponentially with jitter (USER_STREAM_BACKOFF_BASE_SEC … _MAX_SEC); each account
   runs on its own, one account's trouble never touches another's stream.
 - ORDER_TRADE_UPDATE → ``services.apply_order_snapshot(trade, …, source="ws")`` in a worker thread (never on the
-  loop); a DB failure is retried 3 times, then the account gets a reconcile instead of losing the fill. Orders the
-  bot did not create are logged and left alone. ACCOUNT_UPDATE with positions → one ``sync_positions`` per account
-  per USER_STREAM_POSITION_DEBOUNCE_SEC. Anything malformed or unknown → one WARNING with a masked excerpt.
+  loop); a DB failure is retried 3 times, then the account gets a reconcile instead of losing the fill; a DB call
+  that has not returned within 60 s (a hung socket) ends the connection, and the reconnect's reconcile fetches the
+  order. Orders the bot did not create are logged and left alone. ACCOUNT_UPDATE with positions → one
+  ``sync_positions`` per account per USER_STREAM_POSITION_DEBOUNCE_SEC. Anything malformed or unknown → one WARNING
+  with a masked excerpt.
 - Accounts are re-read every USER_STREAM_ACCOUNT_REFRESH_SEC: added → started, disabled/deleted → stopped (key
-  closed), re-keyed → restarted.
+  closed), re-keyed → restarted. An account whose api_secret cannot be decrypted is skipped (one ERROR per refresh,
+  naming it); the others stream.
 - State for the admin and health checks: AccountSyncState.stream_state (connecting / connected / reconnecting /
   stopped), stream_state_at, stream_last_event_at (written at most every 5 s).
 - Log lines: ``user_stream event=connected|reconnected|disconnected|connect_failed account=<id>/<name> reason=…

@@ -5,10 +5,16 @@ USER_STREAM_KEEPALIVE_SEC          [1800]    PUT listenKey this often (Binance e
                                              Retry-After) on the live socket
 USER_STREAM_MAX_CONNECTION_SEC     [84600]   reconnect on our terms before Binance's 24 h cut (23.5 h)
 USER_STREAM_ACCOUNT_REFRESH_SEC    [30]      re-read accounts (added / disabled / re-keyed) this often
-USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unplanned disconnect (× 0.5–1 jitter)
-USER_STREAM_BACKOFF_MAX_SEC        [60]      reconnect delay cap
+USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unplanned disconnect (× 0.5–1 jitter);
+                                             the same backoff paces retries of a failed keepalive and of a refused
+                                             enqueue (the connect reconcile, a position sync)
+USER_STREAM_BACKOFF_MAX_SEC        [60]      reconnect (and retry) delay cap
 USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts and (re)connects → one sync_positions per
                                              account per window
+
+The other fields are not settings (rarely worth changing; tests and the benchmark shorten some), among them:
+db_call_timeout_sec (a stream DB call still running after this ends the connection: db_timeout) and
+listen_key_validity_sec / listen_key_margin_sec (keepalives failing for validity − margin end the connection).
 """
 
 from __future__ import annotations
