@@ -10,6 +10,7 @@ the chain (its errors are logged and passed on), so the verification always runs
 
 import logging
 import random
+import time
 from datetime import timedelta
 
 from celery import Task, chain, shared_task
@@ -45,6 +46,8 @@ class ExchangeTask(Task):
               **options):
         if isinstance(exc, RateLimited):
             countdown = max(countdown or 0, exc.retry_after + random.uniform(0, 1))
+        if countdown is not None and eta is None:
+            countdown = capped_countdown(countdown, what=f"{self.name} retry")
         if self.request.expires and "expires" not in options:
             # Celery's retry keeps the first message's absolute expiry: a beat run retried after a rate limit
             # (≥ 60 s) would be due after it and discarded on arrival, every time.
@@ -59,6 +62,16 @@ class ExchangeTask(Task):
             # process shares, and autoretry_for applies it to later, unrelated runs (its own clean-up is never
             # reached: retry() raises). Our explicit limits are meant for the call that passes them.
             self.__dict__.pop("override_max_retries", None)
+
+
+def capped_countdown(seconds: float, *, what: str) -> float:
+    """`seconds`, or CELERY_MAX_COUNTDOWN_SEC if less: no message of ours outlives the broker's visibility window.
+    A capped retry runs early and asks Binance again (a rate limit answers with the time still to wait)."""
+    cap = settings.CELERY_MAX_COUNTDOWN_SEC
+    if cap is None or seconds <= cap:
+        return seconds
+    logger.warning("%s: a countdown of %.0fs is capped at %ss (the broker's visibility window)", what, seconds, cap)
+    return cap - random.uniform(0, min(30.0, cap / 10))
 
 
 def _active_account(account_id):
@@ -239,14 +252,26 @@ def place_entry_order(self, trade_id, timeout_sec=None):
         # Also when placement raised (e.g. the DB lost while applying Binance's answer): the order may be live, and
         # without its timeout a LIMIT order could fill hours later. entry_timeout re-checks the trade when it fires.
         if trade.status == Trade.Status.PENDING:
-            entry_timeout.apply_async(
-                (trade_id,), countdown=settings.ENTRY_TIMEOUT_SEC if timeout_sec is None else timeout_sec
-            )
+            schedule_entry_timeout(trade_id, settings.ENTRY_TIMEOUT_SEC if timeout_sec is None else timeout_sec)
+
+
+def schedule_entry_timeout(trade_id, seconds: float) -> None:
+    """entry_timeout after `seconds`: in hops of at most CELERY_MAX_COUNTDOWN_SEC, so no message outlives the
+    broker's visibility window (and is handed out twice)."""
+    cap = settings.CELERY_MAX_COUNTDOWN_SEC
+    if cap is None or seconds <= cap:
+        entry_timeout.apply_async((trade_id,), countdown=seconds)
+    else:
+        entry_timeout.apply_async((trade_id,), kwargs={"due_at": time.time() + seconds}, countdown=cap)
 
 
 @shared_task
-def entry_timeout(trade_id):
-    """The entry wait is over: if the trade is still pending, cancel and verify."""
-    if Trade.objects.filter(pk=trade_id, status=Trade.Status.PENDING).exists():
-        return cancel_and_verify(trade_id)
-    return None
+def entry_timeout(trade_id, due_at=None):
+    """The entry wait is over: if the trade is still pending, cancel and verify. `due_at` (epoch seconds): a long
+    wait's next hop, until then."""
+    if not Trade.objects.filter(pk=trade_id, status=Trade.Status.PENDING).exists():
+        return None
+    if due_at is not None and due_at - time.time() > 1:
+        schedule_entry_timeout(trade_id, due_at - time.time())
+        return {"trade_id": trade_id, "due_in": round(due_at - time.time())}
+    return cancel_and_verify(trade_id)

@@ -181,13 +181,19 @@ else:
     # the queue at once on a warm shutdown. After a crash of the whole worker, Redis hands it out again once it is
     # visibility_timeout old, at the next sweep. Kombu sweeps every interval × throttle seconds (10 × 10 by default,
     # so up to 100 s late); throttle 1 makes it every CELERY_UNACKED_RESTORE_SEC. The timeout stays above the hard
-    # time limit (a running task is never handed out twice) and the default entry timeout; a countdown longer than
-    # it is delivered more than once, which our tasks tolerate (idempotent, one placement per trade).
+    # time limit (a running task is never handed out twice); countdowns stay below it (CELERY_MAX_COUNTDOWN_SEC).
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=600),
         "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_SEC", default=10),
         "unacked_restore_throttle": 1,
     }
+# The longest countdown a task message of ours carries. Under Redis it stays inside the visibility window (else the
+# message is handed out again while a worker still holds it, once per window); a longer wait (a 418 ban's
+# Retry-After, a long entry timeout) is taken in hops of at most this. None: no limit (the filesystem broker).
+CELERY_MAX_COUNTDOWN_SEC = (
+    max(int(CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] * 0.9), 1)
+    if "visibility_timeout" in CELERY_BROKER_TRANSPORT_OPTIONS else None
+)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=None)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

@@ -1,6 +1,7 @@
 """Celery tasks on a real worker (the test process's own app, in a thread, on the configured broker: Redis in CI's
 second pass, the filesystem transport otherwise), the beat schedules, and the tasks' own policies run in-process."""
 
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -330,6 +331,13 @@ def test_a_beat_runs_retry_is_not_due_after_it_expires(report, monkeypatch):
     assert expiry is None or expiry > due + timedelta(seconds=30)  # time to be picked up once due
 
 
+def test_a_retry_after_longer_than_the_visibility_window_is_capped(monkeypatch, settings):
+    settings.CELERY_MAX_COUNTDOWN_SEC = 540
+    options = retry_options(monkeypatch, {"stopped_early": True, "retry_after": 7200}, reason="ws_connect")
+
+    assert 500 <= options["countdown"] <= 540  # runs early; Binance answers with the time still to wait
+
+
 def test_a_retry_of_a_run_that_never_expires_never_expires(monkeypatch):
     options = retry_options(monkeypatch, {"skipped": True}, reason="ws_connect")
 
@@ -367,3 +375,39 @@ def test_verify_cancel_refused_by_binance_flags_the_trade_at_once(binance, live_
     [line] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert f"trade {trade.pk}: cancel verification gave up" in line.getMessage()
     assert "k" * 64 not in caplog.text
+
+
+class TestCountdownsStayInsideTheVisibilityWindow:
+    """Under Redis a message held past visibility_timeout is handed out again (once per window) while a worker still
+    holds it: no countdown of ours is longer than CELERY_MAX_COUNTDOWN_SEC."""
+
+    @pytest.fixture
+    def sent(self, monkeypatch, settings):
+        settings.CELERY_MAX_COUNTDOWN_SEC = 540
+        sent = []
+        monkeypatch.setattr(tasks.entry_timeout, "apply_async", lambda args, **opts: sent.append((args, opts)))
+        return sent
+
+    def test_a_long_entry_timeout_is_taken_in_hops_and_fires_when_due(self, sent, monkeypatch, account):
+        trade = TradeFactory(account=account)
+        tasks.schedule_entry_timeout(trade.pk, 1500)
+        [(args, opts)] = sent
+        assert opts["countdown"] == 540 and opts["kwargs"]["due_at"] == pytest.approx(time.time() + 1500, abs=5)
+
+        cancels = []
+        monkeypatch.setattr(tasks, "cancel_and_verify", lambda trade_id: cancels.append(trade_id))
+        tasks.entry_timeout(trade.pk, **opts["kwargs"])  # the first hop: not due yet, the next hop is sent
+        assert cancels == [] and sent[1][1]["countdown"] == 540
+        tasks.entry_timeout(trade.pk, due_at=time.time() - 1)  # the last hop
+        assert cancels == [trade.pk]
+
+    def test_a_short_entry_timeout_is_one_message(self, sent, account):
+        tasks.schedule_entry_timeout(7, 30)
+        assert sent == [((7,), {"countdown": 30})]
+
+    def test_a_retry_after_longer_than_the_window_is_capped(self, settings):
+        settings.CELERY_MAX_COUNTDOWN_SEC = 540
+        assert 500 <= tasks.capped_countdown(7200, what="test") <= 540
+        assert tasks.capped_countdown(120, what="test") == 120
+        settings.CELERY_MAX_COUNTDOWN_SEC = None  # the filesystem broker: no window
+        assert tasks.capped_countdown(7200, what="test") == 7200
