@@ -293,3 +293,17 @@ def test_lookups_use_their_index_on_mariadb(mysql_only, query, index):
         cursor.execute("ANALYZE TABLE trades_trade")
     plan = query(account).explain()
     assert index in plan, plan
+
+
+def test_a_query_on_a_connection_that_hangs_fails_with_2013_instead_of_hanging(mysql_only, transactional_db):
+    """DATABASE_READ_TIMEOUT reaches PyMySQL: a query the server does not answer in time (here SLEEP, standing in for
+    a half-open connection after a failover) fails with 2013, a transient error our retries and reconnects handle."""
+    assert connection.settings_dict["OPTIONS"]["read_timeout"] == 300  # the default, in use
+    params = {**connection.get_connection_params(), "read_timeout": 1}  # the same path, a shorter wait
+    raw = connection.Database.connect(**params)
+    try:
+        with raw.cursor() as cursor, pytest.raises(connection.Database.OperationalError) as failed:
+            cursor.execute("SELECT SLEEP(5)")
+        assert failed.value.args[0] == 2013
+    finally:
+        raw.close()
