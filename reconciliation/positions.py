@@ -67,7 +67,7 @@ def compare_positions(account: Account, client, report: Report) -> None:
         if symbol not in exchange:
             exit_price, pnl = _closing_fills(client, trades, report)
             for trade in trades:
-                if close_trade(trade, exit_price=exit_price, realized_pnl=pnl):
+                if close_trade(trade, exit_price=exit_price, realized_pnl=pnl, actor=report.actor):
                     report.extra["closed"] += 1
 
     seen = set()

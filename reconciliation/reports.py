@@ -15,6 +15,7 @@ class Report:
     account_id: int
     kind: str
     reason: str
+    actor: str = ""  # the operator who asked for the run (admin), else empty
     checked: int = 0
     opened: int = 0
     progress: int = 0

@@ -119,7 +119,8 @@ def flag_for_operator(trade: Trade, *, reason: str, source: str, actor: str = ""
 
 # --- Pending reconcile ------------------------------------------------------------------------------------------------
 
-def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = False, client=None) -> dict:
+def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = False, client=None,
+                      actor: str = "") -> dict:
     """Bring every pending trade of the account in line with Binance's order state (the seed's
     `_reconcile_pending_with_binance`). `deep`: the pending trades older than RECONCILE_MAX_AGE_SEC instead.
 
@@ -128,7 +129,7 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
     rate-limits us; the caller reschedules. A second concurrent run for the account returns skipped=True at once.
     """
     kind = ReconcileRun.Kind.DEEP if deep else ReconcileRun.Kind.PENDING
-    report = Report(account_id=account.pk, kind=kind, reason=reason)
+    report = Report(account_id=account.pk, kind=kind, reason=reason, actor=actor)
     return _run_under_lease(account, report, client,
                             lambda client: reconcile_pending_locked(account, client, report, deep=deep))
 
@@ -233,7 +234,8 @@ def _reconcile_by_order(client, trade: Trade, report: Report, *, source: str) ->
         return
     except LookupError:
         report.needs_operator += 1
-        flag_for_operator(trade, reason="neither a client order id nor an order id to look up", source=source)
+        flag_for_operator(trade, reason="neither a client order id nor an order id to look up", source=source,
+                          actor=report.actor)
         return
     finally:
         report.weight_used += 1
@@ -257,7 +259,7 @@ def fetch_order(client, trade: Trade):
 
 def _apply(trade: Trade, order, report: Report, *, source: str) -> str | None:
     try:
-        result = apply_order_snapshot(trade, order, source)
+        result = apply_order_snapshot(trade, order, source, actor=report.actor)
     except (InvalidSnapshot, rules.SnapshotMismatch) as exc:
         report.errors += 1
         logger.error("trade %s: unusable order answer from Binance (%s): %.200r", trade.pk, exc, order)
@@ -268,10 +270,10 @@ def _apply(trade: Trade, order, report: Report, *, source: str) -> str | None:
 
 # --- Position sync --------------------------------------------------------------------------------------------------
 
-def sync_positions_with_binance(account: Account, *, reason: str = "beat", client=None) -> dict:
+def sync_positions_with_binance(account: Account, *, reason: str = "beat", client=None, actor: str = "") -> dict:
     """Reconcile pending trades first (so fills they reveal count), then DB open trades vs Binance's positions
     (positions.py). One lease covers both."""
-    report = Report(account_id=account.pk, kind=ReconcileRun.Kind.POSITIONS, reason=reason)
+    report = Report(account_id=account.pk, kind=ReconcileRun.Kind.POSITIONS, reason=reason, actor=actor)
 
     def work(client):
         reconcile_pending_locked(account, client, report)
@@ -298,13 +300,13 @@ def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 500
 
 # --- Cancel and verify ------------------------------------------------------------------------------------------------
 
-def cancel_trade_order(trade: Trade, *, client=None) -> dict:
+def cancel_trade_order(trade: Trade, *, client=None, actor: str = "") -> dict:
     """Ask Binance to cancel the trade's order and apply its answer. -2011 (the order is not open: it may have just
     filled) is an expected outcome, not an error: the verification that always follows decides."""
     if trade.status != Trade.Status.PENDING:
         return {"trade_id": trade.pk, "outcome": "not_pending", "status": trade.status}
     if not trade.client_order_id and trade.entry_order_id is None:
-        flag_for_operator(trade, reason="cannot cancel: no order reference", source=Source.CANCEL)
+        flag_for_operator(trade, reason="cannot cancel: no order reference", source=Source.CANCEL, actor=actor)
         return {"trade_id": trade.pk, "outcome": "no_order_ref"}
     try:
         with gateway(trade.account, client) as client:
@@ -316,20 +318,21 @@ def cancel_trade_order(trade: Trade, *, client=None) -> dict:
     except UnknownOrder as exc:
         logger.info("trade %s: cancel answered -2011 (already filled/ended?): %s", trade.pk, exc)
         return {"trade_id": trade.pk, "outcome": "unknown_order"}
-    result = apply_order_snapshot(trade, order, Source.CANCEL)
+    result = apply_order_snapshot(trade, order, Source.CANCEL, actor=actor)
     return {"trade_id": trade.pk, "outcome": "cancelled", "result": result, "status": trade.status}
 
 
-def verify_after_cancel(trade: Trade, *, client=None) -> dict:
+def verify_after_cancel(trade: Trade, *, client=None, actor: str = "") -> dict:
     """After a cancel (clean, raced by a fill, or failed): fetch the order again and apply it. `still_working`
     tells the caller Binance still shows it open (the cancel did not take); the task retries, then flags."""
     try:
         with gateway(trade.account, client) as client:
             snap = OrderSnapshot.parse(fetch_order(client, trade))
     except LookupError:
-        flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY)
+        flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY,
+                          actor=actor)
         return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
-    result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY)
+    result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
     return {
         "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
         "still_working": snap.is_working, "status": trade.status,

@@ -154,14 +154,14 @@ def _backoff(retries: int) -> float:
 
 
 @shared_task(bind=True, acks_late=True)
-def cancel_order(self, trade_id):
+def cancel_order(self, trade_id, actor=""):
     """Cancel the trade's order. Never fails the chain: whatever happens (the trade's own look-up included), the
     chained verify_cancel must run. Transient exchange and database errors are retried a few times first."""
     try:
         trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
         if trade is None:
             return {"trade_id": trade_id, "outcome": "no_trade"}
-        return services.cancel_trade_order(trade)
+        return services.cancel_trade_order(trade, actor=actor)
     except (TransientExchangeError, OperationalError) as exc:
         if self.request.retries < CANCEL_MAX_RETRIES:
             countdown = getattr(exc, "retry_after", 0) or _backoff(self.request.retries)
@@ -178,7 +178,7 @@ def cancel_order(self, trade_id):
 
 
 @shared_task(base=ExchangeTask, bind=True, max_retries=10)
-def verify_cancel(self, trade_id):
+def verify_cancel(self, trade_id, actor=""):
     """Fetch the order after a cancel and apply it; while Binance still shows it working, retry with backoff a
     bounded number of times. Gives up — flags the trade for an operator — then, and also when transient errors
     (5xx, timeouts, 429, the database) outlast max_retries or Binance refuses for good (e.g. revoked keys)."""
@@ -187,7 +187,7 @@ def verify_cancel(self, trade_id):
         trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
         if trade is None:
             return {"trade_id": trade_id, "result": "no_trade"}
-        report = services.verify_after_cancel(trade)
+        report = services.verify_after_cancel(trade, actor=actor)
     except (TransientExchangeError, OperationalError) as exc:
         if self.request.retries < self.max_retries:
             raise  # ExchangeTask's autoretry_for: backoff, Retry-After
@@ -217,9 +217,10 @@ def _give_up_verifying(trade_id, trade, reason: str) -> dict:
 
 
 @shared_task
-def cancel_and_verify(trade_id):
-    """Every cancel goes through here (admin, entry timeout, bot): cancel, then always verify."""
-    return chain(cancel_order.si(trade_id), verify_cancel.si(trade_id)).apply_async().id
+def cancel_and_verify(trade_id, actor=""):
+    """Every cancel goes through here (admin, entry timeout, bot): cancel, then always verify. `actor`: the operator
+    who asked (admin), recorded on the trade events both steps write."""
+    return chain(cancel_order.si(trade_id, actor), verify_cancel.si(trade_id, actor)).apply_async().id
 
 
 # --- the bot's entry flow ------------------------------------------------------------------------------------------

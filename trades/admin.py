@@ -160,12 +160,14 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     @admin.action(description="Reconcile now (pending trades vs Binance)", permissions=["fix"])
     def reconcile_now(self, request, queryset):
         self._run_for_accounts(request, queryset, "reconcile",
-                               lambda account: services.reconcile_pending(account, reason="admin"))
+                               lambda account: services.reconcile_pending(account, reason="admin",
+                                                                          actor=actor_of(request)))
 
     @admin.action(description="Sync positions now", permissions=["fix"])
     def sync_positions_now(self, request, queryset):
         self._run_for_accounts(request, queryset, "position sync",
-                               lambda account: services.sync_positions_with_binance(account, reason="admin"))
+                               lambda account: services.sync_positions_with_binance(account, reason="admin",
+                                                                                    actor=actor_of(request)))
 
 
 # --- Trades -----------------------------------------------------------------------------------------------------------
@@ -279,7 +281,7 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
             if trade.status != Trade.Status.PENDING:
                 skipped.append(trade.pk)
                 continue
-            transaction.on_commit(partial(tasks.cancel_and_verify.delay, trade.pk))
+            transaction.on_commit(partial(tasks.cancel_and_verify.delay, trade.pk, actor_of(request)))
             self.log_change(request, trade, "cancel and verify requested")
             queued.append(trade.pk)
         if queued:

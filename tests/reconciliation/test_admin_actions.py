@@ -43,7 +43,9 @@ def test_reconcile_now_runs_at_once_and_is_logged(operator_client, operator, acc
     trade.refresh_from_db()
     assert trade.status == "open"
     run = ReconcileRun.objects.get(account=account)
-    assert (run.reason, run.outcome, run.report["opened"]) == ("admin", "ok", 1)
+    assert (run.reason, run.outcome, run.report["opened"], run.report["actor"]) == ("admin", "ok", 1,
+                                                                                    operator.username)
+    assert trade.events.get(to_status="open").actor == operator.username  # the change, audited with who asked
     entry = LogEntry.objects.get(object_id=str(account.pk))
     assert entry.user == operator and "reconcile (admin): ok: checked 1, opened 1" in entry.get_change_message()
     listing = operator_client.get(ACCOUNTS).content.decode()

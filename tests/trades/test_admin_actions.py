@@ -14,6 +14,7 @@ from reconciliation.models import OrphanPosition
 from tests.admin_helpers import observer, observer_client, operator, operator_client, run_action  # noqa: F401
 from tests.factories import TradeFactory
 from tests.helpers import place
+from tradeops.celery import app as celery_app
 from trades.binance_client import BinanceFuturesClient
 from trades.models import Trade, TradeEvent
 
@@ -89,21 +90,33 @@ def test_an_observer_can_look_but_not_verify(observer_client, placed, binance):
 def test_cancel_and_verify_is_enqueued_after_commit(operator_client, operator, monkeypatch,
                                                     django_capture_on_commit_callbacks):
     sent = []
-    monkeypatch.setattr(tasks.cancel_and_verify, "delay", lambda trade_id: sent.append(trade_id))
+    monkeypatch.setattr(tasks.cancel_and_verify, "delay", lambda *args: sent.append(args))
     pending, opened = TradeFactory(), TradeFactory(status=Trade.Status.OPEN)
 
     with django_capture_on_commit_callbacks(execute=True):
         response = run_action(operator_client, CHANGELIST, "cancel_and_verify", [pending, opened])
 
     assert response.status_code == 302
-    assert sent == [pending.pk]
+    assert sent == [(pending.pk, operator.username)]  # the operator goes on the events the cancel writes
     entry = LogEntry.objects.get(object_id=str(pending.pk))
     assert entry.user == operator and "cancel and verify" in entry.get_change_message()
 
 
+def test_the_events_an_operators_cancel_and_verify_writes_carry_the_operator(placed, binance, monkeypatch):
+    trade = placed()
+    binance.control.arm_cancel_race(trade.account.api_key)  # the cancel loses to a fill: verify opens it
+    monkeypatch.setitem(celery_app.conf, "task_always_eager", True)  # the chain runs in-process
+
+    tasks.cancel_and_verify(trade.pk, "desk-anna")
+
+    trade.refresh_from_db()
+    assert trade.status == "open"
+    assert list(trade.events.values_list("source", "to_status", "actor")) == [("cancel_verify", "open", "desk-anna")]
+
+
 def test_an_observer_cannot_cancel(observer_client, monkeypatch, django_capture_on_commit_callbacks):
     sent = []
-    monkeypatch.setattr(tasks.cancel_and_verify, "delay", lambda trade_id: sent.append(trade_id))
+    monkeypatch.setattr(tasks.cancel_and_verify, "delay", lambda *args: sent.append(args))
     trade = TradeFactory()
     with django_capture_on_commit_callbacks(execute=True):
         run_action(observer_client, CHANGELIST, "cancel_and_verify", [trade])
