@@ -134,19 +134,21 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
     if filled:
         return _open(trade, snap, now, REOPENED, expected=trade.status)
     if snap.is_working:
-        if snap.update_time is not None and trade.exchange_update_time is not None \
-                and snap.update_time <= trade.exchange_update_time:
+        if snap.update_time is not None and snap.update_time == trade.exchange_update_time \
+                and trade.exchange_status in s.ENDED:
             # Same millisecond as the end we applied (Binance stamps NEW and EXPIRED of an IOC/GTX order alike):
-            # an ended order never works again, so only a strictly newer snapshot may reopen the trade.
+            # an ended order never works again. (The same NEW we had recorded before a -2013 or a manual mark is
+            # not stale: that order is still resting.)
             return STALE
         changes = _exchange_facts(trade, snap) | {
             "status": Trade.Status.PENDING, "status_reason": "", "filled_qty": snap.executed_qty,
         }
         if snap.avg_price is not None:
             changes["entry_price"] = snap.avg_price
-        newer = Q(exchange_update_time__isnull=True) | Q(exchange_update_time__lt=snap.update_time) \
-            if snap.update_time is not None else Q()
-        return Decision(REOPENED, trade.status, changes, condition=newer, payload=_payload(snap))
+        condition = _monotonic(snap)
+        if snap.update_time is not None:  # and not an end applied at the same millisecond meanwhile
+            condition &= ~Q(exchange_update_time=snap.update_time, exchange_status__in=s.ENDED)
+        return Decision(REOPENED, trade.status, changes, condition=condition, payload=_payload(snap))
     return UNCHANGED
 
 

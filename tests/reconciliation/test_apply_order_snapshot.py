@@ -291,3 +291,18 @@ def test_a_working_snapshot_from_the_same_millisecond_as_the_end_does_not_reopen
     trade.refresh_from_db()
     assert trade.status == Trade.Status.CANCELLED
     assert events(trade) == [("pending", "cancelled")]
+
+
+def test_the_same_new_as_before_a_manual_mark_still_reopens_the_trade(binance, trade):
+    """Not stale: a resting order's NEW keeps its time. Recorded, then -2013 once and an operator's mark: the next
+    look at the order must reopen the trade (the same-millisecond rule is for ended orders only)."""
+    place(trade)
+    new = exchange_order(trade)
+    assert apply_order_snapshot(trade, new, "reconcile") == rules.NOTED  # NEW at T recorded
+    Trade.objects.filter(pk=trade.pk).update(status=Trade.Status.FAILED, status_reason="marked failed by desk")
+    trade.refresh_from_db()
+
+    assert apply_order_snapshot(trade, new, "reconcile") == rules.REOPENED
+
+    trade.refresh_from_db()
+    assert trade.status == Trade.Status.PENDING
