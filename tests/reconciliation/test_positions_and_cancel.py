@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from reconciliation import rules
+from reconciliation import positions, rules
 from reconciliation.models import OrphanPosition
 from reconciliation.positions import recover_orphan
 from reconciliation.services import (
@@ -125,6 +125,24 @@ class TestSyncPositions:
 
         assert list(Trade.objects.values_list("status", "filled_qty")) == [("open", Decimal("0.010"))]
         assert sync_positions_with_binance(account)["extra"]["in_sync"] == 1
+
+    def test_a_pending_trade_created_during_the_sync_skips_recovery_and_the_sync_completes(self, binance, account,
+                                                                                          settings, monkeypatch):
+        settings.SYNC_RECOVER_MISSING_POSITIONS = True
+        with BinanceFuturesClient.for_account(account) as client:
+            client.place_order("ETHUSDT", "BUY", Decimal("0.100"), order_type="MARKET")  # by hand
+        sync_positions_with_binance(account)  # seen once
+        real_record = positions._record_orphan
+
+        def record_then_the_bot_places(*args):  # the bot creates an ETHUSDT trade in the middle of the sync
+            TradeFactory(account=account, symbol="ETHUSDT", price=Decimal("3000"))
+            return real_record(*args)
+
+        monkeypatch.setattr(positions, "_record_orphan", record_then_the_bot_places)
+        report = sync_positions_with_binance(account)  # seen twice, but now a pending trade may explain it
+
+        assert report["outcome"] == "ok" and report["extra"]["recovered"] == 0
+        assert OrphanPosition.objects.get().status == "open"
 
     def test_a_pending_trade_older_than_the_reconcile_window_blocks_recovery(self, binance, account, settings):
         settings.SYNC_RECOVER_MISSING_POSITIONS = True
