@@ -66,7 +66,8 @@ def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -
         decision = rules.decide(trade, snap, timezone.now(), grace_sec=grace)
         if isinstance(decision, str):
             if decision == rules.NEEDS_OPERATOR:
-                flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source)
+                flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source,
+                                  actor=actor)
             logger.debug("trade %s: %s from %s (%s)", trade.pk, decision, source, snap.status)
             return decision
         if _write(trade, decision, source, actor):

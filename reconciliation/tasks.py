@@ -165,7 +165,8 @@ def cancel_order(self, trade_id, actor=""):
     except (TransientExchangeError, OperationalError) as exc:
         if self.request.retries < CANCEL_MAX_RETRIES:
             countdown = getattr(exc, "retry_after", 0) or _backoff(self.request.retries)
-            raise self.retry(exc=exc, countdown=countdown, max_retries=CANCEL_MAX_RETRIES)
+            raise self.retry(exc=exc, countdown=capped_countdown(countdown, what=f"trade {trade_id} cancel retry"),
+                             max_retries=CANCEL_MAX_RETRIES)
         logger.warning("trade %s: cancel failed after retries (%s: %s); verifying anyway",
                        trade_id, type(exc).__name__, exc)
         return {"trade_id": trade_id, "outcome": "error", "error": str(exc)}
@@ -192,27 +193,29 @@ def verify_cancel(self, trade_id, actor=""):
         if self.request.retries < self.max_retries:
             raise  # ExchangeTask's autoretry_for: backoff, Retry-After
         return _give_up_verifying(
-            trade_id, trade, f"cancel not verified after {self.max_retries + 1} tries: {type(exc).__name__}: {exc}"
+            trade_id, trade, f"cancel not verified after {self.max_retries + 1} tries: {type(exc).__name__}: {exc}",
+            actor,
         )
     except ExchangeError as exc:
-        return _give_up_verifying(trade_id, trade, f"cancel not verified, Binance refused: {exc}")
+        return _give_up_verifying(trade_id, trade, f"cancel not verified, Binance refused: {exc}", actor)
     if report["still_working"]:
         tries = settings.CANCEL_VERIFY_MAX_TRIES
         if self.request.retries + 1 < tries:
             raise self.retry(countdown=_backoff(self.request.retries), max_retries=tries)
         _give_up_verifying(
-            trade_id, trade, f"still {report['exchange_status']} on Binance after cancel and {tries} verifications"
+            trade_id, trade, f"still {report['exchange_status']} on Binance after cancel and {tries} verifications",
+            actor,
         )
     return report
 
 
-def _give_up_verifying(trade_id, trade, reason: str) -> dict:
+def _give_up_verifying(trade_id, trade, reason: str, actor: str = "") -> dict:
     """Nobody will check this cancel again by itself: say so once, loudly, and put the trade in front of a person."""
     logger.error("trade %s: cancel verification gave up: %s; flagging the trade for an operator", trade_id, reason)
     if trade is None:  # its own look-up was what failed
         trade = Trade.objects.filter(pk=trade_id).first()
     if trade is not None:
-        services.flag_for_operator(trade, reason=reason, source=TradeEvent.Source.CANCEL_VERIFY)
+        services.flag_for_operator(trade, reason=reason, source=TradeEvent.Source.CANCEL_VERIFY, actor=actor)
     return {"trade_id": trade_id, "result": "gave_up", "reason": reason}
 
 
@@ -220,7 +223,9 @@ def _give_up_verifying(trade_id, trade, reason: str) -> dict:
 def cancel_and_verify(trade_id, actor=""):
     """Every cancel goes through here (admin, entry timeout, bot): cancel, then always verify. `actor`: the operator
     who asked (admin), recorded on the trade events both steps write."""
-    return chain(cancel_order.si(trade_id, actor), verify_cancel.si(trade_id, actor)).apply_async().id
+    # `actor` only when there is one: a message an older worker (rolling deploy) can still run.
+    who = {"actor": actor} if actor else {}
+    return chain(cancel_order.si(trade_id, **who), verify_cancel.si(trade_id, **who)).apply_async().id
 
 
 # --- the bot's entry flow ------------------------------------------------------------------------------------------

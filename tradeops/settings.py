@@ -192,13 +192,6 @@ else:
         "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_SEC", default=10),
         "unacked_restore_throttle": 1,
     }
-# The longest countdown a task message of ours carries. Under Redis it stays inside the visibility window (else the
-# message is handed out again while a worker still holds it, once per window); a longer wait (a 418 ban's
-# Retry-After, a long entry timeout) is taken in hops of at most this. None: no limit (the filesystem broker).
-CELERY_MAX_COUNTDOWN_SEC = (
-    max(int(CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] * 0.9), 1)
-    if "visibility_timeout" in CELERY_BROKER_TRANSPORT_OPTIONS else None
-)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=None)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -208,6 +201,15 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=120)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=150)
+# The longest countdown a task message of ours carries. Under Redis, countdown + the run (up to the hard time limit)
+# + a margin stays inside the visibility window (else the message is handed out again while a worker still holds
+# it, once per window); a longer wait (a 418 ban's Retry-After, a long entry timeout) is taken in hops of at most
+# this. Never under half the window (the e2e tests' compressed clocks). None: no limit (the filesystem broker).
+CELERY_MAX_COUNTDOWN_SEC = (
+    max(CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] - CELERY_TASK_TIME_LIMIT - 30,
+        CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] // 2, 1)
+    if "visibility_timeout" in CELERY_BROKER_TRANSPORT_OPTIONS else None
+)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

@@ -18,7 +18,7 @@ from reconciliation import services, tasks
 from tests.factories import AccountFactory, TradeFactory
 from tests.helpers import place, wait_for
 from tradeops.celery import app
-from trades.exceptions import ExchangeUnavailable
+from trades.exceptions import ExchangeUnavailable, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
 
@@ -411,3 +411,36 @@ class TestCountdownsStayInsideTheVisibilityWindow:
         assert tasks.capped_countdown(120, what="test") == 120
         settings.CELERY_MAX_COUNTDOWN_SEC = None  # the filesystem broker: no window
         assert tasks.capped_countdown(7200, what="test") == 7200
+
+
+def test_a_cancel_retry_after_a_long_ban_is_capped(monkeypatch, settings, account):
+    settings.CELERY_MAX_COUNTDOWN_SEC = 420
+    trade = TradeFactory(account=account)
+    monkeypatch.setattr(services, "cancel_trade_order", lambda trade, actor="": (_ for _ in ()).throw(
+        RateLimited(-1003, "banned", 418, retry_after=7200, banned=True)))
+    sent = []
+    monkeypatch.setattr(tasks.cancel_order, "apply_async", lambda *args, **opts: sent.append(opts))
+    tasks.cancel_order.push_request(id="c1", args=(trade.pk,), kwargs={}, retries=0, called_directly=False,
+                                    delivery_info={})
+    try:
+        with pytest.raises(Retry):
+            tasks.cancel_order.run(trade.pk)
+    finally:
+        tasks.cancel_order.pop_request()
+
+    [options] = sent
+    assert 380 <= options["countdown"] <= 420
+
+
+def test_a_cancel_chain_without_an_operator_carries_no_actor_argument(monkeypatch):
+    """Messages an older worker can still run during a rolling deploy: `actor` only when there is one."""
+    sent = []
+    monkeypatch.setattr("celery.canvas._chain.apply_async", lambda self, *a, **kw: sent.append(self) or _Id())
+    tasks.cancel_and_verify(5)
+    tasks.cancel_and_verify(6, "desk")
+    plain, by_operator = ([step.kwargs for step in chain.tasks] for chain in sent)
+    assert plain == [{}, {}] and by_operator == [{"actor": "desk"}, {"actor": "desk"}]
+
+
+class _Id:
+    id = "chain-id"
