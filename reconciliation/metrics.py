@@ -104,6 +104,7 @@ class TradeopsCollector(Collector):
         # kind=pending: each connect also asks for a position sync with reason ws_connect (kind=positions).
         ws_connects = dict(ReconcileRun.objects.filter(account_id__in=names, reason="ws_connect",
                                                        kind=ReconcileRun.Kind.PENDING)
+                           .exclude(outcome=ReconcileRun.Outcome.SKIPPED)  # a skipped run is retried: count it once
                            .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))
         open_orphans = dict(OrphanPosition.objects.filter(account_id__in=names, status=OrphanPosition.Status.OPEN)
                             .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))

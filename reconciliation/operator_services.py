@@ -29,6 +29,7 @@ from trades.db import retry_transient_db_errors
 from trades.exceptions import ExchangeError
 from trades.models import Trade, TradeEvent
 
+from .leases import account_lease
 from .models import OrphanPosition
 from .positions import close_trade, exchange_positions, explained_by_trades, signed_qty
 from .rules import SnapshotMismatch, in_not_found_grace
@@ -171,24 +172,29 @@ def close_trade_manually(trade: Trade, *, reason: str, actor: str, client=None) 
         raise OperatorActionRefused("an operator (actor) is required")
     if trade.status != Trade.Status.OPEN:
         raise OperatorActionRefused(f"trade {trade.pk} is {trade.status}, not open")
-    try:
-        with gateway(trade.account, client) as client:
-            held, _ = exchange_positions(client).get(trade.symbol, (Decimal("0"), None))
-    except ExchangeError as exc:
-        raise OperatorActionRefused(
-            f"Binance could not be asked for the {trade.symbol} position ({exc}); not closing without its answer"
-        ) from None
-    ours = explained_by_trades(trade.account_id, trade.symbol)[trade.symbol]
-    surplus = ours - held  # what our trades hold that the exchange does not
-    mine = signed_qty(trade)
-    if mine == 0 or (surplus > 0) != (mine > 0) or abs(surplus) < abs(mine):
-        raise OperatorActionRefused(
-            f"Binance holds {held} {trade.symbol} and our trades {ours}: closing trade {trade.pk} ({mine}) would "
-            "not bring them together"
-        )
-    if not close_trade(trade, source=TradeEvent.Source.ADMIN, actor=actor, reason=reason[:1000],
-                       status_reason=f"closed by {actor}: {reason}"):
-        raise OperatorActionRefused(f"trade {trade.pk} changed meanwhile; reload and look again")
+    # Under the account's lease: two operators closing trades of one symbol, or a position sync, cannot both act on
+    # the same answer from Binance.
+    with account_lease(trade.account_id) as held_lease:
+        if not held_lease:
+            raise OperatorActionRefused(f"a reconcile or another change of {trade.account} is running; try again")
+        try:
+            with gateway(trade.account, client) as client:
+                held, _ = exchange_positions(client).get(trade.symbol, (Decimal("0"), None))
+        except ExchangeError as exc:
+            raise OperatorActionRefused(
+                f"Binance could not be asked for the {trade.symbol} position ({exc}); not closing without its answer"
+            ) from None
+        ours = explained_by_trades(trade.account_id, trade.symbol)[trade.symbol]
+        surplus = ours - held  # what our trades hold that the exchange does not
+        mine = signed_qty(trade)
+        if mine == 0 or (surplus > 0) != (mine > 0) or abs(surplus) < abs(mine):
+            raise OperatorActionRefused(
+                f"Binance holds {held} {trade.symbol} and our trades {ours}: closing trade {trade.pk} ({mine}) would "
+                "not bring them together"
+            )
+        if not close_trade(trade, source=TradeEvent.Source.ADMIN, actor=actor, reason=reason[:1000],
+                           status_reason=f"closed by {actor}: {reason}"):
+            raise OperatorActionRefused(f"trade {trade.pk} changed meanwhile; reload and look again")
     trade.refresh_from_db()
     logger.warning("trade %s closed by %s: %s (exchange %s, our trades %s)", trade.pk, actor, reason, held, ours)
     return trade

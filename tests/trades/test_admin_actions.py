@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reconciliation import services, tasks
+from reconciliation.leases import account_lease
 from reconciliation.models import OrphanPosition
 from tests.admin_helpers import observer, observer_client, operator, operator_client, run_action  # noqa: F401
 from tests.factories import TradeFactory
@@ -261,6 +262,17 @@ def test_close_manually_refuses_what_would_take_the_books_away_from_binance(oper
     response = run_action(operator_client, CHANGELIST, "close_manually", [second], apply="1", reason="still")
     assert "could not be asked" in " ".join(str(m) for m in response.wsgi_request._messages)
     assert Trade.objects.get(pk=second.pk).status == "open"
+
+
+def test_close_manually_waits_for_the_accounts_lease(operator_client, account, two_open_one_closed_on_binance):
+    """Two operators (or one and a position sync) must not both act on the same answer from Binance."""
+    first, _ = two_open_one_closed_on_binance
+    with account_lease(account.pk) as held:
+        assert held
+        response = run_action(operator_client, CHANGELIST, "close_manually", [first], apply="1", reason="this one")
+
+    assert "is running; try again" in " ".join(str(m) for m in response.wsgi_request._messages)
+    assert Trade.objects.get(pk=first.pk).status == "open"
 
 
 def test_close_manually_asks_for_a_reason_first(operator_client, two_open_one_closed_on_binance):
