@@ -105,17 +105,23 @@ def verify_trades_on_binance(trades, *, actor: str) -> list[Verification]:
     return results
 
 
-def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, client=None) -> Trade:
-    """pending → `status` (failed or cancelled) by an operator, after Binance confirms no fill and no live order.
-
-    Raises OperatorActionRefused with the reason when it does not apply."""
+def _reason_and_actor(reason: str, actor: str) -> str:
+    """A change by hand needs who and why, for its audit event: the stripped reason, or OperatorActionRefused."""
     reason = (reason or "").strip()
-    if status not in MANUAL_STATUSES:
-        raise OperatorActionRefused(f"a trade can only be marked {' or '.join(MANUAL_STATUSES)} by hand")
     if not reason:
         raise OperatorActionRefused("a reason is required")
     if not actor:
         raise OperatorActionRefused("an operator (actor) is required")
+    return reason
+
+
+def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, client=None) -> Trade:
+    """pending → `status` (failed or cancelled) by an operator, after Binance confirms no fill and no live order.
+
+    Raises OperatorActionRefused with the reason when it does not apply."""
+    if status not in MANUAL_STATUSES:
+        raise OperatorActionRefused(f"a trade can only be marked {' or '.join(MANUAL_STATUSES)} by hand")
+    reason = _reason_and_actor(reason, actor)
     if trade.status != Trade.Status.PENDING:
         raise OperatorActionRefused(f"trade {trade.pk} is {trade.status}, not pending")
     try:
@@ -165,11 +171,7 @@ def close_trade_manually(trade: Trade, *, reason: str, actor: str, client=None) 
 
     Refused unless Binance's position, asked now, shows our trades on the symbol hold at least this trade's
     quantity more than the exchange: closing it then moves the books towards the exchange, never away."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise OperatorActionRefused("a reason is required")
-    if not actor:
-        raise OperatorActionRefused("an operator (actor) is required")
+    reason = _reason_and_actor(reason, actor)
     if trade.status != Trade.Status.OPEN:
         raise OperatorActionRefused(f"trade {trade.pk} is {trade.status}, not open")
     # Under the account's lease: two operators closing trades of one symbol, or a position sync, cannot both act on

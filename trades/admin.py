@@ -292,49 +292,45 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
 
     @admin.action(description="Mark failed/cancelled manually…", permissions=["fix"])
     def mark_manually(self, request, queryset):
-        trades = list(queryset.select_related("account")[:MAX_TRADES_PER_ACTION])
-        form = ManualMarkForm(request.POST if "apply" in request.POST else None)
-        if form.is_bound and form.is_valid():
-            for trade in trades:
-                try:
-                    operator_services.mark_trade_manually(
-                        trade, status=form.cleaned_data["status"], reason=form.cleaned_data["reason"],
-                        actor=actor_of(request),
-                    )
-                except operator_services.OperatorActionRefused as exc:
-                    self.message_user(request, f"Trade {trade.pk} not marked: {exc}", messages.ERROR)
-                else:
-                    self.message_user(request, f"Trade {trade.pk} marked {trade.status}.", messages.SUCCESS)
-            return None
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Mark trades failed or cancelled by hand", "opts": self.model._meta, "trades": trades,
-            "form": form, "action": "mark_manually", "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        }
-        return TemplateResponse(request, "admin/trades/trade/mark_manually.html", context)
+        def mark(trade, data):
+            operator_services.mark_trade_manually(trade, status=data["status"], reason=data["reason"],
+                                                  actor=actor_of(request))
+            return f"marked {trade.status}"
 
+        return self._for_each_with_reason(request, queryset, ManualMarkForm, mark, verb="marked",
+                                          title="Mark trades failed or cancelled by hand", action="mark_manually")
 
     @admin.action(description="Close open trades by hand…", permissions=["fix"])
     def close_manually(self, request, queryset):
+        def close(trade, data):
+            operator_services.close_trade_manually(trade, reason=data["reason"], actor=actor_of(request))
+            self.log_change(request, trade, f"closed by hand: {data['reason']}")
+            return "closed"
+
+        return self._for_each_with_reason(request, queryset, ManualCloseForm, close, verb="closed",
+                                          title="Close open trades by hand", action="close_manually")
+
+    def _for_each_with_reason(self, request, queryset, form_class, run, *, verb, title, action):
+        """An action with a confirm-with-a-reason step (admin/trades/trade/<action>.html): the form first; once it
+        is valid, run(trade, cleaned_data) for each selected trade, which returns what was done or raises
+        OperatorActionRefused with why not."""
         trades = list(queryset.select_related("account")[:MAX_TRADES_PER_ACTION])
-        form = ManualCloseForm(request.POST if "apply" in request.POST else None)
+        form = form_class(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             for trade in trades:
                 try:
-                    operator_services.close_trade_manually(trade, reason=form.cleaned_data["reason"],
-                                                           actor=actor_of(request))
+                    done = run(trade, form.cleaned_data)
                 except operator_services.OperatorActionRefused as exc:
-                    self.message_user(request, f"Trade {trade.pk} not closed: {exc}", messages.ERROR)
+                    self.message_user(request, f"Trade {trade.pk} not {verb}: {exc}", messages.ERROR)
                 else:
-                    self.log_change(request, trade, f"closed by hand: {form.cleaned_data['reason']}")
-                    self.message_user(request, f"Trade {trade.pk} closed.", messages.SUCCESS)
+                    self.message_user(request, f"Trade {trade.pk} {done}.", messages.SUCCESS)
             return None
         context = {
             **self.admin_site.each_context(request),
-            "title": "Close open trades by hand", "opts": self.model._meta, "trades": trades,
-            "form": form, "action": "close_manually", "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "title": title, "opts": self.model._meta, "trades": trades, "form": form, "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
-        return TemplateResponse(request, "admin/trades/trade/close_manually.html", context)
+        return TemplateResponse(request, f"admin/trades/trade/{action}.html", context)
 
 
 def _ago(moment, *, missing: str) -> str:
