@@ -110,15 +110,19 @@ def test_fill_pushed_over_the_websocket_opens_the_trade(binance, account, start_
     assert state.stream_heartbeat_at is not None
 
 
+def bare_stream(executor, recorder, name, **config) -> AccountStream:
+    """Account 7's stream without a socket: for driving its scheduling and retries directly."""
+    return AccountStream(SimpleNamespace(pk=7, name=name), executor=executor, config=StreamConfig(**config),
+                         enqueue_reconcile=recorder.enqueue_reconcile,
+                         enqueue_position_sync=recorder.enqueue_position_sync)
+
+
 def test_account_updates_within_the_debounce_window_make_one_position_sync():
     recorder = Recorder(reconcile=False)
 
     async def scenario():
         with ThreadPoolExecutor(2) as executor:
-            stream = AccountStream(SimpleNamespace(pk=7, name="debounce"), executor=executor,
-                                   config=StreamConfig(position_debounce_sec=0.05),
-                                   enqueue_reconcile=recorder.enqueue_reconcile,
-                                   enqueue_position_sync=recorder.enqueue_position_sync)
+            stream = bare_stream(executor, recorder, "debounce", position_debounce_sec=0.05)
             for _ in range(5):
                 stream._schedule_position_sync("ws_account_update")
             await asyncio.gather(*stream._tasks)  # every scheduled send has happened
@@ -169,10 +173,7 @@ def test_a_refused_position_sync_enqueue_is_retried():
 
     async def scenario():
         with ThreadPoolExecutor(2) as executor:
-            stream = AccountStream(SimpleNamespace(pk=7, name="hiccup"), executor=executor,
-                                   config=StreamConfig(position_debounce_sec=0.01, backoff_base_sec=0.01),
-                                   enqueue_reconcile=recorder.enqueue_reconcile,
-                                   enqueue_position_sync=recorder.enqueue_position_sync)
+            stream = bare_stream(executor, recorder, "hiccup", position_debounce_sec=0.01, backoff_base_sec=0.01)
             stream._schedule_position_sync("ws_account_update")
             await asyncio.wait_for(asyncio.gather(*stream._tasks), 5)
 
@@ -186,10 +187,7 @@ def test_a_refused_connect_reconcile_is_abandoned_once_a_newer_connection_sent_i
 
     async def scenario():
         with ThreadPoolExecutor(2) as executor:
-            stream = AccountStream(SimpleNamespace(pk=7, name="hiccup"), executor=executor,
-                                   config=StreamConfig(backoff_base_sec=0.01, backoff_max_sec=0.01),
-                                   enqueue_reconcile=recorder.enqueue_reconcile,
-                                   enqueue_position_sync=recorder.enqueue_position_sync)
+            stream = bare_stream(executor, recorder, "hiccup", backoff_base_sec=0.01, backoff_max_sec=0.01)
             stream.connects = 1
             retrying = asyncio.create_task(stream._enqueue("enqueue_reconcile", recorder.enqueue_reconcile,
                                                            "ws_connect", superseded=lambda: stream.connects != 1))
@@ -339,10 +337,7 @@ def test_a_rate_limited_keepalive_waits_for_retry_after():
 
     async def scenario():
         with ThreadPoolExecutor(2) as executor:
-            stream = AccountStream(SimpleNamespace(pk=7, name="limited"), executor=executor,
-                                   config=StreamConfig(keepalive_sec=0.01, backoff_base_sec=0.01),
-                                   enqueue_reconcile=Recorder().enqueue_reconcile,
-                                   enqueue_position_sync=Recorder().enqueue_position_sync)
+            stream = bare_stream(executor, Recorder(), "limited", keepalive_sec=0.01, backoff_base_sec=0.01)
             keepalive = asyncio.create_task(stream._keep_alive(Client(), "key", time.monotonic()))
 
             async def two_calls():
