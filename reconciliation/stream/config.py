@@ -13,7 +13,8 @@ USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts and (re)conne
                                              account per window
 
 The other fields are not settings (rarely worth changing; tests and the benchmark shorten some), among them:
-db_call_timeout_sec (a stream DB call still running after this ends the connection: db_timeout) and
+db_call_timeout_sec (a call to the stream's thread pool still running after this is given up; for applying a
+message that ends the connection: db_timeout) and
 listen_key_validity_sec / listen_key_margin_sec (keepalives failing for validity − margin end the connection).
 """
 

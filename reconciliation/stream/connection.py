@@ -105,13 +105,15 @@ class AccountStream:
         return task
 
     async def _blocking(self, fn, *args, **kwargs):
-        return await blocking(self.executor, fn, *args, **kwargs)
+        """fn run in the thread pool, waited for at most db_call_timeout_sec (TimeoutError then): a call stuck on a
+        dead socket must not hang this account. (The thread itself cannot be stopped; it finishes on its own.)"""
+        return await asyncio.wait_for(blocking(self.executor, fn, *args, **kwargs), self.config.db_call_timeout_sec)
 
     async def _call(self, what: str, fn, *args) -> None:
         """A side effect (enqueue a task, write state) that must not take the stream down when it fails, nor hang
         it (a DB call stuck on a dead socket) for longer than db_call_timeout_sec."""
         try:
-            await asyncio.wait_for(self._blocking(fn, *args), self.config.db_call_timeout_sec)
+            await self._blocking(fn, *args)
         except Exception as exc:  # noqa: BLE001 — TimeoutError included
             logger.error("user_stream %s_failed account=%s: %s: %s", what, self.label, type(exc).__name__,
                          str(exc)[:200] or f"no answer within {self.config.db_call_timeout_sec:g}s")
@@ -201,10 +203,10 @@ class AccountStream:
         if outcome.kind == messages.ORDER:
             snap = outcome.snapshot
             try:
-                outcome = await asyncio.wait_for(self._blocking(
+                outcome = await self._blocking(
                     messages.apply_order_event, self.account_id, snap, enqueue_reconcile=self.enqueue_reconcile,
                     tries=self.config.db_tries, retry_delay=self.config.db_retry_delay_sec,
-                ), self.config.db_call_timeout_sec)
+                )
             except asyncio.TimeoutError:
                 # Waiting on would freeze this account: no reads, so no notice that its socket died, no reconnect,
                 # no reconcile, and "connected" in the health check. The thread may still finish: harmless, the rule
@@ -283,7 +285,7 @@ class AccountStream:
         failures = 0
         while True:
             try:
-                await asyncio.wait_for(self._blocking(fn, self.account_id, reason), self.config.db_call_timeout_sec)
+                await self._blocking(fn, self.account_id, reason)
             except Exception as exc:  # noqa: BLE001 — the broker away, above all; TimeoutError included
                 failures += 1
                 delay = self.config.backoff_delay(failures)
