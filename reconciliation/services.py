@@ -344,7 +344,8 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "") -> dict:
 
 def create_pending_trade(account: Account, symbol: str, side: str, quantity, price=None, *,
                          client_order_id: str | None = None) -> Trade:
-    """The first step of opening a position: a pending trade with a client order id Binance will carry."""
+    """The first step of opening a position: a pending trade with a client order id Binance will carry (a fresh one
+    when none, or "", is given)."""
     trade = Trade(
         account=account, symbol=symbol.upper(), side=side.upper(), quantity=quantity, price=price,
         client_order_id=client_order_id or new_client_order_id(),
@@ -358,8 +359,9 @@ def get_or_create_pending_trade(account: Account, symbol: str, side: str, quanti
                                 client_order_id: str | None = None) -> tuple[Trade, bool]:
     """create_pending_trade, idempotent on the client order id: asked again for the same order under the same id (a
     redelivered task, a caller's retry), it returns the trade the first call created, as (trade, False). The same id
-    with another symbol, side, quantity or price is a caller's bug: ValueError, never the other trade."""
-    if client_order_id is None:
+    with another symbol, side, quantity or price is a caller's bug: ValueError, never the other trade. An empty id
+    ("") is no id: a fresh trade with a fresh id, as for None."""
+    if not client_order_id:
         return create_pending_trade(account, symbol, side, quantity, price), True
     try:
         with transaction.atomic():  # a savepoint: the caller's transaction stays usable after the duplicate

@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .db import retry_transient_db_errors
-from .fields import EncryptedTextField
+from .fields import CaseSensitiveCharField, EncryptedTextField
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ class Trade(models.Model):
     price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Limit price; empty for market orders.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_reason = models.CharField(max_length=255, blank=True, default="")
-    client_order_id = models.CharField(
+    # Case-sensitive in the database too (a binary collation on MySQL): Binance tells `abc-1` from `ABC-1`.
+    client_order_id = CaseSensitiveCharField(
         max_length=CLIENT_ORDER_ID_MAX_LENGTH, null=True, blank=True, validators=[client_order_id_validator]
     )
     entry_order_id = models.BigIntegerField(null=True, blank=True, help_text="Binance orderId of the entry order.")
