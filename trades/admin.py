@@ -21,6 +21,7 @@ from django.utils.timesince import timesince
 from reconciliation import operator_services, services, tasks
 from reconciliation.models import AccountSyncState
 
+from . import schedules_admin
 from .models import Account, Trade, TradeEvent
 from .permissions import FIX_PERMISSION
 
@@ -404,3 +405,7 @@ class TradeEventAdmin(ReadOnlyAdmin):
     search_fields = ["trade__client_order_id", "=trade__entry_order_id", "actor"]
     list_select_related = ["trade"]
     date_hierarchy = "created_at"
+
+
+# django-celery-beat's schedules: their actions (enable, disable, run, …) need the change permission.
+schedules_admin.register()
