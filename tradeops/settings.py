@@ -257,3 +257,6 @@ HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)
 HEALTH_BEAT_MAX_AGE_SEC = env.int("HEALTH_BEAT_MAX_AGE_SEC", default=0)  # 0: three intervals of the reconcile schedule
 HEALTH_STREAM_GRACE_SEC = env.int("HEALTH_STREAM_GRACE_SEC", default=120)  # (re)connecting longer than this = down
 METRICS_CACHE_SEC = env.float("METRICS_CACHE_SEC", default=10.0)
+# Bearer token for /metrics and /health/'s details (they name every account). Empty: /metrics stays open (a
+# Prometheus on a private network) and /health/ tells anonymous callers only up/down.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

@@ -8,6 +8,7 @@
   and the stream process has shown a heartbeat within three account refreshes (a killed process keeps its state).
 """
 
+import hmac
 import logging
 from datetime import timedelta
 
@@ -89,6 +90,31 @@ def check_user_streams():
 CHECKS = {"database": check_database, "broker": check_broker, "beat": check_beat, "user_stream": check_user_streams}
 
 
+# Who sees what (the details name every account, the schedules and the errors):
+# - /health/'s status and per-check ok/error: anyone who can reach it (load balancers, probes);
+# - /health/'s `details`: a request with `Authorization: Bearer <METRICS_TOKEN>`, or a logged-in active staff user
+#   (who sees the same in the admin);
+# - /metrics: with METRICS_TOKEN set, only with that bearer token (401 otherwise); without one, open, for a
+#   Prometheus on a private network (keep it off the internet at the proxy).
+# The header only, never `?token=`: a query string ends up in proxy and access logs.
+
+def has_metrics_token(request) -> bool:
+    """The request carries `Authorization: Bearer <METRICS_TOKEN>` (compared in constant time); never true while no
+    token is configured."""
+    token = settings.METRICS_TOKEN
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if not token or scheme.lower() != "bearer" or not given.strip():
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def may_see_health_details(request) -> bool:
+    if has_metrics_token(request):
+        return True
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_active and user.is_staff)
+
+
 @never_cache
 @require_GET
 def health(request):
@@ -103,8 +129,10 @@ def health(request):
         if info:
             details[name] = info
     healthy = all(value == "ok" for value in checks.values())
-    return JsonResponse({"status": "ok" if healthy else "error", "checks": checks, "details": details},
-                        status=200 if healthy else 503)
+    body = {"status": "ok" if healthy else "error", "checks": checks}
+    if may_see_health_details(request):
+        body["details"] = details
+    return JsonResponse(body, status=200 if healthy else 503)
 
 
 _registry = None
@@ -117,6 +145,11 @@ def metrics(request):
 
     from reconciliation.metrics import build_registry
 
+    if settings.METRICS_TOKEN and not has_metrics_token(request):
+        response = HttpResponse("401 Unauthorized: /metrics needs Authorization: Bearer <METRICS_TOKEN>\n",
+                                status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     global _registry
     if _registry is None:
         _registry = build_registry()

@@ -29,7 +29,8 @@ def stream(account, state, ago_sec=5, heartbeat_ago_sec=5):
                                    "stream_heartbeat_at": timezone.now() - timedelta(seconds=heartbeat_ago_sec)})
 
 
-def test_healthy(client, beat_ran):
+def test_healthy(admin_client_logged_in, beat_ran):  # details: staff only (see test_health_and_metrics_access.py)
+    client = admin_client_logged_in
     stream(AccountFactory(name="desk"), "connected", ago_sec=3600)
     stream(AccountFactory(name="desk-2"), "reconnecting", ago_sec=5)  # a short gap is normal
     AccountFactory(name="retired", is_active=False)  # not streamed, not checked
