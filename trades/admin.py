@@ -135,10 +135,10 @@ def _report_summary(report: dict) -> str:
 
 @admin.register(Account)
 class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
-    """Accounts. The API secret is never rendered, to anyone: users who may change accounts get a write-only
-    password input (empty keeps the stored one); everybody else gets `VIEW_ONLY_FIELDS`, where the secret is only
-    "stored" or "not set" and the API key is masked but for its last 4 characters. The list masks the key for
-    everyone; search is by name only."""
+    """Accounts. The API secret is never rendered, to anyone, nor the full API key: users who may change accounts
+    get write-only inputs for both (empty keeps the stored value; the key's placeholder is masked); everybody else
+    gets `VIEW_ONLY_FIELDS`, where the secret is only "stored" or "not set" and the key is masked but for its last 4
+    characters. The list masks the key for everyone; search is by name only."""
 
     form = AccountForm
     # What a user without the change permission (observers, operators) sees on an account's page. Django renders
