@@ -127,6 +127,15 @@ class SandboxControl:
         """{"balance": "...", "positions": [non-zero positions in /fapi/v3/positionRisk shape]}."""
         return self._call("GET", "/positions", params={"api_key": api_key})
 
+    def lag_positions(self, api_key: str, count: int = 1, mode: str = "omit") -> dict:
+        """The next `count` positionRisk reads lag the matching engine: "omit" (the rows are missing) or "stale"
+        (the rows as they are now, whatever happens meanwhile)."""
+        return self._call("POST", "/positions/lag", {"api_key": api_key, "count": int(count), "mode": mode})
+
+    def set_position_mode(self, api_key: str, dual_side_position: bool) -> dict:
+        """Hedge mode on (True) or off, as on the web UI: refused (409) with open orders or positions."""
+        return self._call("POST", "/position_mode", {"api_key": api_key, "dual_side_position": dual_side_position})
+
     # --- user-data stream --------------------------------------------------------------------------------
     def listen_keys(self, api_key: str) -> dict:
         """{"listen_key": key or None, "expires_at": ms or None, "connections": n, "events_paused": bool}."""

@@ -49,6 +49,7 @@ class ControlApi:
             ("POST", "/clock/advance", self.advance_clock), ("GET", "/clock", self.clock),
             ("GET", "/stats", self.stats), ("POST", "/stats/reset", self.reset_stats),
             ("POST", "/weight_limit", self.weight_limit),
+            ("POST", "/positions/lag", self.lag_positions), ("POST", "/position_mode", self.position_mode),
         ]
         return [web.route(method, PREFIX + path, self._wrap(fn)) for method, path, fn in r]
 
@@ -152,7 +153,20 @@ class ControlApi:
     def positions(self, data):
         account = self._account(data)
         return {"balance": str(account.balance),
+                "dual_side_position": account.dual_side,
                 "positions": [p.risk_v3() for p in account.positions.values() if p.amount]}
+
+    def lag_positions(self, data):
+        """The next `count` positionRisk reads of the account lag: mode "omit" (no rows) or "stale" (as now)."""
+        account = self._account(data)
+        self.engine.lag_position_reads(account, int(data.get("count", 1)), str(data.get("mode", "omit")))
+        return {"lag_reads": account.lag_reads, "mode": account.lag_mode}
+
+    def position_mode(self, data):
+        """Switch hedge mode as the account's owner would on the web UI (same rules as the REST endpoint)."""
+        account = self._account(data)
+        self.engine.set_position_mode(account, bool(data["dual_side_position"]))
+        return {"dual_side_position": account.dual_side}
 
     def listen_keys(self, data):
         account = self._account(data)

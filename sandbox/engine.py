@@ -19,6 +19,11 @@ DAY_MS = 86_400_000
 LISTEN_KEY_TTL_MS = 60 * 60 * 1000
 ARCHIVE_AFTER_MS = 3 * DAY_MS        # CANCELED/EXPIRED with no fill vanish from queries after 3 days
 QUERY_WINDOW_MS = 7 * DAY_MS         # allOrders / userTrades: startTime..endTime must be < 7 days
+def closes_hedge_side(side: str, position_side: str) -> bool:
+    """Hedge mode: BUY opens LONG and closes SHORT; SELL opens SHORT and closes LONG."""
+    return (side == "SELL") == (position_side == "LONG")
+
+
 CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 ARCHIVABLE = frozenset({"CANCELED", "EXPIRED", "EXPIRED_IN_MATCH"})
 
@@ -72,8 +77,9 @@ class Engine:
     def place_order(self, account: Account, *, symbol: str, side: str, type: str, quantity: Decimal,
                     price: Decimal | None, time_in_force: str | None, client_order_id: str | None,
                     reduce_only: bool, price_match: str = "NONE", stp_mode: str = "EXPIRE_MAKER",
-                    good_till_date: int = 0) -> Order:
+                    good_till_date: int = 0, position_side: str | None = None) -> Order:
         sym = self.symbol(symbol)
+        position_side = self._check_position_side(account, position_side, reduce_only)
         if client_order_id is None:
             client_order_id = random_id(22)
         elif not CLIENT_ID_RE.match(client_order_id):
@@ -97,14 +103,20 @@ class Engine:
         if existing is not None and existing.is_open:
             raise ApiError(-4116, "ClientOrderId is duplicated.")
         if reduce_only:
-            pos = account.positions.get(symbol)
+            pos = account.positions.get((symbol, "BOTH"))
             amount = pos.amount if pos else ZERO
             if amount == 0 or (amount > 0) == (side == "BUY"):
+                raise ApiError(-2022, "ReduceOnly Order is rejected.")
+        if position_side != "BOTH" and closes_hedge_side(side, position_side):
+            # Hedge mode: SELL on LONG / BUY on SHORT closes that side and can never exceed it (Binance's
+            # "Position Mode" FAQ: a close in hedge mode is reduce-only by construction).
+            pos = account.positions.get((symbol, position_side))
+            if pos is None or abs(pos.amount) < quantity:
                 raise ApiError(-2022, "ReduceOnly Order is rejected.")
         now = self.now()
         order = Order(self.next_order_id, account.api_key, sym, client_order_id, side, type, time_in_force,
                       quantity, price, reduce_only, now, now, price_match=price_match, stp_mode=stp_mode,
-                      good_till_date=good_till_date)
+                      good_till_date=good_till_date, position_side=position_side)
         self.next_order_id += 1
         account.orders[order.order_id] = order
         account.by_client_id[client_order_id] = order
@@ -118,6 +130,64 @@ class Engine:
             else:
                 self.finish(account, order, "EXPIRED")
         return order
+
+    @staticmethod
+    def _check_position_side(account: Account, position_side: str | None, reduce_only: bool) -> str:
+        """New Order (TRADE), parameter positionSide: "Default BOTH for One-way Mode; LONG or SHORT for Hedge
+        Mode. It must be sent in Hedge Mode." A side that does not match the account's mode is -4061 (Error Codes:
+        "Order's position side does not match user's setting."); reduceOnly "cannot be sent in Hedge Mode"
+        (-1106, "Parameter 'reduceOnly' sent when not required.")."""
+        if position_side is None:
+            position_side = "BOTH"
+        if position_side not in ("BOTH", "LONG", "SHORT"):
+            raise ApiError(-1130, "Data sent for parameter 'positionSide' is not valid.")
+        if (position_side == "BOTH") == account.dual_side:
+            raise ApiError(-4061, "Order's position side does not match user's setting.")
+        if account.dual_side and reduce_only:
+            raise ApiError(-1106, "Parameter 'reduceOnly' sent when not required.")
+        return position_side
+
+    def set_position_mode(self, account: Account, dual: bool) -> None:
+        """Change Position Mode (TRADE), POST /fapi/v1/positionSide/dual, for every symbol of the account. Error
+        Codes: -4059 "No need to change position side.", -4067 with open orders, -4068 with a position."""
+        if dual == account.dual_side:
+            raise ApiError(-4059, "No need to change position side.")
+        if any(o.is_open for o in account.orders.values()):
+            raise ApiError(-4067, "Position side cannot be changed if there exists open orders.")
+        if any(p.amount for p in account.positions.values()):
+            raise ApiError(-4068, "Position side cannot be changed if there exists position.")
+        account.dual_side = dual
+        account.positions.clear()
+
+    def position_rows(self, account: Account, symbol: str | None) -> list[dict]:
+        """GET /fapi/v3/positionRisk: only symbols with a position or open orders (Binance's v3 note), one row per
+        position side (LONG and SHORT in hedge mode). A lag armed by the control API answers from before."""
+        if account.lag_reads > 0:
+            account.lag_reads -= 1
+            rows = account.lag_rows if account.lag_mode == "stale" else []
+            return [dict(r) for r in rows if symbol is None or r["symbol"] == symbol]
+        return self.current_position_rows(account, symbol)
+
+    def current_position_rows(self, account: Account, symbol: str | None) -> list[dict]:
+        sides = ("LONG", "SHORT") if account.dual_side else ("BOTH",)
+        with_orders = {o.symbol.symbol for o in account.orders.values() if o.is_open}
+        rows = []
+        for name, sym in self.symbols.items():
+            if symbol is not None and name != symbol:
+                continue
+            held = [account.positions.get((name, side)) for side in sides]
+            if any(p is not None and p.amount for p in held) or name in with_orders:
+                rows += [(p or Position(sym, side=side)).risk_v3() for p, side in zip(held, sides)]
+        return rows
+
+    def lag_position_reads(self, account: Account, count: int, mode: str) -> None:
+        """Binance's connector (Position Information V3): use it together with ACCOUNT_UPDATE "for timeliness and
+        accuracy" — a read can lag the matching engine. The next `count` reads omit the rows, or repeat them as
+        they are now ("stale")."""
+        if mode not in ("omit", "stale"):
+            raise ValueError("mode must be omit or stale")
+        account.lag_reads, account.lag_mode = int(count), mode
+        account.lag_rows = self.current_position_rows(account, None) if mode == "stale" else []
 
     def _check_quantity(self, sym, quantity: Decimal) -> None:
         if quantity <= 0:
@@ -250,15 +320,15 @@ class Engine:
         fill = Fill(self.next_trade_id, order, price, qty, realized, commission, maker, now)
         self.next_trade_id += 1
         account.fills.append(fill)
-        self._emit_account(account, order.symbol.symbol, now)
+        self._emit_account(account, account.positions[(order.symbol.symbol, order.position_side)], now)
         self._emit_order(account, order, "TRADE", fill)
         return order
 
     def _apply_to_position(self, account: Account, order: Order, qty: Decimal, price: Decimal, now: int) -> Decimal:
         sym = order.symbol
-        pos = account.positions.get(sym.symbol)
+        pos = account.positions.get((sym.symbol, order.position_side))
         if pos is None:
-            pos = account.positions[sym.symbol] = Position(sym)
+            pos = account.positions[(sym.symbol, order.position_side)] = Position(sym, side=order.position_side)
         signed = qty if order.side == "BUY" else -qty
         amount, realized = pos.amount, ZERO
         if amount == 0 or (amount > 0) == (signed > 0):        # open or increase: weighted average entry
@@ -350,7 +420,7 @@ class Engine:
         if not account.events_paused:      # paused: lost for good, as events during a Binance outage are
             self.on_event(account, events.order_trade_update(order, exec_type, fill, self.now()))
 
-    def _emit_account(self, account: Account, symbol: str, now: int) -> None:
+    def _emit_account(self, account: Account, position: Position, now: int) -> None:
         if not account.events_paused:
-            self.on_event(account, events.account_update(account, account.positions[symbol], now))
+            self.on_event(account, events.account_update(account, position, now))
 

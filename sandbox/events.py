@@ -22,7 +22,7 @@ def order_trade_update(order, exec_type: str, fill, now: int) -> dict:
             "N": "USDT", "n": q8(fill.commission) if fill else "0",
             "T": order.update_time, "t": fill.trade_id if fill else 0,
             "b": "0", "a": "0", "m": fill.maker if fill else False, "R": order.reduce_only,
-            "wt": "CONTRACT_PRICE", "ot": order.type, "ps": "BOTH", "cp": False,
+            "wt": "CONTRACT_PRICE", "ot": order.type, "ps": order.position_side, "cp": False,
             "rp": q8(fill.realized_pnl) if fill else "0", "pP": False, "si": 0, "ss": 0,
             "V": order.stp_mode, "pm": order.price_match, "gtd": order.good_till_date,
         },
@@ -39,7 +39,7 @@ def account_update(account, position, now: int) -> dict:
             "B": [{"a": "USDT", "wb": balance, "cw": balance, "bc": "0"}],
             "P": [{"s": s.symbol, "pa": s.fmt_qty(position.amount), "ep": s.fmt_avg(position.entry_price),
                    "bep": s.fmt_avg(position.entry_price), "cp": "0",
-                   "up": q8(position.unrealized()), "mt": "cross", "iw": "0", "ps": "BOTH"}],
+                   "up": q8(position.unrealized()), "mt": "cross", "iw": "0", "ps": position.side}],
         },
     }
 

@@ -118,6 +118,7 @@ class Order:
     price_match: str = "NONE"
     stp_mode: str = "EXPIRE_MAKER"
     good_till_date: int = 0
+    position_side: str = "BOTH"   # BOTH in one-way mode; LONG or SHORT in hedge mode
 
     @property
     def is_open(self) -> bool:
@@ -136,7 +137,7 @@ class Order:
             "avgPrice": s.fmt_avg(self.avg_price), "origQty": s.fmt_qty(self.orig_qty),
             "executedQty": s.fmt_qty(self.executed_qty), "cumQuote": s.fmt_quote(self.cum_quote),
             "timeInForce": self.time_in_force, "type": self.type, "reduceOnly": self.reduce_only,
-            "closePosition": False, "side": self.side, "positionSide": "BOTH", "stopPrice": "0",
+            "closePosition": False, "side": self.side, "positionSide": self.position_side, "stopPrice": "0",
             "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": self.type,
             "priceMatch": self.price_match, "selfTradePreventionMode": self.stp_mode,
             "goodTillDate": self.good_till_date, "time": self.time, "updateTime": self.update_time,
@@ -146,9 +147,10 @@ class Order:
 @dataclass(slots=True)
 class Position:
     symbol: Symbol
-    amount: Decimal = ZERO  # signed: > 0 long, < 0 short (one-way mode, positionSide BOTH)
+    amount: Decimal = ZERO  # signed: > 0 long, < 0 short (a SHORT row of hedge mode is ≤ 0, as on Binance)
     entry_price: Decimal = ZERO
     update_time: int = 0
+    side: str = "BOTH"      # positionSide: BOTH (one-way mode) or LONG / SHORT (hedge mode)
 
     def unrealized(self) -> Decimal:
         return (self.symbol.price - self.entry_price) * self.amount if self.amount else ZERO
@@ -161,7 +163,7 @@ class Position:
             "unRealizedProfit": q8(self.unrealized()),
             "liquidationPrice": "0", "leverage": "20", "maxNotionalValue": "50000000",
             "marginType": "cross", "isolatedMargin": "0.00000000", "isAutoAddMargin": "false",
-            "positionSide": "BOTH", "notional": q8((amt * s.price)),
+            "positionSide": self.side, "notional": q8((amt * s.price)),
             "isolatedWallet": "0", "updateTime": self.update_time,
         }
 
@@ -170,7 +172,7 @@ class Position:
         notional = amt * s.price
         margin = abs(notional) / 20
         return {
-            "symbol": s.symbol, "positionSide": "BOTH", "positionAmt": s.fmt_qty(amt),
+            "symbol": s.symbol, "positionSide": self.side, "positionAmt": s.fmt_qty(amt),
             "entryPrice": s.fmt_avg(self.entry_price), "breakEvenPrice": s.fmt_avg(self.entry_price),
             "markPrice": s.fmt_avg(s.price),
             "unRealizedProfit": q8(self.unrealized()),
@@ -201,7 +203,7 @@ class Fill:
             "price": s.fmt_price(self.price), "qty": s.fmt_qty(self.qty),
             "quoteQty": s.fmt_quote(self.price * self.qty),
             "realizedPnl": q8(self.realized_pnl), "side": self.order.side,
-            "positionSide": "BOTH", "symbol": s.symbol, "time": self.time,
+            "positionSide": self.order.position_side, "symbol": s.symbol, "time": self.time,
         }
 
 
@@ -212,7 +214,14 @@ class Account:
     balance: Decimal
     orders: dict[int, Order] = field(default_factory=dict)   # orderId -> Order (insertion = ascending id)
     by_client_id: dict[str, Order] = field(default_factory=dict)  # latest order per clientOrderId
-    positions: dict[str, Position] = field(default_factory=dict)
+    # (symbol, positionSide) -> Position; positionSide is BOTH in one-way mode, LONG / SHORT in hedge mode
+    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    dual_side: bool = False       # hedge mode ("dualSidePosition"); Binance's default is one-way
+    # The next `lag_reads` positionRisk reads lag the matching engine: "omit" leaves the rows out, "stale" shows
+    # the rows as they were when the lag was armed (`lag_rows`).
+    lag_reads: int = 0
+    lag_mode: str = "omit"
+    lag_rows: list = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
     listen_key: str | None = None
     listen_key_expires: int = 0   # sandbox ms

@@ -98,9 +98,6 @@ def new_order(ex, account, params):
     tif = params.get("timeInForce") or None
     if tif is not None and tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
         raise ApiError(-1115, "Invalid timeInForce.")
-    position_side = params.get("positionSide", "BOTH")
-    if position_side != "BOTH":
-        raise ApiError(-4061, "Order's position side does not match user's setting.")
     reduce_only = params.get("reduceOnly", "false").lower()
     if reduce_only not in ("true", "false"):
         raise ApiError(-1130, "Data sent for parameter 'reduceOnly' is not valid.")
@@ -115,7 +112,7 @@ def new_order(ex, account, params):
         price=_decimal(params, "price"), time_in_force=tif, client_order_id=client_id,
         reduce_only=reduce_only == "true", price_match=params.get("priceMatch", "NONE"),
         stp_mode=params.get("selfTradePreventionMode", "EXPIRE_MAKER"),
-        good_till_date=_int(params, "goodTillDate") or 0)
+        good_till_date=_int(params, "goodTillDate") or 0, position_side=params.get("positionSide"))
     if resp_type == "ACK":
         # ACK (the default) answers as the order was accepted: NEW, nothing executed yet — also for MARKET.
         snapshot = order.to_binance()
@@ -163,24 +160,31 @@ def position_risk_v2(ex, account, params):
     """v2: every symbol (one row each in one-way mode), zero positions included."""
     from .models import Position
     symbol = _positions(ex, account, params)
+    sides = ("LONG", "SHORT") if account.dual_side else ("BOTH",)
     rows = []
     for name, sym in ex.engine.symbols.items():
         if symbol is None or name == symbol:
-            rows.append((account.positions.get(name) or Position(sym)).risk_v2())
+            rows += [(account.positions.get((name, side)) or Position(sym, side=side)).risk_v2() for side in sides]
     return rows
 
 
 def position_risk_v3(ex, account, params):
     """v3: only symbols with a position (Binance also lists those with open orders; so do we)."""
-    from .models import Position
-    symbol = _positions(ex, account, params)
-    with_orders = {o.symbol.symbol for o in account.orders.values() if o.is_open}
-    rows = []
-    for name, sym in ex.engine.symbols.items():
-        pos = account.positions.get(name)
-        if (symbol is None or name == symbol) and ((pos is not None and pos.amount) or name in with_orders):
-            rows.append((pos or Position(sym)).risk_v3())
-    return rows
+    return ex.engine.position_rows(account, _positions(ex, account, params))
+
+
+def position_mode(ex, account, params):
+    """Get Current Position Mode (USER_DATA): {"dualSidePosition": true} is hedge mode."""
+    return {"dualSidePosition": account.dual_side}
+
+
+def change_position_mode(ex, account, params):
+    """Change Position Mode (TRADE): dualSidePosition "true" (hedge) or "false" (one-way), mandatory."""
+    raw = _required(params, "dualSidePosition").lower()
+    if raw not in ("true", "false"):
+        raise ApiError(-1130, "Data sent for parameter 'dualSidePosition' is not valid.")
+    ex.engine.set_position_mode(account, raw == "true")
+    return {"code": 200, "msg": "success"}
 
 
 def listen_key_new(ex, account, params):
@@ -209,6 +213,9 @@ ROUTES = {
     ("GET", "/fapi/v1/userTrades"): (5, SIGNED, user_trades),
     ("GET", "/fapi/v2/positionRisk"): (5, SIGNED, position_risk_v2),
     ("GET", "/fapi/v3/positionRisk"): (5, SIGNED, position_risk_v3),
+    # Get Current Position Mode: weight 30; Change Position Mode: weight 1 (USDⓈ-M "Account" / "Trade" docs).
+    ("GET", "/fapi/v1/positionSide/dual"): (30, SIGNED, position_mode),
+    ("POST", "/fapi/v1/positionSide/dual"): (1, SIGNED, change_position_mode),
     ("POST", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_new),
     ("PUT", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_keepalive),
     ("DELETE", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_close),

@@ -1,0 +1,67 @@
+"""The sandbox's positions: hedge mode (positionSide/dual, LONG/SHORT rows, -4061) and lagging positionRisk reads."""
+from __future__ import annotations
+
+import pytest
+from binance.exceptions import BinanceAPIException
+
+
+def api_error(call, *args, **kwargs) -> BinanceAPIException:
+    with pytest.raises(BinanceAPIException) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def market(client, side, qty="0.010", **kwargs):
+    return client.futures_create_order(symbol="BTCUSDT", side=side, type="MARKET", quantity=qty, **kwargs)
+
+
+def rows(client):
+    return {(r["symbol"], r["positionSide"]): r["positionAmt"] for r in client.futures_position_information()}
+
+
+def test_one_way_by_default_and_position_side_must_match_the_mode(futures_client, exchange):
+    assert futures_client.futures_get_position_mode() == {"dualSidePosition": False}
+    assert api_error(market, futures_client, "BUY", positionSide="LONG").code == -4061
+    market(futures_client, "BUY", positionSide="BOTH")
+    market(futures_client, "SELL", qty="0.004")
+    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.006"}
+    # The mode cannot change under a position (-4068), nor be "changed" to what it is (-4059).
+    assert api_error(futures_client.futures_change_position_mode, dualSidePosition="false").code == -4059
+    assert api_error(futures_client.futures_change_position_mode, dualSidePosition="true").code == -4068
+
+
+def test_hedge_mode_long_and_short_rows_per_symbol(futures_client, exchange, account):
+    futures_client.futures_change_position_mode(dualSidePosition="true")
+    assert futures_client.futures_get_position_mode() == {"dualSidePosition": True}
+    assert api_error(market, futures_client, "BUY").code == -4061                        # missing
+    assert api_error(market, futures_client, "BUY", positionSide="BOTH").code == -4061   # wrong
+    assert api_error(market, futures_client, "BUY", positionSide="LONG", reduceOnly="true").code == -1106
+    long = market(futures_client, "BUY", positionSide="LONG")
+    market(futures_client, "SELL", positionSide="SHORT")
+    assert long["positionSide"] == "LONG"
+    assert rows(futures_client) == {("BTCUSDT", "LONG"): "0.010", ("BTCUSDT", "SHORT"): "-0.010"}
+    # A close in hedge mode never exceeds its side.
+    assert api_error(market, futures_client, "SELL", qty="0.020", positionSide="LONG").code == -2022
+    market(futures_client, "SELL", qty="0.004", positionSide="LONG")
+    assert rows(futures_client) == {("BTCUSDT", "LONG"): "0.006", ("BTCUSDT", "SHORT"): "-0.010"}
+    fills = futures_client.futures_account_trades(symbol="BTCUSDT")
+    assert [f["positionSide"] for f in fills] == ["LONG", "SHORT", "LONG"]
+    control = {(p["symbol"], p["positionSide"]) for p in exchange.control.positions(account["api_key"])["positions"]}
+    assert control == {("BTCUSDT", "LONG"), ("BTCUSDT", "SHORT")}
+
+
+def test_position_mode_weighs_30(futures_client, exchange):
+    exchange.control.reset_stats()
+    futures_client.futures_get_position_mode()
+    assert exchange.control.stats()["weight"]["GET /fapi/v1/positionSide/dual"] == 30
+
+
+@pytest.mark.parametrize("mode", ["omit", "stale"])
+def test_lagging_reads(futures_client, exchange, account, mode):
+    market(futures_client, "BUY")
+    exchange.control.lag_positions(account["api_key"], count=2, mode=mode)
+    market(futures_client, "BUY", qty="0.005")
+    lagging = {} if mode == "omit" else {("BTCUSDT", "BOTH"): "0.010"}
+    assert rows(futures_client) == lagging
+    assert rows(futures_client) == lagging
+    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.015"}   # caught up
