@@ -165,6 +165,11 @@ BINANCE_RECV_WINDOW = env.int("BINANCE_RECV_WINDOW", default=5000)
 # --- Reconciliation --------------------------------------------------------------------------------------------------
 SYNC_RECOVER_MISSING_POSITIONS = env.bool("SYNC_RECOVER_MISSING_POSITIONS", default=False)
 PENDING_NOT_FOUND_GRACE_SEC = env.int("PENDING_NOT_FOUND_GRACE_SEC", default=120)
+# positionRisk can lag the matching engine: an open trade is closed only when two reads this far apart agree its
+# position is gone (or closing fills in userTrades cover it).
+POSITION_CONFIRM_SEC = env.float("POSITION_CONFIRM_SEC", default=5.0)
+# How long the account's position mode (one-way / hedge), read from Binance, is trusted before it is read again.
+POSITION_MODE_REFRESH_SEC = env.int("POSITION_MODE_REFRESH_SEC", default=3600)
 
 # --- Celery (all of it here: one module) -----------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")

@@ -188,6 +188,7 @@ class BinanceFuturesClient:
         client_order_id: str | None = None,
         time_in_force: str = "GTC",
         reduce_only: bool = False,
+        position_side: str | None = None,
     ) -> dict:
         """POST /fapi/v1/order → Binance's answer.
 
@@ -212,6 +213,8 @@ class BinanceFuturesClient:
             raise ValueError(f"a {order_type} order takes no price")
         if reduce_only:
             params["reduceOnly"] = "true"
+        if position_side is not None:  # hedge mode: LONG / SHORT, mandatory there (-4061 otherwise)
+            params["positionSide"] = position_side
         try:
             return self._call("post", "order", params)
         except ExchangeError as exc:
@@ -315,6 +318,15 @@ class BinanceFuturesClient:
         position side, string decimals. (v2 lists every symbol, zeros included; v3 is what Binance and
         python-binance use now.)"""
         return self._call("get", "positionRisk", {}, version=3)
+
+    def get_position_mode(self) -> bool:
+        """GET /fapi/v1/positionSide/dual (weight 30): True when the account is in hedge mode ("dualSidePosition"),
+        one LONG and one SHORT position per symbol; False in one-way mode."""
+        answer = self._call("get", "positionSide/dual", {})
+        dual = answer.get("dualSidePosition") if isinstance(answer, dict) else None
+        if not isinstance(dual, bool):
+            raise self._unusable_answer("GET /fapi/v1/positionSide/dual", answer)
+        return dual
 
     def get_user_trades(
         self,

@@ -60,7 +60,7 @@ class TestSyncPositions:
         report = sync_positions_with_binance(account)
 
         assert set(Trade.objects.filter(pk__in=[first.pk, second.pk]).values_list("status", flat=True)) == {"open"}
-        assert report["extra"] == {"closed": 0, "in_sync": 1, "orphans": 0, "recovered": 0}
+        assert report["extra"] == {"closed": 0, "in_sync": 1, "orphans": 0, "recovered": 0, "unconfirmed": 0}
         assert not OrphanPosition.objects.exists()
 
     def test_f14_position_no_trade_explains_is_reported_not_recovered_by_default(self, binance, account, settings):

@@ -224,7 +224,7 @@ def two_open_one_closed_on_binance(placed, binance, account):
     with BinanceFuturesClient.for_account(account) as client:
         client.place_order("BTCUSDT", "SELL", Decimal("0.010"), order_type="MARKET", reduce_only=True)
     report = services.sync_positions_with_binance(account)
-    assert report["extra"] == {"closed": 0, "in_sync": 0, "orphans": 1, "recovered": 0}
+    assert report["extra"] == {"closed": 0, "in_sync": 0, "orphans": 1, "recovered": 0, "unconfirmed": 0}
     return Trade.objects.get(pk=first.pk), Trade.objects.get(pk=second.pk)
 
 
