@@ -153,7 +153,7 @@ class ControlApi:
     def positions(self, data):
         account = self._account(data)
         return {"balance": str(account.balance),
-                "dual_side_position": account.dual_side,
+                "dual_side_position": account.dual_side, "lag_reads": account.lag_reads,
                 "positions": [p.risk_v3() for p in account.positions.values() if p.amount]}
 
     def lag_positions(self, data):

@@ -1,0 +1,81 @@
+"""DESIGN §5 rows about positions, on the real stack (sandbox, two Celery workers, the user stream, MariaDB,
+Redis): a lagging positionRisk read (F21), hedge mode (F22), one-way netting (F23). Each ends with the invariant."""
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from reconciliation import tasks
+from reconciliation.models import OrphanPosition, ReconcileRun
+from trades.models import Trade
+
+from .harness import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def entered(account, side, *, symbol="BTCUSDT", qty="0.010"):
+    """The bot's flow with a MARKET entry; the trade once it is open."""
+    cid = f"e2e-{uuid.uuid4().hex[:20]}"
+    tasks.open_position.delay(account.pk, symbol, side, qty, None, timeout_sec=600, client_order_id=cid)
+    trade = wait_for(lambda: Trade.objects.filter(client_order_id=cid).exclude(status=Trade.Status.PENDING).first(),
+                     message=f"{cid} {side} decided")
+    assert trade.status == Trade.Status.OPEN, f"{trade.status}: {trade.status_reason}"
+    return trade
+
+
+def status_of(trade):
+    return Trade.objects.get(pk=trade.pk).status
+
+
+def test_f21_a_lagging_position_read_does_not_close_a_live_trade(e2e):
+    account = e2e.account()
+    trade = entered(account, "BUY")
+    e2e.control.lag_positions(account.api_key, count=2, mode="omit")  # Binance's next two reads: no position
+
+    tasks.sync_positions.delay(account.pk, reason="e2e")
+
+    # Some sync read "nothing" (it may be the stream's, after the fill's ACCOUNT_UPDATE, or ours) and did not close.
+    wait_for(lambda: e2e.control.positions(account.api_key)["lag_reads"] == 0, message="the lagging reads served")
+    lagged = wait_for(lambda: ReconcileRun.objects.filter(account=account, kind="positions",
+                                                         report__extra__unconfirmed__gte=1).first(),
+                      message="a position sync that saw the position gone")
+    # The read it scheduled POSITION_CONFIRM_SEC later sees the position again.
+    wait_for(lambda: ReconcileRun.objects.filter(account=account, kind="positions", reason="confirm_close",
+                                                 started_at__gt=lagged.started_at).exists(),
+             message="the confirming read")
+    assert status_of(trade) == Trade.Status.OPEN
+    assert not trade.events.filter(to_status=Trade.Status.CLOSED).exists()
+    assert Trade.objects.get(pk=trade.pk).position_gone_at is None
+    e2e.settle()
+
+
+def test_f22_a_hedge_mode_account_enters_long_and_short_on_one_symbol(e2e):
+    account = e2e.account()
+    e2e.control.set_position_mode(account.api_key, True)  # the account's owner switched to hedge mode
+
+    long, short = entered(account, "BUY"), entered(account, "SELL")
+
+    assert (long.position_side, short.position_side) == ("LONG", "SHORT")
+    sides = {(p["positionSide"], p["positionAmt"]) for p in e2e.control.positions(account.api_key)["positions"]}
+    assert sides == {("LONG", "0.010"), ("SHORT", "-0.010")}
+    e2e.settle()
+    assert {status_of(long), status_of(short)} == {Trade.Status.OPEN}
+    assert not OrphanPosition.objects.filter(account=account).exists()
+
+
+def test_f23_one_way_trades_that_net_out_are_consistent(e2e):
+    account = e2e.account()
+
+    buy, sell = entered(account, "BUY"), entered(account, "SELL")
+
+    assert e2e.control.positions(account.api_key)["positions"] == []  # Binance nets them: no position
+    e2e.settle()
+    # Once more after the confirmation delay: nothing to confirm, nothing closed.
+    tasks.sync_positions.delay(account.pk, reason="e2e")
+    wait_for(lambda: ReconcileRun.objects.filter(account=account, kind="positions", reason="e2e").exists(),
+             message="a position sync")
+    assert {status_of(buy), status_of(sell)} == {Trade.Status.OPEN}
+    assert not OrphanPosition.objects.filter(account=account).exists()
+    assert not ReconcileRun.objects.filter(account=account, report__extra__unconfirmed__gte=1).exists()
