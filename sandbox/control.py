@@ -132,6 +132,17 @@ class SandboxControl:
         (the rows as they are now, whatever happens meanwhile)."""
         return self._call("POST", "/positions/lag", {"api_key": api_key, "count": int(count), "mode": mode})
 
+    def autoclose(self, api_key: str, symbol: str, kind: str = "liquidation", *, position_side: str = "BOTH",
+                  qty=None, price=None) -> dict:
+        """Binance closes the position, or `qty` of it, itself: kind "liquidation" (client id autoclose-…), "adl"
+        (adl_autoclose) or "settlement" (settlement_autoclose-…), at `price` (default the symbol's). -> the order."""
+        payload = {"api_key": api_key, "symbol": symbol, "kind": kind, "position_side": position_side}
+        if qty is not None:
+            payload["qty"] = str(qty)
+        if price is not None:
+            payload["price"] = str(price)
+        return self._call("POST", "/positions/autoclose", payload)
+
     def set_position_mode(self, api_key: str, dual_side_position: bool) -> dict:
         """Hedge mode on (True) or off, as on the web UI: refused (409) with open orders or positions."""
         return self._call("POST", "/position_mode", {"api_key": api_key, "dual_side_position": dual_side_position})

@@ -49,7 +49,7 @@ class ControlApi:
             ("POST", "/clock/advance", self.advance_clock), ("GET", "/clock", self.clock),
             ("GET", "/stats", self.stats), ("POST", "/stats/reset", self.reset_stats),
             ("POST", "/weight_limit", self.weight_limit),
-            ("POST", "/positions/lag", self.lag_positions), ("POST", "/position_mode", self.position_mode),
+            ("POST", "/positions/lag", self.lag_positions), ("POST", "/positions/autoclose", self.autoclose), ("POST", "/position_mode", self.position_mode),
         ]
         return [web.route(method, PREFIX + path, self._wrap(fn)) for method, path, fn in r]
 
@@ -161,6 +161,16 @@ class ControlApi:
         account = self._account(data)
         self.engine.lag_position_reads(account, int(data.get("count", 1)), str(data.get("mode", "omit")))
         return {"lag_reads": account.lag_reads, "mode": account.lag_mode}
+
+    def autoclose(self, data):
+        """Binance closes (part of) a position: kind liquidation, adl or settlement; qty defaults to all of it."""
+        account = self._account(data)
+        kind = str(data.get("kind", "liquidation"))
+        if kind not in ("liquidation", "adl", "settlement"):
+            raise ValueError("kind must be liquidation, adl or settlement")
+        order = self.engine.autoclose(account, data["symbol"], kind, str(data.get("position_side", "BOTH")),
+                                      qty=_dec(data.get("qty"), "qty"), price=_dec(data.get("price"), "price"))
+        return order.to_binance()
 
     def position_mode(self, data):
         """Switch hedge mode as the account's owner would on the web UI (same rules as the REST endpoint)."""

@@ -274,6 +274,9 @@ class Engine:
                     end: int | None, from_id: int | None, limit: int) -> list[Fill]:
         self.symbol(symbol)
         now = self.now()
+        if from_id is not None and (start is not None or end is not None):
+            # Account Trade List: "The parameter fromId cannot be sent with startTime or endTime."
+            raise ApiError(-1128, "Combination of optional parameters invalid.")
         if from_id is not None:
             rows = [f for f in account.fills if f.order.symbol.symbol == symbol and f.trade_id >= from_id]
             return rows[:limit]
@@ -299,7 +302,7 @@ class Engine:
 
     # --- order life cycle (also driven by the control API) ------------------------------------------
     def fill(self, account: Account, order: Order, qty: Decimal | None = None, price: Decimal | None = None,
-             maker: bool = True) -> Order:
+             maker: bool = True, exec_type: str = "TRADE") -> Order:
         if not order.is_open:
             raise ApiError(-2011, f"order {order.order_id} is {order.status}", 409)
         remaining = order.orig_qty - order.executed_qty
@@ -321,7 +324,7 @@ class Engine:
         self.next_trade_id += 1
         account.fills.append(fill)
         self._emit_account(account, account.positions[(order.symbol.symbol, order.position_side)], now)
-        self._emit_order(account, order, "TRADE", fill)
+        self._emit_order(account, order, exec_type, fill)
         return order
 
     def _apply_to_position(self, account: Account, order: Order, qty: Decimal, price: Decimal, now: int) -> Decimal:
@@ -345,6 +348,35 @@ class Engine:
         pos.amount = new_amount
         pos.update_time = now
         return realized
+
+    def autoclose(self, account: Account, symbol: str, kind: str, position_side: str = "BOTH",
+                  qty: Decimal | None = None, price: Decimal | None = None) -> Order:
+        """Binance closing (part of) a position itself. User Data Streams, Event Order Update: a liquidation
+        order's client order id starts "autoclose-" (order type LIQUIDATION, execution type CALCULATED), an ADL's
+        is "adl_autoclose", a delisting/delivery settlement's starts "settlement_autoclose-"; each is pushed NEW,
+        then filled, with ACCOUNT_UPDATE, and its fills are in userTrades like any other."""
+        sym = self.symbol(symbol)
+        pos = account.positions.get((symbol, position_side))
+        if pos is None or not pos.amount:
+            raise ApiError(-2022, f"no {symbol} {position_side} position to close", 409)
+        qty = abs(pos.amount) if qty is None else Decimal(qty)
+        if qty <= 0 or qty > abs(pos.amount):
+            raise ValueError(f"qty {qty} not in (0, {abs(pos.amount)}]")
+        now = self.now()
+        client_id, type_, exec_type = {
+            "liquidation": (f"autoclose-{now}{self.next_order_id % 1000:03d}", "LIQUIDATION", "CALCULATED"),
+            "adl": ("adl_autoclose", "MARKET", "TRADE"),
+            "settlement": (f"settlement_autoclose-{now}", "MARKET", "TRADE"),
+        }[kind]
+        side = "SELL" if pos.amount > 0 else "BUY"
+        order = Order(self.next_order_id, account.api_key, sym, client_id, side, type_, "IOC", qty, ZERO, True,
+                      now, now, position_side=position_side)
+        self.next_order_id += 1
+        account.orders[order.order_id] = order
+        account.by_client_id.setdefault(client_id, order)   # "adl_autoclose" repeats: the first keeps the name
+        self._emit_order(account, order, "NEW")
+        return self.fill(account, order, price=sym.price if price is None else price, maker=False,
+                         exec_type=exec_type)
 
     def finish(self, account: Account, order: Order, status: str) -> Order:
         """CANCELED / EXPIRED / EXPIRED_IN_MATCH: the order leaves the book with whatever it filled."""

@@ -65,3 +65,25 @@ def test_lagging_reads(futures_client, exchange, account, mode):
     assert rows(futures_client) == lagging
     assert rows(futures_client) == lagging
     assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.015"}   # caught up
+
+
+@pytest.mark.parametrize("kind, prefix, order_type", [
+    ("liquidation", "autoclose-", "LIQUIDATION"), ("adl", "adl_autoclose", "MARKET"),
+    ("settlement", "settlement_autoclose-", "MARKET")])
+def test_binance_closes_positions_itself(futures_client, exchange, account, kind, prefix, order_type):
+    market(futures_client, "BUY")
+    order = exchange.control.autoclose(account["api_key"], "BTCUSDT", kind, qty="0.004", price="59000")
+    assert order["clientOrderId"].startswith(prefix) and order["type"] == order_type
+    assert (order["side"], order["status"], order["reduceOnly"]) == ("SELL", "FILLED", True)
+    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.006"}
+    last = futures_client.futures_account_trades(symbol="BTCUSDT")[-1]
+    assert (last["orderId"], last["side"], last["qty"], last["price"]) == (order["orderId"], "SELL", "0.004", "59000.00")
+    assert last["realizedPnl"] == "-4.00000000"
+    exchange.control.autoclose(account["api_key"], "BTCUSDT", kind)   # the rest
+    assert rows(futures_client) == {}
+
+
+def test_user_trades_from_id_cannot_be_combined_with_a_time(futures_client):
+    market(futures_client, "BUY")
+    assert api_error(futures_client.futures_account_trades, symbol="BTCUSDT", fromId=1,
+                     startTime=1).code == -1128
