@@ -5,13 +5,14 @@ An open trade's exposure is its signed open quantity (filled − closed; BUY +, 
 the sum over its open trades and partially filled pending ones, so one-way trades that net out (BUY 1, SELL 1: no
 position) are consistent.
 
-- trades explain a (symbol, side) Binance holds nothing of    → closed, but never on one read: positionRisk can lag
-                                                                the matching engine. Closed at once when closing
-                                                                fills in userTrades cover the trades' exposure;
-                                                                otherwise when a second read at least
-                                                                POSITION_CONFIRM_SEC after the first still finds
-                                                                nothing (a read in between that finds the position
-                                                                starts over). A follow-up sync is asked for.
+- Binance holds less than our trades on a (symbol, side)      → the exit fills behind it (exits.py) reduce the trades
+                                                                (closed_qty), closing those with nothing left
+- trades explain a (symbol, side) Binance holds nothing of,   → closed, but never on one read: positionRisk can lag
+  and no exit fills explain it                                  the matching engine. Closed when a second read at
+                                                                least POSITION_CONFIRM_SEC after the first still
+                                                                finds nothing (a read in between that finds the
+                                                                position starts over). A follow-up sync is asked
+                                                                for.
 - open trades explain the exchange position exactly          → in sync
 - exchange position (or part) no trade explains              → an orphan record per (symbol, side), logged at
                                                                 WARNING; turned into an open trade only when
@@ -34,16 +35,15 @@ from django.db.models import Q
 from django.utils import timezone
 
 from trades.db import retry_transient_db_errors
-from trades.exceptions import ExchangeError, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
+from .exits import apply_exit_fills
 from .models import OrphanPosition
 from .reports import Report
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (symbol, positionSide)
-FILLS_SLACK = timedelta(minutes=1)  # our placed_at / created_at vs Binance's fill time: clock skew
 
 
 def position_key(trade: Trade) -> Key:
@@ -70,7 +70,7 @@ def exchange_positions(client) -> dict[Key, tuple[Decimal, Decimal | None]]:
 
 def compare_positions(account: Account, client, report: Report) -> None:
     """The comparison itself; the caller holds the account lease and has reconciled pending trades first."""
-    report.extra.update({"closed": 0, "in_sync": 0, "orphans": 0, "recovered": 0, "unconfirmed": 0})
+    report.extra.update({"closed": 0, "in_sync": 0, "orphans": 0, "recovered": 0, "unconfirmed": 0, "reduced": 0})
     # Only trades already open before Binance's positions are read can be closed by what it says: a trade the
     # stream opens while we read must not be closed by a snapshot that predates its fill (the soak caught this).
     open_by_key: dict[Key, list[Trade]] = defaultdict(list)
@@ -85,9 +85,22 @@ def compare_positions(account: Account, client, report: Report) -> None:
     # older than the reconcile's window): its gap is reported, never recovered automatically.
     pending_symbols = set(Trade.objects.pending().filter(account=account).values_list("symbol", flat=True))
 
+    # Exit fills first (take-profits, stops, liquidations, ADL, …): they explain a smaller position exactly. Not
+    # while a pending trade on the symbol may have fills on their way to the DB: they would look like exits.
+    if report.errors == 0:
+        reduced = [key for key in sorted(open_by_key) if key[0] not in pending_symbols and apply_exit_fills(
+            account, client, key, explained.get(key, Decimal("0")), exchange.get(key, (Decimal("0"), None))[0],
+            report)]
+        if reduced:
+            explained = explained_by_trades(account.pk)
+            ids = [t.pk for trades in open_by_key.values() for t in trades]
+            open_by_key = defaultdict(list)
+            for trade in Trade.objects.filter(pk__in=ids, status=Trade.Status.OPEN):
+                open_by_key[position_key(trade)].append(trade)
+
     for key, trades in sorted(open_by_key.items()):
         if key not in exchange and explained.get(key, Decimal("0")) != 0:
-            _close_when_confirmed(account, client, key, trades, explained[key], read_at, report)
+            _close_when_confirmed(account, key, trades, explained[key], read_at, report)
         else:  # Binance shows the position (or our trades net out to none): any earlier "gone" read is void
             stale = [t.pk for t in trades if t.position_gone_at is not None]
             if stale:
@@ -119,32 +132,25 @@ def compare_positions(account: Account, client, report: Report) -> None:
                 status=OrphanPosition.Status.RESOLVED, note="explained by trades again")
 
 
-def _close_when_confirmed(account, client, key: Key, trades: list[Trade], exposure: Decimal, read_at,
+def _close_when_confirmed(account, key: Key, trades: list[Trade], exposure: Decimal, read_at,
                           report: Report) -> None:
-    """Binance's read shows nothing on `key` while our trades hold `exposure` there: close them once confirmed."""
-    fills = _closing_fills(client, account, key, trades, exposure, report)
-    closing_qty = sum((Decimal(f["qty"]) for f in fills), Decimal("0"))
-    confirmed_by_fills = closing_qty >= abs(exposure)
-    if not confirmed_by_fills:
-        confirm = timedelta(seconds=settings.POSITION_CONFIRM_SEC)
-        first = [t for t in trades if t.position_gone_at is None]
-        if first:  # the first read that finds it gone: remembered, confirmed by a later one
-            Trade.objects.filter(pk__in=[t.pk for t in first], position_gone_at__isnull=True).update(
-                position_gone_at=read_at)
-            for trade in first:
-                trade.position_gone_at = read_at
-        if any(read_at - t.position_gone_at < confirm for t in trades):
-            report.extra["unconfirmed"] += len(trades)
-            report.extra["confirm_after"] = settings.POSITION_CONFIRM_SEC
-            logger.info("account %s: %s %s shows no position (trades %s hold %s); closing only if a read at "
-                        "least %ss later agrees", account.pk, *key, [t.pk for t in trades], exposure,
-                        settings.POSITION_CONFIRM_SEC)
-            return
-    exit_price, pnl = _average(fills)
-    reason = "closing fills in userTrades cover it" if confirmed_by_fills else "no exchange position on two reads"
+    """Binance's read shows nothing on `key` while our trades hold `exposure` there and no exit fills explain it:
+    close them once a second read at least POSITION_CONFIRM_SEC after the first agrees."""
+    confirm = timedelta(seconds=settings.POSITION_CONFIRM_SEC)
+    first = [t for t in trades if t.position_gone_at is None]
+    if first:  # the first read that finds it gone: remembered, confirmed by a later one
+        Trade.objects.filter(pk__in=[t.pk for t in first], position_gone_at__isnull=True).update(
+            position_gone_at=read_at)
+        for trade in first:
+            trade.position_gone_at = read_at
+    if any(read_at - t.position_gone_at < confirm for t in trades):
+        report.extra["unconfirmed"] += len(trades)
+        report.extra["confirm_after"] = settings.POSITION_CONFIRM_SEC
+        logger.info("account %s: %s %s shows no position (trades %s hold %s); closing only if a read at least %ss "
+                    "later agrees", account.pk, *key, [t.pk for t in trades], exposure, settings.POSITION_CONFIRM_SEC)
+        return
     for trade in trades:
-        if close_trade(trade, exit_price=exit_price, realized_pnl=pnl if len(trades) == 1 else None,
-                       actor=report.actor, reason=f"no exchange position ({reason})"):
+        if close_trade(trade, actor=report.actor, reason="no exchange position on two reads"):
             report.extra["closed"] += 1
 
 
@@ -165,38 +171,6 @@ def recoverable(unexplained: Decimal, amount: Decimal) -> bool:
     """A gap a new open trade can explain: the exchange holds more, on the same side, than our trades. (The other
     gaps mean our trades hold more than the exchange: an open trade to close or fix, not a trade to add.)"""
     return unexplained != 0 and (unexplained > 0) == (amount > 0) and abs(unexplained) <= abs(amount)
-
-
-def _closing_fills(client, account, key: Key, trades: list[Trade], exposure: Decimal, report: Report) -> list[dict]:
-    """The fills on `key` since our trades were placed that reduce `exposure`, other than our own entries' fills
-    (in one-way mode an opposite trade's entry is on the closing side too). [] when userTrades cannot be read."""
-    symbol, side = key
-    since = min((t.placed_at or t.created_at) for t in trades) - FILLS_SLACK
-    calls_before = client.http_calls
-    try:
-        fills = client.get_user_trades(symbol, start_time=int(since.timestamp() * 1000))
-    except RateLimited:
-        raise
-    except ExchangeError as exc:
-        logger.warning("account %s: userTrades %s unavailable (%s)", account.pk, symbol, exc)
-        return []
-    finally:
-        report.weight_used += 5 * (client.http_calls - calls_before)
-    entries = set(Trade.objects.filter(account=account, symbol=symbol, entry_order_id__isnull=False)
-                  .values_list("entry_order_id", flat=True))
-    closing_side = Trade.Side.SELL if exposure > 0 else Trade.Side.BUY
-    return [f for f in fills if f.get("side") == closing_side and (f.get("positionSide") or "BOTH") == side
-            and f.get("orderId") not in entries]
-
-
-def _average(fills: list[dict]) -> tuple[Decimal | None, Decimal | None]:
-    """Weighted average price and summed realized PnL of fills (None, None without any)."""
-    qty = sum((Decimal(f["qty"]) for f in fills), Decimal("0"))
-    if not qty:
-        return None, None
-    notional = sum((Decimal(f["price"]) * Decimal(f["qty"]) for f in fills), Decimal("0"))
-    pnl = sum((Decimal(f.get("realizedPnl") or "0") for f in fills), Decimal("0"))
-    return (notional / qty).quantize(Decimal("1e-10")), pnl
 
 
 @retry_transient_db_errors

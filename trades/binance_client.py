@@ -84,6 +84,9 @@ ALL_ORDERS_PAGE_LIMIT = 1000  # Binance's maximum for GET /fapi/v1/allOrders
 # allOrders rejects startTime..endTime spans of 7 days or more; endTime is inclusive, so a window of 7 d - 1 ms
 # covers [start, start + 7 d) exactly and consecutive windows neither overlap nor leave a gap.
 ALL_ORDERS_MAX_WINDOW_MS = 7 * 24 * 3600 * 1000 - 1
+# userTrades: the same 7-day limit and at most 1000 rows a call; fromId cannot be sent with startTime/endTime.
+USER_TRADES_PAGE_LIMIT = 1000
+USER_TRADES_MAX_WINDOW_MS = ALL_ORDERS_MAX_WINDOW_MS
 
 
 class BinanceFuturesClient:
@@ -342,6 +345,48 @@ class BinanceFuturesClient:
         if from_id is not None:
             params["fromId"] = from_id
         return self._call("get", "userTrades", params)
+
+    def get_user_trades_since(self, symbol: str, start_time: int) -> list[dict]:
+        """Every fill of ``symbol`` from ``start_time`` (ms) on, oldest first (by id).
+
+        GET /fapi/v1/userTrades (weight 5) answers at most 1000 rows and 7 days a call, and refuses fromId together
+        with a time. So: consecutive windows of 7 d - 1 ms from ``start_time``, the last one open-ended (a local clock
+        behind the exchange's cannot hide the newest fills); a full page switches to fromId paging (ids ascending,
+        no time bound), which runs through to the newest fill.
+        """
+        fills: dict[int, dict] = {}
+        now = self.exchange_time_ms()
+        window_start = int(start_time)
+        while True:
+            window_end = window_start + USER_TRADES_MAX_WINDOW_MS
+            params: dict[str, Any] = {"symbol": symbol, "startTime": window_start, "limit": USER_TRADES_PAGE_LIMIT}
+            last_window = window_end >= now
+            if not last_window:
+                params["endTime"] = window_end
+            page = self._fills_page(params)
+            fills.update((int(f["id"]), f) for f in page)
+            if len(page) >= USER_TRADES_PAGE_LIMIT:
+                from_id = max(int(f["id"]) for f in page) + 1
+                while True:
+                    page = self._fills_page({"symbol": symbol, "fromId": from_id, "limit": USER_TRADES_PAGE_LIMIT})
+                    fills.update((int(f["id"]), f) for f in page)
+                    if len(page) < USER_TRADES_PAGE_LIMIT:
+                        break
+                    next_id = max(int(f["id"]) for f in page) + 1
+                    if next_id <= from_id:
+                        break  # an exchange that ignored fromId would loop forever
+                    from_id = next_id
+                break
+            if last_window:
+                break
+            window_start = window_end + 1
+        return [fills[i] for i in sorted(fills)]
+
+    def _fills_page(self, params: dict[str, Any]) -> list[dict]:
+        page = self._call("get", "userTrades", params)
+        if isinstance(page, list) and all(isinstance(f, dict) and _is_int(f.get("id")) for f in page):
+            return page
+        raise self._unusable_answer("GET /fapi/v1/userTrades", page)
 
     # ------------------------------------------------------------------ user-data stream
 

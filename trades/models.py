@@ -221,6 +221,9 @@ class Trade(models.Model):
     realized_pnl = models.DecimalField(**MONEY, null=True, blank=True, help_text="From Binance's userTrades.")
     closed_qty = models.DecimalField(
         **MONEY, default=Decimal("0"), help_text="Closed by exits so far; the open quantity is filled − closed.")
+    exit_fill_id = models.BigIntegerField(
+        null=True, blank=True, editable=False,
+        help_text="Binance userTrades id of the last exit fill applied (fills are applied once, in id order).")
     position_gone_at = models.DateTimeField(
         null=True, blank=True, editable=False,
         help_text="First position read that found no position for the trade; a second read confirms the close.")

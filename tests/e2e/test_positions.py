@@ -1,5 +1,6 @@
 """DESIGN §5 rows about positions, on the real stack (sandbox, two Celery workers, the user stream, MariaDB,
-Redis): a lagging positionRisk read (F21), hedge mode (F22), one-way netting (F23). Each ends with the invariant."""
+Redis): a lagging positionRisk read (F21), hedge mode (F22), one-way netting (F23), Binance's own closes —
+liquidation, ADL — in full and in part (F24). Each ends with the invariant."""
 
 import uuid
 from decimal import Decimal
@@ -79,3 +80,46 @@ def test_f23_one_way_trades_that_net_out_are_consistent(e2e):
     assert {status_of(buy), status_of(sell)} == {Trade.Status.OPEN}
     assert not OrphanPosition.objects.filter(account=account).exists()
     assert not ReconcileRun.objects.filter(account=account, report__extra__unconfirmed__gte=1).exists()
+
+
+def fresh(trade):
+    return Trade.objects.get(pk=trade.pk)
+
+
+def test_f24_a_full_liquidation_closes_the_trade_with_the_reason_price_and_pnl(e2e):
+    account = e2e.account()
+    trade = entered(account, "BUY")
+
+    e2e.control.autoclose(account.api_key, "BTCUSDT", "liquidation", price="57000")
+
+    # The stream: ORDER_TRADE_UPDATE autoclose-… (not ours) and ACCOUNT_UPDATE → a position sync reads the fills.
+    wait_for(lambda: status_of(trade) == Trade.Status.CLOSED, message="closed by the liquidation")
+    trade = fresh(trade)
+    assert trade.status_reason == "closed by liquidation"
+    assert (trade.exit_price, trade.realized_pnl, trade.closed_qty) == (Decimal("57000"), Decimal("-30"),
+                                                                       Decimal("0.010"))
+    e2e.settle()
+    assert not OrphanPosition.objects.filter(account=account).exists()
+
+
+def test_f24_a_partial_liquidation_then_adl_reduce_then_close_the_trade(e2e):
+    account = e2e.account()
+    trade = entered(account, "SELL")
+
+    e2e.control.autoclose(account.api_key, "BTCUSDT", "liquidation", qty="0.004", price="61000")
+    wait_for(lambda: fresh(trade).closed_qty == Decimal("0.004"), message="reduced by the partial liquidation")
+    reduced = fresh(trade)
+    assert (reduced.status, reduced.status_reason) == ("open", "partly closed by liquidation")
+    e2e.settle()
+    assert not OrphanPosition.objects.filter(account=account).exists()
+
+    e2e.control.autoclose(account.api_key, "BTCUSDT", "adl", price="59000")
+    wait_for(lambda: status_of(trade) == Trade.Status.CLOSED, message="closed by ADL")
+    trade = fresh(trade)
+    assert trade.status_reason == "closed by ADL"
+    assert trade.exit_price == Decimal("59800")   # (0.004 × 61000 + 0.006 × 59000) / 0.010
+    assert trade.realized_pnl == Decimal("2")     # short from 60000: −4 + 6
+    assert [e.payload["by_binance"] for e in trade.events.filter(source="position_sync")] == [["liquidation"],
+                                                                                             ["ADL"]]
+    e2e.settle()
+    assert not OrphanPosition.objects.filter(account=account).exists()

@@ -103,7 +103,7 @@ class TestHedgeMode:
         report = sync_positions_with_binance(account)
 
         assert (long.position_side, short.position_side) == ("LONG", "SHORT")
-        assert report["extra"] == {"closed": 0, "in_sync": 2, "orphans": 0, "recovered": 0, "unconfirmed": 0}
+        assert report["extra"] == {"closed": 0, "in_sync": 2, "orphans": 0, "recovered": 0, "unconfirmed": 0, "reduced": 0}
         account.refresh_from_db()
         assert account.dual_side_position is True and account.position_mode_checked_at is not None
 

@@ -12,6 +12,11 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.AddField(
+            model_name='trade',
+            name='exit_fill_id',
+            field=models.BigIntegerField(blank=True, editable=False, help_text='Binance userTrades id of the last exit fill applied (fills are applied once, in id order).', null=True),
+        ),
+        migrations.AddField(
             model_name='account',
             name='dual_side_position',
             field=models.BooleanField(blank=True, editable=False, help_text='Hedge mode on Binance (LONG and SHORT positions per symbol); empty until first read.', null=True),
