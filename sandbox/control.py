@@ -143,6 +143,18 @@ class SandboxControl:
             payload["price"] = str(price)
         return self._call("POST", "/positions/autoclose", payload)
 
+    def trigger_algo_order(self, api_key: str, *, algo_id=None, client_algo_id=None, price=None) -> dict:
+        """The algo order's trigger condition is met: it places its order in the matching engine (a MARKET one fills
+        at once, at `price` or the symbol's). -> the algo order (algoStatus FINISHED or TRIGGERED)."""
+        payload = {"api_key": api_key}
+        if algo_id is not None:
+            payload["algo_id"] = int(algo_id)
+        if client_algo_id is not None:
+            payload["client_algo_id"] = client_algo_id
+        if price is not None:
+            payload["price"] = str(price)
+        return self._call("POST", "/algo_orders/trigger", payload)
+
     def set_position_mode(self, api_key: str, dual_side_position: bool) -> dict:
         """Hedge mode on (True) or off, as on the web UI: refused (409) with open orders or positions."""
         return self._call("POST", "/position_mode", {"api_key": api_key, "dual_side_position": dual_side_position})

@@ -49,7 +49,8 @@ class ControlApi:
             ("POST", "/clock/advance", self.advance_clock), ("GET", "/clock", self.clock),
             ("GET", "/stats", self.stats), ("POST", "/stats/reset", self.reset_stats),
             ("POST", "/weight_limit", self.weight_limit),
-            ("POST", "/positions/lag", self.lag_positions), ("POST", "/positions/autoclose", self.autoclose), ("POST", "/position_mode", self.position_mode),
+            ("POST", "/positions/lag", self.lag_positions), ("POST", "/positions/autoclose", self.autoclose),
+            ("POST", "/algo_orders/trigger", self.trigger_algo), ("GET", "/algo_orders", self.get_algo), ("POST", "/position_mode", self.position_mode),
         ]
         return [web.route(method, PREFIX + path, self._wrap(fn)) for method, path, fn in r]
 
@@ -171,6 +172,17 @@ class ControlApi:
         order = self.engine.autoclose(account, data["symbol"], kind, str(data.get("position_side", "BOTH")),
                                       qty=_dec(data.get("qty"), "qty"), price=_dec(data.get("price"), "price"))
         return order.to_binance()
+
+    def trigger_algo(self, data):
+        """The algo order's condition is met (by algo_id or client_algo_id): it places its order; a MARKET one fills
+        at `price` (default the symbol's)."""
+        account = self._account(data)
+        algo = self.engine.find_algo_order(account, data.get("algo_id"), data.get("client_algo_id"))
+        return self.engine.trigger_algo_order(account, algo, _dec(data.get("price"), "price")).to_binance()
+
+    def get_algo(self, data):
+        account = self._account(data)
+        return self.engine.find_algo_order(account, data.get("algo_id"), data.get("client_algo_id")).to_binance()
 
     def position_mode(self, data):
         """Switch hedge mode as the account's owner would on the web UI (same rules as the REST endpoint)."""

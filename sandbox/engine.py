@@ -12,8 +12,8 @@ from typing import Callable
 
 from . import events
 from .errors import ORDER_NOT_FOUND, UNKNOWN_ORDER, ApiError, LISTEN_KEY_MISSING
-from .models import (MAKER_FEE, TAKER_FEE, ZERO, Account, Fill, Order, Position, default_symbols,
-                     random_id)
+from .models import (CONDITIONAL_TYPES, MAKER_FEE, TAKER_FEE, ZERO, Account, AlgoOrder, Fill, Order, Position,
+                     default_symbols, random_id)
 
 DAY_MS = 86_400_000
 LISTEN_KEY_TTL_MS = 60 * 60 * 1000
@@ -41,6 +41,7 @@ class Engine:
         self.listen_keys: dict[str, Account] = {}
         self.next_order_id = 4_000_000_001   # past int32 on purpose, as Binance's ids are
         self.next_trade_id = 700_000_001
+        self.next_algo_id = 3_000_000_001
         self.not_found_window_ms = 0
 
     # --- clock -------------------------------------------------------------------------------------
@@ -77,7 +78,8 @@ class Engine:
     def place_order(self, account: Account, *, symbol: str, side: str, type: str, quantity: Decimal,
                     price: Decimal | None, time_in_force: str | None, client_order_id: str | None,
                     reduce_only: bool, price_match: str = "NONE", stp_mode: str = "EXPIRE_MAKER",
-                    good_till_date: int = 0, position_side: str | None = None) -> Order:
+                    good_till_date: int = 0, position_side: str | None = None,
+                    fill_price: Decimal | None = None) -> Order:
         sym = self.symbol(symbol)
         position_side = self._check_position_side(account, position_side, reduce_only)
         if client_order_id is None:
@@ -122,7 +124,7 @@ class Engine:
         account.by_client_id[client_order_id] = order
         self._emit_order(account, order, "NEW")
         if type == "MARKET":
-            self.fill(account, order, price=sym.price, maker=False)
+            self.fill(account, order, price=sym.price if fill_price is None else fill_price, maker=False)
         elif time_in_force in ("IOC", "FOK"):
             crosses = (side == "BUY" and price >= sym.price) or (side == "SELL" and price <= sym.price)
             if crosses:
@@ -377,6 +379,110 @@ class Engine:
         self._emit_order(account, order, "NEW")
         return self.fill(account, order, price=sym.price if price is None else price, maker=False,
                          exec_type=exec_type)
+
+    # --- the Algo Service (conditional orders; USDⓈ-M "New Algo Order", "Event: Algo Order Update") -----------
+    def place_algo_order(self, account: Account, *, symbol: str, side: str, type: str, quantity: Decimal | None,
+                         trigger_price: Decimal | None, price: Decimal | None, time_in_force: str | None,
+                         client_algo_id: str | None, reduce_only: bool, close_position: bool,
+                         position_side: str | None) -> AlgoOrder:
+        sym = self.symbol(symbol)
+        if type not in CONDITIONAL_TYPES:
+            raise ApiError(-1116, "Invalid orderType.")
+        position_side = self._check_position_side(account, position_side, reduce_only)
+        if client_algo_id is None:
+            client_algo_id = random_id(22)
+        elif not CLIENT_ID_RE.match(client_algo_id):
+            raise ApiError(-4015, "Client order id is not valid.")
+        if close_position:
+            if quantity is not None:
+                raise ApiError(-1106, "Parameter 'quantity' sent when not required.")
+            if type not in ("STOP_MARKET", "TAKE_PROFIT_MARKET"):
+                raise ApiError(-1106, "Parameter 'closePosition' sent when not required.")
+            quantity = ZERO
+        else:
+            if quantity is None:
+                raise ApiError(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.")
+            self._check_quantity(sym, quantity)
+        if type != "TRAILING_STOP_MARKET":
+            if trigger_price is None:
+                raise ApiError(-1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed.")
+            self._check_price(sym, trigger_price)
+        if type in ("STOP", "TAKE_PROFIT"):
+            if price is None:
+                raise ApiError(-1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed.")
+            self._check_price(sym, price)
+        elif price is not None:
+            raise ApiError(-1106, "Parameter 'price' sent when not required.")
+        if any(a.client_algo_id == client_algo_id and a.status == "NEW" for a in account.algo_orders.values()):
+            raise ApiError(-4116, "ClientOrderId is duplicated.")
+        now = self.now()
+        algo = AlgoOrder(self.next_algo_id, sym, client_algo_id, side, type, position_side, quantity,
+                         trigger_price or ZERO, price or ZERO, time_in_force or "GTC", reduce_only, close_position,
+                         now, now)
+        self.next_algo_id += 1
+        account.algo_orders[algo.algo_id] = algo
+        self._emit_algo(account, algo)
+        return algo
+
+    def find_algo_order(self, account: Account, algo_id=None, client_algo_id=None) -> AlgoOrder:
+        if algo_id is not None:
+            algo = account.algo_orders.get(int(algo_id))
+        elif client_algo_id is not None:
+            algo = next((a for a in reversed(account.algo_orders.values()) if a.client_algo_id == client_algo_id),
+                        None)
+        else:
+            raise ApiError(-1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
+        if algo is None:
+            raise ApiError(*ORDER_NOT_FOUND)
+        return algo
+
+    def cancel_algo_order(self, account: Account, algo_id=None, client_algo_id=None) -> AlgoOrder:
+        algo = self.find_algo_order(account, algo_id, client_algo_id)
+        if algo.status != "NEW":
+            raise ApiError(*UNKNOWN_ORDER)
+        algo.status, algo.update_time = "CANCELED", self.now()
+        self._emit_algo(account, algo)
+        return algo
+
+    def trigger_algo_order(self, account: Account, algo: AlgoOrder, price: Decimal | None = None) -> AlgoOrder:
+        """The condition is met: TRIGGERING, then an ordinary order in the matching engine (TRIGGERED, "ai" its
+        orderId), MARKET for the *_MARKET types and LIMIT at the algo's price otherwise; FINISHED once that order
+        is done (a MARKET one fills at once, at `price` or the symbol's)."""
+        if algo.status != "NEW":
+            raise ApiError(-2011, f"algo order {algo.algo_id} is {algo.status}", 409)
+        algo.status = "TRIGGERING"
+        algo.trigger_time = algo.update_time = self.now()
+        self._emit_algo(account, algo)
+        market = algo.type.endswith("_MARKET")
+        qty = algo.quantity
+        if algo.close_position:
+            pos = account.positions.get((algo.symbol.symbol, algo.position_side))
+            qty = abs(pos.amount) if pos is not None else ZERO
+        try:
+            if qty <= 0:
+                raise ApiError(-2022, "ReduceOnly Order is rejected.")
+            order = self.place_order(
+                account, symbol=algo.symbol.symbol, side=algo.side, type="MARKET" if market else "LIMIT",
+                quantity=qty, price=None if market else algo.price, time_in_force=None if market else
+                algo.time_in_force, client_order_id=None,
+                # hedge mode: a close is reduce-only by its side and reduceOnly cannot be sent
+                reduce_only=(algo.reduce_only or algo.close_position) and algo.position_side == "BOTH",
+                position_side=None if algo.position_side == "BOTH" else algo.position_side,
+                fill_price=price)
+        except ApiError as err:
+            algo.status, algo.update_time = "REJECTED", self.now()
+            self._emit_algo(account, algo)
+            raise ApiError(err.code, err.msg, 409) from None
+        algo.actual_order, algo.status, algo.update_time = order, "TRIGGERED", self.now()
+        self._emit_algo(account, algo)
+        if not order.is_open:
+            algo.status, algo.update_time = "FINISHED", self.now()
+            self._emit_algo(account, algo)
+        return algo
+
+    def _emit_algo(self, account: Account, algo: AlgoOrder) -> None:
+        if not account.events_paused:
+            self.on_event(account, events.algo_update(algo, self.now()))
 
     def finish(self, account: Account, order: Order, status: str) -> Order:
         """CANCELED / EXPIRED / EXPIRED_IN_MATCH: the order leaves the book with whatever it filled."""

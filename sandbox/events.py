@@ -44,5 +44,22 @@ def account_update(account, position, now: int) -> dict:
     }
 
 
+def algo_update(algo, now: int) -> dict:
+    """User Data Streams, "Event: Algo Order Update" (event type ALGO_UPDATE; subscribed as ALGO_ORDER_UPDATE)."""
+    s, actual = algo.symbol, algo.actual_order
+    return {
+        "e": "ALGO_UPDATE", "T": now, "E": now,
+        "o": {
+            "caid": algo.client_algo_id, "aid": algo.algo_id, "at": "CONDITIONAL", "o": algo.type, "s": s.symbol,
+            "S": algo.side, "ps": algo.position_side, "f": algo.time_in_force, "q": s.fmt_qty(algo.quantity),
+            "X": algo.status, "ai": str(actual.order_id) if actual else "",
+            "ap": s.fmt_avg(actual.avg_price) if actual else "0", "aq": s.fmt_qty(actual.executed_qty) if actual else "0",
+            "act": actual.type if actual else "0", "tp": s.fmt_price(algo.trigger_price), "p": s.fmt_price(algo.price),
+            "V": "EXPIRE_MAKER", "wt": "CONTRACT_PRICE", "pm": "NONE", "cp": algo.close_position, "pP": False,
+            "R": algo.reduce_only, "tt": algo.trigger_time, "gtd": 0, "rm": "",
+        },
+    }
+
+
 def listen_key_expired(key: str, now: int) -> dict:
     return {"e": "listenKeyExpired", "E": now, "listenKey": key}

@@ -144,6 +144,49 @@ class Order:
         }
 
 
+CONDITIONAL_TYPES = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"})
+
+
+@dataclass(slots=True)
+class AlgoOrder:
+    """A conditional order in Binance's Algo Service (New Algo Order, algoType CONDITIONAL): it rests outside the
+    matching engine until triggered, then places an ordinary order (`actual_order`)."""
+    algo_id: int
+    symbol: Symbol
+    client_algo_id: str
+    side: str
+    type: str
+    position_side: str
+    quantity: Decimal
+    trigger_price: Decimal
+    price: Decimal
+    time_in_force: str
+    reduce_only: bool
+    close_position: bool
+    create_time: int
+    update_time: int
+    status: str = "NEW"   # NEW, CANCELED, TRIGGERING, TRIGGERED, FINISHED, REJECTED, EXPIRED
+    trigger_time: int = 0
+    actual_order: Order | None = None
+
+    def to_binance(self) -> dict:
+        """The shape of POST/GET/DELETE /fapi/v1/algoOrder (New / Query Algo Order)."""
+        s, actual = self.symbol, self.actual_order
+        return {
+            "algoId": self.algo_id, "clientAlgoId": self.client_algo_id, "algoType": "CONDITIONAL",
+            "orderType": self.type, "symbol": s.symbol, "side": self.side, "positionSide": self.position_side,
+            "timeInForce": self.time_in_force, "quantity": s.fmt_qty(self.quantity), "algoStatus": self.status,
+            "actualOrderId": str(actual.order_id) if actual else "",
+            "actualPrice": s.fmt_avg(actual.avg_price) if actual else "0",
+            "triggerPrice": s.fmt_price(self.trigger_price), "price": s.fmt_price(self.price),
+            "icebergQuantity": None, "tpTriggerPrice": "0", "tpPrice": "0", "slTriggerPrice": "0", "slPrice": "0",
+            "tpOrderType": "", "selfTradePreventionMode": "EXPIRE_MAKER", "workingType": "CONTRACT_PRICE",
+            "priceMatch": "NONE", "closePosition": self.close_position, "priceProtect": False,
+            "reduceOnly": self.reduce_only, "createTime": self.create_time, "updateTime": self.update_time,
+            "triggerTime": self.trigger_time, "goodTillDate": 0,
+        }
+
+
 @dataclass(slots=True)
 class Position:
     symbol: Symbol
@@ -222,6 +265,7 @@ class Account:
     lag_reads: int = 0
     lag_mode: str = "omit"
     lag_rows: list = field(default_factory=list)
+    algo_orders: dict[int, AlgoOrder] = field(default_factory=dict)
     fills: list[Fill] = field(default_factory=list)
     listen_key: str | None = None
     listen_key_expires: int = 0   # sandbox ms

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, unquote_plus
 from aiohttp import web
 
 from .errors import INVALID_API_KEY, INVALID_SIGNATURE, ApiError, mandatory
+from .models import CONDITIONAL_TYPES
 
 NONE, USER_STREAM, SIGNED = 0, 1, 2
 JSON = "application/json"
@@ -90,6 +91,10 @@ def new_order(ex, account, params):
     if side not in ("BUY", "SELL"):
         raise ApiError(-1117, "Invalid side.")
     type_ = _required(params, "type")
+    if type_ in CONDITIONAL_TYPES:
+        # Change log 2025-11 / New Order (TRADE): conditional types moved to the Algo Service (New Algo Order).
+        raise ApiError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints "
+                              "instead.")
     if type_ not in ("LIMIT", "MARKET"):
         raise ApiError(-1116, "Invalid orderType.")
     quantity = _decimal(params, "quantity")
@@ -187,6 +192,43 @@ def change_position_mode(ex, account, params):
     return {"code": 200, "msg": "success"}
 
 
+def new_algo_order(ex, account, params):
+    """New Algo Order (TRADE): algoType CONDITIONAL only; STOP(_MARKET) / TAKE_PROFIT(_MARKET) /
+    TRAILING_STOP_MARKET."""
+    if _required(params, "algoType") != "CONDITIONAL":
+        raise ApiError(-1130, "Data sent for parameter 'algoType' is not valid.")
+    side = _required(params, "side")
+    if side not in ("BUY", "SELL"):
+        raise ApiError(-1117, "Invalid side.")
+    tif = params.get("timeInForce") or None
+    if tif is not None and tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
+        raise ApiError(-1115, "Invalid timeInForce.")
+    flags = {}
+    for name in ("reduceOnly", "closePosition"):
+        raw = params.get(name, "false").lower()
+        if raw not in ("true", "false"):
+            raise ApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
+        flags[name] = raw == "true"
+    client_id = params.get("clientAlgoId")
+    if client_id == "":
+        raise ApiError(-1118, "New client order ID was empty.")
+    return ex.engine.place_algo_order(
+        account, symbol=_required(params, "symbol"), side=side, type=_required(params, "type"),
+        quantity=_decimal(params, "quantity"), trigger_price=_decimal(params, "triggerPrice"),
+        price=_decimal(params, "price"), time_in_force=tif, client_algo_id=client_id,
+        reduce_only=flags["reduceOnly"], close_position=flags["closePosition"],
+        position_side=params.get("positionSide")).to_binance()
+
+
+def query_algo_order(ex, account, params):
+    return ex.engine.find_algo_order(account, _int(params, "algoId"), params.get("clientAlgoId")).to_binance()
+
+
+def cancel_algo_order(ex, account, params):
+    algo = ex.engine.cancel_algo_order(account, _int(params, "algoId"), params.get("clientAlgoId"))
+    return {"algoId": algo.algo_id, "clientAlgoId": algo.client_algo_id, "code": "200", "msg": "success"}
+
+
 def listen_key_new(ex, account, params):
     return {"listenKey": ex.engine.listen_key_create(account)}
 
@@ -216,6 +258,10 @@ ROUTES = {
     # Get Current Position Mode: weight 30; Change Position Mode: weight 1 (USDⓈ-M "Account" / "Trade" docs).
     ("GET", "/fapi/v1/positionSide/dual"): (30, SIGNED, position_mode),
     ("POST", "/fapi/v1/positionSide/dual"): (1, SIGNED, change_position_mode),
+    # Algo Service: New Algo Order weighs 0 on the IP limit; Query / Cancel Algo Order weigh 1.
+    ("POST", "/fapi/v1/algoOrder"): (0, SIGNED, new_algo_order),
+    ("GET", "/fapi/v1/algoOrder"): (1, SIGNED, query_algo_order),
+    ("DELETE", "/fapi/v1/algoOrder"): (1, SIGNED, cancel_algo_order),
     ("POST", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_new),
     ("PUT", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_keepalive),
     ("DELETE", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_close),

@@ -224,6 +224,53 @@ class BinanceFuturesClient:
             exc.client_order_id = params["newClientOrderId"]
             raise
 
+    def place_algo_order(
+        self,
+        symbol: str,
+        side: str,
+        order_type: str,
+        *,
+        trigger_price: Decimal | str | int,
+        quantity: Decimal | str | int | None = None,
+        price: Decimal | str | int | None = None,
+        client_algo_id: str | None = None,
+        reduce_only: bool = False,
+        close_position: bool = False,
+        position_side: str | None = None,
+    ) -> dict:
+        """POST /fapi/v1/algoOrder (algoType CONDITIONAL): a stop or take-profit in Binance's Algo Service, which
+        ``/fapi/v1/order`` refuses since 2025-12 (-4120). When triggered it places an ordinary order whose orderId
+        is the algo order's ``actualOrderId``."""
+        params: dict[str, Any] = {
+            "algoType": "CONDITIONAL", "symbol": symbol, "side": side.upper(), "type": order_type.upper(),
+            "triggerPrice": _decimal_str(trigger_price, "trigger_price"),
+            "clientAlgoId": client_algo_id or new_client_order_id(),
+        }
+        if quantity is not None:
+            params["quantity"] = _decimal_str(quantity, "quantity")
+        if price is not None:
+            params["price"] = _decimal_str(price, "price")
+        if reduce_only:
+            params["reduceOnly"] = "true"
+        if close_position:
+            params["closePosition"] = "true"
+        if position_side is not None:
+            params["positionSide"] = position_side
+        return self._call("post", "algoOrder", params)
+
+    def get_algo_order(self, *, algo_id: int | None = None, client_algo_id: str | None = None) -> dict | None:
+        """GET /fapi/v1/algoOrder → the algo order, or None (-2013)."""
+        params = {"algoId": algo_id} if algo_id is not None else {"clientAlgoId": client_algo_id}
+        try:
+            return self._call("get", "algoOrder", params)
+        except OrderNotFound:
+            return None
+
+    def cancel_algo_order(self, *, algo_id: int | None = None, client_algo_id: str | None = None) -> dict:
+        """DELETE /fapi/v1/algoOrder."""
+        params = {"algoId": algo_id} if algo_id is not None else {"clientAlgoId": client_algo_id}
+        return self._call("delete", "algoOrder", params, force_params=True)
+
     def cancel_order(
         self, symbol: str, *, order_id: int | str | None = None, client_order_id: str | None = None
     ) -> dict:

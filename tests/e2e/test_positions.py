@@ -9,6 +9,7 @@ import pytest
 
 from reconciliation import tasks
 from reconciliation.models import OrphanPosition, ReconcileRun
+from trades.binance_client import BinanceFuturesClient
 from trades.models import Trade
 
 from .harness import wait_for
@@ -121,5 +122,22 @@ def test_f24_a_partial_liquidation_then_adl_reduce_then_close_the_trade(e2e):
     assert trade.realized_pnl == Decimal("2")     # short from 60000: −4 + 6
     assert [e.payload["by_binance"] for e in trade.events.filter(source="position_sync")] == [["liquidation"],
                                                                                              ["ADL"]]
+    e2e.settle()
+    assert not OrphanPosition.objects.filter(account=account).exists()
+
+
+def test_f29_a_take_profit_algo_order_closes_half_a_trade(e2e):
+    account = e2e.account()
+    trade = entered(account, "BUY")
+    with BinanceFuturesClient.for_account(account) as client:  # the exit lives in Binance's Algo Service
+        algo = client.place_algo_order("BTCUSDT", "SELL", "TAKE_PROFIT_MARKET", trigger_price=Decimal("62000"),
+                                       quantity=Decimal("0.005"), reduce_only=True)
+
+    e2e.control.trigger_algo_order(account.api_key, algo_id=algo["algoId"], price="62000")
+
+    # ALGO_UPDATE (TRIGGERED, FINISHED), the triggered order's ORDER_TRADE_UPDATE and ACCOUNT_UPDATE → position sync.
+    wait_for(lambda: fresh(trade).closed_qty == Decimal("0.005"), message="half closed by the take-profit")
+    trade = fresh(trade)
+    assert (trade.status, trade.exit_price, trade.realized_pnl) == ("open", Decimal("62000"), Decimal("10"))
     e2e.settle()
     assert not OrphanPosition.objects.filter(account=account).exists()

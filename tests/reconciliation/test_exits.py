@@ -145,3 +145,20 @@ def test_exits_taken_by_a_trade_closed_by_hand_are_not_applied_again(binance, ac
 
     second = fresh(second)
     assert (second.closed_qty, second.status_reason) == (Decimal("0.002"), "partly closed by liquidation")
+
+
+def test_a_take_profit_algo_order_closing_half_is_applied_like_any_exit(binance, account):
+    trade = entered(account)
+    with BinanceFuturesClient.for_account(account) as client:
+        algo = client.place_algo_order("BTCUSDT", "SELL", "TAKE_PROFIT_MARKET", trigger_price=Decimal("62000"),
+                                       quantity=Decimal("0.005"), reduce_only=True)
+    assert sync_positions_with_binance(account)["extra"]["in_sync"] == 1  # resting: nothing to apply
+    binance.control.trigger_algo_order(account.api_key, algo_id=algo["algoId"], price="62000")
+
+    sync_positions_with_binance(account)
+
+    trade = fresh(trade)
+    assert (trade.status, trade.closed_qty, trade.exit_price, trade.realized_pnl) == (
+        "open", Decimal("0.005"), Decimal("62000"), Decimal("10"))
+    with BinanceFuturesClient.for_account(account) as client:
+        assert client.get_algo_order(algo_id=algo["algoId"])["algoStatus"] == "FINISHED"

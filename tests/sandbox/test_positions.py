@@ -87,3 +87,50 @@ def test_user_trades_from_id_cannot_be_combined_with_a_time(futures_client):
     market(futures_client, "BUY")
     assert api_error(futures_client.futures_account_trades, symbol="BTCUSDT", fromId=1,
                      startTime=1).code == -1128
+
+
+def test_conditional_orders_live_in_the_algo_service(futures_client, exchange, account):
+    market(futures_client, "BUY")
+    # (python-binance 1.0.37 routes these types to algoOrder by itself; the raw endpoint refuses them.)
+    error = api_error(futures_client._request_futures_api, "post", "order", True, data={
+        "symbol": "BTCUSDT", "side": "SELL", "type": "TAKE_PROFIT_MARKET", "stopPrice": "62000", "quantity": "0.005"})
+    assert error.code == -4120
+    algo = futures_client._request_futures_api("post", "algoOrder", True, data={
+        "algoType": "CONDITIONAL", "symbol": "BTCUSDT", "side": "SELL", "type": "TAKE_PROFIT_MARKET",
+        "triggerPrice": "62000", "quantity": "0.005", "reduceOnly": "true", "clientAlgoId": "tp-1"})
+    assert (algo["algoStatus"], algo["clientAlgoId"], algo["actualOrderId"]) == ("NEW", "tp-1", "")
+    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.010"}   # resting outside the matching engine
+
+    done = exchange.control.trigger_algo_order(account["api_key"], client_algo_id="tp-1", price="62000")
+
+    assert done["algoStatus"] == "FINISHED" and done["actualOrderId"]
+    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.005"}
+    last = futures_client.futures_account_trades(symbol="BTCUSDT")[-1]
+    assert (str(last["orderId"]), last["qty"], last["price"], last["realizedPnl"]) == (
+        done["actualOrderId"], "0.005", "62000.00", "10.00000000")
+    queried = futures_client._request_futures_api("get", "algoOrder", True, data={"algoId": done["algoId"]})
+    assert queried["algoStatus"] == "FINISHED"
+    error = api_error(futures_client._request_futures_api, "delete", "algoOrder", True, force_params=True,
+                      data={"algoId": done["algoId"]})
+    assert error.code == -2011
+
+
+def test_algo_updates_on_the_stream(exchange, account):
+    """ALGO_UPDATE NEW, TRIGGERING, TRIGGERED (with the order's id) and FINISHED, in that order."""
+    from sandbox import events
+    from sandbox.engine import Engine
+    engine, seen = Engine(), []
+    engine.on_event = lambda acct, event: seen.append(event)
+    acct = engine.create_account("k", "s")
+    engine.place_order(acct, symbol="BTCUSDT", side="BUY", type="MARKET", quantity=__import__("decimal").Decimal(
+        "0.010"), price=None, time_in_force=None, client_order_id=None, reduce_only=False)
+    algo = engine.place_algo_order(acct, symbol="BTCUSDT", side="SELL", type="STOP_MARKET", quantity=None,
+                                   trigger_price=__import__("decimal").Decimal("58000"), price=None,
+                                   time_in_force=None, client_algo_id="sl-1", reduce_only=False, close_position=True,
+                                   position_side=None)
+    engine.trigger_algo_order(acct, algo)
+    algo_events = [e["o"] for e in seen if e["e"] == "ALGO_UPDATE"]
+    assert [e["X"] for e in algo_events] == ["NEW", "TRIGGERING", "TRIGGERED", "FINISHED"]
+    assert algo_events[2]["ai"] == str(algo.actual_order.order_id) and algo_events[3]["aq"] == "0.010"
+    assert not acct.positions[("BTCUSDT", "BOTH")].amount
+    assert events.algo_update(algo, 0)["e"] == "ALGO_UPDATE"
