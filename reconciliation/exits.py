@@ -2,8 +2,8 @@
 triggered), a reduce-only order, or Binance closing the position itself (liquidation, ADL, a delisting settlement).
 
 Applied from userTrades (the fills are the evidence), once each and in id order, to the open trades on that
-(symbol, position side) oldest first, and only as far as Binance's position read shows the position reduced (a read
-that lags the fills applies them on a later sync). Each trade's `closed_qty` grows with one audit event; the trade
+(symbol, position side) oldest first, when Binance's position read differs from what the trades hold (a read that
+lags, showing the position as it was, leaves them for a later sync). Each trade's `closed_qty` grows with one audit event; the trade
 closes when nothing is left open. Its exit price and realized PnL are the weighted average and the sum over its
 exit fills. Binance's own closes name themselves in the order's client id (User Data Streams, Event Order Update:
 "autoclose-" liquidation, "adl_autoclose" ADL, "settlement_autoclose-" settlement); the trade's status_reason says
@@ -40,51 +40,41 @@ def binance_close_kind(client_order_id: str | None) -> str | None:
     return None
 
 
-def reduction(explained: Decimal, held: Decimal) -> Decimal:
-    """How much of our trades' exposure `explained` the exchange's position `held` no longer shows (≥ 0)."""
-    if explained == 0:
-        return Decimal("0")
-    if held == 0 or (held > 0) != (explained > 0):
-        return abs(explained)
-    return max(abs(explained) - abs(held), Decimal("0"))
-
-
 def apply_exit_fills(account: Account, client, key: tuple[str, str], explained: Decimal, held: Decimal,
                      report: Report) -> int:
-    """Apply the exit fills behind a reduced position (see the module docstring). Returns the trades changed."""
-    gap = reduction(explained, held)
-    if gap == 0:
+    """Apply the exit fills not applied yet on `key` (see the module docstring), when Binance's read shows a
+    position other than our trades' exposure there. Returns the trades changed.
+
+    In id order, a SELL fill reduces the long trades (oldest first) and a BUY fill the short ones — in one-way mode
+    a long and a short trade can be open together, netted, and exits on both sides hide behind a position that
+    looks unchanged. What a fill closes beyond what the trades hold is left to be reported as an orphan."""
+    if explained == held:
         return 0
     symbol, position_side = key
-    sign = 1 if explained > 0 else -1
     holders = [t for t in Trade.objects.filter(account=account, symbol=symbol, position_side=position_side,
                                                status=Trade.Status.OPEN).order_by("opened_at", "pk")
-               if t.open_qty > 0 and (t.exposure > 0) == (sign > 0)]
+               if t.open_qty > 0]
     if not holders:
         return 0
-    fills = _exit_fills(account, client, key, holders, closing_side="SELL" if sign > 0 else "BUY", report=report)
-    taken, total = [], Decimal("0")
-    for fill in fills:  # whole fills, oldest first, as far as the read shows them
-        qty = Decimal(fill["qty"])
-        if total + qty > gap:
-            break
-        taken.append(fill)
-        total += qty
-    if not taken:
-        return 0
-    kinds = _close_kinds(client, symbol, {f["orderId"] for f in taken}, report)
-    parts: dict[int, list[tuple[dict, Decimal]]] = defaultdict(list)
+    fills = _exit_fills(account, client, key, holders, report=report)
     remaining = {t.pk: t.open_qty for t in holders}
-    for fill in taken:
+    parts: dict[int, list[tuple[dict, Decimal]]] = defaultdict(list)
+    for fill in fills:
+        reduces_long = fill.get("side") == "SELL"
         left = Decimal(fill["qty"])
         for trade in holders:
             if left == 0:
                 break
+            if (trade.exposure > 0) != reduces_long:
+                continue
             share = min(left, remaining[trade.pk])
             if share > 0:
                 parts[trade.pk].append((fill, share))
                 remaining[trade.pk] -= share
                 left -= share
+    if not parts:
+        return 0
+    kinds = _close_kinds(client, symbol, {f["orderId"] for ps in parts.values() for f, _ in ps}, report)
     changed = 0
     for trade in holders:
         if parts.get(trade.pk) and reduce_trade(trade, parts[trade.pk], kinds, actor=report.actor):
@@ -95,17 +85,20 @@ def apply_exit_fills(account: Account, client, key: tuple[str, str], explained: 
     return changed
 
 
-def _exit_fills(account, client, key, holders, *, closing_side: str, report: Report) -> list[dict]:
-    """Fills on `key` on the closing side, newer than any exit fill applied on it, other than our entries' own."""
+def _exit_fills(account, client, key, holders, *, report: Report) -> list[dict]:
+    """Fills on `key` newer than any exit fill applied on it, other than our entries' own, oldest first."""
     symbol, position_side = key
     on_key = Trade.objects.filter(account=account, symbol=symbol, position_side=position_side)
     applied = on_key.aggregate(last=Max("exit_fill_id"))["last"] or 0
     since = min((t.placed_at or t.created_at) for t in holders) - FILLS_SLACK
-    # A trade closed without its fills (by hand, or on two reads) took the exits before its close with it: those
-    # fills must not be applied to the trades still open.
+    # A trade closed without its fills (by hand, or on two reads) took the exits before its close with it, and a
+    # trade recovered from an orphan has no order whose fills could be told apart: fills before either must not be
+    # applied to the trades still open.
     closed_blind = on_key.filter(status=Trade.Status.CLOSED, exit_fill_id__isnull=True,
                                  closed_at__isnull=False).aggregate(last=Max("closed_at"))["last"]
-    not_before = int(closed_blind.timestamp() * 1000) if closed_blind else 0
+    recovered = on_key.filter(entry_order_id__isnull=True).aggregate(last=Max("created_at"))["last"]
+    cutoffs = [int(t.timestamp() * 1000) for t in (closed_blind, recovered) if t is not None]
+    not_before = max(cutoffs, default=0)
     calls_before = client.http_calls
     try:
         fills = client.get_user_trades_since(symbol, int(since.timestamp() * 1000))
@@ -120,7 +113,6 @@ def _exit_fills(account, client, key, holders, *, closing_side: str, report: Rep
     entries = set(Trade.objects.filter(account=account, symbol=symbol, entry_order_id__isnull=False)
                   .values_list("entry_order_id", flat=True))
     return [f for f in fills if int(f["id"]) > applied and int(f.get("time") or 0) > not_before
-            and f.get("side") == closing_side
             and (f.get("positionSide") or Trade.PositionSide.BOTH) == position_side and f.get("orderId") not in entries]
 
 

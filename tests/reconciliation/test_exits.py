@@ -162,3 +162,19 @@ def test_a_take_profit_algo_order_closing_half_is_applied_like_any_exit(binance,
         "open", Decimal("0.005"), Decimal("62000"), Decimal("10"))
     with BinanceFuturesClient.for_account(account) as client:
         assert client.get_algo_order(algo_id=algo["algoId"])["algoStatus"] == "FINISHED"
+
+
+def test_exits_hidden_by_one_way_netting_are_applied(binance, account):
+    """BUY 0.002 closed by a reduce-only SELL, then a SELL 0.001 entry closed by a reduce-only BUY: Binance holds
+    nothing, our two trades net to +0.001 — both closed by their exits (found by the property test)."""
+    buy = entered(account, "BUY", "0.002")
+    with BinanceFuturesClient.for_account(account) as client:
+        client.place_order("BTCUSDT", "SELL", Decimal("0.002"), order_type="MARKET", reduce_only=True)
+    sell = entered(account, "SELL", "0.001")
+    with BinanceFuturesClient.for_account(account) as client:
+        client.place_order("BTCUSDT", "BUY", Decimal("0.001"), order_type="MARKET", reduce_only=True)
+
+    sync_positions_with_binance(account)
+
+    assert (fresh(buy).status, fresh(sell).status) == ("closed", "closed")
+    assert not OrphanPosition.objects.exists()
