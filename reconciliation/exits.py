@@ -90,7 +90,7 @@ def _exit_fills(account, client, key, holders, *, report: Report) -> list[dict]:
     symbol, position_side = key
     on_key = Trade.objects.filter(account=account, symbol=symbol, position_side=position_side)
     applied = on_key.aggregate(last=Max("exit_fill_id"))["last"] or 0
-    since = min((t.placed_at or t.created_at) for t in holders) - FILLS_SLACK
+    since = min((t.placed_at or t.created_at) for t in holders)
     # A trade closed without its fills (by hand, or on two reads) took the exits before its close with it, and a
     # trade recovered from an orphan has no order whose fills could be told apart: fills before either must not be
     # applied to the trades still open.
@@ -99,9 +99,10 @@ def _exit_fills(account, client, key, holders, *, report: Report) -> list[dict]:
     recovered = on_key.filter(entry_order_id__isnull=True).aggregate(last=Max("created_at"))["last"]
     cutoffs = [int(t.timestamp() * 1000) for t in (closed_blind, recovered) if t is not None]
     not_before = max(cutoffs, default=0)
+    start = max(int((since - FILLS_SLACK).timestamp() * 1000), not_before - int(FILLS_SLACK.total_seconds() * 1000))
     calls_before = client.http_calls
     try:
-        fills = client.get_user_trades_since(symbol, int(since.timestamp() * 1000))
+        fills = client.get_user_trades_since(symbol, start)
     except RateLimited:
         raise
     except ExchangeError as exc:
