@@ -35,9 +35,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from trades.db import retry_transient_db_errors
+from trades.exceptions import ExchangeError, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
 from .exits import apply_exit_fills
+from .position_mode import is_hedge_mode
 from .models import OrphanPosition
 from .reports import Report
 
@@ -76,6 +78,7 @@ def compare_positions(account: Account, client, report: Report) -> None:
     open_by_key: dict[Key, list[Trade]] = defaultdict(list)
     for trade in Trade.objects.filter(account=account, status=Trade.Status.OPEN):
         open_by_key[position_key(trade)].append(trade)
+    _refresh_position_mode(account, client, report)
     exchange = exchange_positions(client)
     read_at = timezone.now()
     report.weight_used += 5
@@ -130,6 +133,20 @@ def compare_positions(account: Account, client, report: Report) -> None:
         if (orphan.symbol, orphan.position_side) not in seen:
             OrphanPosition.objects.filter(pk=orphan.pk, status=OrphanPosition.Status.OPEN).update(
                 status=OrphanPosition.Status.RESOLVED, note="explained by trades again")
+
+
+def _refresh_position_mode(account: Account, client, report: Report) -> None:
+    """Keep the account's position mode (shown in the admin, used by entries) no older than
+    POSITION_MODE_REFRESH_SEC: one GET /fapi/v1/positionSide/dual (weight 30) an hour at most."""
+    calls_before = client.http_calls
+    try:
+        is_hedge_mode(account, client)
+    except RateLimited:
+        raise
+    except ExchangeError as exc:
+        logger.warning("account %s: position mode not read (%s)", account.pk, exc)
+    finally:
+        report.weight_used += 30 * (client.http_calls - calls_before)
 
 
 def _close_when_confirmed(account, key: Key, trades: list[Trade], exposure: Decimal, read_at,

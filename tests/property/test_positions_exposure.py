@@ -35,6 +35,10 @@ class EngineClient:
     def __init__(self, engine: Engine, account):
         self.engine, self.account, self.http_calls = engine, account, 0
 
+    def get_position_mode(self):
+        self.http_calls += 1
+        return self.account.dual_side
+
     def get_positions(self):
         self.http_calls += 1
         return self.engine.position_rows(self.account, None)

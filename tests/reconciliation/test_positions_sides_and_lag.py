@@ -153,3 +153,17 @@ class TestHedgeMode:
         [orphan] = OrphanPosition.objects.all()
         assert (orphan.position_side, orphan.quantity) == ("SHORT", Decimal("-0.003"))
         assert report["extra"]["in_sync"] == 1 and report["extra"]["orphans"] == 1
+
+
+def test_position_sync_keeps_the_mode_fresh_without_reading_it_every_time(binance, account, settings):
+    settings.POSITION_MODE_REFRESH_SEC = 3600
+    binance.control.set_position_mode(account.api_key, True)
+    binance.control.reset_stats()
+
+    first = sync_positions_with_binance(account)
+    sync_positions_with_binance(account)
+
+    account.refresh_from_db()
+    assert account.dual_side_position is True
+    assert binance.control.stats()["requests"]["GET /fapi/v1/positionSide/dual"] == 1
+    assert first["weight_used"] >= 35
