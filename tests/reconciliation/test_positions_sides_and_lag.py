@@ -167,3 +167,23 @@ def test_position_sync_keeps_the_mode_fresh_without_reading_it_every_time(binanc
     assert account.dual_side_position is True
     assert binance.control.stats()["requests"]["GET /fapi/v1/positionSide/dual"] == 1
     assert first["weight_used"] >= 35
+
+
+def test_an_entry_is_never_sent_while_the_mode_is_unknown(binance, account):
+    binance.control.inject_fault("/fapi/v1/positionSide/dual", "503", count=1, method="GET")
+    trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"))
+
+    assert place_entry_order(trade)["outcome"] == "rejected"
+
+    trade.refresh_from_db()
+    assert trade.status == Trade.Status.FAILED and "not sent: position mode unknown" in trade.status_reason
+    assert binance.control.stats()["requests"].get("POST /fapi/v1/order", 0) == 0
+
+
+def test_a_stale_cached_mode_is_used_when_binance_cannot_be_asked(binance, account, settings):
+    settings.POSITION_MODE_REFRESH_SEC = 0
+    with BinanceFuturesClient.for_account(account) as client:
+        assert is_hedge_mode(account, client) is False
+    binance.control.inject_fault("/fapi/v1/positionSide/dual", "503", count=1, method="GET")
+
+    assert entered(account, "BUY").position_side == "BOTH"
