@@ -76,10 +76,10 @@ def test_f23_one_way_trades_that_net_out_are_consistent(e2e):
 
     assert e2e.control.positions(account.api_key)["positions"] == []  # Binance nets them: no position
     e2e.settle()
-    # Once more after the confirmation delay: nothing to confirm, nothing closed.
-    tasks.sync_positions.delay(account.pk, reason="e2e")
-    wait_for(lambda: ReconcileRun.objects.filter(account=account, kind="positions", reason="e2e").exists(),
-             message="a position sync")
+    # Once more, by a worker: nothing gone to confirm, nothing closed.
+    tasks.sync_positions.delay(account.pk, reason="e2e_again")
+    wait_for(lambda: ReconcileRun.objects.filter(account=account, kind="positions", reason="e2e_again").exists(),
+             message="a worker's position sync")
     assert {status_of(buy), status_of(sell)} == {Trade.Status.OPEN}
     assert not OrphanPosition.objects.filter(account=account).exists()
     assert not ReconcileRun.objects.filter(account=account, report__extra__unconfirmed__gte=1).exists()
