@@ -171,6 +171,8 @@ def reduce_trade(trade: Trade, parts: list[tuple[dict, Decimal]], kinds: dict, *
         return False
     for f in Trade._meta.concrete_fields:
         setattr(trade, f.attname, getattr(updated, f.attname))
-    logger.info("trade %s %s: account=%s %s %s closed %s of %s", trade.pk, payload["reason"], trade.account_id,
-                trade.symbol, trade.position_side, closed, trade.filled_qty)
+    # Binance closing a position itself (liquidation above all) is news for an operator: WARNING.
+    logger.log(logging.WARNING if by_binance else logging.INFO, "trade %s %s: account=%s %s %s closed %s of %s",
+               trade.pk, payload["reason"], trade.account_id, trade.symbol, trade.position_side, closed,
+               trade.filled_qty)
     return True
