@@ -14,6 +14,11 @@ None. `services.apply_order_snapshot` executes it; nothing else decides a trade'
 |                   | longer ago than the grace period                         |                                  |
 | failed/cancelled  | a fill, or the order still working                       | open / pending (a correction:    |
 |                   |                                                          | our inference was wrong)         |
+| failed, not found | CANCELED / EXPIRED / EXPIRED_IN_MATCH, executedQty = 0   | cancelled (a correction)         |
+
+Deadlines (Trade.cancel_after, the database's clock): a trade reopened by a correction keeps its deadline or gets one
+(ENTRY_TIMEOUT_SEC from the correction), and a trade failed "not found" is due one more cancel by client order id
+once its deadline has passed (cancel_sent_at cleared): a live order is never forgotten because we misread Binance.
 
 Never backwards: a snapshot older (updateTime) than the last one applied is ignored, filled_qty never decreases,
 open and closed trades are never changed by an order snapshot. Money is Decimal throughout.
@@ -24,8 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Q
+from django.conf import settings
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models.functions import Coalesce
 
+from trades.db import DatabaseNow
 from trades.models import Trade
 
 from . import snapshots as s
@@ -91,8 +99,25 @@ def decide(trade: Trade, snap: OrderSnapshot, now: datetime, *, grace_sec: int) 
 
 def in_not_found_grace(trade: Trade, now: datetime, grace_sec: int) -> bool:
     """Whether -2013 ("order does not exist") may still mean "not visible yet": within grace_sec of the order being
-    sent (of the trade's creation, while it was never sent). Queued placements can run long after creation."""
+    sent (of the trade's creation, while it was never sent). Queued placements can run long after creation.
+
+    `now` must be on the clock placed_at was taken on: the database's (services pass trades.db.db_now() for a -2013),
+    so a worker whose own clock jumped minutes ahead cannot skip the grace."""
     return now - (trade.placed_at or trade.created_at) < timedelta(seconds=grace_sec)
+
+
+def failed_as_not_found(trade: Trade) -> bool:
+    """Failed because Binance said the order does not exist: an inference that can be wrong (F20), so the trade's
+    deadline still sends one cancel by client order id, and the exchange's answer corrects it."""
+    return trade.status == Trade.Status.FAILED and trade.status_reason == NOT_FOUND_REASON
+
+
+def deadline_if_reopened():
+    """A reopened trade's deadline, computed in the UPDATE: the one it had, else ENTRY_TIMEOUT_SEC from now (the
+    database's clock). The bot had given up on this order; it is cancelled at the latest then."""
+    later = ExpressionWrapper(DatabaseNow() + timedelta(seconds=settings.ENTRY_TIMEOUT_SEC),
+                              output_field=DateTimeField())
+    return Coalesce(F("cancel_after"), later)
 
 
 def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: int) -> Decision | str:
@@ -110,6 +135,7 @@ def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: i
             # We saw this order on the exchange before: "does not exist" now is not "never placed". Don't guess.
             return NEEDS_OPERATOR
         decision = _end(trade, snap, Trade.Status.FAILED, NOT_FOUND_REASON, FAILED)
+        decision.changes["cancel_sent_at"] = None  # its deadline sends one cancel after this inference (the backstop)
         # Only if the placement state is still what this decision read: a placement claimed meanwhile (the order
         # on its way to Binance) must not be failed by an answer from before it was sent.
         decision.condition &= Q(exchange_status=trade.exchange_status)
@@ -142,6 +168,8 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
             return STALE
         changes = _exchange_facts(trade, snap) | {
             "status": Trade.Status.PENDING, "status_reason": "", "filled_qty": snap.executed_qty,
+            # A live order we had given up on: it keeps or gets a deadline, and the sweep may send its cancel anew.
+            "cancel_after": deadline_if_reopened(), "cancel_sent_at": None,
         }
         if snap.avg_price is not None:
             changes["entry_price"] = snap.avg_price
@@ -149,6 +177,14 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
         if snap.update_time is not None:  # and not an end applied at the same millisecond meanwhile
             condition &= ~Q(exchange_update_time=snap.update_time, exchange_status__in=s.ENDED)
         return Decision(REOPENED, trade.status, changes, condition=condition, payload=_payload(snap))
+    if snap.status in s.ENDED_UNFILLED_OR_PARTIAL and failed_as_not_found(trade):
+        # Nothing filled (a fill is handled above): the order existed after all and ended unfilled, e.g. cancelled
+        # by the deadline's cancel. The exchange's word replaces our "not found".
+        changes = _exchange_facts(trade, snap) | {
+            "status": Trade.Status.CANCELLED, "status_reason": f"{snap.status} on exchange, nothing filled",
+        }
+        return Decision(REOPENED, trade.status, changes,
+                        condition=_monotonic(snap) & Q(status_reason=NOT_FOUND_REASON), payload=_payload(snap))
     return UNCHANGED
 
 

@@ -17,7 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from trades.binance_client import BinanceFuturesClient, new_client_order_id
-from trades.db import retry_transient_db_errors
+from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import (
     ExchangeError,
     RateLimited,
@@ -27,11 +27,12 @@ from trades.exceptions import (
 from trades.models import Account, Trade, TradeEvent
 
 from . import rules
+from .deadlines import cancel_entry_at_deadline, cancel_overdue_entries
 from .leases import account_lease
 from .models import ReconcileRun
 from .positions import compare_positions
 from .reports import Report
-from .snapshots import PLACING, InvalidSnapshot, OrderSnapshot
+from .snapshots import NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -
     rules.check_same_order(trade, snap)
     grace = settings.PENDING_NOT_FOUND_GRACE_SEC
     for _ in range(3):  # lost a race to another path: re-read and decide again on the fresh row
-        decision = rules.decide(trade, snap, timezone.now(), grace_sec=grace)
+        # A -2013 is judged against the grace on the database's clock (placed_at is taken on it): a worker whose own
+        # clock jumped ahead must not skip the grace and fail a live order.
+        now = db_now() if snap.status == NOT_FOUND else timezone.now()
+        decision = rules.decide(trade, snap, now, grace_sec=grace)
         if isinstance(decision, str):
             if decision == rules.NEEDS_OPERATOR:
                 flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source,
@@ -303,8 +307,11 @@ def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 500
 
 def cancel_trade_order(trade: Trade, *, client=None, actor: str = "") -> dict:
     """Ask Binance to cancel the trade's order and apply its answer. -2011 (the order is not open: it may have just
-    filled) is an expected outcome, not an error: the verification that always follows decides."""
-    if trade.status != Trade.Status.PENDING:
+    filled) is an expected outcome, not an error: the verification that always follows decides.
+
+    A trade failed "not found" is cancelled too (by client order id): that inference can be wrong, and a cancel of
+    an order that truly does not exist is a harmless -2011."""
+    if trade.status != Trade.Status.PENDING and not rules.failed_as_not_found(trade):
         return {"trade_id": trade.pk, "outcome": "not_pending", "status": trade.status}
     if not trade.client_order_id and trade.entry_order_id is None:
         flag_for_operator(trade, reason="cannot cancel: no order reference", source=Source.CANCEL, actor=actor)
@@ -323,20 +330,33 @@ def cancel_trade_order(trade: Trade, *, client=None, actor: str = "") -> dict:
     return {"trade_id": trade.pk, "outcome": "cancelled", "result": result, "status": trade.status}
 
 
-def verify_after_cancel(trade: Trade, *, client=None, actor: str = "") -> dict:
+def verify_after_cancel(trade: Trade, *, client=None, actor: str = "", resend_cancel: bool = False) -> dict:
     """After a cancel (clean, raced by a fill, or failed): fetch the order again and apply it. `still_working`
-    tells the caller Binance still shows it open (the cancel did not take); the task retries, then flags."""
+    tells the caller Binance still shows it open (the cancel did not take); the task retries, then flags.
+
+    `resend_cancel`: when the order is still working, send the cancel again now (the first one may never have
+    reached Binance, e.g. lost to a database outage); its answer is applied like any cancel's, and the caller's next
+    verification sees the outcome. A failing re-send is logged: the verification's verdict stands."""
+    cancel_resent = False
     try:
         with gateway(trade.account, client) as client:
             snap = OrderSnapshot.parse(fetch_order(client, trade))
+            result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
+            if snap.is_working and resend_cancel:
+                try:
+                    cancel_resent = cancel_trade_order(trade, client=client, actor=actor)["outcome"] != "not_pending"
+                except ExchangeError as exc:
+                    logger.warning("trade %s: cancel sent again after verification failed: %s", trade.pk, exc)
+                else:
+                    logger.info("trade %s: still %s on Binance after a cancel; cancel sent again", trade.pk,
+                                snap.status)
     except LookupError:
         flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY,
                           actor=actor)
         return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
-    result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
     return {
         "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
-        "still_working": snap.is_working, "status": trade.status,
+        "still_working": snap.is_working, "status": trade.status, "cancel_resent": cancel_resent,
     }
 
 
@@ -383,17 +403,22 @@ def awaits_placement(trade: Trade) -> bool:
     return trade.status == Trade.Status.PENDING and trade.exchange_status == ""
 
 
-def place_entry_order(trade: Trade, *, client=None) -> dict:
+def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None = None) -> dict:
     """Send the trade's order to Binance once. An unknown outcome (timeout, 503 "Unknown error") leaves the trade
-    pending for the reconcile to decide by client order id; only a definite refusal fails it."""
-    now = timezone.now()
-    claimed = Trade.objects.filter(pk=trade.pk, status=Trade.Status.PENDING, exchange_status="").update(
-        exchange_status=PLACING, placed_at=now, updated_at=now
-    )
+    pending for the reconcile to decide by client order id; only a definite refusal fails it.
+
+    `deadline_sec`: the entry's wait. Its deadline (`cancel_after`, unless the trade has one) is stored in the same
+    update that claims the placement, before the order is sent, so a live order always has one (deadlines.py)."""
+    now = db_now()  # the not-found grace and the deadline run from here, on the database's clock (every worker's)
+    claim = {"exchange_status": PLACING, "placed_at": now, "updated_at": now}
+    if deadline_sec is not None and trade.cancel_after is None:
+        claim["cancel_after"] = now + timedelta(seconds=max(deadline_sec, 0))
+    claimed = Trade.objects.filter(pk=trade.pk, status=Trade.Status.PENDING, exchange_status="").update(**claim)
     if not claimed:
         # Already sent once (e.g. this task was re-delivered after a crash): never send a second order.
         return {"trade_id": trade.pk, "outcome": "already_attempted"}
     trade.exchange_status, trade.placed_at = PLACING, now
+    trade.cancel_after = claim.get("cancel_after", trade.cancel_after)
     try:
         with gateway(trade.account, client) as client:
             order = client.place_order(
@@ -422,4 +447,5 @@ __all__ = [
     "apply_order_snapshot", "reconcile_pending", "sync_positions_with_binance", "verify_after_cancel",
     "cancel_trade_order", "flag_for_operator", "create_pending_trade", "get_or_create_pending_trade",
     "awaits_placement", "place_entry_order", "fetch_order", "prune_reconcile_runs", "gateway",
+    "cancel_overdue_entries", "cancel_entry_at_deadline",
 ]

@@ -243,6 +243,11 @@ RECONCILE_LEASE_SEC = env.int("RECONCILE_LEASE_SEC", default=CELERY_TASK_TIME_LI
 CANCEL_VERIFY_MAX_TRIES = env.int("CANCEL_VERIFY_MAX_TRIES", default=5)
 CANCEL_RETRY_BASE_SEC = env.float("CANCEL_RETRY_BASE_SEC", default=1.0)  # cancel / verify retry backoff base
 ENTRY_TIMEOUT_SEC = env.int("ENTRY_TIMEOUT_SEC", default=60)
+# Entry deadlines in the database (Trade.cancel_after), swept every 15 s by cancel_overdue_entries (README).
+ENTRY_SWEEP_BATCH = env.int("ENTRY_SWEEP_BATCH", default=500)  # overdue trades sent per sweep; the next one goes on
+ENTRY_CANCEL_RESEND_SEC = env.int("ENTRY_CANCEL_RESEND_SEC", default=300)  # still pending this long after: again
+CANCEL_DB_RETRY_SEC = env.int("CANCEL_DB_RETRY_SEC", default=600)  # entry_timeout / cancel_order ride out DB outages
+CANCEL_RESEND_MAX = env.int("CANCEL_RESEND_MAX", default=2)  # a verification finding the order working re-cancels
 
 # --- User-data stream (reconciliation/stream/config.py documents each) -----------------------------------------------
 USER_STREAM_KEEPALIVE_SEC = env.float("USER_STREAM_KEEPALIVE_SEC", default=1800)

@@ -201,6 +201,15 @@ class Trade(models.Model):
     placed_at = models.DateTimeField(
         null=True, blank=True, help_text="When the entry order was sent to Binance (the not-found grace runs from it)."
     )
+    cancel_after = models.DateTimeField(
+        null=True, blank=True,
+        help_text="The entry's deadline (the database's clock): a pending trade still pending after it is cancelled "
+                  "and verified by the deadline sweep, whatever happened to its countdown message.",
+    )
+    cancel_sent_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the deadline's cancel was last sent (by the countdown or the sweep, whichever claimed it).",
+    )
     opened_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     exit_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Average closing price, if known.")
@@ -224,6 +233,8 @@ class Trade(models.Model):
             models.Index(fields=["account", "status", "created_at"], name="trade_account_status_created"),
             # WebSocket events and update_pending_by_entry_order_id look trades up by Binance order id.
             models.Index(fields=["account", "entry_order_id"], name="trade_account_entry_order"),
+            # The deadline sweep: pending (or failed "not found") trades, not yet sent, whose deadline has passed.
+            models.Index(fields=["status", "cancel_sent_at", "cancel_after"], name="trade_deadline_sweep"),
         ]
 
     def __str__(self):
