@@ -25,7 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from trades.binance_client import BinanceFuturesClient
-from trades.db import retry_transient_db_errors
+from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import ExchangeError
 from trades.models import Trade, TradeEvent
 
@@ -143,7 +143,7 @@ def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, c
     # Never sent (exchange_status ""): safe to mark at any time, a placement only claims a pending trade. Sent
     # moments ago: Binance may not show the order yet.
     if snap.status == NOT_FOUND and trade.exchange_status == PLACING \
-            and in_not_found_grace(trade, timezone.now(), settings.PENDING_NOT_FOUND_GRACE_SEC):
+            and in_not_found_grace(trade, db_now(), settings.PENDING_NOT_FOUND_GRACE_SEC):
         raise OperatorActionRefused(
             f"trade {trade.pk}'s order was sent moments ago and Binance may not show it yet; look again in a minute"
         )
