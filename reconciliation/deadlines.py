@@ -2,7 +2,8 @@
 
 An entry's deadline is `Trade.cancel_after`, on the database's clock (`trades.db.db_now`), set by
 `services.place_entry_order` in the same update that claims the placement, before the order is sent: a live order
-always has one, and every worker compares it with the same clock, whatever its own says. Two paths send the deadline's cancel (`cancel_and_verify`):
+always has one, and every worker compares it with the same clock, whatever its own says. Two paths send the
+deadline's cancel (`cancel_and_verify`):
 
 - the countdown (`entry_timeout`, a broker message with a countdown): the fast path, on time;
 - the sweep (`cancel_overdue_entries`, beat every 15 s): the backstop, for a countdown lost with the broker's data,

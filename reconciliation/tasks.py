@@ -183,7 +183,7 @@ def _retry_db_error(task, exc, what: str):
 def cancel_order(self, trade_id, actor=""):
     """Cancel the trade's order. Never fails the chain: whatever happens (the trade's own look-up included), the
     chained verify_cancel must run. Transient exchange errors are retried a few times first; database errors (the
-    server away, connections lost) for about CANCEL_DB_RETRY_SEC, so a short outage delays the cancel, never drops it."""
+    server away, connections lost) for about CANCEL_DB_RETRY_SEC: a short outage delays the cancel, never drops it."""
     try:
         trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
         if trade is None:
