@@ -36,18 +36,20 @@ from . import rules
 logger = logging.getLogger(__name__)
 
 
-def _sendable(now: datetime) -> Q:
-    """Trades whose deadline's cancel may be sent now (deadline aside): pending and not sent within
-    ENTRY_CANCEL_RESEND_SEC, or failed "not found" and not sent since."""
+def _pending_unsent(now: datetime) -> Q:
+    """Pending, and its deadline's cancel not sent within ENTRY_CANCEL_RESEND_SEC."""
     resend_before = now - timedelta(seconds=settings.ENTRY_CANCEL_RESEND_SEC)
-    pending = Q(status=Trade.Status.PENDING) & (Q(cancel_sent_at__isnull=True) | Q(cancel_sent_at__lte=resend_before))
-    not_found = Q(status=Trade.Status.FAILED, status_reason=rules.NOT_FOUND_REASON, cancel_sent_at__isnull=True)
-    return pending | not_found
+    return Q(status=Trade.Status.PENDING) & (Q(cancel_sent_at__isnull=True) | Q(cancel_sent_at__lte=resend_before))
+
+
+def _not_found_unsent() -> Q:
+    """Failed "not found", and no cancel sent since (the failure clears cancel_sent_at)."""
+    return Q(status=Trade.Status.FAILED, status_reason=rules.NOT_FOUND_REASON, cancel_sent_at__isnull=True)
 
 
 def _claim(trade_id: int, now: datetime, *, due: bool) -> bool:
     """Compare-and-set: this caller, and no other, sends the deadline's cancel now."""
-    query = Trade.objects.filter(_sendable(now), pk=trade_id)
+    query = Trade.objects.filter(_pending_unsent(now) | _not_found_unsent(), pk=trade_id)
     if due:
         query = query.filter(cancel_after__lte=now)
     return query.update(cancel_sent_at=now) == 1
@@ -71,10 +73,9 @@ def cancel_overdue_entries(*, send: Callable[[int], object], limit: int | None =
     now = db_now()
     overdue = Trade.objects.filter(cancel_after__lte=now).order_by("cancel_after", "pk")
     # Pending first: those can still fill. Then the "not found" ones, the backstop for a wrong inference.
-    ids = list(overdue.filter(_sendable(now), status=Trade.Status.PENDING).values_list("pk", flat=True)[:limit])
+    ids = list(overdue.filter(_pending_unsent(now)).values_list("pk", flat=True)[:limit])
     if len(ids) < limit:
-        ids += list(overdue.filter(_sendable(now), status=Trade.Status.FAILED)
-                    .values_list("pk", flat=True)[:limit - len(ids)])
+        ids += list(overdue.filter(_not_found_unsent()).values_list("pk", flat=True)[:limit - len(ids)])
     sent = []
     for trade_id in ids:
         if _claim(trade_id, now, due=True):  # lost it to the countdown or another sweep: theirs to send
