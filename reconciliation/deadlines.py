@@ -32,6 +32,7 @@ from trades.db import db_now
 from trades.models import Trade
 
 from . import rules
+from .snapshots import PLACING
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,11 @@ def cancel_overdue_entries(*, send: Callable[[int], object], limit: int | None =
     Queries: one clock read and two bounded selects whatever the number of trades, plus one claim per trade sent."""
     limit = settings.ENTRY_SWEEP_BATCH if limit is None else limit
     now = db_now()
-    overdue = Trade.objects.filter(cancel_after__lte=now).order_by("cancel_after", "pk")
+    # A placement still in flight (claimed moments ago, its answer not back yet) is left to its countdown, which is
+    # scheduled once the answer is in: a cancel sent before the order reaches Binance is a -2011 that cancels nothing,
+    # and would hold the claim for ENTRY_CANCEL_RESEND_SEC. Past that window PLACING means an unknown outcome: swept.
+    in_flight = Q(exchange_status=PLACING, placed_at__gt=now - timedelta(seconds=2 * settings.BINANCE_HTTP_TIMEOUT + 5))
+    overdue = Trade.objects.filter(cancel_after__lte=now).exclude(in_flight).order_by("cancel_after", "pk")
     # Pending first: those can still fill. Then the "not found" ones, the backstop for a wrong inference.
     ids = list(overdue.filter(_pending_unsent(now)).values_list("pk", flat=True)[:limit])
     if len(ids) < limit:

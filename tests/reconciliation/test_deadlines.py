@@ -81,6 +81,19 @@ def test_the_sweep_sends_each_overdue_pending_entry_once(account, monkeypatch):
 
 
 @pytest.mark.django_db
+def test_the_sweep_leaves_a_placement_still_in_flight_to_its_countdown(account, settings):
+    """A deadline shorter than the placement's round trip: a cancel now would reach Binance before the order."""
+    settings.BINANCE_HTTP_TIMEOUT = 10
+    trade = overdue(account, exchange_status="PLACING", placed_at=timezone.now() - timedelta(seconds=2))
+    sent = []
+    assert services.cancel_overdue_entries(send=sent.append)["sent"] == 0
+
+    Trade.objects.filter(pk=trade.pk).update(placed_at=timezone.now() - timedelta(seconds=26))  # outcome unknown
+    assert services.cancel_overdue_entries(send=sent.append)["sent"] == 1
+    assert sent == [trade.pk]
+
+
+@pytest.mark.django_db
 def test_a_countdown_that_sent_the_cancel_keeps_the_sweep_from_sending_it_again(account, monkeypatch):
     trade = overdue(account)
     sent = []
