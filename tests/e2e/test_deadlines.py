@@ -236,8 +236,9 @@ def test_f32_redis_loses_its_data_every_overdue_entry_is_cancelled_within_30s_of
     broker = dl.stack.broker.client()
     wait_for(lambda: broker.hlen("unacked") >= 3, message="the workers hold the three entry-timeout countdowns")
 
-    dl.stack.broker.lose_data()  # the countdowns are gone: the workers' copies with their connection, Redis' own
-    assert broker.hlen("unacked") == 0
+    # The countdowns are gone: Redis' copies with its data, the workers' with their connection (a worker drops the
+    # messages it holds when its broker connection goes, expecting Redis to hand them out again).
+    dl.stack.broker.lose_data()
 
     wait_for(lambda: dl.stack.supervise() or all(dl.cancelled_on_exchange(t) for t in trades), timeout=75,
              interval=0.5, message="every overdue entry cancelled")
