@@ -236,8 +236,9 @@ def test_f32_redis_loses_its_data_every_overdue_entry_is_cancelled_within_30s_of
     broker = dl.stack.broker.client()
     wait_for(lambda: broker.hlen("unacked") >= 3, message="the workers hold the three entry-timeout countdowns")
 
-    # The countdowns are gone: Redis' copies with its data, the workers' with their connection (a worker drops the
-    # messages it holds when its broker connection goes, expecting Redis to hand them out again).
+    # The countdowns are gone: Redis' copies with its data, a worker's with its connection (it drops what it holds,
+    # expecting Redis to hand it out again) or with the worker itself (kombu's restore of unacked messages can kill
+    # it on a Redis restart; supervise() starts it again, as a process supervisor would).
     dl.stack.broker.lose_data()
 
     wait_for(lambda: dl.stack.supervise() or all(dl.cancelled_on_exchange(t) for t in trades), timeout=75,
