@@ -8,6 +8,7 @@ and enqueues on the private broker (`enqueue`)."""
 
 from __future__ import annotations
 
+import importlib
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from datetime import timedelta
 
 import pytest
 import redis
+from django.apps import apps
 from django.db import connection
 from django.db.models import Q
 from django.test import override_settings
@@ -185,7 +187,9 @@ class Deadlines:
         return self.order(trade)["status"] == "CANCELED"
 
     def start_sweep(self) -> None:
-        """celery beat with the deadline sweep only, on its production schedule (every 15 s)."""
+        """celery beat with the deadline sweep only, on its production schedule (every 15 s): the migration's, made
+        again by the migration's own code if an earlier transactional test flushed it."""
+        importlib.import_module("reconciliation.migrations.0006_cancel_overdue_schedule").create_schedule(apps, None)
         PeriodicTask.objects.filter(name=SWEEP).update(enabled=True)
         assert PeriodicTask.objects.get(name=SWEEP).interval.every == 15
         self.stack.start_beat()
