@@ -33,7 +33,7 @@ def event_type(raw: str):
     """The `e` of a raw frame, or None when it is not a JSON object with one (a malformed frame pushed on purpose)."""
     try:
         event = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):   # RecursionError: nested deeper than json parses
         return None
     kind = event.get("e") if isinstance(event, dict) else None
     return kind if isinstance(kind, str) else None
