@@ -47,7 +47,7 @@ def account_update(account, position, now: int) -> dict:
             "m": "ORDER",
             "B": [{"a": "USDT", "wb": balance, "cw": balance, "bc": "0"}],
             "P": [{"s": s.symbol, "pa": s.fmt_qty(position.amount), "ep": s.fmt_avg(position.entry_price),
-                   "bep": s.fmt_avg(position.entry_price), "cp": "0",
+                   "bep": s.fmt_avg(position.entry_price), "cr": "0",   # (pre-fee) accumulated realized
                    "up": q8(position.unrealized()), "mt": "cross", "iw": "0", "ps": "BOTH"}],
         },
     }

@@ -60,7 +60,7 @@ def test_order_trade_update_and_account_update_on_fill(futures_client, exchange,
         assert update["e"] == "ACCOUNT_UPDATE"
         [pos] = update["a"]["P"]
         assert (pos["s"], pos["pa"], pos["ep"], pos["ps"]) == ("BTCUSDT", "0.004", "50000.00000", "BOTH")
-        assert set(pos) == {"s", "pa", "ep", "bep", "cp", "up", "mt", "iw", "ps"}
+        assert set(pos) == {"s", "pa", "ep", "bep", "cr", "up", "mt", "iw", "ps"}
         assert set(update["a"]["B"][0]) == {"a", "wb", "cw", "bc"}
         trade = recv_json(ws)["o"]
         assert (trade["x"], trade["X"], trade["l"], trade["z"], trade["L"]) == (
