@@ -14,9 +14,18 @@ None. `services.apply_order_snapshot` executes it; nothing else decides a trade'
 |                   | longer ago than the grace period                         |                                  |
 | failed/cancelled  | a fill, or the order still working                       | open / pending (a correction:    |
 |                   |                                                          | our inference was wrong)         |
+| open, no entry    | an average price for the quantity the trade holds        | open (entry_price filled in)     |
+| price             |                                                          |                                  |
 
 Never backwards: a snapshot older (updateTime) than the last one applied is ignored, filled_qty never decreases,
-open and closed trades are never changed by an order snapshot. Money is Decimal throughout.
+open and closed trades never change status by an order snapshot. Money is Decimal throughout.
+
+The last row is bookkeeping, not a state change: Binance's answers to placing and cancelling no longer carry
+`avgPrice` (2026-07; DESIGN §5 F25), so a partial fill applied from a cancel answer opens the trade without a price,
+and the next look-up (the cancel's verification, the stream's event, an operator's verify) fills it in. No audit
+event is written for it — the status does not change and the opening event already records the fill; the service
+logs it at INFO. It writes only while the entry price is still missing (compare-and-set), only for a snapshot of
+the same filled quantity (an average of another quantity would be another price), and never moves anything else.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ UNCHANGED = "unchanged"
 STALE = "stale"
 NOT_FOUND_IN_GRACE = "not_found_in_grace"
 NEEDS_OPERATOR = "needs_operator"  # the facts contradict each other; a person decides
+PRICED = "priced"  # an open trade's missing entry price filled in (bookkeeping, no event)
 IGNORED = "ignored"  # open/closed trades: nothing an order snapshot may change
 
 
@@ -86,7 +96,18 @@ def decide(trade: Trade, snap: OrderSnapshot, now: datetime, *, grace_sec: int) 
         return _from_pending(trade, snap, now, grace_sec)
     if trade.status in (Trade.Status.FAILED, Trade.Status.CANCELLED):
         return _correction(trade, snap, now)
+    if trade.status == Trade.Status.OPEN and trade.entry_price is None:
+        return _fill_entry_price(trade, snap)
     return IGNORED
+
+
+def _fill_entry_price(trade: Trade, snap: OrderSnapshot) -> Decision | str:
+    """An open trade opened without a price (from a place or cancel answer): the average price of a snapshot that
+    shows the same filled quantity is its entry price."""
+    if snap.avg_price is None or snap.executed_qty != trade.filled_qty:
+        return IGNORED
+    return Decision(PRICED, Trade.Status.OPEN, {"entry_price": snap.avg_price},
+                    condition=Q(entry_price__isnull=True, filled_qty=snap.executed_qty), audited=False)
 
 
 def in_not_found_grace(trade: Trade, now: datetime, grace_sec: int) -> bool:

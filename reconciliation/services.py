@@ -19,6 +19,7 @@ from django.utils import timezone
 from trades.binance_client import BinanceFuturesClient, new_client_order_id
 from trades.db import retry_transient_db_errors
 from trades.exceptions import (
+    ClockSkew,
     ExchangeError,
     RateLimited,
     TransientExchangeError,
@@ -405,6 +406,10 @@ def place_entry_order(trade: Trade, *, client=None) -> dict:
     except RateLimited as exc:  # refused before execution: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
             trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status})"), Source.PLACE)
+        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
+    except ClockSkew as exc:  # -1021 twice (the gateway re-synced and resent once): not executed, a definite no
+        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
+            trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"), Source.PLACE)
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except TransientExchangeError as exc:
         logger.warning("trade %s: placement outcome unknown (%s); stays pending for reconcile", trade.pk, exc)

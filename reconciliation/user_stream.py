@@ -1,10 +1,12 @@
 """The user-data WebSocket consumer (DESIGN §1 P0 "reconcile on every (re)connect"; issue 5).
 
 One asyncio process streams every active account (or the named ones), one connection each, to
-``{BINANCE_FUTURES_WS_URL}/private/ws?listenKey=<key>``:
+``{BINANCE_FUTURES_WS_URL}/private/ws?listenKey=<key>&events=<USER_STREAM_EVENTS, "/"-separated>`` (without
+``events`` Binance delivers nothing):
 
 - listenKey: created per connection (Binance returns the live key if there is one), kept alive every
-  USER_STREAM_KEEPALIVE_SEC, closed (DELETE) on shutdown; -1125 on keepalive or a ``listenKeyExpired`` event → a
+  USER_STREAM_KEEPALIVE_SEC, never DELETEd (one key per account, shared with the bot's own stream: a DELETE would
+  close that too; on shutdown the socket is closed and the key lapses); -1125 on keepalive or a ``listenKeyExpired`` event → a
   new key and an immediate reconnect; a proactive reconnect after USER_STREAM_MAX_CONNECTION_SEC, before Binance's
   24 h cut. A keepalive that fails otherwise (429/418, 5xx, timeout) is retried with backoff (at least the rate
   limit's Retry-After) on the live connection, which ends (then backs off and reconnects) only once no keepalive

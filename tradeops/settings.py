@@ -251,6 +251,12 @@ USER_STREAM_ACCOUNT_REFRESH_SEC = env.float("USER_STREAM_ACCOUNT_REFRESH_SEC", d
 USER_STREAM_BACKOFF_BASE_SEC = env.float("USER_STREAM_BACKOFF_BASE_SEC", default=1.0)
 USER_STREAM_BACKOFF_MAX_SEC = env.float("USER_STREAM_BACKOFF_MAX_SEC", default=60)
 USER_STREAM_POSITION_DEBOUNCE_SEC = env.float("USER_STREAM_POSITION_DEBOUNCE_SEC", default=2.0)
+# Event types the stream subscribes to (`&events=` on /private/ws; without it Binance delivers nothing): comma- or
+# "/"-separated. ORDER_TRADE_UPDATE, ACCOUNT_UPDATE and listenKeyExpired are always added: the stream needs them.
+USER_STREAM_EVENTS = env.str(
+    "USER_STREAM_EVENTS",
+    default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
+)
 
 # --- Health and metrics (issue 7; tradeops/views.py, reconciliation/metrics.py) -------------------------------------
 HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)

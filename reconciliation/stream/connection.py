@@ -1,12 +1,17 @@
 """One account's user-data stream: listenKey life cycle, the WebSocket, reconnects, and what each message triggers.
 
-    create listenKey → connect {ws}/private/ws?listenKey=… → enqueue reconcile("ws_connect") and schedule a
+    create listenKey → connect {ws}/private/ws?listenKey=…&events=… → enqueue reconcile("ws_connect") and schedule a
     (debounced) sync_positions("ws_connect") → read …
       … until: the socket drops / listenKeyExpired / the key is gone on keepalive (-1125) / keepalives have
                failed (each retried with backoff on the live socket) until the key is about to lapse
                / the connection reaches max age / stop()
                / applying a message does not return within db_call_timeout_sec (a DB call hung on a dead socket)
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
+
+The listenKey is never DELETEd: Binance keeps one key per account, shared by every consumer of the API key (the
+bot's own stream too), and a DELETE closes all of their sockets (DESIGN §5 F18; USDⓈ-M "User Data Streams":
+"Doing a DELETE on a listenKey will close the stream and invalidate the listenKey"). On shutdown we close our
+socket and let the key lapse (60 minutes after its last keepalive, or kept alive by the other consumers).
 
 The reconcile is enqueued only once the socket is live, so a fill either arrives on this socket or happened
 before it was open and the reconcile finds it; overlap is harmless (the rule is idempotent). Positions may have
@@ -51,8 +56,14 @@ def ws_base_url(account: Account) -> str:
     return getattr(settings, name).rstrip("/")
 
 
+def stream_url(base_url: str, listen_key: str, events) -> str:
+    """Binance's private route since 2026-04-23: the listenKey and the `/`-separated event types to deliver —
+    without `events` the socket is accepted and stays silent ("Important WebSocket Change Notice")."""
+    return f"{base_url}/private/ws?listenKey={listen_key}&events={'/'.join(events)}"
+
+
 def listen_key_client(account: Account, timeout: float) -> BinanceFuturesClient:
-    """The account's gateway for listenKey calls, with a short timeout (shutdown must not wait on a slow DELETE).
+    """The account's gateway for listenKey calls, with a short timeout (a slow keepalive must not hold the stream).
     The caller closes it."""
     with BinanceFuturesClient.for_account(account) as defaults:  # only for its URL, timeout and label
         return BinanceFuturesClient(account.api_key, account.api_secret, rest_url=defaults.rest_url,
@@ -159,7 +170,7 @@ class AccountStream:
         self._listen_key = await self._blocking(client.create_listen_key)
         if self._stopping:
             return "stop"
-        url = f"{ws_base_url(self.account)}/private/ws?listenKey={self._listen_key}"
+        url = stream_url(ws_base_url(self.account), self._listen_key, self.config.events)
         cfg = self.config
         async with connect(url, open_timeout=cfg.open_timeout_sec, ping_interval=cfg.ping_interval_sec,
                            ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20) as ws:
@@ -310,18 +321,13 @@ class AccountStream:
             await asyncio.sleep(min(0.05, end - time.monotonic()))
 
     async def _shut(self, client) -> None:
-        """Close the listenKey (Binance: DELETE invalidates it) and record the state. Bounded: shutdown waits."""
+        """Record the state and let go of the gateway. Bounded: shutdown waits. The listenKey is left to lapse, never
+        DELETEd: that would close every socket on it, the bot's own included (see the module docstring)."""
         if self._position_sync is not None and not self._position_sync.done():
             self._position_sync.cancel()
             logger.info("user_stream position_sync_dropped account=%s: stopping; the periodic position sync covers it",
                         self.label)
-        if client is not None and self._listen_key is not None:
-            try:
-                await self._blocking(client.close_listen_key, self._listen_key)
-                logger.info("user_stream event=listen_key_closed account=%s", self.label)
-            except Exception as exc:  # noqa: BLE001 — it expires by itself within 60 minutes
-                logger.warning("user_stream listen_key_close_failed account=%s: %s", self.label, str(exc)[:200])
-            self._listen_key = None
+        self._listen_key = None
         if client is not None:
             client.close()
         await self._call("state", record_state, self.account_id, STOPPED)
