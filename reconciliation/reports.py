@@ -27,6 +27,7 @@ class Report:
     stale: int = 0
     ignored: int = 0
     not_found_in_grace: int = 0
+    rechecked: int = 0  # trades failed as "not found" looked up again (rechecks.py)
     needs_operator: int = 0
     errors: int = 0
     weight_used: int = 0

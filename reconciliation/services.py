@@ -26,7 +26,7 @@ from trades.exceptions import (
 )
 from trades.models import Account, Trade, TradeEvent
 
-from . import rules
+from . import rechecks, rules
 from .leases import account_lease
 from .models import ReconcileRun
 from .positions import compare_positions
@@ -63,7 +63,8 @@ def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -
     rules.check_same_order(trade, snap)
     grace = settings.PENDING_NOT_FOUND_GRACE_SEC
     for _ in range(3):  # lost a race to another path: re-read and decide again on the fresh row
-        decision = rules.decide(trade, snap, timezone.now(), grace_sec=grace)
+        decision = rules.decide(trade, snap, timezone.now(), grace_sec=grace,
+                                recheck_sec=settings.NOT_FOUND_RECHECK_SEC)
         if isinstance(decision, str):
             if decision == rules.NEEDS_OPERATOR:
                 flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source,
@@ -169,6 +170,38 @@ def reconcile_pending_locked(account: Account, client, report: Report, *, deep: 
             if _over_budget(client, report):
                 return
             _reconcile_by_order(client, trade, report, source=Source.RECONCILE)
+    if not deep:
+        _recheck_not_found(account, client, report)
+
+
+def _recheck_not_found(account: Account, client, report: Report) -> None:
+    """Look up again, one GET each (weight 1, counted in the report), the account's trades failed as "not found on
+    exchange" whose re-check is due (rechecks.py); an order that shows up is applied by the one rule, which corrects
+    the trade. After the pending trades: they are the more urgent."""
+    for trade in rechecks.due_not_found_rechecks(account.pk, limit=settings.RECONCILE_PAGE_SIZE):
+        if _over_budget(client, report):
+            return
+        claim = rechecks.claim_not_found_recheck(trade)
+        if claim is None:
+            continue
+        report.rechecked += 1
+        calls_before = client.http_calls
+        try:
+            order = fetch_order(client, trade)
+        except RateLimited:
+            rechecks.release_not_found_recheck(trade, claim)
+            raise
+        except (ExchangeError, LookupError) as exc:
+            report.errors += 1
+            logger.warning("trade %s: not-found re-check %d failed: %s", trade.pk, claim.after[0], exc)
+            continue
+        finally:
+            report.weight_used += client.http_calls - calls_before
+        result = _apply(trade, order, report, source=Source.RECONCILE)
+        if result == rules.REOPENED:
+            logger.warning("trade %s: order found on exchange at re-check %d after it was failed as %r; corrected to "
+                           "%s: account=%s client_order_id=%s", trade.pk, claim.after[0], rules.NOT_FOUND_REASON,
+                           trade.status, trade.account_id, trade.client_order_id)
 
 
 def _pending_trades(account: Account, *, deep: bool):
