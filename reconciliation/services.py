@@ -26,7 +26,7 @@ from trades.exceptions import (
 )
 from trades.models import Account, Trade, TradeEvent
 
-from . import rechecks, rules
+from . import rechecks, rules, stream_guard
 from .leases import account_lease
 from .models import ReconcileRun
 from .positions import compare_positions
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 Source = TradeEvent.Source
 ALL_ORDERS_SLACK = timedelta(minutes=5)  # our created_at precedes Binance's order time; allow for clock skew
 DUPLICATE_CLIENT_ORDER_ID_CODES = frozenset({-4116, -4015})  # "the order may exist already": never failed
+WS_CONNECT = "ws_connect"  # the reason of the reconcile the user stream asks for on every (re)connect
 
 
 @contextmanager
@@ -132,8 +133,14 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
     """
     kind = ReconcileRun.Kind.DEEP if deep else ReconcileRun.Kind.PENDING
     report = Report(account_id=account.pk, kind=kind, reason=reason, actor=actor)
-    return _run_under_lease(account, report, client,
-                            lambda client: reconcile_pending_locked(account, client, report, deep=deep))
+
+    def work(client):
+        reconcile_pending_locked(account, client, report, deep=deep)
+        if reason == WS_CONNECT and not report.missed_events and not report.stopped_early:
+            # A stream marked deaf, reconnected: this reconcile found nothing its new socket missed.
+            stream_guard.clear_deaf_after_reconnect(account.pk, reconcile_started_at=report.started_at)
+
+    return _run_under_lease(account, report, client, work)
 
 
 def _run_under_lease(account: Account, report: Report, client, work) -> dict:
@@ -299,6 +306,8 @@ def _apply(trade: Trade, order, report: Report, *, source: str) -> str | None:
         logger.error("trade %s: unusable order answer from Binance (%s): %.200r", trade.pk, exc, order)
         return None
     report.count(result)
+    if report.stream_guard.observe(trade, result, source):
+        report.missed_events += 1
     return result
 
 
@@ -324,6 +333,7 @@ def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 500
     is 1.4 M rows a day for 1,000 accounts). Trades' audit events are never pruned."""
     days = settings.RECONCILE_RUN_RETENTION_DAYS if older_than_days is None else older_than_days
     cutoff = timezone.now() - timedelta(days=days)
+    stream_guard.prune_stream_misses(before=cutoff)  # the missed-event log goes with the reports
     deleted = 0
     while True:
         ids = list(ReconcileRun.objects.filter(started_at__lt=cutoff).values_list("pk", flat=True)[:batch])
@@ -367,6 +377,7 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "") -> dict:
                           actor=actor)
         return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
     result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
+    stream_guard.MissDetector(trade.account_id).observe(trade, result, Source.CANCEL_VERIFY)
     return {
         "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
         "still_working": snap.is_working, "status": trade.status,
