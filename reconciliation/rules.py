@@ -218,7 +218,8 @@ def _monotonic(snap: OrderSnapshot) -> Q:
 
 def _correction_payload(trade: Trade, snap: OrderSnapshot) -> dict:
     """The evidence of a correction, with why: what we had inferred, and what Binance shows instead."""
-    reason = f"{trade.status} ({trade.status_reason or 'no reason recorded'}), but Binance shows the order {snap.status}"
+    inferred = f"{trade.status} ({trade.status_reason or 'no reason recorded'})"
+    reason = f"{inferred}, but Binance shows the order {snap.status}"
     return _payload(snap) | {"correction": reason[:255]}
 
 

@@ -18,10 +18,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from reconciliation import rules, services
+from reconciliation import rules, services, tasks
 from reconciliation.models import AccountSyncState, ReconcileRun, StreamMiss
 from reconciliation.stream_guard import CLOCK_MARGIN
-from reconciliation import tasks
 from trades.models import Trade, TradeEvent
 
 from .harness import wait_for

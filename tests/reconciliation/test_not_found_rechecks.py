@@ -236,3 +236,10 @@ def test_due_rechecks_are_one_query_whatever_their_number(binance, account):
 
     assert len(queries) == 1
     assert sorted(t.pk for t in due) == sorted(t.pk for t in trades[:3])
+
+
+def test_due_rechecks_are_read_through_their_index(account, mysql_only):
+    plan = Trade.objects.filter(account_id=account.pk, not_found_recheck_at__lte=timezone.now(),
+                                status=Trade.Status.FAILED).order_by("not_found_recheck_at", "pk").explain()
+
+    assert "trade_account_nf_recheck" in plan
