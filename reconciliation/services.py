@@ -27,7 +27,7 @@ from trades.exceptions import (
 )
 from trades.models import Account, Trade, TradeEvent
 
-from . import rules
+from . import rechecks, rules, stream_guard
 from .leases import account_lease
 from .models import ReconcileRun
 from .positions import compare_positions
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 Source = TradeEvent.Source
 ALL_ORDERS_SLACK = timedelta(minutes=5)  # our created_at precedes Binance's order time; allow for clock skew
 DUPLICATE_CLIENT_ORDER_ID_CODES = frozenset({-4116, -4015})  # "the order may exist already": never failed
+WS_CONNECT = "ws_connect"  # the reason of the reconcile the user stream asks for on every (re)connect
 
 
 @contextmanager
@@ -64,7 +65,8 @@ def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -
     rules.check_same_order(trade, snap)
     grace = settings.PENDING_NOT_FOUND_GRACE_SEC
     for _ in range(3):  # lost a race to another path: re-read and decide again on the fresh row
-        decision = rules.decide(trade, snap, timezone.now(), grace_sec=grace)
+        decision = rules.decide(trade, snap, timezone.now(), grace_sec=grace,
+                                recheck_sec=settings.NOT_FOUND_RECHECK_SEC)
         if isinstance(decision, str):
             if decision == rules.NEEDS_OPERATOR:
                 flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source,
@@ -132,8 +134,14 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
     """
     kind = ReconcileRun.Kind.DEEP if deep else ReconcileRun.Kind.PENDING
     report = Report(account_id=account.pk, kind=kind, reason=reason, actor=actor)
-    return _run_under_lease(account, report, client,
-                            lambda client: reconcile_pending_locked(account, client, report, deep=deep))
+
+    def work(client):
+        reconcile_pending_locked(account, client, report, deep=deep)
+        if reason == WS_CONNECT and not report.missed_events and not report.stopped_early:
+            # A stream marked deaf, reconnected: this reconcile found nothing its new socket missed.
+            stream_guard.clear_deaf_after_reconnect(account.pk, reconcile_started_at=report.started_at)
+
+    return _run_under_lease(account, report, client, work)
 
 
 def _run_under_lease(account: Account, report: Report, client, work) -> dict:
@@ -170,6 +178,38 @@ def reconcile_pending_locked(account: Account, client, report: Report, *, deep: 
             if _over_budget(client, report):
                 return
             _reconcile_by_order(client, trade, report, source=Source.RECONCILE)
+    if not deep:
+        _recheck_not_found(account, client, report)
+
+
+def _recheck_not_found(account: Account, client, report: Report) -> None:
+    """Look up again, one GET each (weight 1, counted in the report), the account's trades failed as "not found on
+    exchange" whose re-check is due (rechecks.py); an order that shows up is applied by the one rule, which corrects
+    the trade. After the pending trades: they are the more urgent."""
+    for trade in rechecks.due_not_found_rechecks(account.pk, limit=settings.RECONCILE_PAGE_SIZE):
+        if _over_budget(client, report):
+            return
+        claim = rechecks.claim_not_found_recheck(trade)
+        if claim is None:
+            continue
+        report.rechecked += 1
+        calls_before = client.http_calls
+        try:
+            order = fetch_order(client, trade)
+        except RateLimited:
+            rechecks.release_not_found_recheck(trade, claim)
+            raise
+        except (ExchangeError, LookupError) as exc:
+            report.errors += 1
+            logger.warning("trade %s: not-found re-check %d failed: %s", trade.pk, claim.after[0], exc)
+            continue
+        finally:
+            report.weight_used += client.http_calls - calls_before
+        result = _apply(trade, order, report, source=Source.RECONCILE)
+        if result == rules.REOPENED:
+            logger.warning("trade %s: order found on exchange at re-check %d after it was failed as %r; corrected to "
+                           "%s: account=%s client_order_id=%s", trade.pk, claim.after[0], rules.NOT_FOUND_REASON,
+                           trade.status, trade.account_id, trade.client_order_id)
 
 
 def _pending_trades(account: Account, *, deep: bool):
@@ -267,6 +307,8 @@ def _apply(trade: Trade, order, report: Report, *, source: str) -> str | None:
         logger.error("trade %s: unusable order answer from Binance (%s): %.200r", trade.pk, exc, order)
         return None
     report.count(result)
+    if report.stream_guard.observe(trade, result, source):
+        report.missed_events += 1
     return result
 
 
@@ -292,6 +334,7 @@ def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 500
     is 1.4 M rows a day for 1,000 accounts). Trades' audit events are never pruned."""
     days = settings.RECONCILE_RUN_RETENTION_DAYS if older_than_days is None else older_than_days
     cutoff = timezone.now() - timedelta(days=days)
+    stream_guard.prune_stream_misses(before=cutoff)  # the missed-event log goes with the reports
     deleted = 0
     while True:
         ids = list(ReconcileRun.objects.filter(started_at__lt=cutoff).values_list("pk", flat=True)[:batch])
@@ -335,6 +378,7 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "") -> dict:
                           actor=actor)
         return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
     result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
+    stream_guard.MissDetector(trade.account_id).observe(trade, result, Source.CANCEL_VERIFY)
     return {
         "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
         "still_working": snap.is_working, "status": trade.status,

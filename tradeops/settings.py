@@ -166,6 +166,22 @@ BINANCE_RECV_WINDOW = env.int("BINANCE_RECV_WINDOW", default=5000)
 SYNC_RECOVER_MISSING_POSITIONS = env.bool("SYNC_RECOVER_MISSING_POSITIONS", default=False)
 PENDING_NOT_FOUND_GRACE_SEC = env.int("PENDING_NOT_FOUND_GRACE_SEC", default=120)
 
+
+def _delays(name: str, default: str) -> tuple[int, ...]:
+    """A comma-separated list of positive whole seconds ("" for none)."""
+    text = env.str(name, default=default).strip()
+    try:
+        delays = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be comma-separated whole seconds, got {text!r}") from None
+    if any(delay <= 0 for delay in delays):
+        raise ImproperlyConfigured(f"{name} must be positive seconds, got {text!r}")
+    return delays
+
+
+# A trade failed as "not found on exchange" is looked up again this long after the failure, once per entry.
+NOT_FOUND_RECHECK_SEC = _delays("NOT_FOUND_RECHECK_SEC", "300,1800,7200,86400")
+
 # --- Celery (all of it here: one module) -----------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
@@ -257,6 +273,10 @@ USER_STREAM_EVENTS = env.str(
     "USER_STREAM_EVENTS",
     default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
 )
+# A REST look-up that finds an order change this much older than itself, made while the account's socket was
+# connected, that the socket never delivered, is a missed event; this many within an hour mark the stream deaf.
+USER_STREAM_DEAF_LAG_SEC = env.float("USER_STREAM_DEAF_LAG_SEC", default=10.0)
+USER_STREAM_DEAF_AFTER = env.int("USER_STREAM_DEAF_AFTER", default=3)
 
 # --- Health and metrics (issue 7; tradeops/views.py, reconciliation/metrics.py) -------------------------------------
 HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)

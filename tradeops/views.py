@@ -5,7 +5,8 @@
 - broker: a connection to CELERY_BROKER_URL within HEALTH_BROKER_TIMEOUT_SEC;
 - beat: the reconcile schedule (django-celery-beat) ran within HEALTH_BEAT_MAX_AGE_SEC (default: 3 of its intervals);
 - user_stream: every active account's stream is connected, or (re)connecting for less than HEALTH_STREAM_GRACE_SEC,
-  and the stream process has shown a heartbeat within three account refreshes (a killed process keeps its state).
+  and the stream process has shown a heartbeat within three account refreshes (a killed process keeps its state),
+  and no account's stream is marked deaf (connected, but missing order events: reconciliation/stream_guard.py).
 """
 
 import hmac
@@ -77,11 +78,14 @@ def check_user_streams():
         alive = beat is not None and now - beat < heartbeat_max_age  # a killed process leaves "connected" behind
         ok = alive and (current == "connected"
                         or (current in ("connecting", "reconnecting") and since and now - since < grace))
+        deaf = state.stream_deaf_since if state else None  # connected, but missing events (stream_guard.py)
+        ok = ok and deaf is None
         healthy &= bool(ok)
         details[account.name] = {
             "state": current or "none", "since": since.isoformat() if since else None,
             "last_event_at": state.stream_last_event_at.isoformat() if state and state.stream_last_event_at else None,
             "heartbeat_at": beat.isoformat() if beat else None,
+            "deaf_since": deaf.isoformat() if deaf else None,
             "ok": bool(ok),
         }
     return healthy, details

@@ -209,6 +209,15 @@ class Trade(models.Model):
     needs_operator = models.BooleanField(
         default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
     )
+    # Binance can answer -2013 for minutes for an order that exists: a trade failed as "not found on exchange" is
+    # looked up again on NOT_FOUND_RECHECK_SEC's schedule (reconciliation.rechecks), at most once per entry.
+    not_found_rechecks = models.PositiveSmallIntegerField(
+        default=0, help_text="Look-ups made since the trade was failed as not found on exchange."
+    )
+    not_found_recheck_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a trade failed as not found on exchange is looked up again; "
+        "empty: never again."
+    )
 
     objects = TradeQuerySet.as_manager()
 
@@ -225,6 +234,8 @@ class Trade(models.Model):
             models.Index(fields=["account", "status", "created_at"], name="trade_account_status_created"),
             # WebSocket events and update_pending_by_entry_order_id look trades up by Binance order id.
             models.Index(fields=["account", "entry_order_id"], name="trade_account_entry_order"),
+            # The pending reconcile's due not-found re-checks (reconciliation.rechecks).
+            models.Index(fields=["account", "not_found_recheck_at"], name="trade_account_nf_recheck"),
         ]
 
     def __str__(self):
