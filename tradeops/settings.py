@@ -182,6 +182,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": 0.05,
     }
 else:
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        # kombu's, with channels that survive a Redis restart while the worker holds unacked messages (countdowns):
+        # see tradeops/kombu_redis.py for the cause in Celery/kombu.
+        CELERY_BROKER_TRANSPORT = "tradeops.kombu_redis:Transport"
     # A task a worker holds unacked (running with acks_late, or a countdown/ETA waiting in its memory) goes back to
     # the queue at once on a warm shutdown. After a crash of the whole worker, Redis hands it out again once it is
     # visibility_timeout old, at the next sweep. Kombu sweeps every interval × throttle seconds (10 × 10 by default,
