@@ -260,4 +260,6 @@ USER_STREAM_POSITION_DEBOUNCE_SEC = env.float("USER_STREAM_POSITION_DEBOUNCE_SEC
 HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)
 HEALTH_BEAT_MAX_AGE_SEC = env.int("HEALTH_BEAT_MAX_AGE_SEC", default=0)  # 0: three intervals of the reconcile schedule
 HEALTH_STREAM_GRACE_SEC = env.int("HEALTH_STREAM_GRACE_SEC", default=120)  # (re)connecting longer than this = down
+# No worker ran the heartbeat task (sent every 15 s) for longer than this = down: four beats of it.
+HEALTH_WORKER_MAX_AGE_SEC = env.int("HEALTH_WORKER_MAX_AGE_SEC", default=60)
 METRICS_CACHE_SEC = env.float("METRICS_CACHE_SEC", default=10.0)
