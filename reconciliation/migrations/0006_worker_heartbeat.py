@@ -1,5 +1,6 @@
 """Worker heartbeats for /health/'s `workers` check: the table, and the schedule that sends `worker_heartbeat` every
-15 s (like 0002, created once and never overwritten). A heartbeat older than one interval is useless: it expires."""
+15 s (like 0002, created once and never overwritten). A heartbeat older than one interval is useless: it expires
+within one."""
 
 from django.db import migrations, models
 
@@ -12,7 +13,7 @@ def create_schedule(apps, schema_editor):
     if not PeriodicTask.objects.filter(name=NAME).exists():
         interval, _ = IntervalSchedule.objects.get_or_create(every=15, period="seconds")
         PeriodicTask.objects.create(name=NAME, task="reconciliation.tasks.worker_heartbeat", interval=interval,
-                                    expire_seconds=15, enabled=True)
+                                    expire_seconds=14, enabled=True)
 
 
 def remove_schedule(apps, schema_editor):
