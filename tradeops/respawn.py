@@ -34,6 +34,11 @@ def backoff(failures: int, base: float, cap: float) -> float:
     return min(cap, base * 2 ** (failures - 1))
 
 
+def exit_status(returncode: int) -> int:
+    """The shell's convention: a process killed by signal N exits with 128 + N (Popen reports -N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m tradeops.respawn COMMAND [ARG…]", file=sys.stderr)
@@ -59,7 +64,7 @@ def main(argv: list[str]) -> int:
     while True:
         started = time.monotonic()
         child = subprocess.Popen(argv)
-        code = child.wait()
+        code = exit_status(child.wait())
         if stopping:
             return code
         failures = 1 if time.monotonic() - started >= reset_after else failures + 1

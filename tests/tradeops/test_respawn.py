@@ -15,11 +15,12 @@ from tradeops.respawn import backoff
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"RESPAWN_BACKOFF_BASE_SEC": "0.05", "RESPAWN_BACKOFF_MAX_SEC": "0.2"}
 
-# Appends its pid to a file (once ready for SIGTERM), then exits with 3 at once ("crash") or waits for SIGTERM, notes
-# it and exits with 0 ("serve").
+# Appends its pid to a file (once ready for SIGTERM), then exits with 3 at once ("crash"), or waits for SIGTERM, notes
+# it and exits with 0 ("serve"), or waits for SIGTERM and is killed by it ("die").
 CHILD = """
 import os, signal, sys
-signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1] + ".term", "w").close(), sys.exit(0)))
+if sys.argv[2] != "die":
+    signal.signal(signal.SIGTERM, lambda *_: (open(sys.argv[1] + ".term", "w").close(), sys.exit(0)))
 with open(sys.argv[1], "a") as f:
     f.write(f"{os.getpid()}\\n")
 if sys.argv[2] == "crash":
@@ -97,3 +98,15 @@ def test_under_honcho_one_process_exiting_leaves_the_others_running(tmp_path):
         if honcho.poll() is None:
             os.killpg(honcho.pid, signal.SIGKILL)
             honcho.wait()
+
+
+def test_a_process_killed_by_the_stop_signal_exits_like_a_shell_reports_it(tmp_path):
+    proc, log = respawn(tmp_path, "die")
+    try:
+        wait_for(lambda: runs(log), message="the process started")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        assert len(runs(log)) == 1
+    finally:
+        proc.kill()
+        proc.wait()
