@@ -111,3 +111,12 @@ class StreamMiss(models.Model):
 
     def __str__(self):
         return f"{self.account} missed {self.exchange_status} of trade {self.trade_id}"
+class WorkerHeartbeat(models.Model):
+    """When a Celery worker last ran `worker_heartbeat` (sent by beat every 15 s): /health/'s `workers` check. One row
+    per worker hostname, overwritten."""
+
+    hostname = models.CharField(max_length=255, primary_key=True)
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return f"{self.hostname} seen {self.seen_at:%Y-%m-%d %H:%M:%S}"

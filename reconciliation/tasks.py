@@ -10,6 +10,7 @@ the chain (its errors are logged and passed on), so the verification always runs
 
 import logging
 import random
+import socket
 import time
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ from trades.binance_client import client_order_id_for
 from trades.exceptions import ExchangeError, RateLimited, TransientExchangeError
 from trades.models import Account, Trade, TradeEvent
 
-from . import services
+from . import heartbeats, services
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,13 @@ def sync_all_positions():
 def prune_reconcile_runs():
     """Daily: drop reconcile reports past RECONCILE_RUN_RETENTION_DAYS (the audit trail of trades is kept)."""
     return services.prune_reconcile_runs()
+
+
+@shared_task(bind=True, ignore_result=True)
+def worker_heartbeat(self):
+    """Every 15 s (beat): whichever worker runs it notes that it did. /health/'s `workers` check reads the newest, so
+    it sees the whole path a countdown or a reconcile takes (beat → broker → a worker → the database)."""
+    heartbeats.note_worker_heartbeat(hostname=self.request.hostname or socket.gethostname())
 
 
 # --- cancel → verify ----------------------------------------------------------------------------------------------

@@ -198,6 +198,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": 0.05,
     }
 else:
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        # kombu's, with channels that survive a Redis restart while the worker holds unacked messages (countdowns):
+        # see tradeops/kombu_redis.py for the cause in Celery/kombu.
+        CELERY_BROKER_TRANSPORT = "tradeops.kombu_redis:Transport"
     # A task a worker holds unacked (running with acks_late, or a countdown/ETA waiting in its memory) goes back to
     # the queue at once on a warm shutdown. After a crash of the whole worker, Redis hands it out again once it is
     # visibility_timeout old, at the next sweep. Kombu sweeps every interval × throttle seconds (10 × 10 by default,
@@ -282,6 +286,8 @@ USER_STREAM_DEAF_AFTER = env.int("USER_STREAM_DEAF_AFTER", default=3)
 HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)
 HEALTH_BEAT_MAX_AGE_SEC = env.int("HEALTH_BEAT_MAX_AGE_SEC", default=0)  # 0: three intervals of the reconcile schedule
 HEALTH_STREAM_GRACE_SEC = env.int("HEALTH_STREAM_GRACE_SEC", default=120)  # (re)connecting longer than this = down
+# No worker ran the heartbeat task (sent every 15 s) for longer than this = down: four beats of it.
+HEALTH_WORKER_MAX_AGE_SEC = env.int("HEALTH_WORKER_MAX_AGE_SEC", default=60)
 METRICS_CACHE_SEC = env.float("METRICS_CACHE_SEC", default=10.0)
 # Bearer token for /metrics and /health/'s details (they name every account). Empty: /metrics stays open (a
 # Prometheus on a private network) and /health/ tells anonymous callers only up/down.
