@@ -14,6 +14,13 @@ from tests.helpers import wait_for
 from tradeops.celery import app
 
 
+@pytest.fixture
+def client(client, django_user_model):
+    """/health/'s details are for staff (or the METRICS_TOKEN): read them as a logged-in superuser."""
+    client.force_login(django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-for-tests-only"))
+    return client
+
+
 def workers_check(client):
     body = client.get("/health/").json()
     return body["checks"]["workers"], body["details"].get("workers", {})
