@@ -23,7 +23,9 @@ def open_position(account: Account, symbol: str, side: str, quantity, price=None
     Idempotent on client_order_id: asked again for the same order under the same id (a redelivered task, a caller's
     retry), it returns the existing trade and enqueues its placement again only if it was never sent
     (place_entry_order sends one order at most either way). The same id with another order raises ValueError.
+    An empty client_order_id ("") counts as none.
     """
+    client_order_id = client_order_id or None
     quantity = Decimal(str(quantity))
     price = None if price is None else Decimal(str(price))
     with transaction.atomic():

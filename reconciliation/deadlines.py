@@ -99,7 +99,7 @@ def cancel_entry_at_deadline(trade_id: int, *, send: Callable[[int], object], du
     target) decides, on this worker's clock."""
     now = db_now()
     trade = Trade.objects.filter(pk=trade_id).only("status", "status_reason", "cancel_after").first()
-    if trade is None or not (trade.status == Trade.Status.PENDING or rules.failed_as_not_found(trade)):
+    if trade is None or not (trade.status == Trade.Status.PENDING or rules.is_failed_not_found(trade)):
         return {"trade_id": trade_id, "outcome": "not_pending"}
     if trade.cancel_after is not None:
         due_in = (trade.cancel_after - now).total_seconds()

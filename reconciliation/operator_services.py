@@ -35,6 +35,7 @@ from .positions import close_trade, exchange_positions, explained_by_trades, sig
 from .rules import SnapshotMismatch, in_not_found_grace
 from .services import apply_order_snapshot, fetch_order, gateway
 from .snapshots import FILLED, NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
+from .stream_guard import MissDetector
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def verify_on_binance(trade: Trade, *, actor: str, client=None) -> Verification:
     before = trade_view(trade)
     order, snap = _fetch_snapshot(trade, client)
     result = apply_order_snapshot(trade, order, TradeEvent.Source.ADMIN, actor=actor)
+    MissDetector(trade.account_id).observe(trade, result, TradeEvent.Source.ADMIN)
     logger.info("trade %s verified on Binance by %s: %s (%s)", trade.pk, actor, result, snap.status)
     return Verification(trade=trade, before=before, exchange=snapshot_view(snap), result=result)
 

@@ -19,6 +19,7 @@ from django.utils import timezone
 from trades.binance_client import BinanceFuturesClient, new_client_order_id
 from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import (
+    ClockSkew,
     ExchangeError,
     RateLimited,
     TransientExchangeError,
@@ -26,7 +27,7 @@ from trades.exceptions import (
 )
 from trades.models import Account, Trade, TradeEvent
 
-from . import rules
+from . import rechecks, rules, stream_guard
 from .deadlines import cancel_entry_at_deadline, cancel_overdue_entries
 from .leases import account_lease
 from .models import ReconcileRun
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 Source = TradeEvent.Source
 ALL_ORDERS_SLACK = timedelta(minutes=5)  # our created_at precedes Binance's order time; allow for clock skew
 DUPLICATE_CLIENT_ORDER_ID_CODES = frozenset({-4116, -4015})  # "the order may exist already": never failed
+WS_CONNECT = "ws_connect"  # the reason of the reconcile the user stream asks for on every (re)connect
 
 
 @contextmanager
@@ -67,7 +69,8 @@ def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -
         # A -2013 is judged against the grace on the database's clock (placed_at is taken on it): a worker whose own
         # clock jumped ahead must not skip the grace and fail a live order.
         now = db_now() if snap.status == NOT_FOUND else timezone.now()
-        decision = rules.decide(trade, snap, now, grace_sec=grace)
+        decision = rules.decide(trade, snap, now, grace_sec=grace,
+                                recheck_sec=settings.NOT_FOUND_RECHECK_SEC)
         if isinstance(decision, str):
             if decision == rules.NEEDS_OPERATOR:
                 flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source,
@@ -135,8 +138,14 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
     """
     kind = ReconcileRun.Kind.DEEP if deep else ReconcileRun.Kind.PENDING
     report = Report(account_id=account.pk, kind=kind, reason=reason, actor=actor)
-    return _run_under_lease(account, report, client,
-                            lambda client: reconcile_pending_locked(account, client, report, deep=deep))
+
+    def work(client):
+        reconcile_pending_locked(account, client, report, deep=deep)
+        if reason == WS_CONNECT and not report.missed_events and not report.stopped_early:
+            # A stream marked deaf, reconnected: this reconcile found nothing its new socket missed.
+            stream_guard.clear_deaf_after_reconnect(account.pk, reconcile_started_at=report.started_at)
+
+    return _run_under_lease(account, report, client, work)
 
 
 def _run_under_lease(account: Account, report: Report, client, work) -> dict:
@@ -173,6 +182,38 @@ def reconcile_pending_locked(account: Account, client, report: Report, *, deep: 
             if _over_budget(client, report):
                 return
             _reconcile_by_order(client, trade, report, source=Source.RECONCILE)
+    if not deep:
+        _recheck_not_found(account, client, report)
+
+
+def _recheck_not_found(account: Account, client, report: Report) -> None:
+    """Look up again, one GET each (weight 1, counted in the report), the account's trades failed as "not found on
+    exchange" whose re-check is due (rechecks.py); an order that shows up is applied by the one rule, which corrects
+    the trade. After the pending trades: they are the more urgent."""
+    for trade in rechecks.due_not_found_rechecks(account.pk, limit=settings.RECONCILE_PAGE_SIZE):
+        if _over_budget(client, report):
+            return
+        claim = rechecks.claim_not_found_recheck(trade)
+        if claim is None:
+            continue
+        report.rechecked += 1
+        calls_before = client.http_calls
+        try:
+            order = fetch_order(client, trade)
+        except RateLimited:
+            rechecks.release_not_found_recheck(trade, claim)
+            raise
+        except (ExchangeError, LookupError) as exc:
+            report.errors += 1
+            logger.warning("trade %s: not-found re-check %d failed: %s", trade.pk, claim.after[0], exc)
+            continue
+        finally:
+            report.weight_used += client.http_calls - calls_before
+        result = _apply(trade, order, report, source=Source.RECONCILE)
+        if result == rules.REOPENED:
+            logger.warning("trade %s: order found on exchange at re-check %d after it was failed as %r; corrected to "
+                           "%s: account=%s client_order_id=%s", trade.pk, claim.after[0], rules.NOT_FOUND_REASON,
+                           trade.status, trade.account_id, trade.client_order_id)
 
 
 def _pending_trades(account: Account, *, deep: bool):
@@ -270,6 +311,8 @@ def _apply(trade: Trade, order, report: Report, *, source: str) -> str | None:
         logger.error("trade %s: unusable order answer from Binance (%s): %.200r", trade.pk, exc, order)
         return None
     report.count(result)
+    if report.stream_guard.observe(trade, result, source):
+        report.missed_events += 1
     return result
 
 
@@ -295,6 +338,7 @@ def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 500
     is 1.4 M rows a day for 1,000 accounts). Trades' audit events are never pruned."""
     days = settings.RECONCILE_RUN_RETENTION_DAYS if older_than_days is None else older_than_days
     cutoff = timezone.now() - timedelta(days=days)
+    stream_guard.prune_stream_misses(before=cutoff)  # the missed-event log goes with the reports
     deleted = 0
     while True:
         ids = list(ReconcileRun.objects.filter(started_at__lt=cutoff).values_list("pk", flat=True)[:batch])
@@ -311,7 +355,7 @@ def cancel_trade_order(trade: Trade, *, client=None, actor: str = "") -> dict:
 
     A trade failed "not found" is cancelled too (by client order id): that inference can be wrong, and a cancel of
     an order that truly does not exist is a harmless -2011."""
-    if trade.status != Trade.Status.PENDING and not rules.failed_as_not_found(trade):
+    if trade.status != Trade.Status.PENDING and not rules.is_failed_not_found(trade):
         return {"trade_id": trade.pk, "outcome": "not_pending", "status": trade.status}
     if not trade.client_order_id and trade.entry_order_id is None:
         flag_for_operator(trade, reason="cannot cancel: no order reference", source=Source.CANCEL, actor=actor)
@@ -354,6 +398,7 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "", resend_ca
         flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY,
                           actor=actor)
         return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
+    stream_guard.MissDetector(trade.account_id).observe(trade, result, Source.CANCEL_VERIFY)
     return {
         "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
         "still_working": snap.is_working, "status": trade.status, "cancel_resent": cancel_resent,
@@ -364,7 +409,8 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "", resend_ca
 
 def create_pending_trade(account: Account, symbol: str, side: str, quantity, price=None, *,
                          client_order_id: str | None = None) -> Trade:
-    """The first step of opening a position: a pending trade with a client order id Binance will carry."""
+    """The first step of opening a position: a pending trade with a client order id Binance will carry (a fresh one
+    when none, or "", is given)."""
     trade = Trade(
         account=account, symbol=symbol.upper(), side=side.upper(), quantity=quantity, price=price,
         client_order_id=client_order_id or new_client_order_id(),
@@ -378,8 +424,9 @@ def get_or_create_pending_trade(account: Account, symbol: str, side: str, quanti
                                 client_order_id: str | None = None) -> tuple[Trade, bool]:
     """create_pending_trade, idempotent on the client order id: asked again for the same order under the same id (a
     redelivered task, a caller's retry), it returns the trade the first call created, as (trade, False). The same id
-    with another symbol, side, quantity or price is a caller's bug: ValueError, never the other trade."""
-    if client_order_id is None:
+    with another symbol, side, quantity or price is a caller's bug: ValueError, never the other trade. An empty id
+    ("") is no id: a fresh trade with a fresh id, as for None."""
+    if not client_order_id:
         return create_pending_trade(account, symbol, side, quantity, price), True
     try:
         with transaction.atomic():  # a savepoint: the caller's transaction stays usable after the duplicate
@@ -428,6 +475,10 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
     except RateLimited as exc:  # refused before execution: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
             trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status})"), Source.PLACE)
+        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
+    except ClockSkew as exc:  # -1021 twice (the gateway re-synced and resent once): not executed, a definite no
+        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
+            trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"), Source.PLACE)
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except TransientExchangeError as exc:
         logger.warning("trade %s: placement outcome unknown (%s); stays pending for reconcile", trade.pk, exc)

@@ -11,6 +11,7 @@ the chain (its errors are logged and passed on), so the verification always runs
 
 import logging
 import random
+import socket
 import time
 from datetime import timedelta
 
@@ -23,7 +24,7 @@ from trades.db import DB_UNAVAILABLE_ERRORS
 from trades.exceptions import ExchangeError, RateLimited, TransientExchangeError
 from trades.models import Account, Trade, TradeEvent
 
-from . import services
+from . import heartbeats, services
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,13 @@ def sync_all_positions():
 def prune_reconcile_runs():
     """Daily: drop reconcile reports past RECONCILE_RUN_RETENTION_DAYS (the audit trail of trades is kept)."""
     return services.prune_reconcile_runs()
+
+
+@shared_task(bind=True, ignore_result=True)
+def worker_heartbeat(self):
+    """Every 15 s (beat): whichever worker runs it notes that it did. /health/'s `workers` check reads the newest, so
+    it sees the whole path a countdown or a reconcile takes (beat → broker → a worker → the database)."""
+    heartbeats.note_worker_heartbeat(hostname=self.request.hostname or socket.gethostname())
 
 
 # --- cancel → verify ----------------------------------------------------------------------------------------------
@@ -271,11 +279,13 @@ def open_position(self, account_id, symbol, side, quantity, price=None, timeout_
 
     acks_late: a redelivery (worker killed after the commit, before the ack) runs this again. Without a client order
     id from the caller, one is derived from the task id, so the second run finds the first run's trade instead of
-    opening a second position (bot.open_position is idempotent on the client order id)."""
+    opening a second position (bot.open_position is idempotent on the client order id). An empty id ("") is no id:
+    it is derived too (passed on, "" would become a fresh random id per run: a second order on redelivery)."""
     from .bot import open_position as open_position_now
 
-    if client_order_id is None and self.request.id:  # called directly (no task id): a fresh one is generated
-        client_order_id = client_order_id_for(self.request.id)
+    if not client_order_id:
+        # Called directly (no task id): None, and a fresh one is generated.
+        client_order_id = client_order_id_for(self.request.id) if self.request.id else None
     account = Account.objects.get(pk=account_id, is_active=True)
     trade = open_position_now(account, symbol, side, quantity, price, timeout_sec=timeout_sec,
                               client_order_id=client_order_id)

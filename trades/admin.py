@@ -12,6 +12,7 @@ from functools import partial
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -20,6 +21,7 @@ from django.utils.timesince import timesince
 from reconciliation import operator_services, services, tasks
 from reconciliation.models import AccountSyncState
 
+from . import schedules_admin
 from .models import Account, Trade, TradeEvent
 from .permissions import FIX_PERMISSION
 
@@ -28,11 +30,13 @@ MAX_ACCOUNTS_PER_ACTION = 10
 
 
 def mask(value: str, keep: int = 4) -> str:
+    """All but the last `keep` characters hidden, behind a fixed-width prefix (the length is not told either); a
+    value too short to keep anything private is hidden entirely."""
     if not value:
         return ""
     if len(value) <= keep * 2:
-        return "•" * len(value)
-    return f"{value[:keep]}…{value[-keep:]}"
+        return "•" * 8
+    return "••••" + value[-keep:]
 
 
 class FixPermissionMixin:
@@ -62,17 +66,45 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 class AccountForm(forms.ModelForm):
-    # The secret is write-only: the widget never renders the stored value, and leaving it empty keeps it.
+    # The secret is write-only: the widget never renders the stored value, and leaving it empty keeps it. The form
+    # does not even hold it as an initial value, so "changed" (and the admin's history message) means a new one was
+    # typed.
     api_secret = forms.CharField(
+        label="API secret",
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Write-only. Leave empty to keep the stored secret.",
     )
 
+    # The API key is replaced the same way; the page shows it masked (its last 4 characters) as a placeholder.
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        max_length=Account._meta.get_field("api_key").max_length,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "size": 70}),
+        help_text="Shown masked. Leave empty to keep the stored key; type a new one to replace it.",
+    )
+
     class Meta:
         model = Account
         fields = ["name", "api_key", "api_secret", "is_active", "use_testnet"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial.pop("api_secret", None)
+        self.initial.pop("api_key", None)
+        if self.instance.pk:
+            self.fields["api_key"].widget.attrs["placeholder"] = mask(self.instance.api_key)
+
+    def clean_api_key(self):
+        key = self.cleaned_data.get("api_key")
+        if key:
+            return key
+        if self.instance.pk:
+            return self.instance.api_key
+        raise forms.ValidationError("An API key is required for a new account.")
 
     def clean_api_secret(self):
         secret = self.cleaned_data.get("api_secret")
@@ -95,7 +127,8 @@ def _report_summary(report: dict) -> str:
         return "—"
     if report.get("skipped"):
         return "skipped: another reconcile of this account is running"
-    keys = ["checked", "opened", "progress", "cancelled", "failed", "corrected", "needs_operator", "errors"]
+    keys = ["checked", "opened", "progress", "cancelled", "failed", "corrected", "rechecked", "missed_events",
+            "needs_operator", "errors"]
     parts = [f"{key} {report[key]}" for key in keys if report.get(key)]
     parts += [f"{key} {value}" for key, value in (report.get("extra") or {}).items() if value]
     return f"{report.get('outcome', '?')}: " + (", ".join(parts) or "nothing to do")
@@ -103,7 +136,16 @@ def _report_summary(report: dict) -> str:
 
 @admin.register(Account)
 class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
+    """Accounts. The API secret is never rendered, to anyone, nor the full API key: users who may change accounts
+    get write-only inputs for both (empty keeps the stored value; the key's placeholder is masked); everybody else
+    gets `VIEW_ONLY_FIELDS`, where the secret is only "stored" or "not set" and the key is masked but for its last 4
+    characters. The list masks the key for everyone; search is by name only."""
+
     form = AccountForm
+    # What a user without the change permission (observers, operators) sees on an account's page. Django renders
+    # every field of a view-only page read-only, from the model: "api_secret" there would be the decrypted secret.
+    VIEW_ONLY_FIELDS = ["name", "masked_api_key", "api_secret_status", "is_active", "use_testnet", "created_at",
+                        "updated_at"]
     list_display = ["name", "masked_api_key", "is_active", "use_testnet", "last_reconcile", "last_result",
                     "stream", "stream_last_event", "used_weight"]
     list_filter = ["is_active", "use_testnet"]
@@ -114,6 +156,22 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     @admin.display(description="API key")
     def masked_api_key(self, obj):
         return mask(obj.api_key)
+
+    @admin.display(description="API secret")
+    def api_secret_status(self, obj):
+        return "stored (write-only, never shown)" if obj.api_secret else "not set"
+
+    def get_fields(self, request, obj=None):
+        if obj is not None and not self.has_change_permission(request, obj):
+            return list(self.VIEW_ONLY_FIELDS)
+        return super().get_fields(request, obj)
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = list(super().get_readonly_fields(request, obj))
+        if "api_secret" in readonly or "api_key" in readonly:  # a read-only field renders the model's value
+            raise ImproperlyConfigured("AccountAdmin: api_secret and api_key are never read-only fields; show "
+                                       "api_secret_status / masked_api_key instead")
+        return readonly
 
     @admin.display(description="last reconcile")
     def last_reconcile(self, obj):
@@ -131,6 +189,9 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
         if state is None or not state.stream_state:
             return "not running"
         since = f" for {timesince(state.stream_state_at, timezone.now())}" if state.stream_state_at else ""
+        if state.stream_deaf_since:  # connected, but REST keeps finding order changes it never delivered
+            return f"DEAF (missing events) for {timesince(state.stream_deaf_since, timezone.now())}; " \
+                   f"{state.stream_state}{since}"
         return f"{state.stream_state}{since}"
 
     @admin.display(description="last stream event")
@@ -348,3 +409,7 @@ class TradeEventAdmin(ReadOnlyAdmin):
     search_fields = ["trade__client_order_id", "=trade__entry_order_id", "actor"]
     list_select_related = ["trade"]
     date_hierarchy = "created_at"
+
+
+# django-celery-beat's schedules: their actions (enable, disable, run, …) need the change permission.
+schedules_admin.register()

@@ -42,3 +42,22 @@ class EncryptedTextField(models.TextField):
                 f"Cannot decrypt {self.model.__name__}.{self.name}: FIELD_ENCRYPTION_KEY does not match the key it "
                 "was encrypted with."
             ) from exc
+
+
+class CaseSensitiveCharField(models.CharField):
+    """A CharField that compares by exact bytes on every backend (for identifiers that are case-sensitive elsewhere,
+    such as Binance's client order ids).
+
+    MySQL/MariaDB get a binary collation (`utf8mb4_bin`): the connection's default (utf8mb4_unicode_ci) would make
+    `abc-1` and `ABC-1` equal, in lookups and in unique constraints. SQLite compares text byte by byte already
+    (its BINARY collation), and would reject a MySQL collation name, so nothing is added there. Not `db_collation`
+    on a plain CharField: that name would be sent to every backend.
+    """
+
+    MYSQL_COLLATION = "utf8mb4_bin"
+
+    def db_parameters(self, connection):
+        params = super().db_parameters(connection)
+        if connection.vendor == "mysql" and not self.db_collation:
+            params["collation"] = self.MYSQL_COLLATION
+        return params

@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .db import retry_transient_db_errors
-from .fields import EncryptedTextField
+from .fields import CaseSensitiveCharField, EncryptedTextField
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ class Trade(models.Model):
     price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Limit price; empty for market orders.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     status_reason = models.CharField(max_length=255, blank=True, default="")
-    client_order_id = models.CharField(
+    # Case-sensitive in the database too (a binary collation on MySQL): Binance tells `abc-1` from `ABC-1`.
+    client_order_id = CaseSensitiveCharField(
         max_length=CLIENT_ORDER_ID_MAX_LENGTH, null=True, blank=True, validators=[client_order_id_validator]
     )
     entry_order_id = models.BigIntegerField(null=True, blank=True, help_text="Binance orderId of the entry order.")
@@ -217,6 +218,15 @@ class Trade(models.Model):
     needs_operator = models.BooleanField(
         default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
     )
+    # Binance can answer -2013 for minutes for an order that exists: a trade failed as "not found on exchange" is
+    # looked up again on NOT_FOUND_RECHECK_SEC's schedule (reconciliation.rechecks), at most once per entry.
+    not_found_rechecks = models.PositiveSmallIntegerField(
+        default=0, help_text="Look-ups made since the trade was failed as not found on exchange."
+    )
+    not_found_recheck_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a trade failed as not found on exchange is looked up again; "
+        "empty: never again."
+    )
 
     objects = TradeQuerySet.as_manager()
 
@@ -235,6 +245,8 @@ class Trade(models.Model):
             models.Index(fields=["account", "entry_order_id"], name="trade_account_entry_order"),
             # The deadline sweep: pending (or failed "not found") trades, not yet sent, whose deadline has passed.
             models.Index(fields=["status", "cancel_sent_at", "cancel_after"], name="trade_deadline_sweep"),
+            # The pending reconcile's due not-found re-checks (reconciliation.rechecks).
+            models.Index(fields=["account", "not_found_recheck_at"], name="trade_account_nf_recheck"),
         ]
 
     def __str__(self):

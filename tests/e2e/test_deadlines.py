@@ -189,7 +189,7 @@ class Deadlines:
     def start_sweep(self) -> None:
         """celery beat with the deadline sweep only, on its production schedule (every 15 s): the migration's, made
         again by the migration's own code if an earlier transactional test flushed it."""
-        importlib.import_module("reconciliation.migrations.0006_cancel_overdue_schedule").create_schedule(apps, None)
+        importlib.import_module("reconciliation.migrations.0008_cancel_overdue_schedule").create_schedule(apps, None)
         PeriodicTask.objects.filter(name=SWEEP).update(enabled=True)
         assert PeriodicTask.objects.get(name=SWEEP).interval.every == 15
         self.stack.start_beat()

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from reconciliation.models import AccountSyncState, ReconcileRun
+from reconciliation.models import AccountSyncState, ReconcileRun, WorkerHeartbeat
 from tests.factories import AccountFactory, TradeEventFactory, TradeFactory
 
 pytestmark = pytest.mark.django_db
@@ -23,13 +23,20 @@ def beat_ran():
     return at
 
 
+@pytest.fixture(autouse=True)
+def worker_ran():
+    """A worker ran the heartbeat task 5 s ago (the `workers` check; its own tests: test_health_workers.py)."""
+    WorkerHeartbeat.objects.create(hostname="worker1@ops", seen_at=timezone.now() - timedelta(seconds=5))
+
+
 def stream(account, state, ago_sec=5, heartbeat_ago_sec=5):
     AccountSyncState.objects.update_or_create(
         account=account, defaults={"stream_state": state, "stream_state_at": timezone.now() - timedelta(seconds=ago_sec),
                                    "stream_heartbeat_at": timezone.now() - timedelta(seconds=heartbeat_ago_sec)})
 
 
-def test_healthy(client, beat_ran):
+def test_healthy(admin_client_logged_in, beat_ran):  # details: staff only (see test_health_and_metrics_access.py)
+    client = admin_client_logged_in
     stream(AccountFactory(name="desk"), "connected", ago_sec=3600)
     stream(AccountFactory(name="desk-2"), "reconnecting", ago_sec=5)  # a short gap is normal
     AccountFactory(name="retired", is_active=False)  # not streamed, not checked
@@ -39,7 +46,7 @@ def test_healthy(client, beat_ran):
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["status"] == "ok"
-    assert body["checks"] == {"database": "ok", "broker": "ok", "beat": "ok", "user_stream": "ok"}
+    assert body["checks"] == {"database": "ok", "broker": "ok", "beat": "ok", "user_stream": "ok", "workers": "ok"}
     assert set(body["details"]["user_stream"]) == {"desk", "desk-2"}
     assert body["details"]["beat"]["max_age_sec"] == 180
 

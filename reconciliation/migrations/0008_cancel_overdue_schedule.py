@@ -23,7 +23,7 @@ def remove_schedule(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("reconciliation", "0005_prune_schedule"),
+        ("reconciliation", "0007_worker_heartbeat"),
         ("trades", "0006_trade_cancel_after"),
     ]
 
