@@ -12,6 +12,7 @@ in the database (`cancel_overdue_entries`, swept by beat), not from the broker.
 """
 
 import base64
+import importlib
 import json
 import shutil
 import socket
@@ -22,6 +23,7 @@ import uuid
 
 import pytest
 import redis as redis_lib
+from django.apps import apps
 from django_celery_beat.models import PeriodicTask
 
 from reconciliation import tasks
@@ -144,7 +146,10 @@ def answering(stack, name) -> bool:
 def test_f31_redis_restarted_while_a_countdown_is_held_workers_keep_running_and_the_timeout_fires(e2e):
     stack = e2e.stack
     account = e2e.account()
-    PeriodicTask.objects.filter(task=SWEEP_TASK).update(enabled=True)  # the deadline sweep, where it exists
+    # The deadline sweep on its production schedule (every 15 s): the migration's, made again by the migration's own
+    # code if an earlier transactional test flushed it.
+    importlib.import_module("reconciliation.migrations.0008_cancel_overdue_schedule").create_schedule(apps, None)
+    PeriodicTask.objects.filter(task=SWEEP_TASK).update(enabled=True)
     stack.start_beat()
 
     trade = open_position(stack, account, timeout_sec=ENTRY_TIMEOUT_SEC)  # nobody fills it
