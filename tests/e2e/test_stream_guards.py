@@ -39,6 +39,14 @@ FAR = 600  # an entry timeout that does not fire during the test
 
 
 @pytest.fixture
+def client(client, django_user_model):
+    """/health/'s details are for staff (or the METRICS_TOKEN): read them as a logged-in staff user."""
+    client.force_login(django_user_model.objects.create_user("health-reader", password="pw-for-tests-only",
+                                                             is_staff=True))
+    return client
+
+
+@pytest.fixture
 def guards(e2e, settings):
     """The test process (in-process reconciles, /health/, /metrics) runs with the stack's settings."""
     settings.USER_STREAM_DEAF_LAG_SEC = LAG_SEC
@@ -140,13 +148,15 @@ def test_f17_a_connected_stream_that_stays_silent_is_detected_as_deaf_and_reconn
 def test_f17_a_stream_that_delivers_its_fills_is_never_marked_deaf(guards, client):
     e2e = guards
     account = e2e.account()
-    e2e.start_beat()  # REST audits the account every second meanwhile
     wait_for(lambda: connection_older_than_the_clock_margin(account), message="a connection older than the margin")
     trades = [open_position(e2e, account) for _ in range(3)]
 
     last_fill = from_ms(max(fill(e2e, trade) for trade in trades))
 
     wait_for(lambda: fills_by(trades, "ws"), message="every fill delivered by the socket")
+    # REST audits the account every second from here on. Started only once the socket delivered, so that on a
+    # loaded machine a REST pass cannot get to a fill first (which would be no miss either, but proves nothing).
+    e2e.start_beat()
     # Past the lag, with the stream alive, two more REST passes over the account find nothing it missed.
     wait_for(lambda: sync_state(account).stream_heartbeat_at > last_fill + timedelta(seconds=LAG_SEC),
              message="heartbeat past the lag")
