@@ -110,7 +110,7 @@ def bench_baseline(sandbox, n):
     client = BinanceFuturesClient.for_account(account)
     key = client.create_listen_key()
     latencies = []
-    with connect(f"{sandbox.ws_url}/private/ws?listenKey={key}") as ws:
+    with connect(f"{sandbox.ws_url}/private/ws?listenKey={key}&events=ORDER_TRADE_UPDATE") as ws:
         for _ in range(n):
             cid = f"b-{uuid.uuid4().hex[:30]}"
             client.place_order("BTCUSDT", "BUY", "0.001", price="50000", client_order_id=cid)
@@ -121,8 +121,7 @@ def bench_baseline(sandbox, n):
                 if event["e"] == "ORDER_TRADE_UPDATE" and event["o"]["c"] == cid and event["o"]["X"] == "FILLED":
                     break
             latencies.append((time.perf_counter() - started) * 1000)
-    client.close_listen_key(key)
-    client.close()
+    client.close()  # the listenKey lapses by itself: tradeops never DELETEs one
     return latencies
 
 

@@ -20,13 +20,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9900, help="0 picks a free port")
     parser.add_argument("--weight-limit", type=int, default=2400, help="REQUEST_WEIGHT per minute per API key")
+    parser.add_argument("--clock-offset-ms", type=int, default=0,
+                        help="the sandbox clock runs this far from the host's (negative: behind); reset() restores it")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
 
 async def serve(args) -> None:
-    app = build_app(weight_limit=args.weight_limit)
+    app = build_app(weight_limit=args.weight_limit, clock_offset_ms=args.clock_offset_ms)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024, reuse_address=True)

@@ -54,6 +54,11 @@ class SandboxControl:
         """Move the sandbox clock forward (listenKey expiry, archival, 24 h connections follow it)."""
         return self._call("POST", "/clock/advance", {"ms": int(ms)})
 
+    def set_clock_offset(self, ms: int) -> dict:
+        """The sandbox clock = the host's + ms from now on (negative: behind). Signed requests are judged against it:
+        a client that does not sync with GET /fapi/v1/time gets -1021 once the offset leaves its recvWindow."""
+        return self._call("POST", "/clock/offset", {"ms": int(ms)})
+
     def server_time(self) -> int:
         return self._call("GET", "/clock")["server_time"]
 
@@ -123,6 +128,29 @@ class SandboxControl:
             payload["price"] = str(price)
         return self._call("POST", "/orders/bulk", payload)
 
+    def hide_order(self, api_key: str, symbol: str, *, order_id=None, client_order_id=None,
+                   seconds: float = 60) -> dict:
+        """Binance's -2013 for an order that exists: for `seconds` (sandbox clock) GET order answers -2013 and
+        allOrders/openOrders leave the order out; it still rests on the book and can fill (events are sent)."""
+        payload = _order_ref(api_key, symbol, order_id, client_order_id)
+        payload["seconds"] = float(seconds)
+        return self._call("POST", "/orders/hide", payload)
+
+    def set_leverage(self, api_key: str, symbol: str, leverage: int) -> dict:
+        """Change a symbol's leverage: ACCOUNT_CONFIG_UPDATE on the stream. -> the event."""
+        return self._call("POST", "/leverage", {"api_key": api_key, "symbol": symbol, "leverage": int(leverage)})
+
+    def margin_call(self, api_key: str) -> dict:
+        """A margin call on the account's open positions: MARGIN_CALL on the stream. -> the event."""
+        return self._call("POST", "/margin_call", {"api_key": api_key})
+
+    def algo_order(self, api_key: str, symbol: str, *, quantity, trigger_price, side: str = "SELL",
+                   status: str = "NEW", type: str = "STOP_MARKET") -> dict:
+        """An algo (conditional) order update from Binance's Algo service: ALGO_UPDATE on the stream. -> the event."""
+        return self._call("POST", "/algo_orders", {"api_key": api_key, "symbol": symbol, "side": side,
+                                                   "quantity": str(quantity), "trigger_price": str(trigger_price),
+                                                   "status": status, "type": type})
+
     def positions(self, api_key: str) -> dict:
         """{"balance": "...", "positions": [non-zero positions in /fapi/v3/positionRisk shape]}."""
         return self._call("GET", "/positions", params={"api_key": api_key})
@@ -161,7 +189,8 @@ class SandboxControl:
 
     # --- user-data stream --------------------------------------------------------------------------------
     def listen_keys(self, api_key: str) -> dict:
-        """{"listen_key": key or None, "expires_at": ms or None, "connections": n, "events_paused": bool}."""
+        """{"listen_key": key or None, "expires_at": ms or None, "connections": n, "events_paused": bool,
+        "subscriptions": [[event types of one connection, sorted], …]}."""
         return self._call("GET", "/listen_keys", params={"api_key": api_key})
 
     def drop_connections(self, api_key: str) -> dict:
@@ -187,7 +216,8 @@ class SandboxControl:
     # --- faults --------------------------------------------------------------------------------------------
     def inject_fault(self, path: str, kind: str, count: int = 1, method: str | None = None,
                      hang_sec: float | None = None, retry_after: int | None = None) -> dict:
-        """Next `count` requests on `path` (and `method`, if given) fail. kind: "500", "502", "503",
+        """Next `count` requests on `path` (and `method`, if given) fail. kind: "408" (Binance's backend timeout, not
+        executed), "408_placed" (executed, then the same 408), "500", "502", "503",
         "503_unknown_placed" (the request IS executed, then 503 "Unknown error..."), "429", "418",
         "hang" (sleep hang_sec, then served normally). retry_after: the Retry-After a 429/418 fault sends
         (default: what Binance would, the seconds to the next minute / 120)."""

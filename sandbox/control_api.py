@@ -47,6 +47,9 @@ class ControlApi:
             ("GET", "/faults", self.list_faults), ("DELETE", "/faults", self.clear_faults),
             ("POST", "/not_found_window", self.not_found_window), ("POST", "/cancel_race", self.cancel_race),
             ("POST", "/clock/advance", self.advance_clock), ("GET", "/clock", self.clock),
+            ("POST", "/clock/offset", self.set_clock_offset), ("POST", "/orders/hide", self.hide_order),
+            ("POST", "/leverage", self.set_leverage), ("POST", "/margin_call", self.margin_call),
+            ("POST", "/algo_orders", self.algo_order),
             ("GET", "/stats", self.stats), ("POST", "/stats/reset", self.reset_stats),
             ("POST", "/weight_limit", self.weight_limit),
             ("POST", "/positions/lag", self.lag_positions), ("POST", "/positions/autoclose", self.autoclose),
@@ -196,7 +199,8 @@ class ControlApi:
         active = account.listen_key is not None and account.listen_key_expires > now
         return {"listen_key": account.listen_key if active else None,
                 "expires_at": account.listen_key_expires if active else None,
-                "connections": self.ex.hub.count(account.api_key), "events_paused": account.events_paused}
+                "connections": self.ex.hub.count(account.api_key), "events_paused": account.events_paused,
+                "subscriptions": self.ex.hub.subscriptions(account.api_key)}
 
     def drop_connections(self, data):
         return {"dropped": self.ex.hub.drop(self._account(data).api_key)}
@@ -245,6 +249,28 @@ class ControlApi:
         self.engine.expire_due_listen_keys()
         self.ex.hub.close_old_connections()
         return {"server_time": now, "offset_ms": self.engine.clock_offset_ms}
+
+    def set_clock_offset(self, data):
+        now = self.engine.set_clock_offset(int(data["ms"]))
+        self.engine.expire_due_listen_keys()
+        self.ex.hub.close_old_connections()
+        return {"server_time": now, "offset_ms": self.engine.clock_offset_ms}
+
+    def hide_order(self, data):
+        _, order = self._order(data)
+        return {"order_id": order.order_id, "hidden_until": self.engine.hide_order(order, float(data["seconds"]))}
+
+    def set_leverage(self, data):
+        return self.engine.set_leverage(self._account(data), data["symbol"], int(data["leverage"]))
+
+    def margin_call(self, data):
+        return self.engine.margin_call(self._account(data))
+
+    def algo_order(self, data):
+        return self.engine.algo_order(self._account(data), symbol=data["symbol"], side=data.get("side", "SELL"),
+                                      quantity=_dec(data["quantity"], "quantity"),
+                                      trigger_price=_dec(data["trigger_price"], "trigger_price"),
+                                      status=data.get("status", "NEW"), order_type=data.get("type", "STOP_MARKET"))
 
     def clock(self, data):
         return {"server_time": self.engine.now(), "offset_ms": self.engine.clock_offset_ms}

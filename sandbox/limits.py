@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 MINUTE_MS = 60_000
 STRIKES_BEFORE_BAN = 3      # over-limit requests answered 429 in one minute; the next ones get 418
 BAN_MS = 2 * MINUTE_MS      # Binance's shortest IP ban
-FAULT_KINDS = frozenset({"500", "502", "503", "503_unknown_placed", "429", "418", "hang"})
+FAULT_KINDS = frozenset({"408", "408_placed", "500", "502", "503", "503_unknown_placed", "429", "418", "hang"})
 
 
 @dataclass(slots=True)

@@ -119,6 +119,7 @@ class Order:
     stp_mode: str = "EXPIRE_MAKER"
     good_till_date: int = 0
     position_side: str = "BOTH"   # BOTH in one-way mode; LONG or SHORT in hedge mode
+    hidden_until: int = 0   # sandbox ms: until then queries answer -2013 and lists leave it out (see Engine)
 
     @property
     def is_open(self) -> bool:
@@ -129,7 +130,8 @@ class Order:
         return self.cum_quote / self.executed_qty if self.executed_qty else ZERO
 
     def to_binance(self) -> dict:
-        """The shape of GET/POST/DELETE /fapi/v1/order (Binance "Query Order" response)."""
+        """The shape of GET /fapi/v1/order and of each openOrders row (Binance "Query Order" and "Current All Open
+        Orders" response examples)."""
         s = self.symbol
         return {
             "orderId": self.order_id, "symbol": s.symbol, "status": self.status,
@@ -142,6 +144,20 @@ class Order:
             "priceMatch": self.price_match, "selfTradePreventionMode": self.stp_mode,
             "goodTillDate": self.good_till_date, "time": self.time, "updateTime": self.update_time,
         }
+
+    def to_binance_all_orders(self) -> dict:
+        """One row of GET /fapi/v1/allOrders: the query shape plus ``cumBase`` and ``pair`` (binance-connector-python
+        derivatives_trading_usds_futures 17.0.0, 2026-08-07: "all_orders(): property cumBase, pair added")."""
+        return {**self.to_binance(), "cumBase": self.symbol.fmt_qty(self.executed_qty), "pair": self.symbol.symbol}
+
+    def to_binance_ack(self) -> dict:
+        """The answer to POST and DELETE /fapi/v1/order: no ``avgPrice`` nor ``cumQuote`` since Binance's 2026-07
+        change (binance-connector-python derivatives_trading_usds_futures 14.0.0, 2026-07-15: "new_order() /
+        cancel_order(): property avgPrice, cumQuote deleted"); ``cumQty`` as the New Order / Cancel Order examples."""
+        answer = self.to_binance()
+        del answer["avgPrice"], answer["cumQuote"], answer["time"]
+        answer["cumQty"] = answer["executedQty"]
+        return answer
 
 
 CONDITIONAL_TYPES = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"})
@@ -245,8 +261,9 @@ class Fill:
             "commissionAsset": "USDT", "id": self.trade_id, "maker": self.maker, "orderId": self.order.order_id,
             "price": s.fmt_price(self.price), "qty": s.fmt_qty(self.qty),
             "quoteQty": s.fmt_quote(self.price * self.qty),
+            "baseQty": s.fmt_qty(self.qty), "marginAsset": "USDT",     # connector 17.0.0 (2026-08-07)
             "realizedPnl": q8(self.realized_pnl), "side": self.order.side,
-            "positionSide": self.order.position_side, "symbol": s.symbol, "time": self.time,
+            "positionSide": self.order.position_side, "symbol": s.symbol, "pair": s.symbol, "time": self.time,
         }
 
 
@@ -267,6 +284,7 @@ class Account:
     lag_rows: list = field(default_factory=list)
     algo_orders: dict[int, AlgoOrder] = field(default_factory=dict)
     fills: list[Fill] = field(default_factory=list)
+    leverage: dict[str, int] = field(default_factory=dict)    # symbol -> leverage (default 20)
     listen_key: str | None = None
     listen_key_expires: int = 0   # sandbox ms
     events_paused: bool = False

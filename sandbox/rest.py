@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import time
 from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl, unquote_plus
 
@@ -118,13 +117,11 @@ def new_order(ex, account, params):
         reduce_only=reduce_only == "true", price_match=params.get("priceMatch", "NONE"),
         stp_mode=params.get("selfTradePreventionMode", "EXPIRE_MAKER"),
         good_till_date=_int(params, "goodTillDate") or 0, position_side=params.get("positionSide"))
+    answer = order.to_binance_ack()
     if resp_type == "ACK":
         # ACK (the default) answers as the order was accepted: NEW, nothing executed yet — also for MARKET.
-        snapshot = order.to_binance()
-        snapshot.update(status="NEW", executedQty="0", cumQuote="0", avgPrice=order.symbol.fmt_avg(Decimal(0)),
-                        updateTime=order.time)
-        return snapshot
-    return order.to_binance()
+        answer.update(status="NEW", executedQty="0", cumQty="0", updateTime=order.time)
+    return answer
 
 
 def query_order(ex, account, params):
@@ -134,7 +131,7 @@ def query_order(ex, account, params):
 
 def cancel_order(ex, account, params):
     return ex.engine.cancel_order(account, _required(params, "symbol"), _int(params, "orderId"),
-                                  params.get("origClientOrderId")).to_binance()
+                                  params.get("origClientOrderId")).to_binance_ack()
 
 
 def open_orders(ex, account, params):
@@ -144,7 +141,7 @@ def open_orders(ex, account, params):
 def all_orders(ex, account, params):
     rows = ex.engine.all_orders(account, _required(params, "symbol"), _int(params, "orderId"),
                                 _int(params, "startTime"), _int(params, "endTime"), _limit(params))
-    return [o.to_binance() for o in rows]
+    return [o.to_binance_all_orders() for o in rows]
 
 
 def user_trades(ex, account, params):
@@ -304,18 +301,30 @@ def _check_timestamp(ex, params: dict) -> None:
         recv_window = 5000
     elif recv_window <= 0 or recv_window > 60000:
         raise ApiError(-1130, "Data sent for parameter 'recvWindow' is not valid.")
-    # Checked against the sandbox clock and the real clock: either passing is enough, so advancing the
-    # sandbox clock does not invalidate clients that stamp requests with their own (real) time.
-    for server in (ex.engine.now(), int(time.time() * 1000)):
-        if timestamp < server + 1000 and server - timestamp <= recv_window:
-            return
+    # Binance's rule (USDⓈ-M "General Info" → "Timing security"; error codes page, -1021 INVALID_TIMESTAMP): a
+    # request is processed only if timestamp < serverTime + 1000 and serverTime - timestamp <= recvWindow, against
+    # the exchange's own clock — here the sandbox clock, which advance_clock / set_clock_offset move away from the
+    # host's. A client must sync with GET /fapi/v1/time, as against Binance.
+    server = ex.engine.now()
+    if timestamp < server + 1000 and server - timestamp <= recv_window:
+        return
     if timestamp >= server + 1000:
         raise ApiError(-1021, "Timestamp for this request was 1000ms ahead of the server's time.")
     raise ApiError(-1021, "Timestamp for this request is outside of the recvWindow.")
 
 
+# Binance's USDⓈ-M "General Info" (HTTP Return Codes): "HTTP 408 return code is used when a timeout has occurred
+# while waiting for a response from the backend server"; the body carries -1007 TIMEOUT ("…execution status
+# unknown", error codes page). The order may or may not have been made: kind "408" (not made) and "408_placed"
+# (made) answer exactly alike, which is the point.
+TIMEOUT_408 = {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; "
+                                     "execution status unknown."}
+
+
 def _fault_response(ex, fault, now: int) -> web.Response:
     kind = fault.kind
+    if kind == "408":
+        return _json(408, TIMEOUT_408)
     if kind == "500":
         return _json(500, {"code": -1000, "msg": "An unknown error occured while processing the request."})
     if kind == "502":
@@ -334,6 +343,8 @@ def _fault_response(ex, fault, now: int) -> web.Response:
 
 
 UNKNOWN_503 = {"code": -1000, "msg": "Unknown error, please check your request or try again later."}
+# Fault kinds whose request IS executed before the answer: the answer they then get.
+EXECUTED_THEN = {"503_unknown_placed": (503, UNKNOWN_503), "408_placed": (408, TIMEOUT_408)}
 
 
 def _json(status: int, body, headers: dict | None = None) -> web.Response:
@@ -352,12 +363,12 @@ def make_handler(ex):
             return _json(404, {"code": -1000, "msg": f"Path {path}, Method {method} is invalid"})
         body = (await request.read()).decode() if request.can_read_body else ""
         fault = faults.take(path, method) if faults.rules else None
-        unknown_after = False
+        unknown_after = None
         if fault is not None:
             if fault.kind == "hang":
                 await asyncio.sleep(fault.hang_sec)   # then served normally: the client has given up by now
-            elif fault.kind == "503_unknown_placed":
-                unknown_after = True                  # executed, then answered 503 "execution status unknown"
+            elif fault.kind in EXECUTED_THEN:
+                unknown_after = EXECUTED_THEN[fault.kind]   # executed, then answered "execution status unknown"
             else:
                 stats.record(endpoint, 0, int(fault.kind))
                 return _fault_response(ex, fault, engine.now())
@@ -395,8 +406,8 @@ def make_handler(ex):
         except ApiError as err:
             status, payload = err.status, err.body()
             headers.update(err.headers)
-        if unknown_after:
-            status, payload = 503, UNKNOWN_503
+        if unknown_after is not None:
+            status, payload = unknown_after
         stats.record(endpoint, weight, status)
         return web.Response(status=status, body=_dumps(payload).encode(), content_type=JSON, headers=headers)
 

@@ -18,8 +18,8 @@ CHECK_INTERVAL_SEC = 0.1   # listenKey expiry and 24 h connection limit
 class Exchange:
     """Everything one sandbox holds; `reset()` brings it back to a fresh start."""
 
-    def __init__(self, weight_limit: int = 2400) -> None:
-        self.engine = Engine()
+    def __init__(self, weight_limit: int = 2400, clock_offset_ms: int = 0) -> None:
+        self.engine = Engine(clock_offset_ms)
         self.limiter = WeightLimiter(weight_limit)
         self.faults = Faults()
         self.stats = Stats()
@@ -56,15 +56,14 @@ async def _close_sockets(app: web.Application) -> None:
     app["exchange"].hub.reset()
 
 
-def build_app(weight_limit: int = 2400) -> web.Application:
-    ex = Exchange(weight_limit)
+def build_app(weight_limit: int = 2400, clock_offset_ms: int = 0) -> web.Application:
+    ex = Exchange(weight_limit, clock_offset_ms)
     app = web.Application(client_max_size=1 << 20)
     app["exchange"] = ex
     rest = make_handler(ex)
     app.router.add_route("*", "/fapi/{tail:.*}", rest)
     app.router.add_get("/private/ws", ex.hub.handle)
     app.router.add_get("/private/ws/{listen_key}", ex.hub.handle)
-    app.router.add_get("/ws/{listen_key}", ex.hub.handle)
     app.router.add_routes(ControlApi(ex).routes())
     app.cleanup_ctx.append(_checker)
     app.on_shutdown.append(_close_sockets)

@@ -31,12 +31,16 @@ class SandboxHandle:
 
 @contextlib.contextmanager
 def running_sandbox(host: str = "127.0.0.1", weight_limit: int | None = None, start_timeout: float = 15.0,
-                    stop_timeout: float = 5.0, extra_args: list[str] | None = None, python: str | None = None):
+                    stop_timeout: float = 5.0, extra_args: list[str] | None = None, python: str | None = None,
+                    clock_offset_ms: int | None = None):
     """Start the sandbox in its own process (its own GIL), yield a SandboxHandle, then stop it
-    (SIGTERM, then kill if it has not exited within stop_timeout)."""
+    (SIGTERM, then kill if it has not exited within stop_timeout). clock_offset_ms: the sandbox clock runs that far
+    from this host's (negative: behind), also after control.reset()."""
     cmd = [python or sys.executable, "-u", "-m", "sandbox", "--host", host, "--port", "0"]
     if weight_limit is not None:
         cmd += ["--weight-limit", str(weight_limit)]
+    if clock_offset_ms is not None:
+        cmd += ["--clock-offset-ms", str(int(clock_offset_ms))]
     cmd += extra_args or []
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))

@@ -2,8 +2,18 @@ import pytest
 from django.db import connection
 
 from tests.factories import AccountFactory
+from trades.binance_client import EXCHANGE_CLOCK
 
 pytest_plugins = ["sandbox.pytest_plugin"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_exchange_clock():
+    """Each test starts with no known offset to the exchange's clock (a fresh process): the first signed call syncs.
+    The sandbox is shared by the session and tests move its clock; an offset learnt in one must not leak."""
+    EXCHANGE_CLOCK.reset()
+    yield
+    EXCHANGE_CLOCK.reset()
 
 
 @pytest.fixture

@@ -127,7 +127,8 @@ def _report_summary(report: dict) -> str:
         return "—"
     if report.get("skipped"):
         return "skipped: another reconcile of this account is running"
-    keys = ["checked", "opened", "progress", "cancelled", "failed", "corrected", "needs_operator", "errors"]
+    keys = ["checked", "opened", "progress", "cancelled", "failed", "corrected", "rechecked", "missed_events",
+            "needs_operator", "errors"]
     parts = [f"{key} {report[key]}" for key in keys if report.get(key)]
     parts += [f"{key} {value}" for key, value in (report.get("extra") or {}).items() if value]
     return f"{report.get('outcome', '?')}: " + (", ".join(parts) or "nothing to do")
@@ -198,6 +199,9 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
         if state is None or not state.stream_state:
             return "not running"
         since = f" for {timesince(state.stream_state_at, timezone.now())}" if state.stream_state_at else ""
+        if state.stream_deaf_since:  # connected, but REST keeps finding order changes it never delivered
+            return f"DEAF (missing events) for {timesince(state.stream_deaf_since, timezone.now())}; " \
+                   f"{state.stream_state}{since}"
         return f"{state.stream_state}{since}"
 
     @admin.display(description="last stream event")

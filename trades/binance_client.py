@@ -23,6 +23,13 @@ How it uses python-binance 1.0.37 (read from its source, `binance/client.py` and
   raw response (status, ``Retry-After``, body) with ``trades.exceptions.error_from_response`` /
   ``error_from_transport`` — python-binance's own message would embed whole HTML pages.
 * ``client.response`` holds the last ``requests.Response``; ``used_weight`` reads ``X-MBX-USED-WEIGHT-1M`` from it.
+* Time: Binance rejects a signed request with -1021 unless ``timestamp < serverTime + 1000`` and ``serverTime -
+  timestamp <= recvWindow`` (USDⓈ-M "General Info" → timing security). A process keeps one offset to the exchange's
+  clock per REST base URL, shared by all its gateways (``ExchangeClock``; threads and tasks create gateways all the
+  time, and a fresh one must not start at zero on a drifting host): taken from ``GET /fapi/v1/time`` (weight 1)
+  before the first signed call, refreshed every ``CLOCK_SYNC_INTERVAL_SEC`` and after any -1021. A -1021 is retried
+  once, after a re-sync, whatever the request — placements too: -1021 means the request was refused before being
+  processed (error codes page: INVALID_TIMESTAMP), so nothing was executed and sending it again cannot double it.
 
 Keys never leave this object: python-binance logs request details only with ``verbose=True`` (never set here);
 urllib3's DEBUG lines show the URL (signature, no key); our log lines and exception messages carry the account
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -89,6 +97,47 @@ USER_TRADES_PAGE_LIMIT = 1000
 USER_TRADES_MAX_WINDOW_MS = ALL_ORDERS_MAX_WINDOW_MS
 
 
+CLOCK_SYNC_INTERVAL_SEC = 300.0  # the shared clock offset is refreshed this often (and after any -1021)
+
+
+class ExchangeClock:
+    """The offset (ms) from this host's clock to each exchange's (by REST base URL), shared by every gateway of the
+    process and safe across threads. An unknown or stale offset asks the next signed call to sync first."""
+
+    def __init__(self, interval_sec: float = CLOCK_SYNC_INTERVAL_SEC) -> None:
+        self.interval_sec = interval_sec
+        self._lock = threading.Lock()
+        self._offsets: dict[str, tuple[int, float]] = {}  # rest_url -> (offset ms, time.monotonic() of the sync)
+
+    def offset_ms(self, rest_url: str) -> int:
+        with self._lock:
+            entry = self._offsets.get(rest_url)
+        return entry[0] if entry else 0
+
+    def due(self, rest_url: str) -> bool:
+        with self._lock:
+            entry = self._offsets.get(rest_url)
+        return entry is None or time.monotonic() - entry[1] >= self.interval_sec
+
+    def record(self, rest_url: str, offset_ms: int) -> None:
+        with self._lock:
+            self._offsets[rest_url] = (int(offset_ms), time.monotonic())
+
+    def invalidate(self, rest_url: str) -> None:
+        """A -1021 says the offset is wrong: keep it for now, but sync before the next signed call."""
+        with self._lock:
+            entry = self._offsets.get(rest_url)
+            if entry is not None:
+                self._offsets[rest_url] = (entry[0], float("-inf"))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._offsets.clear()
+
+
+EXCHANGE_CLOCK = ExchangeClock()
+
+
 class BinanceFuturesClient:
     """Gateway for one Binance USDⓈ-M Futures account. See the module docstring for the contract."""
 
@@ -109,7 +158,6 @@ class BinanceFuturesClient:
         self.account_label = account_label or "account"
         self.http_calls = 0
         self._used_weight: int | None = None
-        self._time_sync_due = False
         self._secrets = tuple(s for s in (api_key, api_secret) if s and len(s) >= 4)
 
         self._client = Client(
@@ -439,32 +487,43 @@ class BinanceFuturesClient:
 
     def create_listen_key(self) -> str:
         """POST /fapi/v1/listenKey (API key, no signature). Binance returns the account's current key if one is
-        still valid, extending it."""
+        still valid, extending it. There is deliberately no ``close_listen_key``: the key is one per account, shared
+        with every other consumer of the API key (the bot's own stream), and a DELETE closes all of their sockets."""
         return self._call("post", "listenKey", {}, signed=False)["listenKey"]
 
     def keepalive_listen_key(self, listen_key: str) -> None:
         """PUT /fapi/v1/listenKey; every < 60 min. -1125 (or a 404 at the gateway) → ListenKeyExpired."""
         self._call("put", "listenKey", {"listenKey": listen_key}, signed=False)
 
-    def close_listen_key(self, listen_key: str) -> None:
-        """DELETE /fapi/v1/listenKey."""
-        self._call("delete", "listenKey", {"listenKey": listen_key}, signed=False, force_params=True)
 
     # ------------------------------------------------------------------ time
 
     def exchange_time_ms(self) -> int:
-        """Our best idea of the exchange's clock: local clock + the offset from the last ``sync_time``."""
-        return int(time.time() * 1000 + self._client.timestamp_offset)
+        """Our best idea of the exchange's clock: local clock + the process's shared offset (see ExchangeClock)."""
+        return int(time.time() * 1000 + EXCHANGE_CLOCK.offset_ms(self.rest_url))
 
     def sync_time(self) -> int:
-        """GET /fapi/v1/time; afterwards signed requests carry timestamps in the exchange's clock. Returns the
-        offset in ms. Runs by itself before the next signed call after a -1021 (ClockSkew)."""
+        """GET /fapi/v1/time (weight 1) → the process's offset to this exchange's clock, for every gateway. Returns
+        it in ms. Runs by itself before a signed call when the offset is unknown, stale or just caused a -1021."""
         sent = time.time() * 1000
-        server_time = self._call("get", "time", {}, signed=False)["serverTime"]
+        answer = self._call("get", "time", {}, signed=False)
         received = time.time() * 1000
-        self._client.timestamp_offset = int(server_time - (sent + received) / 2)
-        self._time_sync_due = False
-        return self._client.timestamp_offset
+        server_time = answer.get("serverTime") if isinstance(answer, dict) else None
+        if not _is_int(server_time):
+            raise self._unusable_answer("GET /fapi/v1/time", answer)
+        offset = int(int(server_time) - (sent + received) / 2)
+        EXCHANGE_CLOCK.record(self.rest_url, offset)
+        logger.debug("binance %s clock offset %d ms", self.account_label, offset)
+        return offset
+
+    def _sync_time_if_due(self) -> None:
+        if not EXCHANGE_CLOCK.due(self.rest_url):
+            return
+        try:
+            self.sync_time()
+        except TransientExchangeError as exc:  # the call itself will say whether the exchange answers
+            logger.warning("binance %s clock sync failed, using offset %d ms: %s", self.account_label,
+                           EXCHANGE_CLOCK.offset_ms(self.rest_url), exc)
 
     # ------------------------------------------------------------------ the one HTTP path
 
@@ -478,8 +537,23 @@ class BinanceFuturesClient:
         version: int = 1,
         force_params: bool = False,
     ) -> Any:
-        if signed and self._time_sync_due:
-            self.sync_time()
+        if not signed:
+            return self._call_once(method, path, params, signed=False, version=version, force_params=force_params)
+        self._sync_time_if_due()
+        try:
+            return self._call_once(method, path, params, signed=True, version=version, force_params=force_params)
+        except ClockSkew:
+            # -1021: refused before being processed, nothing executed (see the module docstring): re-sync, send
+            # once more — also a placement. A second -1021 surfaces (ClockSkew, transient: the task may retry).
+            EXCHANGE_CLOCK.invalidate(self.rest_url)
+            self._sync_time_if_due()
+            return self._call_once(method, path, params, signed=True, version=version, force_params=force_params)
+
+    def _call_once(
+        self, method: str, path: str, params: dict[str, Any], *, signed: bool, version: int, force_params: bool
+    ) -> Any:
+        if signed:
+            self._client.timestamp_offset = EXCHANGE_CLOCK.offset_ms(self.rest_url)
         endpoint = f"{method.upper()} /fapi/v{version}/{path}"
         kwargs: dict[str, Any] = {"data": dict(params)}
         if force_params:
@@ -518,7 +592,7 @@ class BinanceFuturesClient:
 
         self._note_response(self._client.response)
         if isinstance(error, ClockSkew):
-            self._time_sync_due = True
+            EXCHANGE_CLOCK.invalidate(self.rest_url)
         level = logging.WARNING if isinstance(error, TransientExchangeError) else logging.DEBUG
         logger.log(
             level,

@@ -9,11 +9,12 @@ The services act on a small set of outcomes, not on Binance's hundreds of error 
     └── TransientExchangeError       worth retrying later (the task owns the retry policy; TRANSIENT_ERRORS)
         ├── RateLimited       HTTP 429 / 418 / -1003; ``retry_after`` seconds to wait
         ├── ExchangeUnavailable  5xx, timeouts, connection errors, unusable bodies
-        └── ClockSkew         -1021  timestamp outside recvWindow; the gateway re-syncs before its next call
+        └── ClockSkew         -1021  timestamp outside recvWindow: not executed; the gateway re-syncs and resends
+                                     once, so this surfaces only when that failed too
 
 ``execution_unknown`` (on every ExchangeError, normally False): True when a request may have been executed by
 Binance although we got no usable answer — Binance's 503 "Unknown error, please check your request or try again
-later.", -1007, and timeouts / dropped connections / 5xx gateway pages on requests that change state. A placement
+later.", -1007, HTTP 408 on a request that changes state (whatever code its body carries), and timeouts / dropped connections / 5xx gateway pages on requests that change state. A placement
 that raised with ``execution_unknown=True`` **may have gone through**: the caller must keep the trade pending and
 reconcile it by its client order id (``exc.client_order_id`` on errors from ``place_order``), never mark it failed.
 
@@ -124,8 +125,8 @@ class ExchangeUnavailable(TransientExchangeError):
 
 
 class ClockSkew(TransientExchangeError):
-    """-1021 timestamp outside recvWindow. The request was rejected (not executed); the gateway re-syncs its clock
-    offset with the exchange before its next signed call, so a plain retry succeeds."""
+    """-1021 timestamp outside recvWindow. The request was rejected (not executed). The gateway has already re-synced
+    the process's clock offset and resent once; this is the second refusal."""
 
 
 TRANSIENT_ERRORS = (RateLimited, ExchangeUnavailable, ClockSkew)
@@ -193,6 +194,13 @@ def error_from_response(
     message = scrub(message)
     mutating = method.lower() != "get"
     kw: dict[str, Any] = {"endpoint": endpoint}
+
+    if status == 408:
+        # Binance: "HTTP 408 return code is used when a timeout has occurred while waiting for a response from the
+        # backend server" (USDⓈ-M General Info). The request may or may not have reached the matching engine,
+        # whatever code the body carries (-1007, a -2013 from a half-done look-up, none): an order-changing request
+        # has an unknown outcome — keep the trade pending and look the order up by its client order id.
+        return ExchangeUnavailable(code, message, status, execution_unknown=mutating, **kw)
 
     if status in (418, 429) or code == CODE_TOO_MANY_REQUESTS:
         banned = status == 418

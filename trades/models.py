@@ -215,6 +215,15 @@ class Trade(models.Model):
     placed_at = models.DateTimeField(
         null=True, blank=True, help_text="When the entry order was sent to Binance (the not-found grace runs from it)."
     )
+    cancel_after = models.DateTimeField(
+        null=True, blank=True,
+        help_text="The entry's deadline (the database's clock): a pending trade still pending after it is cancelled "
+                  "and verified by the deadline sweep, whatever happened to its countdown message.",
+    )
+    cancel_sent_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the deadline's cancel was last sent (by the countdown or the sweep, whichever claimed it).",
+    )
     opened_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     exit_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Average closing price, if known.")
@@ -229,6 +238,15 @@ class Trade(models.Model):
         help_text="First position read that found no position for the trade; a second read confirms the close.")
     needs_operator = models.BooleanField(
         default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
+    )
+    # Binance can answer -2013 for minutes for an order that exists: a trade failed as "not found on exchange" is
+    # looked up again on NOT_FOUND_RECHECK_SEC's schedule (reconciliation.rechecks), at most once per entry.
+    not_found_rechecks = models.PositiveSmallIntegerField(
+        default=0, help_text="Look-ups made since the trade was failed as not found on exchange."
+    )
+    not_found_recheck_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a trade failed as not found on exchange is looked up again; "
+        "empty: never again."
     )
 
     objects = TradeQuerySet.as_manager()
@@ -246,6 +264,10 @@ class Trade(models.Model):
             models.Index(fields=["account", "status", "created_at"], name="trade_account_status_created"),
             # WebSocket events and update_pending_by_entry_order_id look trades up by Binance order id.
             models.Index(fields=["account", "entry_order_id"], name="trade_account_entry_order"),
+            # The deadline sweep: pending (or failed "not found") trades, not yet sent, whose deadline has passed.
+            models.Index(fields=["status", "cancel_sent_at", "cancel_after"], name="trade_deadline_sweep"),
+            # The pending reconcile's due not-found re-checks (reconciliation.rechecks).
+            models.Index(fields=["account", "not_found_recheck_at"], name="trade_account_nf_recheck"),
         ]
 
     @property

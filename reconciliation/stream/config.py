@@ -11,6 +11,12 @@ USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unpl
 USER_STREAM_BACKOFF_MAX_SEC        [60]      reconnect (and retry) delay cap
 USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts and (re)connects → one sync_positions per
                                              account per window
+USER_STREAM_EVENTS                 [ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_UPDATE,
+                                    ACCOUNT_CONFIG_UPDATE,MARGIN_CALL]
+                                             the event types named in the socket's `&events=` (comma- or
+                                             "/"-separated). Binance's /private/ws delivers only those, and nothing
+                                             at all without the parameter ("Important WebSocket Change Notice",
+                                             2026-04-23). The three the stream acts on are always included.
 
 The other fields are not settings (rarely worth changing; tests and the benchmark shorten some), among them:
 db_call_timeout_sec (a call to the stream's thread pool still running after this is given up; for applying a
@@ -24,6 +30,21 @@ import random
 from dataclasses import dataclass, fields, replace
 
 from django.conf import settings
+
+
+# Event types the stream acts on: always subscribed, whatever USER_STREAM_EVENTS says.
+REQUIRED_EVENTS = ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired")
+DEFAULT_EVENTS = REQUIRED_EVENTS + ("TRADE_LITE", "ALGO_UPDATE", "ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL")
+
+
+def parse_events(value) -> tuple[str, ...]:
+    """USER_STREAM_EVENTS (a comma- or "/"-separated string, or a list) → the event types, required ones first, each
+    once, in order. Names are Binance's event types, case-sensitive (listenKeyExpired)."""
+    if isinstance(value, str):
+        names = [part.strip() for part in value.replace(",", "/").split("/")]
+    else:
+        names = [str(part).strip() for part in value or ()]
+    return tuple(dict.fromkeys([*REQUIRED_EVENTS, *(name for name in names if name)]))
 
 
 @dataclass(frozen=True)
@@ -45,13 +66,14 @@ class StreamConfig:
     # connection: the reconnect's reconcile fetches what was not applied. The thread itself cannot be cancelled.
     db_call_timeout_sec: float = 60.0
     last_event_write_sec: float = 5.0  # AccountSyncState.stream_last_event_at is written at most this often
-    shutdown_sec: float = 4.0  # SIGTERM → sockets and listenKeys closed within this (the process exits within 5 s)
+    shutdown_sec: float = 4.0  # SIGTERM → sockets closed within this (the process exits within 5 s)
     listen_key_http_timeout_sec: float = 3.0
     # Binance expires a listenKey this long after its creation or last successful keepalive. Failed keepalives are
     # retried on the live socket; once none has succeeded for validity − margin, the connection starts over.
     listen_key_validity_sec: float = 60 * 60
     listen_key_margin_sec: float = 5 * 60
     threads: int = 8
+    events: tuple[str, ...] = DEFAULT_EVENTS  # USER_STREAM_EVENTS, parsed
 
     _SETTINGS = {
         "keepalive_sec": "USER_STREAM_KEEPALIVE_SEC",
@@ -69,6 +91,8 @@ class StreamConfig:
             setting = cls._SETTINGS.get(name)
             if setting is not None and hasattr(settings, setting):
                 values[name] = float(getattr(settings, setting))
+        if hasattr(settings, "USER_STREAM_EVENTS"):
+            values["events"] = parse_events(settings.USER_STREAM_EVENTS)
         return replace(cls(**values), **overrides)
 
     def backoff_delay(self, failures: int) -> float:

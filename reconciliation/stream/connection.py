@@ -1,12 +1,17 @@
 """One account's user-data stream: listenKey life cycle, the WebSocket, reconnects, and what each message triggers.
 
-    create listenKey → connect {ws}/private/ws?listenKey=… → enqueue reconcile("ws_connect") and schedule a
+    create listenKey → connect {ws}/private/ws?listenKey=…&events=… → enqueue reconcile("ws_connect") and schedule a
     (debounced) sync_positions("ws_connect") → read …
       … until: the socket drops / listenKeyExpired / the key is gone on keepalive (-1125) / keepalives have
                failed (each retried with backoff on the live socket) until the key is about to lapse
                / the connection reaches max age / stop()
                / applying a message does not return within db_call_timeout_sec (a DB call hung on a dead socket)
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
+
+The listenKey is never DELETEd: Binance keeps one key per account, shared by every consumer of the API key (the
+bot's own stream too), and a DELETE closes all of their sockets (DESIGN §5 F18; USDⓈ-M "User Data Streams":
+"Doing a DELETE on a listenKey will close the stream and invalidate the listenKey"). On shutdown we close our
+socket and let the key lapse (60 minutes after its last keepalive, or kept alive by the other consumers).
 
 The reconcile is enqueued only once the socket is live, so a fill either arrives on this socket or happened
 before it was open and the reconcile finds it; overlap is harmless (the rule is idempotent). Positions may have
@@ -40,7 +45,7 @@ from .state import CONNECTED, CONNECTING, RECONNECTING, STOPPED, blocking, recor
 logger = logging.getLogger("reconciliation.user_stream")
 
 # Reasons a connection ends that call for an immediate reconnect rather than a backoff.
-PLANNED = frozenset({"listen_key_expired", "max_connection_age"})
+PLANNED = frozenset({"listen_key_expired", "max_connection_age", "deaf"})
 # Applying a message took longer than config.db_call_timeout_sec: a connection end reason and a message outcome.
 DB_TIMEOUT = "db_timeout"
 DISCONNECTS_KEPT = 100  # AccountStream.disconnects: a stream runs for months
@@ -51,8 +56,14 @@ def ws_base_url(account: Account) -> str:
     return getattr(settings, name).rstrip("/")
 
 
+def stream_url(base_url: str, listen_key: str, events) -> str:
+    """Binance's private route since 2026-04-23: the listenKey and the `/`-separated event types to deliver —
+    without `events` the socket is accepted and stays silent ("Important WebSocket Change Notice")."""
+    return f"{base_url}/private/ws?listenKey={listen_key}&events={'/'.join(events)}"
+
+
 def listen_key_client(account: Account, timeout: float) -> BinanceFuturesClient:
-    """The account's gateway for listenKey calls, with a short timeout (shutdown must not wait on a slow DELETE).
+    """The account's gateway for listenKey calls, with a short timeout (a slow keepalive must not hold the stream).
     The caller closes it."""
     with BinanceFuturesClient.for_account(account) as defaults:  # only for its URL, timeout and label
         return BinanceFuturesClient(account.api_key, account.api_secret, rest_url=defaults.rest_url,
@@ -80,6 +91,7 @@ class AccountStream:
         self._end_reason: str | None = None
         self._listen_key: str | None = None
         self._connected_at: float | None = None
+        self._connected_wall = None  # the same instant, as a datetime (compared with the deaf mark's)
         self._tasks: set[asyncio.Task] = set()
         self._position_sync: asyncio.Task | None = None
         self._last_event_written = 0.0
@@ -90,6 +102,18 @@ class AccountStream:
         """Ask run() to close the socket and the listenKey and return (call on the stream's loop)."""
         self._stopping = True
         self._end("stop")
+
+    def reconnect_if_deaf(self, marked_at) -> bool:
+        """A reconcile marked this account's stream deaf (stream_guard.py) at `marked_at`: if the live connection
+        is older than the mark, end it; the loop reconnects at once, and that connection's reconcile clears the
+        mark unless it is deaf too. A connection made after the mark is left alone (one reconnect per mark)."""
+        if self._ws is None or self._connected_wall is None or marked_at <= self._connected_wall:
+            return False
+        logger.warning("user_stream event=deaf account=%s marked_at=%s connected_at=%s: the socket is connected but "
+                       "missing order events; reconnecting", self.label, marked_at.isoformat(),
+                       self._connected_wall.isoformat())
+        self._end("deaf")
+        return True
 
     def _end(self, reason: str) -> None:
         """End the current connection (first reason wins); run() decides what comes next."""
@@ -159,12 +183,13 @@ class AccountStream:
         self._listen_key = await self._blocking(client.create_listen_key)
         if self._stopping:
             return "stop"
-        url = f"{ws_base_url(self.account)}/private/ws?listenKey={self._listen_key}"
+        url = stream_url(ws_base_url(self.account), self._listen_key, self.config.events)
         cfg = self.config
         async with connect(url, open_timeout=cfg.open_timeout_sec, ping_interval=cfg.ping_interval_sec,
                            ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20) as ws:
             self._ws = ws
             self._connected_at = time.monotonic()
+            self._connected_wall = timezone.now()
             self.connects += 1
             gap_ms = round((self._connected_at - disconnected_at) * 1000) if disconnected_at else None
             logger.info("user_stream event=%s account=%s reason=%s gap_ms=%s", "connected" if self.connects == 1
@@ -310,18 +335,13 @@ class AccountStream:
             await asyncio.sleep(min(0.05, end - time.monotonic()))
 
     async def _shut(self, client) -> None:
-        """Close the listenKey (Binance: DELETE invalidates it) and record the state. Bounded: shutdown waits."""
+        """Record the state and let go of the gateway. Bounded: shutdown waits. The listenKey is left to lapse, never
+        DELETEd: that would close every socket on it, the bot's own included (see the module docstring)."""
         if self._position_sync is not None and not self._position_sync.done():
             self._position_sync.cancel()
             logger.info("user_stream position_sync_dropped account=%s: stopping; the periodic position sync covers it",
                         self.label)
-        if client is not None and self._listen_key is not None:
-            try:
-                await self._blocking(client.close_listen_key, self._listen_key)
-                logger.info("user_stream event=listen_key_closed account=%s", self.label)
-            except Exception as exc:  # noqa: BLE001 — it expires by itself within 60 minutes
-                logger.warning("user_stream listen_key_close_failed account=%s: %s", self.label, str(exc)[:200])
-            self._listen_key = None
+        self._listen_key = None
         if client is not None:
             client.close()
         await self._call("state", record_state, self.account_id, STOPPED)

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import messages
 from .config import StreamConfig
 from .connection import AccountStream
-from .state import blocking, fingerprint, load_accounts, record_heartbeat
+from .state import blocking, fingerprint, load_accounts, load_deaf_marks, record_heartbeat
 
 logger = logging.getLogger("reconciliation.user_stream")
 
@@ -40,7 +40,7 @@ class UserStreamRunner:
         self.refreshes = 0
 
     def request_stop(self) -> None:
-        """Stop streaming: close every socket and listenKey, then run() returns. Safe from any thread or a signal."""
+        """Stop streaming: close every socket (listenKeys are left to lapse), then run() returns. Safe from any thread or a signal."""
         self._stop_requested = True
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -79,12 +79,16 @@ class UserStreamRunner:
             logger.info("user_stream event=account_removed account=%s", self.streams[pk].label)
         for pk in rekeyed:
             logger.info("user_stream event=account_changed account=%s", self.streams[pk].label)
-        # The old stream closes its listenKey before the new one asks for one: Binance hands out the same key.
+        # The old stream closes its socket before the new one connects (Binance hands out the same listenKey).
         await self._stop_streams(gone + rekeyed + crashed, timeout=self.config.shutdown_sec)
         for pk, account in accounts.items():
             if pk not in self._tasks:
                 self._start(account, wanted[pk])
         await blocking(self._executor, record_heartbeat, list(self._tasks))
+        # A stream marked deaf (REST keeps finding changes its socket never delivered): a fresh connection.
+        for pk, marked_at in (await blocking(self._executor, load_deaf_marks, list(self._tasks))).items():
+            if pk in self.streams:
+                self.streams[pk].reconnect_if_deaf(marked_at)
         self.refreshes += 1
 
     def _start(self, account, account_fingerprint: str) -> None:
@@ -116,7 +120,7 @@ class UserStreamRunner:
 
 def run_user_stream(account_names: list[str] | None = None, *, config: StreamConfig | None = None,
                     install_signal_handlers: bool = True) -> int:
-    """The process: stream until SIGTERM/SIGINT, then close sockets and listenKeys and return 0."""
+    """The process: stream until SIGTERM/SIGINT, then close the sockets (never DELETE a listenKey) and return 0."""
     import signal
 
     runner = UserStreamRunner(account_names=account_names, config=config)

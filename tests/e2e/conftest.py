@@ -26,13 +26,14 @@ def _e2e_reason():
 
 
 @pytest.fixture(scope="module")
-def e2e_stack(sandbox_server, django_db_setup, tmp_path_factory):
-    """Per module, and gone after it: the stack's workers must not consume other tests' tasks."""
+def e2e_stack(request, sandbox_server, django_db_setup, tmp_path_factory):
+    """Per module, and gone after it: the stack's workers must not consume other tests' tasks. A module's
+    STACK_ENV (settings as environment strings) is added to what its processes run with."""
     reason = _e2e_reason()
     if reason:
         pytest.skip(reason)
     app.control.purge()
-    stack = Stack(sandbox_server, tmp_path_factory.mktemp("e2e-logs"))
+    stack = Stack(sandbox_server, tmp_path_factory.mktemp("e2e-logs"), env=getattr(request.module, "STACK_ENV", None))
     try:
         for name in ("worker1", "worker2"):
             stack.start_worker(name)

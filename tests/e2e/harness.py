@@ -50,7 +50,7 @@ def database_url() -> str:
 
 
 class Stack:
-    def __init__(self, exchange, log_dir: Path):
+    def __init__(self, exchange, log_dir: Path, env: dict[str, str] | None = None):
         self.exchange = exchange
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
@@ -65,19 +65,23 @@ class Stack:
             "FIELD_ENCRYPTION_KEY": settings.FIELD_ENCRYPTION_KEY,
             "DJANGO_SECRET_KEY": settings.SECRET_KEY,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),  # a test module's own settings (its STACK_ENV)
         }
 
     # --- processes -------------------------------------------------------------------------------------------
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen([*prefix, sys.executable, *args], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
-    def start_worker(self, name: str) -> subprocess.Popen:
+    def start_worker(self, name: str, clock_ahead_sec: float | None = None) -> subprocess.Popen:
+        """A Celery worker; with clock_ahead_sec its clock runs that far ahead of the host's (libfaketime)."""
+        prefix = ("faketime", "-f", f"+{clock_ahead_sec:g}s") if clock_ahead_sec else ()
         return self.start(name, "-m", "celery", "-A", "tradeops", "worker", "--pool=prefork", "--concurrency=1",
-                          f"--hostname={name}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO")
+                          f"--hostname={name}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO",
+                          prefix=prefix)
 
     def start_beat(self) -> subprocess.Popen:
         return self.start("beat", "-m", "celery", "-A", "tradeops", "beat", "--loglevel=INFO",

@@ -306,3 +306,26 @@ def test_the_same_new_as_before_a_manual_mark_still_reopens_the_trade(binance, t
 
     trade.refresh_from_db()
     assert trade.status == Trade.Status.PENDING
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_missing_entry_price_is_filled_by_a_snapshot_of_the_same_quantity_without_an_event(binance, trade, shape):
+    placed = place(trade)
+    binance.control.fill_order(trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id,
+                               qty="0.004", price="49000")
+    with BinanceFuturesClient.for_account(trade.account) as client:
+        answer = client.cancel_order(trade.symbol, client_order_id=trade.client_order_id)  # no avgPrice in it
+    assert "avgPrice" not in answer
+    assert apply_order_snapshot(trade, answer, "cancel") == rules.OPENED
+    assert trade.entry_price is None
+
+    order = exchange_order(trade)
+    other_qty = dict(order, executedQty="0.003", updateTime=order["updateTime"])
+    assert apply_order_snapshot(trade, shaped(other_qty, shape), "reconcile") == rules.IGNORED  # another quantity
+    assert apply_order_snapshot(trade, shaped(order, shape), "reconcile") == rules.PRICED
+    trade.refresh_from_db()
+    assert (trade.status, trade.filled_qty, trade.entry_price) == ("open", Decimal("0.004"), Decimal("49000"))
+    assert events(trade) == [("pending", "open")]
+    later = dict(order, avgPrice="1.00000", updateTime=order["updateTime"] + 1)
+    assert apply_order_snapshot(trade, shaped(later, shape), "reconcile") == rules.IGNORED  # never moved again
+    assert Trade.objects.get(pk=trade.pk).entry_price == Decimal("49000") and placed["orderId"] == trade.entry_order_id

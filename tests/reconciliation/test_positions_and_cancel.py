@@ -21,6 +21,7 @@ from reconciliation.services import (
 from tests.factories import TradeFactory
 from tests.helpers import place
 from trades.binance_client import BinanceFuturesClient
+from trades.exceptions import ExchangeUnavailable
 from trades.models import Trade, TradeEvent
 
 pytestmark = pytest.mark.django_db
@@ -286,6 +287,41 @@ class TestCancelAndVerify:
         assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
 
 
+    def test_f25_cancel_answer_opens_without_a_price_and_the_verification_fills_it_in(self, binance, account):
+        """Binance's cancel answer has no avgPrice (2026-07): the partial fill opens the trade without an entry
+        price; the look-up that follows every cancel carries it, and fills it in without a second event."""
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id, qty="0.004",
+                                   price="49990")
+
+        assert cancel_trade_order(trade)["result"] == rules.OPENED
+        trade.refresh_from_db()
+        assert (trade.status, trade.filled_qty, trade.entry_price) == ("open", Decimal("0.004"), None)
+
+        assert verify_after_cancel(trade)["result"] == rules.PRICED
+        trade.refresh_from_db()
+        assert (trade.status, trade.filled_qty, trade.entry_price) == ("open", Decimal("0.004"), Decimal("49990"))
+        assert list(TradeEvent.objects.filter(trade=trade).values_list("from_status", "to_status")) == [
+            ("pending", "open")]
+        assert verify_after_cancel(trade)["result"] == rules.IGNORED  # priced once; nothing more to do
+
+    @pytest.mark.parametrize("kind", ["408", "408_placed"])
+    def test_f26_408_on_cancel_is_unknown_and_the_verification_decides(self, binance, account, kind):
+        trade = TradeFactory(account=account, price=Decimal("50000"))
+        place(trade)
+        binance.control.inject_fault("/fapi/v1/order", kind, count=1, method="DELETE")
+
+        with pytest.raises(ExchangeUnavailable) as caught:
+            cancel_trade_order(trade)
+        assert caught.value.execution_unknown and caught.value.status == 408
+        report = verify_after_cancel(trade)
+
+        assert report["exchange_status"] == ("CANCELED" if kind == "408_placed" else "NEW")
+        expected = Trade.Status.CANCELLED if kind == "408_placed" else Trade.Status.PENDING
+        assert Trade.objects.get(pk=trade.pk).status == expected
+
+
 class TestPlacement:
     def test_limit_order_is_placed_once_and_its_order_id_noted(self, binance, account):
         trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
@@ -318,6 +354,40 @@ class TestPlacement:
 
         trade.refresh_from_db()
         assert trade.status == Trade.Status.OPEN
+
+    @pytest.mark.parametrize("kind", ["408", "408_placed"])
+    def test_f26_408_on_placement_stays_pending_and_is_resolved_by_client_order_id(self, binance, account, settings,
+                                                                                    kind):
+        binance.control.inject_fault("/fapi/v1/order", kind, count=1, method="POST")
+        trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
+
+        assert place_entry_order(trade)["outcome"] == "unknown"  # not "rejected", whatever code the body carries
+        assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
+        if kind == "408_placed":
+            binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
+        settings.PENDING_NOT_FOUND_GRACE_SEC = 0
+        reconcile_pending(account)
+
+        trade.refresh_from_db()
+        assert trade.status == (Trade.Status.OPEN if kind == "408_placed" else Trade.Status.FAILED)
+        assert binance.control.stats()["requests"]["POST /fapi/v1/order"] == 1  # never sent twice
+
+    def test_f19_placement_on_a_host_2s_ahead_of_binance_is_sent_once_and_succeeds(self, binance, account):
+        binance.control.set_clock_offset(-2_000)  # our timestamps 2 s ahead: Binance refuses > 1 s ahead (-1021)
+        trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
+
+        assert place_entry_order(trade)["outcome"] == "placed"
+        assert binance.control.stats()["requests"]["POST /fapi/v1/order"] == 1  # synced first, nothing refused
+
+    def test_f19_placement_refused_1021_is_resent_once_after_a_resync(self, binance, account):
+        with BinanceFuturesClient.for_account(account) as client:
+            client.get_open_orders("BTCUSDT")  # the process's clock offset is known (and right) now
+        binance.control.set_clock_offset(-2_000)  # then the host drifts 2 s ahead
+        trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
+
+        assert place_entry_order(trade)["outcome"] == "placed"
+        assert binance.control.stats()["requests"]["POST /fapi/v1/order"] == 2  # -1021, re-sync, resent
+        assert Trade.objects.get(pk=trade.pk).exchange_status == "NEW"
 
     def test_definite_refusal_fails_with_binances_reason(self, binance, account):
         trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.0001"), Decimal("50000"))  # < min qty

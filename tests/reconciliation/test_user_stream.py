@@ -29,6 +29,8 @@ from websockets.sync.client import connect
 
 from reconciliation import services
 from reconciliation.models import AccountSyncState
+from reconciliation.stream.config import DEFAULT_EVENTS, parse_events
+from reconciliation.stream.connection import stream_url
 from reconciliation.user_stream import AccountStream, StreamConfig, excerpt, handle_message
 from trades.binance_client import BinanceFuturesClient
 from trades.exceptions import RateLimited
@@ -74,7 +76,7 @@ def capture_order_events(exchange, account, action, count: int) -> list[str]:
     with BinanceFuturesClient.for_account(account) as client:
         key = client.create_listen_key()
     frames = []
-    with connect(f"{exchange.ws_url}/private/ws?listenKey={key}", open_timeout=5) as ws:
+    with connect(stream_url(exchange.ws_url, key, ["ORDER_TRADE_UPDATE"]), open_timeout=5) as ws:
         wait_for(lambda: exchange.control.listen_keys(account.api_key)["connections"] == 1)
         action()
         while len(frames) < count:
@@ -390,15 +392,16 @@ def test_accounts_added_disabled_and_rekeyed_are_picked_up_without_restart(binan
 
     first.is_active = False
     first.save()
-    wait_for(lambda: binance.control.listen_keys(first.api_key)["listen_key"] is None, what="key closed")
+    wait_for(lambda: binance.control.listen_keys(first.api_key)["connections"] == 0, what="socket closed")
     wait_for(lambda: AccountSyncState.objects.get(account=first).stream_state == "stopped")
+    assert binance.control.listen_keys(first.api_key)["listen_key"] is not None  # never DELETEd: it lapses
 
     old_api_key = added.api_key
     creds = binance.control.create_account()
     added.api_key, added.api_secret = creds["api_key"], creds["api_secret"]
     added.save()
     wait_for(lambda: binance.control.listen_keys(creds["api_key"])["connections"] == 1, what="re-keyed stream")
-    assert binance.control.listen_keys(old_api_key)["listen_key"] is None
+    assert binance.control.listen_keys(old_api_key)["connections"] == 0
 
 
 @live
@@ -559,7 +562,10 @@ def malformed_frames():
 
 @live
 def test_f13_malformed_payloads_are_warned_and_skipped_and_good_ones_still_applied(binance, account, start_stream,
-                                                                                 caplog):
+                                                                                 caplog, settings):
+    # Binance delivers only the subscribed event types: one we subscribe to but do not know (a new one an operator
+    # added to USER_STREAM_EVENTS) must still be warned and skipped.
+    settings.USER_STREAM_EVENTS = "SOMETHING_NEW"
     trades = [place_trade(account) for _ in range(3)]
     with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
         stream = start_stream(Recorder(reconcile=False))  # only the WebSocket can open the trades here
@@ -616,7 +622,9 @@ def test_run_user_stream_command_streams_the_named_accounts_and_sigterm_closes_k
     try:
         wait_for(lambda: exchange.control.listen_keys(streamed["api_key"])["connections"] == 1, timeout=15,
                  what="the subprocess connected")
-        assert exchange.control.listen_keys(streamed["api_key"])["listen_key"] is not None
+        live = exchange.control.listen_keys(streamed["api_key"])
+        assert live["listen_key"] is not None
+        assert live["subscriptions"] == [sorted(DEFAULT_EVENTS)]  # &events= named every default type
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=5)
     finally:
@@ -625,9 +633,11 @@ def test_run_user_stream_command_streams_the_named_accounts_and_sigterm_closes_k
             proc.communicate()
     assert proc.returncode == 0, output
     keys = exchange.control.listen_keys(streamed["api_key"])
-    assert (keys["listen_key"], keys["connections"]) == (None, 0), output
+    # Socket closed, key left to lapse: a DELETE would have closed the bot's own stream on the same key.
+    assert (keys["listen_key"], keys["connections"]) == (live["listen_key"], 0), output
+    assert "DELETE /fapi/v1/listenKey" not in exchange.control.stats()["requests"]
     assert exchange.control.listen_keys(other["api_key"])["listen_key"] is None  # not named: never streamed
-    assert "event=connected" in output and "event=listen_key_closed" in output
+    assert "event=connected" in output and "event=stopped" in output
     with sqlite3.connect(tmp_path / "stream.sqlite3") as db:
         assert db.execute("SELECT stream_state FROM reconciliation_accountsyncstate").fetchall() == [("stopped",)]
 
@@ -640,3 +650,13 @@ def test_config_reads_settings_and_backoff_is_capped_with_jitter(settings):
     assert config.backoff_delay(0) == 0
     assert 0.5 <= config.backoff_delay(1) <= 1
     assert all(4 <= config.backoff_delay(20) <= 8 for _ in range(50))
+
+
+def test_user_stream_events_setting_is_parsed_and_keeps_what_the_stream_needs(settings):
+    settings.USER_STREAM_EVENTS = "TRADE_LITE, MARGIN_CALL/ORDER_TRADE_UPDATE"
+    assert StreamConfig.from_settings().events == (
+        "ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired", "TRADE_LITE", "MARGIN_CALL")
+    assert parse_events("") == ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired")
+    assert parse_events(["ALGO_UPDATE"])[-1] == "ALGO_UPDATE"
+    assert stream_url("wss://fstream.binance.com", "K", ("ORDER_TRADE_UPDATE", "listenKeyExpired")) == (
+        "wss://fstream.binance.com/private/ws?listenKey=K&events=ORDER_TRADE_UPDATE/listenKeyExpired")

@@ -1,6 +1,8 @@
 """Helpers for the sandbox tests."""
 from __future__ import annotations
 
+import time
+
 from binance.client import Client
 
 
@@ -14,3 +16,12 @@ def binance_client(handle, account, **kwargs) -> Client:
 def limit_buy(client, qty="0.010", price="50000", **kwargs):
     return client.futures_create_order(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC",
                                        quantity=qty, price=price, **kwargs)
+
+
+def sync_clock(client: Client) -> int:
+    """What a client of Binance does once the exchange's clock is not its own: GET /fapi/v1/time and stamp signed
+    requests in the exchange's time (python-binance adds `timestamp_offset`). Returns the offset in ms."""
+    sent = time.time() * 1000
+    server = client.futures_time()["serverTime"]
+    client.timestamp_offset = int(server - (sent + time.time() * 1000) / 2)
+    return client.timestamp_offset

@@ -1,6 +1,8 @@
 """Fault injection through the control API, seen by python-binance's Client."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 from binance.exceptions import BinanceAPIException
@@ -8,7 +10,7 @@ from binance.exceptions import BinanceAPIException
 from sandbox.control import SandboxControlError
 from tests.helpers import wait_for
 
-from .helpers import binance_client, limit_buy
+from .helpers import binance_client, limit_buy, sync_clock
 
 
 def api_error(call, *args, **kwargs) -> BinanceAPIException:
@@ -90,6 +92,7 @@ def test_not_found_window_right_after_placing(futures_client, exchange):
     order = limit_buy(futures_client)
     assert api_error(futures_client.futures_get_order, symbol="BTCUSDT", orderId=order["orderId"]).code == -2013
     exchange.control.advance_clock(60_001)
+    sync_clock(futures_client)
     assert futures_client.futures_get_order(symbol="BTCUSDT", orderId=order["orderId"])["status"] == "NEW"
 
 
@@ -102,3 +105,56 @@ def test_control_api_is_loopback_only_and_reset_wipes(exchange, account, futures
     assert fresh.futures_ping() == {}                          # the fault is gone too
     err = api_error(futures_client.futures_get_open_orders)            # and so is the old account
     assert err.code == -2015
+
+
+@pytest.mark.parametrize("kind, placed", [("408", False), ("408_placed", True)])
+def test_408_on_placement_with_or_without_the_order(futures_client, exchange, account, kind, placed):
+    exchange.control.inject_fault("/fapi/v1/order", kind, method="POST")
+    err = api_error(limit_buy, futures_client, newClientOrderId="maybe")
+    assert (err.status_code, err.code) == (408, -1007)        # the same answer either way: the outcome is unknown
+    found = exchange.control.get_order(account["api_key"], "BTCUSDT", client_order_id="maybe") if placed else None
+    if placed:
+        assert found["status"] == "NEW"
+    else:
+        with pytest.raises(SandboxControlError):
+            exchange.control.get_order(account["api_key"], "BTCUSDT", client_order_id="maybe")
+
+
+def test_408_placed_on_cancel_cancels(futures_client, exchange):
+    order = limit_buy(futures_client)
+    exchange.control.inject_fault("/fapi/v1/order", "408_placed", method="DELETE")
+    assert api_error(futures_client.futures_cancel_order, symbol="BTCUSDT", orderId=order["orderId"]).status_code == 408
+    assert futures_client.futures_get_order(symbol="BTCUSDT", orderId=order["orderId"])["status"] == "CANCELED"
+
+
+def test_a_hidden_order_answers_2013_is_left_out_of_lists_and_still_fills(futures_client, exchange, account):
+    order = limit_buy(futures_client)
+    seen = limit_buy(futures_client)
+    exchange.control.hide_order(account["api_key"], "BTCUSDT", order_id=order["orderId"], seconds=120)
+    assert api_error(futures_client.futures_get_order, symbol="BTCUSDT", orderId=order["orderId"]).code == -2013
+    assert [o["orderId"] for o in futures_client.futures_get_all_orders(symbol="BTCUSDT")] == [seen["orderId"]]
+    assert [o["orderId"] for o in futures_client.futures_get_open_orders(symbol="BTCUSDT")] == [seen["orderId"]]
+    exchange.control.fill_order(account["api_key"], "BTCUSDT", order_id=order["orderId"])    # it lives
+    exchange.control.advance_clock(120_001)
+    sync_clock(futures_client)
+    assert futures_client.futures_get_order(symbol="BTCUSDT", orderId=order["orderId"])["status"] == "FILLED"
+    assert len(futures_client.futures_get_all_orders(symbol="BTCUSDT")) == 2
+
+
+def test_signed_requests_are_judged_by_the_sandbox_clock(futures_client, exchange):
+    """-1021 unless timestamp < serverTime + 1000 and serverTime - timestamp <= recvWindow (Binance's timing rule)."""
+    exchange.control.set_clock_offset(-2000)                      # the exchange 2 s behind this host
+    err = api_error(futures_client.futures_get_open_orders)
+    assert (err.status_code, err.code, err.message) == (
+        400, -1021, "Timestamp for this request was 1000ms ahead of the server's time.")
+    assert abs(futures_client.futures_time()["serverTime"] - exchange.control.server_time()) < 1000
+    assert -2500 < sync_clock(futures_client) < -1500
+    assert futures_client.futures_get_open_orders() == []
+    exchange.control.set_clock_offset(30_000)                     # now 30 s ahead: our stamps are too old
+    err = api_error(futures_client.futures_get_open_orders)
+    assert (err.code, err.message) == (-1021, "Timestamp for this request is outside of the recvWindow.")
+    sync_clock(futures_client)
+    assert futures_client.futures_get_open_orders() == []
+    assert exchange.control.stats()["weight"]["GET /fapi/v1/time"] == 3          # weight 1 each
+    exchange.control.reset()
+    assert abs(exchange.control.server_time() - time.time() * 1000) < 1000

@@ -9,9 +9,11 @@ from websockets.sync.client import connect
 
 from tests.helpers import wait_for
 
-from .helpers import limit_buy
+from .helpers import binance_client, limit_buy
 
 ORDER_KEYS = set("s c S o f q p ap sp x X i l z L N n T t b a m R wt ot ps cp rp pP si ss V pm gtd".split())
+ALL_EVENTS = ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired", "TRADE_LITE", "ALGO_UPDATE",
+              "ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL")
 
 
 def recv_json(ws, timeout: float = 5.0) -> dict:
@@ -25,19 +27,28 @@ def recv_until(ws, predicate, timeout: float = 5.0) -> dict:
             return event
 
 
-def stream(exchange, key: str, legacy: bool = False):
-    url = f"{exchange.ws_url}/ws/{key}" if legacy else f"{exchange.ws_url}/private/ws?listenKey={key}"
+def stream(exchange, key: str, events=ALL_EVENTS, path_form: bool = False):
+    """A user-data socket subscribed to `events` (None: no `events` parameter at all)."""
+    query = f"events={'/'.join(events)}" if events is not None else ""
+    if path_form:
+        url = f"{exchange.ws_url}/private/ws/{key}" + (f"?{query}" if query else "")
+    else:
+        url = f"{exchange.ws_url}/private/ws?listenKey={key}" + (f"&{query}" if query else "")
     return connect(url, open_timeout=5, close_timeout=2)
+
+
+def without(*names):
+    return tuple(name for name in ALL_EVENTS if name not in names)
 
 
 def connected(exchange, api_key: str, n: int = 1):
     return wait_for(lambda: exchange.control.listen_keys(api_key)["connections"] == n)
 
 
-@pytest.mark.parametrize("legacy", [False, True])
-def test_order_trade_update_and_account_update_on_fill(futures_client, exchange, account, legacy):
+@pytest.mark.parametrize("path_form", [False, True])
+def test_order_trade_update_and_account_update_on_fill(futures_client, exchange, account, path_form):
     key = futures_client.futures_stream_get_listen_key()
-    with stream(exchange, key, legacy) as ws:
+    with stream(exchange, key, without("TRADE_LITE"), path_form) as ws:
         connected(exchange, account["api_key"])
         order = limit_buy(futures_client, qty="0.010", price="50000", newClientOrderId="ws-1")
         new = recv_json(ws)
@@ -49,7 +60,7 @@ def test_order_trade_update_and_account_update_on_fill(futures_client, exchange,
         assert update["e"] == "ACCOUNT_UPDATE"
         [pos] = update["a"]["P"]
         assert (pos["s"], pos["pa"], pos["ep"], pos["ps"]) == ("BTCUSDT", "0.004", "50000.00000", "BOTH")
-        assert set(pos) == {"s", "pa", "ep", "bep", "cp", "up", "mt", "iw", "ps"}
+        assert set(pos) == {"s", "pa", "ep", "bep", "cr", "up", "mt", "iw", "ps"}
         assert set(update["a"]["B"][0]) == {"a", "wb", "cw", "bc"}
         trade = recv_json(ws)["o"]
         assert (trade["x"], trade["X"], trade["l"], trade["z"], trade["L"]) == (
@@ -62,7 +73,7 @@ def test_order_trade_update_and_account_update_on_fill(futures_client, exchange,
 
 def test_cancel_and_expire_events(futures_client, exchange, account):
     key = futures_client.futures_stream_get_listen_key()
-    with stream(exchange, key) as ws:
+    with stream(exchange, key, ["ORDER_TRADE_UPDATE"]) as ws:
         connected(exchange, account["api_key"])
         first, second = limit_buy(futures_client), limit_buy(futures_client)
         futures_client.futures_cancel_order(symbol="BTCUSDT", orderId=first["orderId"])
@@ -150,3 +161,77 @@ def test_other_accounts_events_never_arrive(futures_client, exchange, account):
         limit_buy(other)
         mine = limit_buy(futures_client)
         assert recv_json(ws)["o"]["i"] == mine["orderId"]
+
+
+def test_without_events_the_socket_is_accepted_and_silent(futures_client, exchange, account):
+    """Binance since 2026-04-23: /private/ws?listenKey=K alone connects and then delivers nothing."""
+    key = futures_client.futures_stream_get_listen_key()
+    with stream(exchange, key, events=None) as deaf, stream(exchange, key) as hearing:
+        connected(exchange, account["api_key"], 2)
+        assert exchange.control.listen_keys(account["api_key"])["subscriptions"] == [[], sorted(ALL_EVENTS)]
+        order = limit_buy(futures_client)
+        exchange.control.fill_order(account["api_key"], "BTCUSDT", order_id=order["orderId"])
+        recv_until(hearing, lambda e: e["e"] == "ORDER_TRADE_UPDATE" and e["o"]["X"] == "FILLED")
+        exchange.control.push_raw(account["api_key"], '{"e":"ORDER_TRADE_UPDATE","o":{}}')
+        recv_until(hearing, lambda e: e["e"] == "ORDER_TRADE_UPDATE" and e["o"] == {})
+        with pytest.raises(TimeoutError):      # everything above went out before the raw frame: nothing came
+            deaf.recv(timeout=0.3)
+
+
+def test_only_the_listed_event_types_arrive(futures_client, exchange, account):
+    key = futures_client.futures_stream_get_listen_key()
+    with stream(exchange, key, ["TRADE_LITE", "ORDER_TRADE_UPDATE"]) as ws:
+        connected(exchange, account["api_key"])
+        order = limit_buy(futures_client, newClientOrderId="lite-1")
+        exchange.control.fill_order(account["api_key"], "BTCUSDT", order_id=order["orderId"], qty="0.004")
+        exchange.control.set_leverage(account["api_key"], "BTCUSDT", 10)      # not subscribed: never arrives
+        exchange.control.expire_listen_key(account["api_key"])                # nor listenKeyExpired
+        received = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                received.append(recv_json(ws))
+    assert [e["e"] for e in received] == ["ORDER_TRADE_UPDATE", "TRADE_LITE", "ORDER_TRADE_UPDATE"]
+    lite = received[1]
+    assert set(lite) == {"e", "E", "T", "s", "q", "p", "m", "c", "S", "L", "l", "t", "i"}
+    assert (lite["s"], lite["c"], lite["i"], lite["l"], lite["L"], lite["q"]) == (
+        "BTCUSDT", "lite-1", order["orderId"], "0.004", "50000.00", "0.010")
+    assert lite["t"] == received[2]["o"]["t"] and lite["m"] is True
+
+
+def test_account_config_margin_call_and_algo_events(futures_client, exchange, account):
+    key = futures_client.futures_stream_get_listen_key()
+    with stream(exchange, key, ["ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL", "ALGO_UPDATE"]) as ws:
+        connected(exchange, account["api_key"])
+        futures_client.futures_create_order(symbol="ETHUSDT", side="BUY", type="MARKET", quantity="0.100")
+        exchange.control.set_leverage(account["api_key"], "ETHUSDT", 10)
+        config = recv_json(ws)
+        assert config["e"] == "ACCOUNT_CONFIG_UPDATE" and config["ac"] == {"s": "ETHUSDT", "l": 10}
+        exchange.control.margin_call(account["api_key"])
+        call = recv_json(ws)
+        assert call["e"] == "MARGIN_CALL" and [(p["s"], p["pa"]) for p in call["p"]] == [("ETHUSDT", "0.100")]
+        exchange.control.algo_order(account["api_key"], "ETHUSDT", quantity="0.100", trigger_price="2800")
+        algo = recv_json(ws)
+        assert algo["e"] == "ALGO_UPDATE" and (algo["o"]["s"], algo["o"]["X"], algo["o"]["tp"]) == (
+            "ETHUSDT", "NEW", "2800.00")
+
+
+def test_the_retired_root_route_is_gone(futures_client, exchange):
+    key = futures_client.futures_stream_get_listen_key()
+    with pytest.raises(InvalidStatus) as refused:
+        with connect(f"{exchange.ws_url}/ws/{key}", open_timeout=5):
+            pass
+    assert refused.value.response.status_code == 404
+
+
+def test_one_listen_key_per_account_and_delete_closes_every_socket(futures_client, exchange, account):
+    """The bot and tradeops share an API key, hence the listenKey: whoever DELETEs it cuts both."""
+    bots = binance_client(exchange, account)
+    key = futures_client.futures_stream_get_listen_key()
+    assert bots.futures_stream_get_listen_key() == key
+    with stream(exchange, key) as ours, stream(exchange, key) as theirs:
+        connected(exchange, account["api_key"], 2)
+        bots.futures_stream_close(key)
+        for ws in (ours, theirs):
+            with pytest.raises(ConnectionClosed):
+                recv_json(ws)
+    connected(exchange, account["api_key"], 0)

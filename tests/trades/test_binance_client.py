@@ -22,6 +22,7 @@ import pytest
 
 from tests.helpers import wait_for
 from trades.binance_client import (
+    EXCHANGE_CLOCK,
     ALL_ORDERS_MAX_WINDOW_MS,
     TRANSIENT_ERRORS,
     BinanceFuturesClient,
@@ -204,9 +205,9 @@ def test_418_is_rate_limited_banned(gateway, exchange):
 
 
 def test_exceeding_the_weight_limit_gives_429_then_418(gateway, exchange):
-    exchange.control.set_weight_limit(10)
-    gateway.get_all_orders(SYMBOL)  # weight 5
-    gateway.get_all_orders(SYMBOL)  # 10: at the limit, still served
+    exchange.control.set_weight_limit(11)
+    gateway.get_all_orders(SYMBOL)  # weight 5, after GET /fapi/v1/time (1): the first signed call syncs the clock
+    gateway.get_all_orders(SYMBOL)  # 11: at the limit, still served
     with pytest.raises(RateLimited) as caught:
         gateway.get_all_orders(SYMBOL)
     assert caught.value.status == 429 and not caught.value.banned
@@ -227,7 +228,7 @@ def test_used_weight_comes_from_the_response_header(gateway, exchange, account):
     assert first >= 1
     assert second == first + 5 or second == 5  # (or a new minute began in between)
     assert second == exchange.control.stats()["used_weight_1m"][account["api_key"]] or second == 5
-    assert gateway.http_calls == 2
+    assert gateway.http_calls == 3  # GET /fapi/v1/time first: the process's first signed call syncs the clock
 
 
 # --------------------------------------------------------------------------- the exchange is not answering
@@ -325,15 +326,53 @@ def test_connection_refused_is_exchange_unavailable_and_certainly_not_executed(a
     assert "signature" not in str(caught.value)
 
 
-def test_clock_skew_is_reported_then_fixed_by_the_next_call(gateway):
-    gateway._client.timestamp_offset = -120_000  # our clock two minutes behind: outside recvWindow
+def test_clock_skew_is_resynced_and_retried_once(gateway, exchange, account):
+    assert gateway.get_open_orders(SYMBOL) == []  # the first signed call synced the clock first
+    assert requests_to(exchange, "GET /fapi/v1/time") == 1
+    exchange.control.set_clock_offset(120_000)  # the exchange's clock two minutes ahead: our stamps are too old
+    exchange.control.reset_stats()
+    assert gateway.get_open_orders(SYMBOL) == []  # -1021, GET /fapi/v1/time, the same request again
+    assert exchange.control.stats()["requests"] == {"GET /fapi/v1/openOrders": 2, "GET /fapi/v1/time": 1}
+    assert exchange.control.stats()["statuses"] == {"400": 1, "200": 2}
+    assert 115_000 < EXCHANGE_CLOCK.offset_ms(gateway.rest_url) < 125_000
+    other = make_gateway(exchange, account)  # another gateway of this process uses the offset: no sync, no -1021
+    assert other.get_open_orders(SYMBOL) == [] and other.http_calls == 1
+
+
+def test_a_fresh_gateway_on_a_drifting_host_syncs_before_its_first_signed_call(exchange, account):
+    """Each task builds its own gateway: it must not start at offset zero and fail its first (only) call."""
+    exchange.control.set_clock_offset(-2_000)  # this host 2 s ahead of the exchange: > 1000 ms ahead is refused
+    gateway = make_gateway(exchange, account)
+    order = place_resting(gateway, client_order_id="t-drift")
+    assert order["status"] == "NEW"
+    assert exchange.control.stats()["requests"] == {"GET /fapi/v1/time": 1, "POST /fapi/v1/order": 1}
+
+
+def test_a_placement_refused_with_1021_is_sent_again_once(gateway, exchange, account):
+    """-1021 means "not executed" (Binance's error codes: INVALID_TIMESTAMP), so resending cannot double the order."""
+    gateway.get_open_orders(SYMBOL)
+    exchange.control.set_clock_offset(-3_000)
+    place_resting(gateway, client_order_id="t-resent")
+    assert requests_to(exchange, "POST /fapi/v1/order") == 2
+    assert [o["clientOrderId"] for o in gateway.get_open_orders(SYMBOL)] == ["t-resent"]  # one order
+
+
+def test_a_second_1021_surfaces_as_clock_skew(gateway, exchange, monkeypatch):
+    gateway.get_open_orders(SYMBOL)
+    exchange.control.set_clock_offset(120_000)
+    monkeypatch.setattr(gateway, "sync_time", lambda: 0)  # an exchange whose time endpoint does not help
     with pytest.raises(ClockSkew) as caught:
         gateway.get_open_orders(SYMBOL)
-    assert caught.value.code == -1021
-    calls = gateway.http_calls
-    assert gateway.get_open_orders(SYMBOL) == []  # synced with GET /fapi/v1/time first
-    assert gateway.http_calls == calls + 2
-    assert abs(gateway._client.timestamp_offset) < 5_000
+    assert caught.value.code == -1021 and requests_to(exchange, "GET /fapi/v1/openOrders") == 3
+
+
+def test_the_shared_clock_is_refreshed_after_its_interval(gateway, exchange, monkeypatch):
+    gateway.get_open_orders(SYMBOL)
+    gateway.get_open_orders(SYMBOL)
+    assert requests_to(exchange, "GET /fapi/v1/time") == 1
+    monkeypatch.setattr(EXCHANGE_CLOCK, "interval_sec", 0.0)
+    gateway.get_open_orders(SYMBOL)
+    assert requests_to(exchange, "GET /fapi/v1/time") == 2
 
 
 # --------------------------------------------------------------------------- allOrders paging and windows
@@ -373,7 +412,7 @@ def test_get_all_orders_splits_spans_longer_than_7_days(gateway, exchange, accou
     orders = gateway.get_all_orders(SYMBOL, start_time=t0 - 1000, end_time=end)
     assert [o["clientOrderId"][:4] for o in orders] == ["old-"] * 3 + ["new-"] * 2
     assert requests_to(exchange, "GET /fapi/v1/allOrders") == 2
-    assert exchange.control.stats()["statuses"] == {"200": 2}  # no window was refused (-4165)
+    assert exchange.control.stats()["statuses"] == {"200": 3}  # GET time + 2 pages; no window refused (-4165)
 
     # Three weeks: three windows, none of 7 days or more, consecutive.
     windows = gateway._all_orders_windows(0, 21 * DAY_MS)
@@ -390,7 +429,8 @@ def test_listen_key_life_cycle_and_expiry(gateway, exchange, account):
     assert isinstance(key, str) and key
     assert gateway.create_listen_key() == key  # Binance hands back the live key
     gateway.keepalive_listen_key(key)
-    gateway.close_listen_key(key)
+    assert not hasattr(gateway, "close_listen_key")  # never DELETE: it would close the bot's own stream too
+    exchange.control.advance_clock(60 * 60 * 1000 + 1)  # left alone, the key lapses
     with pytest.raises(ListenKeyExpired) as caught:
         gateway.keepalive_listen_key(key)
     assert caught.value.code == -1125
@@ -459,8 +499,10 @@ def test_keys_never_appear_in_logs_exceptions_or_reprs(exchange, caplog):
     attempt(gateway.get_all_orders, SYMBOL)
     attempt(gateway.keepalive_listen_key, "nope")
     attempt(gateway.place_order, SYMBOL, "SIDEWAYS", QTY, price=PRICE)
-    gateway._client.timestamp_offset = -120_000
+    control.set_clock_offset(120_000)
+    gateway.sync_time = lambda: 0  # no re-sync helps: the -1021 surfaces
     attempt(gateway.get_open_orders, SYMBOL)
+    control.set_clock_offset(0)
     wrong_secret = BinanceFuturesClient(api_key, "wrong-secret-value", rest_url=exchange.rest_url)
     attempt(wrong_secret.get_open_orders)  # -1022 signature invalid
 
@@ -594,3 +636,38 @@ def test_retry_after_without_a_seconds_header(canned_gateway):
     with pytest.raises(RateLimited) as caught:
         gateway.get_open_orders()
     assert 85 <= caught.value.retry_after <= 90
+
+
+# --------------------------------------------------------------------------- HTTP 408
+
+
+@pytest.mark.parametrize("body", [
+    b'{"code": -1007, "msg": "Timeout waiting for response from backend server."}',
+    b'{"code": -2013, "msg": "Order does not exist."}',
+    b'{"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}',
+    b'{"code": -1111, "msg": "Precision is over the maximum defined for this asset."}',
+    b"<html>Request Timeout</html>",
+    b"",
+])
+def test_408_is_outcome_unknown_for_order_changes_whatever_its_body_says(body):
+    import requests
+    from requests.structures import CaseInsensitiveDict
+
+    from trades.exceptions import error_from_response
+
+    response = requests.Response()
+    response.status_code, response._content, response.headers = 408, body, CaseInsensitiveDict()
+    for method, unknown in (("post", True), ("delete", True), ("get", False)):
+        error = error_from_response(response, method=method, endpoint=f"{method.upper()} /fapi/v1/order")
+        assert type(error) is ExchangeUnavailable and error.status == 408
+        assert error.execution_unknown is unknown
+
+
+@pytest.mark.parametrize("kind", ["408", "408_placed"])
+def test_408_on_placement_through_the_gateway(gateway, exchange, account, kind):
+    exchange.control.inject_fault("/fapi/v1/order", kind, method="POST")
+    with pytest.raises(ExchangeUnavailable) as caught:
+        place_resting(gateway, client_order_id="t-408")
+    assert caught.value.execution_unknown and caught.value.client_order_id == "t-408"
+    found = gateway.get_order_by_client_order_id(SYMBOL, "t-408")
+    assert (found is not None) is (kind == "408_placed")

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('trades', '0007_client_order_id_case_sensitive'),
+        ('trades', '0008_not_found_recheck'),
     ]
 
     operations = [

@@ -1,6 +1,6 @@
 """python manage.py run_user_stream [--account NAME …]: the user-data WebSocket consumer (reconciliation.user_stream).
 
-Runs until SIGTERM/SIGINT, then closes its sockets and listenKeys and exits 0.
+Runs until SIGTERM/SIGINT, then closes its sockets (listenKeys are left to lapse, never DELETEd) and exits 0.
 """
 
 from django.core.management.base import BaseCommand, CommandError

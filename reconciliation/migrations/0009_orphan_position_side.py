@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('reconciliation', '0005_prune_schedule'),
+        ('reconciliation', '0008_cancel_overdue_schedule'),
     ]
 
     operations = [
