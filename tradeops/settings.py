@@ -285,7 +285,7 @@ USER_STREAM_POSITION_DEBOUNCE_SEC = env.float("USER_STREAM_POSITION_DEBOUNCE_SEC
 # "/"-separated. ORDER_TRADE_UPDATE, ACCOUNT_UPDATE and listenKeyExpired are always added: the stream needs them.
 USER_STREAM_EVENTS = env.str(
     "USER_STREAM_EVENTS",
-    default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
+    default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_ORDER_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
 )
 # A REST look-up that finds an order change this much older than itself, made while the account's socket was
 # connected, that the socket never delivered, is a missed event; this many within an hour mark the stream deaf.
