@@ -145,11 +145,11 @@ class SandboxControl:
         return self._call("POST", "/margin_call", {"api_key": api_key})
 
     def algo_order(self, api_key: str, symbol: str, *, quantity, trigger_price, side: str = "SELL",
-                   status: str = "NEW", type: str = "STOP_MARKET") -> dict:
-        """An algo (conditional) order update from Binance's Algo service: ALGO_UPDATE on the stream. -> the event."""
+                   type: str = "STOP_MARKET") -> dict:
+        """A conditional order placed in Binance's Algo service (ALGO_UPDATE NEW on the stream). -> the event."""
         return self._call("POST", "/algo_orders", {"api_key": api_key, "symbol": symbol, "side": side,
                                                    "quantity": str(quantity), "trigger_price": str(trigger_price),
-                                                   "status": status, "type": type})
+                                                   "type": type})
 
     def positions(self, api_key: str) -> dict:
         """{"balance": "...", "positions": [non-zero positions in /fapi/v3/positionRisk shape]}."""

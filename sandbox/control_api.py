@@ -270,7 +270,7 @@ class ControlApi:
         return self.engine.algo_order(self._account(data), symbol=data["symbol"], side=data.get("side", "SELL"),
                                       quantity=_dec(data["quantity"], "quantity"),
                                       trigger_price=_dec(data["trigger_price"], "trigger_price"),
-                                      status=data.get("status", "NEW"), order_type=data.get("type", "STOP_MARKET"))
+                                      order_type=data.get("type", "STOP_MARKET"))
 
     def clock(self, data):
         return {"server_time": self.engine.now(), "offset_ms": self.engine.clock_offset_ms}

@@ -590,22 +590,14 @@ class Engine:
         return event
 
     def algo_order(self, account: Account, *, symbol: str, side: str, quantity, trigger_price,
-                   status: str = "NEW", order_type: str = "STOP_MARKET") -> dict:
-        """An algo (conditional) order's update as the Algo service reports it: ALGO_UPDATE only (the sandbox does
-        not trigger algo orders; enough to see the event arrive and be read)."""
-        sym = self.symbol(symbol)
-        algo_id, now = self.next_algo_id, self.now()
-        self.next_algo_id += 1
-        algo = {
-            "caid": f"algo-{algo_id}", "aid": algo_id, "at": "CONDITIONAL", "o": order_type, "s": sym.symbol,
-            "S": side, "ps": "BOTH", "f": "GTC", "q": sym.fmt_qty(Decimal(str(quantity))), "X": status, "ai": "",
-            "ap": "0", "aq": "0", "act": "0", "tp": sym.fmt_price(Decimal(str(trigger_price))), "p": "0",
-            "V": "EXPIRE_MAKER", "wt": "CONTRACT_PRICE", "pm": "NONE", "cp": False, "pP": False, "R": False,
-            "tt": 0, "gtd": 0, "rm": "",
-        }
-        event = events.algo_update(algo, now)
-        self._emit(account, event)
-        return event
+                   order_type: str = "STOP_MARKET") -> dict:
+        """A conditional order placed in the Algo service (as `POST /fapi/v1/algoOrder` would) -> its ALGO_UPDATE
+        (NEW), which the stream carries too. The control API's short way to see the event arrive and be read."""
+        algo = self.place_algo_order(
+            account, symbol=symbol, side=side, type=order_type, quantity=Decimal(str(quantity)),
+            trigger_price=Decimal(str(trigger_price)), price=None, time_in_force=None, client_algo_id=None,
+            reduce_only=False, close_position=False, position_side=None)
+        return events.algo_update(algo, algo.update_time)
 
     # --- events -------------------------------------------------------------------------------------
     def _emit(self, account: Account, event: dict) -> None:

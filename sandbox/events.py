@@ -99,8 +99,3 @@ def margin_call(account, positions, now: int) -> dict:
         rows.append({"s": s.symbol, "ps": "BOTH", "pa": s.fmt_qty(position.amount), "mt": "CROSSED", "iw": "0",
                      "mp": s.fmt_avg(s.price), "up": q8(position.unrealized()), "mm": q8(notional / 200)})
     return {"e": "MARGIN_CALL", "E": now, "cw": q8(account.balance), "p": rows}
-
-
-def algo_update(algo: dict, now: int) -> dict:
-    """An algo (conditional) order's state: the `o` object of ALGO_UPDATE, built by the engine's algo_order."""
-    return {"e": "ALGO_UPDATE", "T": now, "E": now, "o": algo}

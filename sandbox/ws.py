@@ -31,9 +31,8 @@ SUBSCRIPTION_ALIASES = {"ALGO_ORDER_UPDATE": "ALGO_UPDATE"}
 
 
 def parse_events(raw: str | None) -> frozenset:
-    """The `events` query parameter: event type names separated by "/" (none when absent or empty), as the `e` of
-    the frames they select."""
-    return frozenset(SUBSCRIPTION_ALIASES.get(name, name) for name in (raw or "").split("/") if name)
+    """The `events` query parameter: event type names separated by "/" (none when absent or empty)."""
+    return frozenset(name for name in (raw or "").split("/") if name)
 
 
 def event_type(raw: str):
@@ -47,12 +46,13 @@ def event_type(raw: str):
 
 
 class Connection:
-    __slots__ = ("api_key", "listen_key", "connected_at", "ws", "request", "queue", "events")
+    __slots__ = ("api_key", "listen_key", "connected_at", "ws", "request", "queue", "events", "subscribed")
 
     def __init__(self, api_key, listen_key, connected_at, ws, request, events=frozenset()):
         self.api_key, self.listen_key, self.connected_at = api_key, listen_key, connected_at
         self.ws, self.request = ws, request
-        self.events: frozenset = events
+        self.events: frozenset = frozenset(SUBSCRIPTION_ALIASES.get(name, name) for name in events)
+        self.subscribed: frozenset = events  # the names as the client sent them
         self.queue: asyncio.Queue = asyncio.Queue()
 
 
@@ -117,7 +117,7 @@ class Hub:
 
     def subscriptions(self, api_key: str) -> list[list[str]]:
         """Each live connection's event types, sorted (for the control API)."""
-        return sorted(sorted(c.events) for c in self.connections.get(api_key, ()))
+        return sorted(sorted(c.subscribed) for c in self.connections.get(api_key, ()))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info.get("listen_key") or request.query.get("listenKey", "")

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from reconciliation import positions, rules
 from reconciliation.models import OrphanPosition
+from reconciliation.position_mode import is_hedge_mode
 from reconciliation.positions import recover_orphan
 from reconciliation.services import (
     apply_order_snapshot,
@@ -382,6 +383,7 @@ class TestPlacement:
     def test_f19_placement_refused_1021_is_resent_once_after_a_resync(self, binance, account):
         with BinanceFuturesClient.for_account(account) as client:
             client.get_open_orders("BTCUSDT")  # the process's clock offset is known (and right) now
+            is_hedge_mode(account, client)  # and the account's position mode: the placement's only call is the order
         binance.control.set_clock_offset(-2_000)  # then the host drifts 2 s ahead
         trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
 
