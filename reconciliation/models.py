@@ -74,6 +74,8 @@ class OrphanPosition(models.Model):
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="orphan_positions")
     symbol = models.CharField(max_length=32)
+    position_side = models.CharField(max_length=5, choices=Trade.PositionSide.choices,
+                                     default=Trade.PositionSide.BOTH)
     quantity = models.DecimalField(**MONEY, help_text="Unexplained signed quantity (positive long, negative short).")
     exchange_position = models.DecimalField(**MONEY, help_text="The whole exchange position when last seen.")
     entry_price = models.DecimalField(**MONEY, null=True, blank=True)
@@ -85,12 +87,12 @@ class OrphanPosition(models.Model):
 
     class Meta:
         ordering = ["-last_seen_at"]
-        # One open orphan per (account, symbol) is kept by sync_positions_with_binance under the account lease:
+        # One open orphan per (account, symbol, position side) is kept by sync_positions_with_binance under the account lease:
         # MariaDB has no partial unique indexes.
         indexes = [models.Index(fields=["account", "symbol", "status"], name="orphan_account_symbol_status")]
 
     def __str__(self):
-        return f"{self.account} {self.symbol} {self.quantity} [{self.status}]"
+        return f"{self.account} {self.symbol} {self.position_side} {self.quantity} [{self.status}]"
 
 
 class StreamMiss(models.Model):
@@ -111,6 +113,8 @@ class StreamMiss(models.Model):
 
     def __str__(self):
         return f"{self.account} missed {self.exchange_status} of trade {self.trade_id}"
+
+
 class WorkerHeartbeat(models.Model):
     """When a Celery worker last ran `worker_heartbeat` (sent by beat every 15 s): /health/'s `workers` check. One row
     per worker hostname, overwritten."""

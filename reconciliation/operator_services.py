@@ -31,7 +31,7 @@ from trades.models import Trade, TradeEvent
 
 from .leases import account_lease
 from .models import OrphanPosition
-from .positions import close_trade, exchange_positions, explained_by_trades, signed_qty
+from .positions import close_trade, exchange_positions, explained_by_trades, position_key, signed_qty
 from .rules import SnapshotMismatch, in_not_found_grace
 from .services import apply_order_snapshot, fetch_order, gateway
 from .snapshots import FILLED, NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
@@ -183,12 +183,12 @@ def close_trade_manually(trade: Trade, *, reason: str, actor: str, client=None) 
             raise OperatorActionRefused(f"a reconcile or another change of {trade.account} is running; try again")
         try:
             with gateway(trade.account, client) as client:
-                held, _ = exchange_positions(client).get(trade.symbol, (Decimal("0"), None))
+                held, _ = exchange_positions(client).get(position_key(trade), (Decimal("0"), None))
         except ExchangeError as exc:
             raise OperatorActionRefused(
                 f"Binance could not be asked for the {trade.symbol} position ({exc}); not closing without its answer"
             ) from None
-        ours = explained_by_trades(trade.account_id, trade.symbol)[trade.symbol]
+        ours = explained_by_trades(trade.account_id, position_key(trade))[position_key(trade)]
         surplus = ours - held  # what our trades hold that the exchange does not
         mine = signed_qty(trade)
         if mine == 0 or (surplus > 0) != (mine > 0) or abs(surplus) < abs(mine):

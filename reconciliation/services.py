@@ -31,6 +31,7 @@ from . import rechecks, rules, stream_guard
 from .deadlines import cancel_entry_at_deadline, cancel_overdue_entries
 from .leases import account_lease
 from .models import ReconcileRun
+from .position_mode import POSITION_SIDE_MISMATCH, entry_position_side, is_hedge_mode
 from .positions import compare_positions
 from .reports import Report
 from .snapshots import NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
@@ -468,10 +469,11 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
     trade.cancel_after = claim.get("cancel_after", trade.cancel_after)
     try:
         with gateway(trade.account, client) as client:
-            order = client.place_order(
-                trade.symbol, trade.side, trade.quantity, order_type="LIMIT" if trade.price else "MARKET",
-                price=trade.price, client_order_id=trade.client_order_id,
-            )
+            order = _send_entry(trade, client)
+    except _ModeUnknown as exc:  # nothing was sent: a definite no
+        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
+            trade.symbol, trade.client_order_id, exc.code, f"not sent: position mode unknown ({exc})"), Source.PLACE)
+        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except RateLimited as exc:  # refused before execution: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
             trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status})"), Source.PLACE)
@@ -492,6 +494,42 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     result = apply_order_snapshot(trade, order, Source.PLACE)
     return {"trade_id": trade.pk, "outcome": "placed", "result": result, "status": trade.status}
+
+
+class _ModeUnknown(Exception):
+    def __init__(self, error: ExchangeError):
+        super().__init__(str(error))
+        self.code = error.code
+
+
+def _send_entry(trade: Trade, client) -> dict:
+    """POST the entry with the positionSide the account's mode asks for, recorded on the trade before it is sent.
+    A -4061 means the mode changed under us (refused, nothing executed): re-read the mode and, if it did change,
+    send once more under the same client order id."""
+    for attempt in range(2):
+        try:
+            hedge = is_hedge_mode(trade.account, client, refresh=attempt > 0)
+        except ExchangeError as exc:
+            raise _ModeUnknown(exc) from None
+        side = entry_position_side(trade.side, hedge)
+        if side != trade.position_side:
+            Trade.objects.filter(pk=trade.pk, status=Trade.Status.PENDING).update(position_side=side)
+            trade.position_side = side
+        elif attempt > 0:
+            break  # the mode did not change: the refusal stands
+        try:
+            return client.place_order(
+                trade.symbol, trade.side, trade.quantity, order_type="LIMIT" if trade.price else "MARKET",
+                price=trade.price, client_order_id=trade.client_order_id,
+                position_side=None if side == Trade.PositionSide.BOTH else side,
+            )
+        except ExchangeError as exc:
+            if exc.code != POSITION_SIDE_MISMATCH or attempt > 0:
+                raise
+            logger.warning("trade %s: Binance refused positionSide %s (-4061); re-reading the position mode",
+                           trade.pk, side)
+            refused = exc
+    raise refused
 
 
 __all__ = [

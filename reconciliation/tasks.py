@@ -128,7 +128,11 @@ def sync_positions(self, account_id, reason="beat"):
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
-    return _retry_if_unfinished(self, services.sync_positions_with_binance(account, reason=reason), reason)
+    report = services.sync_positions_with_binance(account, reason=reason)
+    confirm_after = (report.get("extra") or {}).get("confirm_after")
+    if confirm_after is not None:  # a position read found trades' positions gone: a later read confirms (or not)
+        sync_positions.apply_async((account_id,), kwargs={"reason": "confirm_close"}, countdown=confirm_after)
+    return _retry_if_unfinished(self, report, reason)
 
 
 @shared_task

@@ -24,9 +24,16 @@ _CLOSE = object()
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
+# Subscription names that differ from the `e` of the events they select. Binance's documentation names the Algo
+# service's event "Algo Order Update" (ALGO_ORDER_UPDATE in the list of subscribable types) while the frames it sends
+# carry `"e": "ALGO_UPDATE"` (Event-Algo-Order-Update); either name selects those frames here.
+SUBSCRIPTION_ALIASES = {"ALGO_ORDER_UPDATE": "ALGO_UPDATE"}
+
+
 def parse_events(raw: str | None) -> frozenset:
-    """The `events` query parameter: event type names separated by "/" (none when absent or empty)."""
-    return frozenset(name for name in (raw or "").split("/") if name)
+    """The `events` query parameter: event type names separated by "/" (none when absent or empty), as the `e` of
+    the frames they select."""
+    return frozenset(SUBSCRIPTION_ALIASES.get(name, name) for name in (raw or "").split("/") if name)
 
 
 def event_type(raw: str):

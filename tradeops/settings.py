@@ -165,6 +165,11 @@ BINANCE_RECV_WINDOW = env.int("BINANCE_RECV_WINDOW", default=5000)
 # --- Reconciliation --------------------------------------------------------------------------------------------------
 SYNC_RECOVER_MISSING_POSITIONS = env.bool("SYNC_RECOVER_MISSING_POSITIONS", default=False)
 PENDING_NOT_FOUND_GRACE_SEC = env.int("PENDING_NOT_FOUND_GRACE_SEC", default=120)
+# positionRisk can lag the matching engine: an open trade is closed only when two reads this far apart agree its
+# position is gone (or closing fills in userTrades cover it).
+POSITION_CONFIRM_SEC = env.float("POSITION_CONFIRM_SEC", default=5.0)
+# How long the account's position mode (one-way / hedge), read from Binance, is trusted before it is read again.
+POSITION_MODE_REFRESH_SEC = env.int("POSITION_MODE_REFRESH_SEC", default=3600)
 
 
 def _delays(name: str, default: str) -> tuple[int, ...]:
@@ -280,7 +285,7 @@ USER_STREAM_POSITION_DEBOUNCE_SEC = env.float("USER_STREAM_POSITION_DEBOUNCE_SEC
 # "/"-separated. ORDER_TRADE_UPDATE, ACCOUNT_UPDATE and listenKeyExpired are always added: the stream needs them.
 USER_STREAM_EVENTS = env.str(
     "USER_STREAM_EVENTS",
-    default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
+    default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_ORDER_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
 )
 # A REST look-up that finds an order change this much older than itself, made while the account's socket was
 # connected, that the socket never delivered, is a missed event; this many within an hour mark the stream deaf.

@@ -34,6 +34,11 @@ class Account(models.Model):
     api_secret = EncryptedTextField(help_text="Encrypted at rest with FIELD_ENCRYPTION_KEY; never shown.")
     is_active = models.BooleanField(default=True)
     use_testnet = models.BooleanField(default=False, help_text="Talk to Binance's futures testnet URLs.")
+    # Learned from Binance (GET /fapi/v1/positionSide/dual), never typed in: the admin shows it read-only.
+    dual_side_position = models.BooleanField(
+        null=True, blank=True, editable=False,
+        help_text="Hedge mode on Binance (LONG and SHORT positions per symbol); empty until first read.")
+    position_mode_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -179,9 +184,17 @@ class Trade(models.Model):
         BUY = "BUY", "BUY"
         SELL = "SELL", "SELL"
 
+    class PositionSide(models.TextChoices):
+        BOTH = "BOTH", "BOTH (one-way mode)"
+        LONG = "LONG", "LONG (hedge mode)"
+        SHORT = "SHORT", "SHORT (hedge mode)"
+
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="trades")
     symbol = models.CharField(max_length=32)
     side = models.CharField(max_length=4, choices=Side.choices)
+    position_side = models.CharField(
+        max_length=5, choices=PositionSide.choices, default=PositionSide.BOTH,
+        help_text="Binance's positionSide of the entry: BOTH in one-way mode, LONG / SHORT in hedge mode.")
     quantity = models.DecimalField(**MONEY)
     price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Limit price; empty for market orders.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -215,6 +228,14 @@ class Trade(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
     exit_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Average closing price, if known.")
     realized_pnl = models.DecimalField(**MONEY, null=True, blank=True, help_text="From Binance's userTrades.")
+    closed_qty = models.DecimalField(
+        **MONEY, default=Decimal("0"), help_text="Closed by exits so far; the open quantity is filled − closed.")
+    exit_fill_id = models.BigIntegerField(
+        null=True, blank=True, editable=False,
+        help_text="Binance userTrades id of the last exit fill applied (fills are applied once, in id order).")
+    position_gone_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="First position read that found no position for the trade; a second read confirms the close.")
     needs_operator = models.BooleanField(
         default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
     )
@@ -248,6 +269,15 @@ class Trade(models.Model):
             # The pending reconcile's due not-found re-checks (reconciliation.rechecks).
             models.Index(fields=["account", "not_found_recheck_at"], name="trade_account_nf_recheck"),
         ]
+
+    @property
+    def open_qty(self) -> Decimal:
+        return self.filled_qty - self.closed_qty
+
+    @property
+    def exposure(self) -> Decimal:
+        """Signed open quantity: what the trade adds to its (symbol, position side) on Binance."""
+        return self.open_qty if self.side == Trade.Side.BUY else -self.open_qty
 
     def __str__(self):
         return f"{self.symbol} {self.side} {self.quantity} [{self.status}] {self.client_order_id or self.entry_order_id}"

@@ -63,15 +63,18 @@ def trade_problems(control, trade: Trade) -> list[str]:
 
 
 def position_problems(control, account) -> list[str]:
+    """Per (symbol, position side): the exchange's position equals the signed open quantity of our trades, or the
+    gap is an open orphan."""
     held = defaultdict(Decimal)
     for trade in Trade.objects.filter(account=account, status__in=[Trade.Status.OPEN, Trade.Status.PENDING]):
-        held[trade.symbol] += trade.filled_qty if trade.side == Trade.Side.BUY else -trade.filled_qty
-    orphans = {o.symbol: o.quantity for o in OrphanPosition.objects.filter(account=account, status="open")}
+        held[(trade.symbol, trade.position_side)] += trade.exposure
+    orphans = {(o.symbol, o.position_side): o.quantity
+               for o in OrphanPosition.objects.filter(account=account, status="open")}
     problems = []
     for position in control.positions(account.api_key)["positions"]:
-        symbol, amount = position["symbol"], Decimal(position["positionAmt"])
-        if amount != held[symbol] and orphans.get(symbol) != amount - held[symbol]:
-            problems.append(f"{symbol}: exchange {amount}, trades {held[symbol]}, orphan {orphans.get(symbol)}")
+        key, amount = (position["symbol"], position["positionSide"]), Decimal(position["positionAmt"])
+        if amount != held[key] and orphans.get(key) != amount - held[key]:
+            problems.append(f"{key}: exchange {amount}, trades {held[key]}, orphan {orphans.get(key)}")
     return problems
 
 
