@@ -1,7 +1,9 @@
 """At most one reconcile per account at a time: a lease on the account's sync-state row.
 
 Taken with one conditional UPDATE (free, or expired) and an expiry longer than a task's hard time limit, so a killed
-worker's lease simply runs out. Works the same on SQLite and MariaDB (which has no SKIP LOCKED), and no database
+worker's lease simply runs out. Expiry is set and compared on the database's clock (trades.db.DatabaseNow), never a
+host's: a worker whose clock runs ahead cannot take a lease that is still live, one whose clock runs behind cannot
+hold one past its expiry. Works the same on SQLite and MariaDB (which has no SKIP LOCKED), and no database
 transaction is held across the HTTP calls the lease protects.
 """
 
@@ -11,8 +13,9 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q
-from django.utils import timezone
+from django.db.models import DateTimeField, ExpressionWrapper, Q
+
+from trades.db import DatabaseNow
 
 from .models import AccountSyncState
 
@@ -29,11 +32,11 @@ def account_lease(account_id, *, seconds: int | None = None):
     """Yield True while this caller holds the account's lease, False if another holder has it (then do nothing)."""
     sync_state(account_id)
     token = uuid.uuid4().hex
-    now = timezone.now()
-    until = now + timedelta(seconds=seconds or settings.RECONCILE_LEASE_SEC)
+    until = ExpressionWrapper(DatabaseNow() + timedelta(seconds=seconds or settings.RECONCILE_LEASE_SEC),
+                              output_field=DateTimeField())
     held = (
         AccountSyncState.objects.filter(account_id=account_id)
-        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=DatabaseNow()))
         .update(lease_owner=token, lease_until=until)
         == 1
     )
