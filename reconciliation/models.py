@@ -124,3 +124,30 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self):
         return f"{self.hostname} seen {self.seen_at:%Y-%m-%d %H:%M:%S}"
+
+
+class StreamProcess(models.Model):
+    """A live `run_user_stream` process (reconciliation/stream/shards.py): it renews expires_at on the database's
+    clock every few seconds; the live ones share the accounts between them. A killed process's row simply expires."""
+
+    holder = models.CharField(max_length=64, primary_key=True, help_text="host:pid:random, unique per process run.")
+    host = models.CharField(max_length=255, blank=True, default="")
+    pid = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return self.holder
+
+
+class StreamLease(models.Model):
+    """Which stream process may stream the account, until when (the database's clock). Claimed and renewed with
+    conditional UPDATEs; a process streams an account only while it holds the lease."""
+
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, primary_key=True, related_name="stream_lease")
+    holder = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"stream lease of {self.account_id}: {self.holder or 'free'}"

@@ -281,6 +281,9 @@ USER_STREAM_ACCOUNT_REFRESH_SEC = env.float("USER_STREAM_ACCOUNT_REFRESH_SEC", d
 USER_STREAM_BACKOFF_BASE_SEC = env.float("USER_STREAM_BACKOFF_BASE_SEC", default=1.0)
 USER_STREAM_BACKOFF_MAX_SEC = env.float("USER_STREAM_BACKOFF_MAX_SEC", default=60)
 USER_STREAM_POSITION_DEBOUNCE_SEC = env.float("USER_STREAM_POSITION_DEBOUNCE_SEC", default=2.0)
+# Stream processes share the accounts through leases on the database's clock (reconciliation/stream/shards.py).
+USER_STREAM_TAKEOVER_SEC = env.float("USER_STREAM_TAKEOVER_SEC", default=30)
+USER_STREAM_CONNECTS_PER_SEC = env.float("USER_STREAM_CONNECTS_PER_SEC", default=5)
 # Event types the stream subscribes to (`&events=` on /private/ws; without it Binance delivers nothing): comma- or
 # "/"-separated. ORDER_TRADE_UPDATE, ACCOUNT_UPDATE and listenKeyExpired are always added: the stream needs them.
 USER_STREAM_EVENTS = env.str(

@@ -11,6 +11,10 @@ USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unpl
 USER_STREAM_BACKOFF_MAX_SEC        [60]      reconnect (and retry) delay cap
 USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts and (re)connects → one sync_positions per
                                              account per window
+USER_STREAM_TAKEOVER_SEC           [30]      a killed process's accounts are claimed by the others within this
+                                             (leases last a third of it, renewed every tenth; shards.py)
+USER_STREAM_CONNECTS_PER_SEC       [5]       new connections a process opens per second at most (start, takeover,
+                                             rebalance); 0: no ramp
 USER_STREAM_EVENTS                 [ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_ORDER_UPDATE,
                                     ACCOUNT_CONFIG_UPDATE,MARGIN_CALL]
                                              the event types named in the socket's `&events=` (comma- or
@@ -56,6 +60,8 @@ class StreamConfig:
     backoff_base_sec: float = 1.0
     backoff_max_sec: float = 60.0
     position_debounce_sec: float = 2.0
+    takeover_sec: float = 30.0
+    connects_per_sec: float = 5.0
     # Not settings: rarely worth changing, but tests and the benchmark shorten some.
     stable_after_sec: float = 30.0  # a connection that lived this long resets the failure count
     open_timeout_sec: float = 10.0
@@ -83,6 +89,8 @@ class StreamConfig:
         "backoff_base_sec": "USER_STREAM_BACKOFF_BASE_SEC",
         "backoff_max_sec": "USER_STREAM_BACKOFF_MAX_SEC",
         "position_debounce_sec": "USER_STREAM_POSITION_DEBOUNCE_SEC",
+        "takeover_sec": "USER_STREAM_TAKEOVER_SEC",
+        "connects_per_sec": "USER_STREAM_CONNECTS_PER_SEC",
     }
 
     @classmethod
@@ -95,6 +103,21 @@ class StreamConfig:
         if hasattr(settings, "USER_STREAM_EVENTS"):
             values["events"] = parse_events(settings.USER_STREAM_EVENTS)
         return replace(cls(**values), **overrides)
+
+    @property
+    def lease_sec(self) -> float:
+        """How long a stream lease (and a process's heartbeat) lasts after each pass, on the database's clock."""
+        return self.takeover_sec / 3
+
+    @property
+    def renew_sec(self) -> float:
+        """How often a process renews its leases and claims or releases accounts."""
+        return self.takeover_sec / 10
+
+    @property
+    def stale_sec(self) -> float:
+        """A free account nobody under their share claimed for this long may be taken by a process at its share."""
+        return 2 * self.renew_sec
 
     def backoff_delay(self, failures: int) -> float:
         """Seconds to wait before attempt number `failures` + 1: exponential, capped, with jitter (so a fleet of

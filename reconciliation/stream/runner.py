@@ -1,15 +1,19 @@
 """Every account's user-data stream in one asyncio loop: which accounts (re-read from the DB every
 account_refresh_sec, so accounts added, disabled or re-keyed in the admin are picked up without a restart), one
-AccountStream task each, and a bounded shutdown."""
+AccountStream task each, and a bounded shutdown.
+
+Of those accounts, a process streams the ones whose stream lease it holds (shards.py): any number of processes share
+the accounts, and one process alone holds them all. New connections are ramped (connects_per_sec)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from . import messages
+from . import messages, shards
 from .config import StreamConfig
 from .connection import AccountStream
 from .state import blocking, fingerprint, load_accounts, load_deaf_marks, record_heartbeat
@@ -38,6 +42,12 @@ class UserStreamRunner:
         self._stop_requested = False
         self._executor: ThreadPoolExecutor | None = None
         self.refreshes = 0
+        self.holder = shards.new_holder()
+        self.held: set[int] = set()  # the accounts whose stream lease this process holds
+        self.plan: shards.Plan | None = None
+        self._accounts: dict | None = None
+        self._lease_valid_until = 0.0  # monotonic: past it, no lease of ours is proven live
+        self._next_connect = 0.0  # monotonic: the ramp's next free slot
 
     def request_stop(self) -> None:
         """Stop streaming: close every socket (listenKeys are left to lapse), then run() returns. Safe from any thread or a signal."""
@@ -53,24 +63,87 @@ class UserStreamRunner:
         self._executor = ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="user-stream")
         logger.info("user_stream event=start accounts=%s", ",".join(self.account_names) if self.account_names
                     else "all active")
+        logger.info("user_stream event=holder holder=%s takeover_s=%g lease_s=%g renew_s=%g", self.holder,
+                    self.config.takeover_sec, self.config.lease_sec, self.config.renew_sec)
+        next_refresh = 0.0
         try:
             while not self._stop.is_set():
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + self.config.account_refresh_sec
+                    try:
+                        await self.refresh()
+                    except Exception:  # noqa: BLE001 — the DB may be away for a moment; the streams keep running
+                        logger.exception("user_stream account_refresh_failed")
+                elif self._accounts is not None:
+                    try:
+                        await self.sync()
+                    except Exception:  # noqa: BLE001 — as above, until the lease deadline
+                        logger.exception("user_stream lease_renew_failed")
+                await self._enforce_lease_deadline()
+                wait = min(self.config.renew_sec, max(0.0, next_refresh - time.monotonic()))
                 try:
-                    await self.refresh()
-                except Exception:  # noqa: BLE001 — the DB may be away for a moment; the streams keep running
-                    logger.exception("user_stream account_refresh_failed")
-                try:
-                    await asyncio.wait_for(self._stop.wait(), self.config.account_refresh_sec)
+                    await asyncio.wait_for(self._stop.wait(), wait)
                 except asyncio.TimeoutError:
                     pass
         finally:
             await self._stop_streams(list(self._tasks), timeout=self.config.shutdown_sec)
+            try:  # the others take over at once instead of after the leases expire
+                await asyncio.wait_for(blocking(self._executor, shards.leave, self.holder), self.config.shutdown_sec)
+            except Exception:  # noqa: BLE001 — then the leases simply expire
+                logger.warning("user_stream leave_failed holder=%s: the leases expire within %gs", self.holder,
+                               self.config.lease_sec)
             self._executor.shutdown(wait=False, cancel_futures=True)
             logger.info("user_stream event=exit")
 
     async def refresh(self) -> None:
-        """Start, stop or restart streams to match the accounts in the DB."""
-        accounts = await blocking(self._executor, load_accounts, self.account_names)
+        """Re-read the accounts, then sync(); record the heartbeat and act on deaf marks."""
+        self._accounts = await blocking(self._executor, load_accounts, self.account_names)
+        await self.sync()
+        await blocking(self._executor, record_heartbeat, list(self._tasks))
+        # A stream marked deaf (REST keeps finding changes its socket never delivered): a fresh connection.
+        for pk, marked_at in (await blocking(self._executor, load_deaf_marks, list(self._tasks))).items():
+            if pk in self.streams:
+                self.streams[pk].reconnect_if_deaf(marked_at)
+        self.refreshes += 1
+
+    async def sync(self) -> None:
+        """One lease pass (shards.coordinate), then start, stop or restart streams to match the accounts whose
+        lease this process holds. A socket whose lease is lost or surplus is closed before anything else."""
+        started = time.monotonic()
+        timeout = self.config.lease_sec if not self._tasks else max(0.1, self._lease_valid_until - started)
+        plan = await asyncio.wait_for(
+            blocking(self._executor, shards.coordinate, self.holder, set(self._accounts),
+                     lease_sec=self.config.lease_sec, stale_sec=self.config.stale_sec), timeout)
+        self._lease_valid_until = started + self.config.lease_sec - self.config.renew_sec
+        lost = [pk for pk in self._tasks if pk not in plan.held and pk not in plan.surplus]
+        for pk in lost:
+            logger.warning("user_stream event=lease_lost account=%s holder=%s: closing the socket",
+                           self.streams[pk].label, self.holder)
+        surplus = [pk for pk in plan.surplus if pk in self._tasks]
+        for pk in surplus:
+            logger.info("user_stream event=lease_released account=%s share=%d processes=%d",
+                        self.streams[pk].label, plan.share, plan.processes)
+        await self._stop_streams(lost + surplus, timeout=self.config.shutdown_sec)
+        if plan.surplus:
+            await blocking(self._executor, shards.release, self.holder, plan.surplus)
+        if plan.claimed:
+            logger.info("user_stream event=leases_claimed accounts=%s share=%d processes=%d",
+                        ",".join(map(str, plan.claimed)), plan.share, plan.processes)
+        self.plan, self.held = plan, set(plan.held)
+        await self._sync_streams({pk: a for pk, a in self._accounts.items() if pk in plan.held})
+
+    async def _enforce_lease_deadline(self) -> None:
+        """Never stream without a live lease: once the last good pass is too old for the leases to be trusted (the
+        database away, a pass hung), close every socket; the next good pass starts them again."""
+        if self._tasks and time.monotonic() > self._lease_valid_until:
+            logger.error("user_stream event=leases_unconfirmed holder=%s: no lease renewed for %gs; closing %d "
+                         "sockets before another process may take them", self.holder,
+                         self.config.lease_sec - self.config.renew_sec, len(self._tasks))
+            self.held = set()
+            await self._stop_streams(list(self._tasks), timeout=self.config.shutdown_sec)
+
+    async def _sync_streams(self, accounts: dict) -> None:
+        """Start, stop or restart streams to match `accounts`."""
         wanted = {pk: fingerprint(account) for pk, account in accounts.items()}
         gone = [pk for pk in self._tasks if pk not in wanted]
         rekeyed = [pk for pk in self._tasks if pk in wanted and wanted[pk] != self._fingerprints[pk]]
@@ -84,12 +157,6 @@ class UserStreamRunner:
         for pk, account in accounts.items():
             if pk not in self._tasks:
                 self._start(account, wanted[pk])
-        await blocking(self._executor, record_heartbeat, list(self._tasks))
-        # A stream marked deaf (REST keeps finding changes its socket never delivered): a fresh connection.
-        for pk, marked_at in (await blocking(self._executor, load_deaf_marks, list(self._tasks))).items():
-            if pk in self.streams:
-                self.streams[pk].reconnect_if_deaf(marked_at)
-        self.refreshes += 1
 
     def _start(self, account, account_fingerprint: str) -> None:
         stream = AccountStream(account, config=self.config, executor=self._executor,
@@ -97,7 +164,24 @@ class UserStreamRunner:
                                enqueue_position_sync=self.enqueue_position_sync)
         self.streams[account.pk] = stream
         self._fingerprints[account.pk] = account_fingerprint
-        self._tasks[account.pk] = asyncio.get_running_loop().create_task(stream.run(), name=f"user-stream-{account.pk}")
+        self._tasks[account.pk] = asyncio.get_running_loop().create_task(
+            self._ramped(stream, self._connect_delay()), name=f"user-stream-{account.pk}")
+
+    def _connect_delay(self) -> float:
+        """Seconds until the next free connect slot (at most connects_per_sec new streams start per second)."""
+        if self.config.connects_per_sec <= 0:
+            return 0.0
+        now = time.monotonic()
+        slot = max(now, self._next_connect)
+        self._next_connect = slot + 1.0 / self.config.connects_per_sec
+        return slot - now
+
+    @staticmethod
+    async def _ramped(stream: AccountStream, delay: float) -> None:
+        if delay > 0:
+            await stream._sleep(delay)  # ends early when the stream is stopped
+        if not stream._stopping:
+            await stream.run()
 
     async def _stop_streams(self, pks: list[int], *, timeout: float) -> None:
         tasks = []
