@@ -1,6 +1,7 @@
 """The user-data WebSocket consumer (DESIGN §1 P0 "reconcile on every (re)connect"; issue 5).
 
-One asyncio process streams every active account (or the named ones), one connection each, to
+One asyncio process streams every active account (or the named ones) whose stream lease it holds — any number of
+processes share the accounts and take over a dead one's (stream/shards.py) — one connection each, to
 ``{BINANCE_FUTURES_WS_URL}/private/ws?listenKey=<key>&events=<USER_STREAM_EVENTS, "/"-separated>`` (without
 ``events`` Binance delivers nothing):
 
