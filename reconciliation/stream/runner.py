@@ -126,6 +126,9 @@ class UserStreamRunner:
         await self._stop_streams(lost + surplus, timeout=self.config.shutdown_sec)
         if plan.surplus:
             await blocking(self._executor, shards.release, self.holder, plan.surplus)
+        for dead in plan.dead:
+            logger.warning("user_stream event=holder_dead holder=%s: a process on this machine that is gone; its "
+                           "leases expired now", dead)
         if plan.claimed:
             logger.info("user_stream event=leases_claimed accounts=%s share=%d processes=%d",
                         ",".join(map(str, plan.claimed)), plan.share, plan.processes)

@@ -9,6 +9,10 @@ database's clock (trades.db.DatabaseNow), never a host's.
   surplus sockets first, then releases the leases for the others to claim. A free account nobody under its share
   took within `stale_sec` may be claimed by a process at its share (never above share + 1): views of the process
   count differ for a moment after a join or a death, and an account must not stay unstreamed meanwhile.
+- A process restarted after a crash on the same machine does not wait for its predecessor's leases to expire: a
+  holder id names its machine (boot id and pid namespace), so a holder on this machine whose pid is gone is dead for
+  certain and its leases and row are expired at once. A pid that exists (reused, or another user's) counts as alive;
+  a holder on another machine only ever expires.
 - A process that could not renew closes every socket before its leases can expire (the runner's local deadline:
   the start of the last good pass + lease_sec − renew_sec, on its monotonic clock), so a taker never connects while
   the old holder still streams. A killed process's leases and row expire `lease_sec` after its last pass; the others
@@ -18,6 +22,7 @@ Everything here is blocking (the runner calls it in its thread pool)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import socket
@@ -36,9 +41,52 @@ from ..models import StreamLease, StreamProcess
 FORGET_DEAD_AFTER = timedelta(hours=1)
 
 
+def machine_id() -> str:
+    """This kernel and pid namespace: two processes with the same machine id see each other's pids."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        pid_namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux: never judge another holder by its pid
+        return uuid.uuid4().hex[:12]
+    return hashlib.sha256(f"{boot_id}/{pid_namespace}".encode()).hexdigest()[:12]
+
+
 def new_holder() -> str:
-    """host:pid:random — unique per process run, readable in the admin and the logs."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """host:machine:pid:random — unique per process run, readable in the admin and the logs."""
+    return f"{socket.gethostname()[:28]}:{machine_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_here(holder: str, machine: str) -> bool:
+    """A holder on this machine whose process is gone (a pid that exists, whoever's, counts as alive)."""
+    parts = holder.rsplit(":", 3)
+    if len(parts) != 4 or parts[1] != machine or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def expire_dead_neighbours(holder: str) -> list[str]:
+    """Expire at once the leases and rows of processes on this machine that are gone (killed, crashed): a restart
+    takes their accounts without waiting out their leases. The holders expired."""
+    parts = holder.rsplit(":", 3)
+    if len(parts) != 4:
+        return []
+    machine = parts[1]
+    others = set(StreamProcess.objects.exclude(holder=holder).filter(expires_at__gt=DatabaseNow())
+                 .values_list("holder", flat=True))
+    others |= set(StreamLease.objects.exclude(holder__in=["", holder]).filter(expires_at__gt=DatabaseNow())
+                  .values_list("holder", flat=True).distinct())
+    dead = [other for other in sorted(others) if _dead_here(other, machine)]
+    if dead:
+        StreamLease.objects.filter(holder__in=dead).update(expires_at=DatabaseNow())
+        StreamProcess.objects.filter(holder__in=dead).delete()
+    return dead
 
 
 def _in(seconds: float):
@@ -67,7 +115,7 @@ def heartbeat(holder: str, lease_sec: float) -> list[str]:
     """This process is alive for lease_sec more (on the database's clock); the live processes, sorted, itself
     included (its row reappears if someone deleted it)."""
     if not StreamProcess.objects.filter(holder=holder).update(expires_at=_in(lease_sec)):
-        host, pid = holder.rsplit(":", 2)[0], os.getpid()
+        host, pid = holder.rsplit(":", 3)[0], os.getpid()
         StreamProcess.objects.update_or_create(
             holder=holder, defaults={"host": host, "pid": pid, "expires_at": db_now() + timedelta(seconds=lease_sec)})
     StreamProcess.objects.filter(expires_at__lt=_ago(FORGET_DEAD_AFTER.total_seconds())).delete()
@@ -137,12 +185,14 @@ class Plan:
     share: int
     processes: int
     claimed: list[int] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)  # holders on this machine found gone
     surplus: list[int] = field(default_factory=list)  # close the sockets, then release()
 
 
 def coordinate(holder: str, wanted: set[int], *, lease_sec: float, stale_sec: float) -> Plan:
     """Heartbeat, renew, then claim up to the share (or mark the surplus). Accounts held but no longer wanted
     (disabled, deleted, not among --account) are surplus too."""
+    dead = expire_dead_neighbours(holder)
     live = heartbeat(holder, lease_sec)
     held = renew(holder, lease_sec)
     share = share_of(holder, live, len(wanted))
@@ -158,4 +208,4 @@ def coordinate(holder: str, wanted: set[int], *, lease_sec: float, stale_sec: fl
             claimed += claim(holder, [pk for pk in free if pk not in claimed], share + 1 - len(mine) - len(claimed),
                              lease_sec, stale_sec=stale_sec)
     return Plan(held=(held | set(claimed)) - set(surplus), share=share, processes=len(live), claimed=claimed,
-                surplus=surplus)
+                surplus=surplus, dead=dead)

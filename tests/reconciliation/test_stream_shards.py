@@ -5,6 +5,7 @@ USER_STREAM_TAKEOVER_SEC 1.5 s (leases of 0.5 s renewed every 0.15 s)."""
 from __future__ import annotations
 
 import logging
+import os
 import math
 import threading
 import time
@@ -246,3 +247,28 @@ def test_new_connections_are_ramped(binance, make_account, runners, monkeypatch)
     wait_for(lambda: streaming(binance, accounts), timeout=10, what="streaming")
     gaps = [b - a for a, b in zip(sorted(started), sorted(started)[1:])]
     assert len(started) == 4 and min(gaps) >= 0.25 - 0.02, gaps
+
+
+@pytest.mark.django_db
+def test_a_holder_gone_from_this_machine_is_expired_at_once_and_others_are_left_to_expire():
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer exists (not reused within the test)
+    me = shards.new_holder()
+    host, machine, _, _ = me.split(":")
+    dead_here = f"{host}:{machine}:{gone.pid}:deadbeef"
+    alive_here = f"{host}:{machine}:{os.getpid()}:cafecafe"  # this very process: alive
+    elsewhere = f"otherhost:0123456789ab:{gone.pid}:deadbeef"  # another machine: its pids mean nothing here
+    accounts = [AccountFactory().pk for _ in range(3)]
+    for holder, pk in zip((dead_here, alive_here, elsewhere), accounts):
+        shards.heartbeat(holder, 60)
+        assert shards.claim(holder, [pk], 1, 60) == [pk]
+
+    plan = shards.coordinate(me, set(accounts), lease_sec=60, stale_sec=60)
+
+    assert plan.dead == [dead_here]
+    assert plan.held == {accounts[0]}  # taken at once; the other two stay with their holders until they expire
+    assert not StreamProcess.objects.filter(holder=dead_here).exists()
+    assert plan.processes == 3
