@@ -141,6 +141,7 @@ def main() -> int:
             victim = next(proc for proc, log in zip(procs, logs) if f"holder={victim_holder} " in log.read_text())
             os.killpg(victim.pid, signal.SIGKILL)
             killed = time.monotonic()
+            victim.wait()  # reaped, as systemd would: a zombie's pid still exists
             sweep_at_kill = sweeper.sweeps
             back = wait_until(lambda: sweeper.sweeps > sweep_at_kill + 1
                               and all(sweeper.last[pk] == 1 for pk in orphaned), 300, interval=0.05)
