@@ -263,6 +263,8 @@ RECONCILE_MAX_AGE_SEC = env.int("RECONCILE_MAX_AGE_SEC", default=86400)  # older
 RECONCILE_PAGE_SIZE = env.int("RECONCILE_PAGE_SIZE", default=1000)
 RECONCILE_PER_ORDER_MAX = env.int("RECONCILE_PER_ORDER_MAX", default=5)  # above this per symbol, one allOrders (w5)
 RECONCILE_WEIGHT_BUDGET = env.int("RECONCILE_WEIGHT_BUDGET", default=1920)  # stop at 80 % of Binance's 2400/min
+# A healthy user stream's account: audited by the beat this often, not every minute (audit.py); 0: every beat
+RECONCILE_AUDIT_SEC = env.int("RECONCILE_AUDIT_SEC", default=600)
 RECONCILE_RUN_RETENTION_DAYS = env.int("RECONCILE_RUN_RETENTION_DAYS", default=7)  # ReconcileRun reports kept
 RECONCILE_LEASE_SEC = env.int("RECONCILE_LEASE_SEC", default=CELERY_TASK_TIME_LIMIT + 30)
 CANCEL_VERIFY_MAX_TRIES = env.int("CANCEL_VERIFY_MAX_TRIES", default=5)
