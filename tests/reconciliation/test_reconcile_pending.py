@@ -449,3 +449,15 @@ class TestOpenOrders:
 
         assert binance.control.stats()["requests"]["GET /fapi/v1/order"] == 2
         assert report["opened"] == 1 and report["errors"] == 0 and report["weight_used"] == 3
+
+    def test_an_open_orders_answer_that_is_not_a_list_falls_back_to_a_look_up_per_order(self, binance, account,
+                                                                                         monkeypatch):
+        trades = self.resting(account, binance, 2, "BTCUSDT")
+        fill(binance, trades[0])
+        from trades.binance_client import BinanceFuturesClient
+
+        monkeypatch.setattr(BinanceFuturesClient, "get_open_orders", lambda self, symbol=None: None)
+
+        report = reconcile_pending(account)
+
+        assert (report["opened"], report["resting"], report["checked"], report["errors"]) == (1, 0, 2, 0)
