@@ -292,7 +292,7 @@ USER_STREAM_EVENTS = env.str(
 USER_STREAM_DEAF_LAG_SEC = env.float("USER_STREAM_DEAF_LAG_SEC", default=10.0)
 USER_STREAM_DEAF_AFTER = env.int("USER_STREAM_DEAF_AFTER", default=3)
 
-# --- Health and metrics (issue 7; tradeops/views.py, reconciliation/metrics.py) -------------------------------------
+# --- Health and metrics (tradeops/views.py, reconciliation/metrics.py) ----------------------------------------------
 HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)
 HEALTH_BEAT_MAX_AGE_SEC = env.int("HEALTH_BEAT_MAX_AGE_SEC", default=0)  # 0: three intervals of the reconcile schedule
 HEALTH_STREAM_GRACE_SEC = env.int("HEALTH_STREAM_GRACE_SEC", default=120)  # (re)connecting longer than this = down
