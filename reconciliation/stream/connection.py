@@ -9,7 +9,7 @@
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
 
 The listenKey is never DELETEd: Binance keeps one key per account, shared by every consumer of the API key (the
-bot's own stream too), and a DELETE closes all of their sockets (DESIGN §5 F18; USDⓈ-M "User Data Streams":
+bot's own stream too), and a DELETE closes all of their sockets (docs/DESIGN.md "What Binance really does" F18; USDⓈ-M "User Data Streams":
 "Doing a DELETE on a listenKey will close the stream and invalidate the listenKey"). On shutdown we close our
 socket and let the key lapse (60 minutes after its last keepalive, or kept alive by the other consumers).
 

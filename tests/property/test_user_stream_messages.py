@@ -102,7 +102,7 @@ def messages_for(draw, life):
 
 
 def expected_after(snap: OrderSnapshot) -> tuple[str, Decimal]:
-    """A pending trade (filled 0) after this snapshot, by DESIGN §2's table."""
+    """A pending trade (filled 0) after this snapshot, by docs/DESIGN.md "The one rule"'s table."""
     if snap.status == FILLED or (snap.status in ENDED_UNFILLED_OR_PARTIAL and snap.executed_qty > 0):
         return "open", snap.executed_qty
     if snap.status in ENDED_UNFILLED_OR_PARTIAL:
