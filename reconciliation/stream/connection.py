@@ -344,10 +344,10 @@ class AccountStream:
         self._listen_key = None
         if client is not None:
             client.close()
-        await self._call("state", record_state, self.account_id, STOPPED)
         pending = [task for task in self._tasks if not task.done()]
-        if pending:  # an enqueue or a state write in flight: let it land
+        if pending:  # an enqueue or a state write in flight: let it land first, so "stopped" is the last word
             await asyncio.wait(pending, timeout=1.0)
+        await self._call("state", record_state, self.account_id, STOPPED)
         logger.info("user_stream event=stopped account=%s", self.label)
 
 
