@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from trades import egress
 from trades.binance_client import BinanceFuturesClient, new_client_order_id
 from trades.db import retry_transient_db_errors
 from trades.exceptions import (
@@ -42,12 +43,13 @@ DUPLICATE_CLIENT_ORDER_ID_CODES = frozenset({-4116, -4015})  # "the order may ex
 
 
 @contextmanager
-def gateway(account: Account, client=None):
-    """The client a caller passed in (theirs to close), or the account's own for this block, closed after it."""
+def gateway(account: Account, client=None, *, priority: str = egress.RECONCILE):
+    """The client a caller passed in (theirs to close), or the account's own for this block, closed after it.
+    `priority`: which share of the egress IP's weight budget the calls may use (trades/egress.py)."""
     if client is not None:
         yield client
         return
-    with BinanceFuturesClient.for_account(account) as own:
+    with BinanceFuturesClient.for_account(account, priority=priority) as own:
         yield own
 
 
@@ -133,17 +135,18 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
     kind = ReconcileRun.Kind.DEEP if deep else ReconcileRun.Kind.PENDING
     report = Report(account_id=account.pk, kind=kind, reason=reason, actor=actor)
     return _run_under_lease(account, report, client,
-                            lambda client: reconcile_pending_locked(account, client, report, deep=deep))
+                            lambda client: reconcile_pending_locked(account, client, report, deep=deep),
+                            priority=egress.DEEP if deep else egress.RECONCILE)
 
 
-def _run_under_lease(account: Account, report: Report, client, work) -> dict:
+def _run_under_lease(account: Account, report: Report, client, work, *, priority: str = egress.RECONCILE) -> dict:
     """Run work(client) holding the account's lease; a busy lease means skipped. Rate limiting stops the run early
     (the report says when to retry); the report is kept (ReconcileRun) and returned as a dict."""
     with account_lease(account.pk) as held:
         if not held:
             report.skipped = True
             return report.finish()
-        with gateway(account, client) as client:
+        with gateway(account, client, priority=priority) as client:
             calls_before = client.http_calls
             try:
                 work(client)
@@ -282,7 +285,7 @@ def sync_positions_with_binance(account: Account, *, reason: str = "beat", clien
         if not report.stopped_early:
             compare_positions(account, client, report)
 
-    return _run_under_lease(account, report, client, work)
+    return _run_under_lease(account, report, client, work, priority=egress.POSITIONS)
 
 
 # --- Retention ------------------------------------------------------------------------------------------------------
@@ -328,7 +331,7 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "") -> dict:
     """After a cancel (clean, raced by a fill, or failed): fetch the order again and apply it. `still_working`
     tells the caller Binance still shows it open (the cancel did not take); the task retries, then flags."""
     try:
-        with gateway(trade.account, client) as client:
+        with gateway(trade.account, client, priority=egress.VERIFY) as client:
             snap = OrderSnapshot.parse(fetch_order(client, trade))
     except LookupError:
         flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY,

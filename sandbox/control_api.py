@@ -165,7 +165,8 @@ class ControlApi:
         return {"listen_key": account.listen_key if active else None,
                 "expires_at": account.listen_key_expires if active else None,
                 "connections": self.ex.hub.count(account.api_key), "events_paused": account.events_paused,
-                "subscriptions": self.ex.hub.subscriptions(account.api_key)}
+                "subscriptions": self.ex.hub.subscriptions(account.api_key),
+                "peers": self.ex.hub.peers(account.api_key)}
 
     def drop_connections(self, data):
         return {"dropped": self.ex.hub.drop(self._account(data).api_key)}
