@@ -342,7 +342,8 @@ def make_handler(ex):
                 headers["Retry-After"] = str(retry)
                 if limited == 429:
                     raise ApiError(-1003, f"Too many requests; current limit is {limiter.limit_for(client_ip)} "
-                                   "requests per minute. Please use the websocket for live updates to avoid polling the API.", 429)
+                                   "requests per minute. Please use the websocket for live updates to avoid polling "
+                                   "the API.", 429)
                 raise ApiError(-1003, f"Way too many requests; IP banned until {now + retry * 1000}. Please use "
                                "the websocket for live updates to avoid bans.", 418)
             account = None

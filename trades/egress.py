@@ -162,7 +162,7 @@ class SqliteBudget(WeightBudget):
         if db is None or getattr(self._local, "pid", None) != os.getpid():   # never share a connection over fork
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")   # a count lost in a power cut is harmless; an fsync per call is not
+            db.execute("PRAGMA synchronous=NORMAL")   # a count lost in a power cut is harmless, an fsync per call not
             self._local.db, self._local.pid = db, os.getpid()
         return db
 

@@ -141,8 +141,8 @@ def call_in_another_process(exchange, account) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     done = subprocess.run(
-        [sys.executable, "-c", CALL_ONCE, egress.budget_url(), django_settings.BINANCE_BUDGET_PREFIX, account["api_key"],
-         account["api_secret"], exchange.rest_url],
+        [sys.executable, "-c", CALL_ONCE, egress.budget_url(), django_settings.BINANCE_BUDGET_PREFIX,
+         account["api_key"], account["api_secret"], exchange.rest_url],
         capture_output=True, text=True, timeout=60, env=env, cwd=str(REPO))
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
