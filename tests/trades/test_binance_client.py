@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import NoBudget, wait_for
 from trades.egress import EXCHANGE_LIMITS, shared_budget
 from trades.binance_client import (
     EXCHANGE_CLOCK,
@@ -597,19 +597,6 @@ def canned():
     yield set_answer, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
-
-
-class NoBudget:
-    """A weight budget that never refuses and forgets 429/418 marks: these tests map one answer after another."""
-
-    def acquire(self, *args):
-        return None
-
-    def record_used(self, *args):
-        pass
-
-    def mark_limited(self, *args):
-        pass
 
 
 @pytest.fixture
