@@ -115,6 +115,7 @@ ROUTE_WEIGHTS = {
     ("GET", "exchangeInfo"): 1, ("POST", "listenKey"): 1, ("PUT", "listenKey"): 1, ("DELETE", "listenKey"): 1,
 }
 ORDERS_OPEN_NO_SYMBOL_WEIGHT = 40
+CODE_TOO_MANY_ORDERS = -1015  # 429 for the account's ORDERS limits ("General Info" → LIMITS: counted per account)
 # Routes whose priority is fixed by what they do, whatever the gateway's: placements and cancels go first, then the
 # user stream's listenKey upkeep.
 ROUTE_PRIORITIES = {("POST", "order"): egress.ORDER, ("DELETE", "order"): egress.ORDER,
@@ -547,8 +548,8 @@ class BinanceFuturesClient:
             return result
 
         self._note_response(self._client.response)
-        if isinstance(error, RateLimited) and error.status in (429, 418):
-            self._mark_limited(error)
+        if isinstance(error, RateLimited) and error.status in (429, 418) and error.code != CODE_TOO_MANY_ORDERS:
+            self._mark_limited(error)  # the IP's limits; -1015 is the account's ORDERS limit, not the IP's
         if isinstance(error, ClockSkew):
             EXCHANGE_CLOCK.invalidate(self.rest_url)
         level = logging.WARNING if isinstance(error, TransientExchangeError) else logging.DEBUG

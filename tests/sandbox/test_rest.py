@@ -197,8 +197,13 @@ def test_one_key_from_two_addresses_has_two_budgets(exchange, account):
     far.futures_get_open_orders()                                           # the same key, another IP: served
     assert far.response.headers["X-MBX-USED-WEIGHT-1M"] == "40"
     info = requests.get(exchange.rest_url + "/fapi/v1/exchangeInfo", timeout=5).json()
-    assert info["rateLimits"][0] == {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-                                     "limit": 2400}
+    assert info["rateLimits"] == [
+        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+        {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300}]
+    exchange.control.set_weight_limit(7, ip="127.0.0.6")
+    told = from_address(binance_client(exchange, account), "127.0.0.6").futures_exchange_info()
+    assert told["rateLimits"][0]["limit"] == 7                              # each IP is told its own limit
 
 
 def test_bans_escalate_for_an_ip_that_keeps_going(exchange, account):

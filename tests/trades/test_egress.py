@@ -88,6 +88,21 @@ def test_under_pressure_each_priority_stops_at_its_share(exchange, settings):
     assert exchange.control.stats()["statuses"] == {"200": 95}        # nothing refused was sent
 
 
+def test_an_accounts_order_rate_limit_does_not_stop_the_other_accounts_on_the_ip(exchange):
+    busy, quiet = exchange.control.create_account(), exchange.control.create_account()
+    with BinanceFuturesClient(busy["api_key"], busy["api_secret"], rest_url=exchange.rest_url) as gateway:
+        for _ in range(700):                      # 300 orders per 10 s per account (exchangeInfo.rateLimits)
+            try:
+                gateway.place_order(SYMBOL, "BUY", "0.010", price="1000")
+            except RateLimited as exc:
+                assert (exc.status, exc.code) == (429, -1015)
+                break
+        else:
+            pytest.fail("the account's ORDERS limit never answered 429")
+    with BinanceFuturesClient(quiet["api_key"], quiet["api_secret"], rest_url=exchange.rest_url) as other:
+        other.get_open_orders(SYMBOL)             # the IP is not limited: only that account's orders are
+
+
 # --- egress pools ------------------------------------------------------------------------------------------------
 
 def test_accounts_are_spread_over_the_source_addresses_stably_by_id(settings):
