@@ -115,6 +115,7 @@ ROUTE_WEIGHTS = {
     ("GET", "exchangeInfo"): 1, ("POST", "listenKey"): 1, ("PUT", "listenKey"): 1, ("DELETE", "listenKey"): 1,
 }
 ORDERS_OPEN_NO_SYMBOL_WEIGHT = 40
+BUDGET_UNAVAILABLE_RETRY_SEC = 5.0  # the budget store did not answer: try again this much later
 CODE_TOO_MANY_ORDERS = -1015  # 429 for the account's ORDERS limits ("General Info" → LIMITS: counted per account)
 # Routes whose priority is fixed by what they do, whatever the gateway's: placements and cancels go first, then the
 # user stream's listenKey upkeep.
@@ -613,7 +614,14 @@ class BinanceFuturesClient:
             weight = ORDERS_OPEN_NO_SYMBOL_WEIGHT
         priority = ROUTE_PRIORITIES.get((method, path), self.priority)
         cap = int(self.weight_limit() * egress.share_of(priority))
-        refusal = self._shared_budget().acquire(self.egress, weight, cap, self.exchange_time_ms())
+        try:
+            refusal = self._shared_budget().acquire(self.egress, weight, cap, self.exchange_time_ms())
+        except Exception as exc:  # noqa: BLE001 — Redis down, SQLite locked too long: whatever the store's failure
+            # Fail closed: without the fleet's count, sending could take the IP past its limit (and a ban is for
+            # every account on it); nothing is sent and the caller retries, as after a 429.
+            logger.warning("binance %s %s: weight budget unavailable, not sent: %s", self.account_label, endpoint, exc)
+            raise RateLimited(None, f"not sent: the weight budget of {self.egress} is unavailable", None,
+                              endpoint=endpoint, retry_after=BUDGET_UNAVAILABLE_RETRY_SEC) from None
         if refusal is None:
             return
         if refusal.reason == "limited":

@@ -103,6 +103,16 @@ def test_an_accounts_order_rate_limit_does_not_stop_the_other_accounts_on_the_ip
         other.get_open_orders(SYMBOL)             # the IP is not limited: only that account's orders are
 
 
+def test_without_its_budget_store_the_gateway_sends_nothing(exchange):
+    account = exchange.control.create_account()
+    unreachable = egress.RedisBudget("redis://127.0.0.1:1/0", "nowhere")    # nothing listens on port 1
+    with BinanceFuturesClient(account["api_key"], account["api_secret"], rest_url=exchange.rest_url,
+                              budget=unreachable) as gateway, pytest.raises(RateLimited) as caught:
+        gateway.place_order(SYMBOL, "BUY", "0.010", price="1000")
+    assert caught.value.status is None and caught.value.retry_after == 5
+    assert exchange.control.stats()["total_requests"] == 0
+
+
 # --- egress pools ------------------------------------------------------------------------------------------------
 
 def test_accounts_are_spread_over_the_source_addresses_stably_by_id(settings):
