@@ -408,7 +408,8 @@ def place_entry_order(trade: Trade, *, client=None) -> dict:
             )
     except RateLimited as exc:  # refused before execution: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
-            trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status})"), Source.PLACE)
+            trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status or 'not sent'})"),
+            Source.PLACE)
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except ClockSkew as exc:  # -1021 twice (the gateway re-synced and resent once): not executed, a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(

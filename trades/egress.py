@@ -6,7 +6,8 @@ shares it, and an IP that keeps sending after a 429 is banned (418) from 2 minut
 it. So every Binance call of every worker, beat run, stream process and admin action asks this module first:
 
 * ``acquire`` before sending: refused (``RateLimited``, nothing sent) while the egress is marked limited/banned by
-  any process, or when the call's weight would take this minute's count past the share its priority may use.
+  any process, or when the call's weight would take this minute's count past the share its priority may use. New
+  orders weigh 0 on the IP: they pass a 429's mark (Binance serves them), not a 418's.
 * ``record_used`` after an answer: the count becomes at least Binance's own ``X-MBX-USED-WEIGHT-1M`` (which also
   sees traffic we did not send, e.g. the bot's own on the same IP).
 * ``mark_limited`` after a 429/418 anywhere: every caller on that egress stops until Retry-After.
@@ -55,7 +56,9 @@ class Refusal:
 class WeightBudget(ABC):
     @abstractmethod
     def acquire(self, egress: str, weight: int, cap: int, now_ms: int) -> Refusal | None:
-        """Count `weight` on this minute of `egress` unless it is limited or the count would pass `cap`."""
+        """Count `weight` on this minute of `egress` unless it is limited or the count would pass `cap`. A call of
+        weight 0 (a new order: it counts on the account's ORDERS limits, not the IP's) passes a 429's mark, not a
+        418's: a banned IP is refused everything."""
 
     @abstractmethod
     def record_used(self, egress: str, used: int, now_ms: int) -> None:
@@ -86,8 +89,10 @@ def _remaining_window_sec(now_ms: int) -> float:
 _ACQUIRE = """
 local mark = redis.call('HMGET', KEYS[2], 'until', 'banned')
 local now = tonumber(ARGV[3])
-if mark[1] and tonumber(mark[1]) > now then return {1, mark[1], mark[2] or '0'} end
 local weight, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+if mark[1] and tonumber(mark[1]) > now and (weight > 0 or mark[2] == '1') then
+  return {1, mark[1], mark[2] or '0'}
+end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if weight > 0 and used + weight > cap then return {2, tostring(used), '0'} end
 used = redis.call('INCRBY', KEYS[1], weight)
@@ -184,7 +189,7 @@ class SqliteBudget(WeightBudget):
         minute = _window(now_ms)
         with self._tx() as db:
             row = db.execute("SELECT until_ms, banned FROM limited WHERE egress=?", (egress,)).fetchone()
-            if row and row[0] > now_ms:
+            if row and row[0] > now_ms and (weight > 0 or row[1]):
                 return Refusal((row[0] - now_ms) / 1000, bool(row[1]), "limited")
             row = db.execute("SELECT used FROM weight WHERE egress=? AND minute=?", (egress, minute)).fetchone()
             used = row[0] if row else 0

@@ -51,10 +51,13 @@ def test_a_429_or_418_mark_stops_everyone_until_it_ends_and_the_longest_wins(tmp
         budget.clear()
         budget.mark_limited("a", NOW + 120_000, banned=True)
         budget.mark_limited("a", NOW + 30_000, banned=False)         # a shorter 429 later does not shorten the ban
-        refusal = budget.acquire("a", 0, 2400, NOW)
+        refusal = budget.acquire("a", 0, 2400, NOW)                   # banned: even a new order is held back
         assert (refusal.reason, refusal.banned, refusal.retry_after) == ("limited", True, 120.0)
         assert budget.acquire("b", 1, 2400, NOW) is None              # only that egress
         assert budget.acquire("a", 1, 2400, NOW + 120_000) is None    # over: sending again
+        budget.mark_limited("c", NOW + 30_000, banned=False)
+        assert budget.acquire("c", 1, 2400, NOW).reason == "limited"
+        assert budget.acquire("c", 0, 2400, NOW) is None              # a new order weighs 0: a 429 does not stop it
         budget.clear()
 
 
