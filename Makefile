@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test migrate venv clean
+.PHONY: run test test-fast migrate venv clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
@@ -38,6 +38,11 @@ run: migrate
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# make test-fast: the inner loop — everything but the end-to-end stack (tests/e2e), the browser test and the
+# `make run` smoke test. `make test` stays the whole suite (what CI runs).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not e2e and not browser and not slow" --ignore=tests/e2e $(PYTEST_ARGS)
 
 clean:
 	rm -rf var/celery-broker var/test

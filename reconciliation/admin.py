@@ -54,9 +54,9 @@ class DismissForm(forms.Form):
 
 @admin.register(OrphanPosition)
 class OrphanPositionAdmin(FixPermissionMixin, ReadOnlyAdmin):
-    list_display = ["account", "symbol", "quantity", "exchange_position", "entry_price", "status", "first_seen_at",
-                    "last_seen_at", "trade", "note"]
-    list_filter = ["status", "account", "symbol"]
+    list_display = ["account", "symbol", "position_side", "quantity", "exchange_position", "entry_price", "status",
+                    "first_seen_at", "last_seen_at", "trade", "note"]
+    list_filter = ["status", "account", "symbol", "position_side"]
     list_select_related = ["account", "trade"]
     actions = ["recover_as_trade", "dismiss"]
 

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from trades.models import Account, Trade, TradeEvent
 
-from .models import AccountSyncState, OrphanPosition, ReconcileRun
+from .models import AccountSyncState, OrphanPosition, ReconcileRun, StreamMiss
 
 DURATION_BUCKETS_SEC = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -98,6 +98,13 @@ class TradeopsCollector(Collector):
             "(kind=pending, reason=ws_connect).",
             labels=["account"])
         orphans = GaugeMetricFamily("tradeops_orphan_positions_open", "Open orphan positions.", labels=["account"])
+        missed = CounterMetricFamily(
+            "tradeops_user_stream_missed_events",
+            "Order changes REST look-ups found that the connected user stream never delivered (StreamMiss rows).",
+            labels=["account"])
+        deaf = GaugeMetricFamily("tradeops_user_stream_deaf",
+                                 "1 while the account's stream is marked deaf (connected, missing events).",
+                                 labels=["account"])
 
         names = dict(Account.objects.filter(is_active=True).values_list("pk", "name"))
         states = {s.account_id: s for s in AccountSyncState.objects.filter(account_id__in=names)}
@@ -106,6 +113,8 @@ class TradeopsCollector(Collector):
                                                        kind=ReconcileRun.Kind.PENDING)
                            .exclude(outcome=ReconcileRun.Outcome.SKIPPED)  # a skipped run is retried: count it once
                            .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))
+        misses = dict(StreamMiss.objects.filter(account_id__in=names).values("account_id").annotate(n=Count("pk"))
+                      .order_by().values_list("account_id", "n"))
         open_orphans = dict(OrphanPosition.objects.filter(account_id__in=names, status=OrphanPosition.Status.OPEN)
                             .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))
         for pk, name in sorted(names.items(), key=lambda item: item[1]):
@@ -119,7 +128,9 @@ class TradeopsCollector(Collector):
                 last_event.add_metric([name], _seconds_since(s.stream_last_event_at, now))
             connects.add_metric([name], ws_connects.get(pk, 0))
             orphans.add_metric([name], open_orphans.get(pk, 0))
-        yield from (weight, last_reconcile, connected, state, last_event, connects, orphans)
+            missed.add_metric([name], misses.get(pk, 0))
+            deaf.add_metric([name], 1 if s and s.stream_deaf_since else 0)
+        yield from (weight, last_reconcile, connected, state, last_event, connects, orphans, missed, deaf)
 
     @staticmethod
     def _pending(now):

@@ -23,6 +23,10 @@ class AccountSyncState(models.Model):
     stream_heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Written by a live stream process every account refresh; a killed process "
         "leaves its last state behind, so health trusts that state only while this is fresh.")
+    stream_deaf_since = models.DateTimeField(
+        null=True, blank=True, help_text="Set when REST look-ups found USER_STREAM_DEAF_AFTER order changes within an "
+        "hour that the connected socket never delivered (stream_guard.py); the stream process then reconnects, and "
+        "the reconnect's reconcile clears it.")
 
     def __str__(self):
         return f"sync state of {self.account}"
@@ -70,6 +74,8 @@ class OrphanPosition(models.Model):
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="orphan_positions")
     symbol = models.CharField(max_length=32)
+    position_side = models.CharField(max_length=5, choices=Trade.PositionSide.choices,
+                                     default=Trade.PositionSide.BOTH)
     quantity = models.DecimalField(**MONEY, help_text="Unexplained signed quantity (positive long, negative short).")
     exchange_position = models.DecimalField(**MONEY, help_text="The whole exchange position when last seen.")
     entry_price = models.DecimalField(**MONEY, null=True, blank=True)
@@ -81,9 +87,40 @@ class OrphanPosition(models.Model):
 
     class Meta:
         ordering = ["-last_seen_at"]
-        # One open orphan per (account, symbol) is kept by sync_positions_with_binance under the account lease:
+        # One open orphan per (account, symbol, position side) is kept by sync_positions_with_binance under the account lease:
         # MariaDB has no partial unique indexes.
         indexes = [models.Index(fields=["account", "symbol", "status"], name="orphan_account_symbol_status")]
 
     def __str__(self):
-        return f"{self.account} {self.symbol} {self.quantity} [{self.status}]"
+        return f"{self.account} {self.symbol} {self.position_side} {self.quantity} [{self.status}]"
+
+
+class StreamMiss(models.Model):
+    """An order change a REST look-up found that the account's user stream, connected at the time, never delivered
+    (stream_guard.py). Counted in /metrics; enough of them within an hour mark the stream deaf."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="stream_misses")
+    trade = models.ForeignKey(Trade, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    detected_at = models.DateTimeField(default=timezone.now)
+    source = models.CharField(max_length=32, help_text="The path that found it: reconcile, cancel_verify, admin.")
+    exchange_status = models.CharField(max_length=24)
+    exchange_update_time = models.BigIntegerField(help_text="Binance updateTime (ms) of the change.")
+    connected_since = models.DateTimeField(help_text="When the socket that should have delivered it connected.")
+
+    class Meta:
+        ordering = ["-detected_at"]
+        indexes = [models.Index(fields=["account", "detected_at"], name="streammiss_account_detected")]
+
+    def __str__(self):
+        return f"{self.account} missed {self.exchange_status} of trade {self.trade_id}"
+
+
+class WorkerHeartbeat(models.Model):
+    """When a Celery worker last ran `worker_heartbeat` (sent by beat every 15 s): /health/'s `workers` check. One row
+    per worker hostname, overwritten."""
+
+    hostname = models.CharField(max_length=255, primary_key=True)
+    seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return f"{self.hostname} seen {self.seen_at:%Y-%m-%d %H:%M:%S}"

@@ -26,16 +26,17 @@ from django.utils import timezone
 
 from trades import egress
 from trades.binance_client import BinanceFuturesClient
-from trades.db import retry_transient_db_errors
+from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import ExchangeError
 from trades.models import Trade, TradeEvent
 
 from .leases import account_lease
 from .models import OrphanPosition
-from .positions import close_trade, exchange_positions, explained_by_trades, signed_qty
+from .positions import close_trade, exchange_positions, explained_by_trades, position_key, signed_qty
 from .rules import SnapshotMismatch, in_not_found_grace
 from .services import apply_order_snapshot, fetch_order, gateway
 from .snapshots import FILLED, NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
+from .stream_guard import MissDetector
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def verify_on_binance(trade: Trade, *, actor: str, client=None) -> Verification:
     before = trade_view(trade)
     order, snap = _fetch_snapshot(trade, client)
     result = apply_order_snapshot(trade, order, TradeEvent.Source.ADMIN, actor=actor)
+    MissDetector(trade.account_id).observe(trade, result, TradeEvent.Source.ADMIN)
     logger.info("trade %s verified on Binance by %s: %s (%s)", trade.pk, actor, result, snap.status)
     return Verification(trade=trade, before=before, exchange=snapshot_view(snap), result=result)
 
@@ -144,7 +146,7 @@ def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, c
     # Never sent (exchange_status ""): safe to mark at any time, a placement only claims a pending trade. Sent
     # moments ago: Binance may not show the order yet.
     if snap.status == NOT_FOUND and trade.exchange_status == PLACING \
-            and in_not_found_grace(trade, timezone.now(), settings.PENDING_NOT_FOUND_GRACE_SEC):
+            and in_not_found_grace(trade, db_now(), settings.PENDING_NOT_FOUND_GRACE_SEC):
         raise OperatorActionRefused(
             f"trade {trade.pk}'s order was sent moments ago and Binance may not show it yet; look again in a minute"
         )
@@ -182,12 +184,12 @@ def close_trade_manually(trade: Trade, *, reason: str, actor: str, client=None) 
             raise OperatorActionRefused(f"a reconcile or another change of {trade.account} is running; try again")
         try:
             with gateway(trade.account, client) as client:
-                held, _ = exchange_positions(client).get(trade.symbol, (Decimal("0"), None))
+                held, _ = exchange_positions(client).get(position_key(trade), (Decimal("0"), None))
         except ExchangeError as exc:
             raise OperatorActionRefused(
                 f"Binance could not be asked for the {trade.symbol} position ({exc}); not closing without its answer"
             ) from None
-        ours = explained_by_trades(trade.account_id, trade.symbol)[trade.symbol]
+        ours = explained_by_trades(trade.account_id, position_key(trade))[position_key(trade)]
         surplus = ours - held  # what our trades hold that the exchange does not
         mine = signed_qty(trade)
         if mine == 0 or (surplus > 0) != (mine > 0) or abs(surplus) < abs(mine):

@@ -1,19 +1,32 @@
-"""Position sync: DB open trades against Binance's positions (positionRisk, one-way mode).
+"""Position sync: DB open trades against Binance's positions (positionRisk), per (symbol, position side).
 
-- open trade, no exchange position for its symbol      → closed (exit price / realized PnL from userTrades)
-- open trades explain the exchange position exactly    → in sync
-- exchange position (or part) no trade explains        → an orphan record, logged at WARNING; turned into an open
-                                                         trade only when SYNC_RECOVER_MISSING_POSITIONS is on, two
-                                                         syncs in a row saw the same gap, this run checked every
-                                                         pending trade and none is left on the symbol
-Quantities are compared exactly, as Decimals: open trades and partially filled pending trades count, BUY as +,
-SELL as −.
+A position side is BOTH in one-way mode and LONG / SHORT in hedge mode; each (symbol, side) is compared on its own.
+An open trade's exposure is its signed open quantity (filled − closed; BUY +, SELL −); a position is explained by
+the sum over its open trades and partially filled pending ones, so one-way trades that net out (BUY 1, SELL 1: no
+position) are consistent.
+
+- Binance holds less than our trades on a (symbol, side)      → the exit fills behind it (exits.py) reduce the trades
+                                                                (closed_qty), closing those with nothing left
+- trades explain a (symbol, side) Binance holds nothing of,   → closed, but never on one read: positionRisk can lag
+  and no exit fills explain it                                  the matching engine. Closed when a second read at
+                                                                least POSITION_CONFIRM_SEC after the first still
+                                                                finds nothing (a read in between that finds the
+                                                                position starts over). A follow-up sync is asked
+                                                                for.
+- open trades explain the exchange position exactly          → in sync
+- exchange position (or part) no trade explains              → an orphan record per (symbol, side), logged at
+                                                                WARNING; turned into an open trade only when
+                                                                SYNC_RECOVER_MISSING_POSITIONS is on, two syncs in a
+                                                                row saw the same gap, this run checked every pending
+                                                                trade and none is left on the symbol
+Quantities are compared exactly, as Decimals.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -25,37 +38,49 @@ from trades.db import retry_transient_db_errors
 from trades.exceptions import ExchangeError, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
+from .exits import apply_exit_fills
+from .position_mode import is_hedge_mode
 from .models import OrphanPosition
 from .reports import Report
 
 logger = logging.getLogger(__name__)
 
+Key = tuple[str, str]  # (symbol, positionSide)
+
+
+def position_key(trade: Trade) -> Key:
+    return trade.symbol, trade.position_side
+
 
 def signed_qty(trade: Trade) -> Decimal:
-    return trade.filled_qty if trade.side == Trade.Side.BUY else -trade.filled_qty
+    """The trade's exposure: its signed open quantity."""
+    return trade.exposure
 
 
-def exchange_positions(client) -> dict[str, tuple[Decimal, Decimal | None]]:
-    """symbol → (signed amount, entry price) for every non-zero position."""
-    positions: dict[str, tuple[Decimal, Decimal | None]] = {}
+def exchange_positions(client) -> dict[Key, tuple[Decimal, Decimal | None]]:
+    """(symbol, positionSide) → (signed amount, entry price) for every non-zero position row."""
+    positions: dict[Key, tuple[Decimal, Decimal | None]] = {}
     for row in client.get_positions():
         amount = Decimal(row["positionAmt"])
         if amount == 0:
             continue
-        held, _ = positions.get(row["symbol"], (Decimal("0"), None))
-        positions[row["symbol"]] = (held + amount, Decimal(row.get("entryPrice") or "0") or None)
+        key = (row["symbol"], row.get("positionSide") or Trade.PositionSide.BOTH)
+        held, _ = positions.get(key, (Decimal("0"), None))
+        positions[key] = (held + amount, Decimal(row.get("entryPrice") or "0") or None)
     return positions
 
 
 def compare_positions(account: Account, client, report: Report) -> None:
     """The comparison itself; the caller holds the account lease and has reconciled pending trades first."""
-    report.extra.update({"closed": 0, "in_sync": 0, "orphans": 0, "recovered": 0})
+    report.extra.update({"closed": 0, "in_sync": 0, "orphans": 0, "recovered": 0, "unconfirmed": 0, "reduced": 0})
     # Only trades already open before Binance's positions are read can be closed by what it says: a trade the
     # stream opens while we read must not be closed by a snapshot that predates its fill (the soak caught this).
-    open_by_symbol: dict[str, list[Trade]] = defaultdict(list)
+    open_by_key: dict[Key, list[Trade]] = defaultdict(list)
     for trade in Trade.objects.filter(account=account, status=Trade.Status.OPEN):
-        open_by_symbol[trade.symbol].append(trade)
+        open_by_key[position_key(trade)].append(trade)
+    _refresh_position_mode(account, client, report)
     exchange = exchange_positions(client)
+    read_at = timezone.now()
     report.weight_used += 5
     # What explains each position is read after Binance answered, so fills it already reflects count.
     explained = explained_by_trades(account.pk)
@@ -63,47 +88,99 @@ def compare_positions(account: Account, client, report: Report) -> None:
     # older than the reconcile's window): its gap is reported, never recovered automatically.
     pending_symbols = set(Trade.objects.pending().filter(account=account).values_list("symbol", flat=True))
 
-    for symbol, trades in sorted(open_by_symbol.items()):
-        if symbol not in exchange:
-            exit_price, pnl = _closing_fills(client, trades, report)
-            for trade in trades:
-                if close_trade(trade, exit_price=exit_price, realized_pnl=pnl, actor=report.actor):
-                    report.extra["closed"] += 1
+    # Exit fills first (take-profits, stops, liquidations, ADL, …): they explain a smaller position exactly. Not
+    # while a pending trade on the symbol may have fills on their way to the DB: they would look like exits.
+    if report.errors == 0:
+        reduced = [key for key in sorted(open_by_key) if key[0] not in pending_symbols and apply_exit_fills(
+            account, client, key, explained.get(key, Decimal("0")), exchange.get(key, (Decimal("0"), None))[0],
+            report)]
+        if reduced:
+            explained = explained_by_trades(account.pk)
+            ids = [t.pk for trades in open_by_key.values() for t in trades]
+            open_by_key = defaultdict(list)
+            for trade in Trade.objects.filter(pk__in=ids, status=Trade.Status.OPEN):
+                open_by_key[position_key(trade)].append(trade)
 
-    seen = set()
-    for symbol, (amount, entry_price) in sorted(exchange.items()):
-        unexplained = amount - explained.get(symbol, Decimal("0"))
+    for key, trades in sorted(open_by_key.items()):
+        if key not in exchange and explained.get(key, Decimal("0")) != 0:
+            _close_when_confirmed(account, key, trades, explained[key], read_at, report)
+        else:  # Binance shows the position (or our trades net out to none): any earlier "gone" read is void
+            stale = [t.pk for t in trades if t.position_gone_at is not None]
+            if stale:
+                Trade.objects.filter(pk__in=stale).update(position_gone_at=None)
+
+    seen: set[Key] = set()
+    for key, (amount, entry_price) in sorted(exchange.items()):
+        unexplained = amount - explained.get(key, Decimal("0"))
         if unexplained == 0:
             report.extra["in_sync"] += 1
             continue
-        seen.add(symbol)
+        seen.add(key)
         report.extra["orphans"] += 1
-        orphan, seen_before = _record_orphan(account, symbol, unexplained, amount, entry_price)
+        orphan, seen_before = _record_orphan(account, key, unexplained, amount, entry_price)
         # Recovered only once the same gap is seen by two syncs in a row, with every pending trade checked and none
         # left on the symbol: a fill still on its way to the DB (the stream or a reconcile about to apply it) is not
         # an orphan, and recovering it would count it twice.
         if (settings.SYNC_RECOVER_MISSING_POSITIONS and seen_before and recoverable(unexplained, amount)
-                and report.errors == 0 and symbol not in pending_symbols):
+                and report.errors == 0 and key[0] not in pending_symbols):
             try:
                 recover_orphan(orphan, source=TradeEvent.Source.POSITION_SYNC)
             except ValueError as exc:  # the guards, re-checked now: e.g. a pending trade created since the read
-                logger.info("account %s: orphan %s %s not recovered: %s", account.pk, symbol, unexplained, exc)
+                logger.info("account %s: orphan %s %s not recovered: %s", account.pk, key, unexplained, exc)
             else:
                 report.extra["recovered"] += 1
-    OrphanPosition.objects.filter(account=account, status=OrphanPosition.Status.OPEN).exclude(
-        symbol__in=seen
-    ).update(status=OrphanPosition.Status.RESOLVED, note="explained by trades again")
+    for orphan in OrphanPosition.objects.filter(account=account, status=OrphanPosition.Status.OPEN):
+        if (orphan.symbol, orphan.position_side) not in seen:
+            OrphanPosition.objects.filter(pk=orphan.pk, status=OrphanPosition.Status.OPEN).update(
+                status=OrphanPosition.Status.RESOLVED, note="explained by trades again")
 
 
-def explained_by_trades(account_id: int, symbol: str | None = None) -> dict[str, Decimal]:
-    """symbol → the signed quantity our trades hold: open trades and partially filled pending ones."""
-    explained: dict[str, Decimal] = defaultdict(Decimal)
+def _refresh_position_mode(account: Account, client, report: Report) -> None:
+    """Keep the account's position mode (shown in the admin, used by entries) no older than
+    POSITION_MODE_REFRESH_SEC: one GET /fapi/v1/positionSide/dual (weight 30) an hour at most."""
+    calls_before = client.http_calls
+    try:
+        is_hedge_mode(account, client)
+    except RateLimited:
+        raise
+    except ExchangeError as exc:
+        logger.warning("account %s: position mode not read (%s)", account.pk, exc)
+    finally:
+        report.weight_used += 30 * (client.http_calls - calls_before)
+
+
+def _close_when_confirmed(account, key: Key, trades: list[Trade], exposure: Decimal, read_at,
+                          report: Report) -> None:
+    """Binance's read shows nothing on `key` while our trades hold `exposure` there and no exit fills explain it:
+    close them once a second read at least POSITION_CONFIRM_SEC after the first agrees."""
+    confirm = timedelta(seconds=settings.POSITION_CONFIRM_SEC)
+    first = [t for t in trades if t.position_gone_at is None]
+    if first:  # the first read that finds it gone: remembered, confirmed by a later one
+        Trade.objects.filter(pk__in=[t.pk for t in first], position_gone_at__isnull=True).update(
+            position_gone_at=read_at)
+        for trade in first:
+            trade.position_gone_at = read_at
+    if any(read_at - t.position_gone_at < confirm for t in trades):
+        report.extra["unconfirmed"] += len(trades)
+        report.extra["confirm_after"] = settings.POSITION_CONFIRM_SEC
+        logger.info("account %s: %s %s shows no position (trades %s hold %s); closing only if a read at least %ss "
+                    "later agrees", account.pk, *key, [t.pk for t in trades], exposure, settings.POSITION_CONFIRM_SEC)
+        return
+    for trade in trades:
+        if close_trade(trade, actor=report.actor, reason="no exchange position on two reads"):
+            report.extra["closed"] += 1
+
+
+def explained_by_trades(account_id: int, key: Key | None = None) -> dict[Key, Decimal]:
+    """(symbol, position side) → the signed open quantity our trades hold: open trades and partially filled pending
+    ones."""
+    explained: dict[Key, Decimal] = defaultdict(Decimal)
     explaining = Q(status=Trade.Status.OPEN) | Q(status=Trade.Status.PENDING, filled_qty__gt=0)
     trades = Trade.objects.filter(explaining, account_id=account_id)
-    if symbol is not None:
-        trades = trades.filter(symbol=symbol)
+    if key is not None:
+        trades = trades.filter(symbol=key[0], position_side=key[1])
     for trade in trades:
-        explained[trade.symbol] += signed_qty(trade)
+        explained[position_key(trade)] += signed_qty(trade)
     return explained
 
 
@@ -113,36 +190,12 @@ def recoverable(unexplained: Decimal, amount: Decimal) -> bool:
     return unexplained != 0 and (unexplained > 0) == (amount > 0) and abs(unexplained) <= abs(amount)
 
 
-def _closing_fills(client, trades: list[Trade], report: Report):
-    """Average exit price and realized PnL of the fills that closed the position, when one trade owned it."""
-    if len(trades) != 1 or trades[0].opened_at is None:
-        return None, None
-    trade = trades[0]
-    try:
-        fills = client.get_user_trades(trade.symbol, start_time=int(trade.opened_at.timestamp() * 1000))
-    except RateLimited:
-        raise
-    except ExchangeError as exc:
-        logger.warning("trade %s: userTrades unavailable (%s); closing without exit price", trade.pk, exc)
-        return None, None
-    finally:
-        report.weight_used += 5
-    closing_side = Trade.Side.SELL if trade.side == Trade.Side.BUY else Trade.Side.BUY
-    closing = [f for f in fills if f.get("side") == closing_side]
-    qty = sum((Decimal(f["qty"]) for f in closing), Decimal("0"))
-    if not qty:
-        return None, None
-    notional = sum((Decimal(f["price"]) * Decimal(f["qty"]) for f in closing), Decimal("0"))
-    pnl = sum((Decimal(f.get("realizedPnl") or "0") for f in closing), Decimal("0"))
-    return (notional / qty).quantize(Decimal("1e-10")), pnl
-
-
 @retry_transient_db_errors
 def close_trade(trade: Trade, *, exit_price=None, realized_pnl=None, source=TradeEvent.Source.POSITION_SYNC,
                 actor: str = "", reason: str = "no exchange position", status_reason: str | None = None) -> bool:
     """open → closed: Binance holds no position for the trade's symbol any more (or an operator closed it)."""
     changes = {"status": Trade.Status.CLOSED, "closed_at": timezone.now(), "exit_price": exit_price,
-               "realized_pnl": realized_pnl}
+               "realized_pnl": realized_pnl, "position_gone_at": None}
     if status_reason is not None:
         changes["status_reason"] = status_reason[:255]
     payload = {"reason": reason,
@@ -159,21 +212,24 @@ def close_trade(trade: Trade, *, exit_price=None, realized_pnl=None, source=Trad
     return True
 
 
-def _record_orphan(account, symbol, unexplained, amount, entry_price) -> tuple[OrphanPosition, bool]:
+def _record_orphan(account, key: Key, unexplained, amount, entry_price) -> tuple[OrphanPosition, bool]:
     """The open orphan record for this gap, and whether the previous sync had already seen the same gap."""
     now = timezone.now()
-    orphan = OrphanPosition.objects.filter(account=account, symbol=symbol, status=OrphanPosition.Status.OPEN).first()
+    symbol, side = key
+    orphan = OrphanPosition.objects.filter(account=account, symbol=symbol, position_side=side,
+                                           status=OrphanPosition.Status.OPEN).first()
     seen_before = orphan is not None and orphan.quantity == unexplained
     if orphan is None:
         orphan = OrphanPosition.objects.create(
-            account=account, symbol=symbol, quantity=unexplained, exchange_position=amount, entry_price=entry_price,
+            account=account, symbol=symbol, position_side=side, quantity=unexplained, exchange_position=amount,
+            entry_price=entry_price,
         )
     else:
         orphan.quantity, orphan.exchange_position, orphan.entry_price, orphan.last_seen_at = (
             unexplained, amount, entry_price, now)
         orphan.save(update_fields=["quantity", "exchange_position", "entry_price", "last_seen_at"])
-    logger.warning("account %s: orphan position %s %s (exchange %s) — no trade explains it",
-                   account.pk, symbol, unexplained, amount)
+    logger.warning("account %s: orphan position %s %s %s (exchange %s) — no trade explains it",
+                   account.pk, symbol, side, unexplained, amount)
     return orphan, seen_before
 
 
@@ -188,14 +244,15 @@ def recover_orphan(orphan: OrphanPosition, *, source: str, actor: str = "") -> T
                          "close or fix those trades instead")
     if Trade.objects.pending().filter(account_id=orphan.account_id, symbol=orphan.symbol).exists():
         raise ValueError(f"pending {orphan.symbol} trades may explain it once their fills land: reconcile first")
-    now_unexplained = orphan.exchange_position - explained_by_trades(orphan.account_id, orphan.symbol)[orphan.symbol]
+    key = (orphan.symbol, orphan.position_side)
+    now_unexplained = orphan.exchange_position - explained_by_trades(orphan.account_id, key)[key]
     if now_unexplained != orphan.quantity:
         raise ValueError(f"our {orphan.symbol} trades changed since the position sync that saw it: sync again")
     now = timezone.now()
     qty = abs(orphan.quantity)
     trade = Trade.objects.create(
         account_id=orphan.account_id, symbol=orphan.symbol,
-        side=Trade.Side.BUY if orphan.quantity > 0 else Trade.Side.SELL,
+        side=Trade.Side.BUY if orphan.quantity > 0 else Trade.Side.SELL, position_side=orphan.position_side,
         quantity=qty, filled_qty=qty, entry_price=orphan.entry_price, status=Trade.Status.OPEN,
         status_reason="recovered from an orphan exchange position", opened_at=now, client_order_id=None,
     )

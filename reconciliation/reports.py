@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from .models import AccountSyncState, ReconcileRun
 from .leases import sync_state
+from .stream_guard import MissDetector
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Report:
     stale: int = 0
     ignored: int = 0
     not_found_in_grace: int = 0
+    rechecked: int = 0  # trades failed as "not found" looked up again (rechecks.py)
+    missed_events: int = 0  # changes found by REST that the connected user stream never delivered (stream_guard.py)
     needs_operator: int = 0
     errors: int = 0
     weight_used: int = 0
@@ -41,6 +44,18 @@ class Report:
 
     def count(self, result: str) -> None:
         setattr(self, result, getattr(self, result) + 1)
+
+    @property
+    def started_at(self) -> datetime:
+        return self._started_at
+
+    @property
+    def stream_guard(self) -> MissDetector:
+        """This run's missed-event detector (not a field: not part of the kept report)."""
+        guard = self.__dict__.get("_stream_guard")
+        if guard is None:
+            guard = self.__dict__["_stream_guard"] = MissDetector(self.account_id)
+        return guard
 
     @property
     def changed(self) -> int:

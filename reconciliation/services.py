@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from trades import egress
 from trades.binance_client import BinanceFuturesClient, new_client_order_id
-from trades.db import retry_transient_db_errors
+from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import (
     ClockSkew,
     ExchangeError,
@@ -28,18 +28,21 @@ from trades.exceptions import (
 )
 from trades.models import Account, Trade, TradeEvent
 
-from . import rules
+from . import rechecks, rules, stream_guard
+from .deadlines import cancel_entry_at_deadline, cancel_overdue_entries
 from .leases import account_lease
 from .models import ReconcileRun
+from .position_mode import POSITION_SIDE_MISMATCH, entry_position_side, is_hedge_mode
 from .positions import compare_positions
 from .reports import Report
-from .snapshots import PLACING, InvalidSnapshot, OrderSnapshot
+from .snapshots import NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
 
 logger = logging.getLogger(__name__)
 
 Source = TradeEvent.Source
 ALL_ORDERS_SLACK = timedelta(minutes=5)  # our created_at precedes Binance's order time; allow for clock skew
 DUPLICATE_CLIENT_ORDER_ID_CODES = frozenset({-4116, -4015})  # "the order may exist already": never failed
+WS_CONNECT = "ws_connect"  # the reason of the reconcile the user stream asks for on every (re)connect
 
 
 @contextmanager
@@ -66,7 +69,11 @@ def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -
     rules.check_same_order(trade, snap)
     grace = settings.PENDING_NOT_FOUND_GRACE_SEC
     for _ in range(3):  # lost a race to another path: re-read and decide again on the fresh row
-        decision = rules.decide(trade, snap, timezone.now(), grace_sec=grace)
+        # A -2013 is judged against the grace on the database's clock (placed_at is taken on it): a worker whose own
+        # clock jumped ahead must not skip the grace and fail a live order.
+        now = db_now() if snap.status == NOT_FOUND else timezone.now()
+        decision = rules.decide(trade, snap, now, grace_sec=grace,
+                                recheck_sec=settings.NOT_FOUND_RECHECK_SEC)
         if isinstance(decision, str):
             if decision == rules.NEEDS_OPERATOR:
                 flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source,
@@ -134,9 +141,14 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
     """
     kind = ReconcileRun.Kind.DEEP if deep else ReconcileRun.Kind.PENDING
     report = Report(account_id=account.pk, kind=kind, reason=reason, actor=actor)
-    return _run_under_lease(account, report, client,
-                            lambda client: reconcile_pending_locked(account, client, report, deep=deep),
-                            priority=egress.DEEP if deep else egress.RECONCILE)
+
+    def work(client):
+        reconcile_pending_locked(account, client, report, deep=deep)
+        if reason == WS_CONNECT and not report.missed_events and not report.stopped_early:
+            # A stream marked deaf, reconnected: this reconcile found nothing its new socket missed.
+            stream_guard.clear_deaf_after_reconnect(account.pk, reconcile_started_at=report.started_at)
+
+    return _run_under_lease(account, report, client, work, priority=egress.DEEP if deep else egress.RECONCILE)
 
 
 def _run_under_lease(account: Account, report: Report, client, work, *, priority: str = egress.RECONCILE) -> dict:
@@ -173,6 +185,38 @@ def reconcile_pending_locked(account: Account, client, report: Report, *, deep: 
             if _over_budget(client, report):
                 return
             _reconcile_by_order(client, trade, report, source=Source.RECONCILE)
+    if not deep:
+        _recheck_not_found(account, client, report)
+
+
+def _recheck_not_found(account: Account, client, report: Report) -> None:
+    """Look up again, one GET each (weight 1, counted in the report), the account's trades failed as "not found on
+    exchange" whose re-check is due (rechecks.py); an order that shows up is applied by the one rule, which corrects
+    the trade. After the pending trades: they are the more urgent."""
+    for trade in rechecks.due_not_found_rechecks(account.pk, limit=settings.RECONCILE_PAGE_SIZE):
+        if _over_budget(client, report):
+            return
+        claim = rechecks.claim_not_found_recheck(trade)
+        if claim is None:
+            continue
+        report.rechecked += 1
+        calls_before = client.http_calls
+        try:
+            order = fetch_order(client, trade)
+        except RateLimited:
+            rechecks.release_not_found_recheck(trade, claim)
+            raise
+        except (ExchangeError, LookupError) as exc:
+            report.errors += 1
+            logger.warning("trade %s: not-found re-check %d failed: %s", trade.pk, claim.after[0], exc)
+            continue
+        finally:
+            report.weight_used += client.http_calls - calls_before
+        result = _apply(trade, order, report, source=Source.RECONCILE)
+        if result == rules.REOPENED:
+            logger.warning("trade %s: order found on exchange at re-check %d after it was failed as %r; corrected to "
+                           "%s: account=%s client_order_id=%s", trade.pk, claim.after[0], rules.NOT_FOUND_REASON,
+                           trade.status, trade.account_id, trade.client_order_id)
 
 
 def _pending_trades(account: Account, *, deep: bool):
@@ -270,6 +314,8 @@ def _apply(trade: Trade, order, report: Report, *, source: str) -> str | None:
         logger.error("trade %s: unusable order answer from Binance (%s): %.200r", trade.pk, exc, order)
         return None
     report.count(result)
+    if report.stream_guard.observe(trade, result, source):
+        report.missed_events += 1
     return result
 
 
@@ -295,6 +341,7 @@ def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 500
     is 1.4 M rows a day for 1,000 accounts). Trades' audit events are never pruned."""
     days = settings.RECONCILE_RUN_RETENTION_DAYS if older_than_days is None else older_than_days
     cutoff = timezone.now() - timedelta(days=days)
+    stream_guard.prune_stream_misses(before=cutoff)  # the missed-event log goes with the reports
     deleted = 0
     while True:
         ids = list(ReconcileRun.objects.filter(started_at__lt=cutoff).values_list("pk", flat=True)[:batch])
@@ -307,8 +354,11 @@ def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 500
 
 def cancel_trade_order(trade: Trade, *, client=None, actor: str = "") -> dict:
     """Ask Binance to cancel the trade's order and apply its answer. -2011 (the order is not open: it may have just
-    filled) is an expected outcome, not an error: the verification that always follows decides."""
-    if trade.status != Trade.Status.PENDING:
+    filled) is an expected outcome, not an error: the verification that always follows decides.
+
+    A trade failed "not found" is cancelled too (by client order id): that inference can be wrong, and a cancel of
+    an order that truly does not exist is a harmless -2011."""
+    if trade.status != Trade.Status.PENDING and not rules.is_failed_not_found(trade):
         return {"trade_id": trade.pk, "outcome": "not_pending", "status": trade.status}
     if not trade.client_order_id and trade.entry_order_id is None:
         flag_for_operator(trade, reason="cannot cancel: no order reference", source=Source.CANCEL, actor=actor)
@@ -327,20 +377,34 @@ def cancel_trade_order(trade: Trade, *, client=None, actor: str = "") -> dict:
     return {"trade_id": trade.pk, "outcome": "cancelled", "result": result, "status": trade.status}
 
 
-def verify_after_cancel(trade: Trade, *, client=None, actor: str = "") -> dict:
+def verify_after_cancel(trade: Trade, *, client=None, actor: str = "", resend_cancel: bool = False) -> dict:
     """After a cancel (clean, raced by a fill, or failed): fetch the order again and apply it. `still_working`
-    tells the caller Binance still shows it open (the cancel did not take); the task retries, then flags."""
+    tells the caller Binance still shows it open (the cancel did not take); the task retries, then flags.
+
+    `resend_cancel`: when the order is still working, send the cancel again now (the first one may never have
+    reached Binance, e.g. lost to a database outage); its answer is applied like any cancel's, and the caller's next
+    verification sees the outcome. A failing re-send is logged: the verification's verdict stands."""
+    cancel_resent = False
     try:
         with gateway(trade.account, client, priority=egress.VERIFY) as client:
             snap = OrderSnapshot.parse(fetch_order(client, trade))
+            result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
+            if snap.is_working and resend_cancel:
+                try:
+                    cancel_resent = cancel_trade_order(trade, client=client, actor=actor)["outcome"] != "not_pending"
+                except ExchangeError as exc:
+                    logger.warning("trade %s: cancel sent again after verification failed: %s", trade.pk, exc)
+                else:
+                    logger.info("trade %s: still %s on Binance after a cancel; cancel sent again", trade.pk,
+                                snap.status)
     except LookupError:
         flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY,
                           actor=actor)
         return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
-    result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
+    stream_guard.MissDetector(trade.account_id).observe(trade, result, Source.CANCEL_VERIFY)
     return {
         "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
-        "still_working": snap.is_working, "status": trade.status,
+        "still_working": snap.is_working, "status": trade.status, "cancel_resent": cancel_resent,
     }
 
 
@@ -389,23 +453,29 @@ def awaits_placement(trade: Trade) -> bool:
     return trade.status == Trade.Status.PENDING and trade.exchange_status == ""
 
 
-def place_entry_order(trade: Trade, *, client=None) -> dict:
+def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None = None) -> dict:
     """Send the trade's order to Binance once. An unknown outcome (timeout, 503 "Unknown error") leaves the trade
-    pending for the reconcile to decide by client order id; only a definite refusal fails it."""
-    now = timezone.now()
-    claimed = Trade.objects.filter(pk=trade.pk, status=Trade.Status.PENDING, exchange_status="").update(
-        exchange_status=PLACING, placed_at=now, updated_at=now
-    )
+    pending for the reconcile to decide by client order id; only a definite refusal fails it.
+
+    `deadline_sec`: the entry's wait. Its deadline (`cancel_after`, unless the trade has one) is stored in the same
+    update that claims the placement, before the order is sent, so a live order always has one (deadlines.py)."""
+    now = db_now()  # the not-found grace and the deadline run from here, on the database's clock (every worker's)
+    claim = {"exchange_status": PLACING, "placed_at": now, "updated_at": now}
+    if deadline_sec is not None and trade.cancel_after is None:
+        claim["cancel_after"] = now + timedelta(seconds=max(deadline_sec, 0))
+    claimed = Trade.objects.filter(pk=trade.pk, status=Trade.Status.PENDING, exchange_status="").update(**claim)
     if not claimed:
         # Already sent once (e.g. this task was re-delivered after a crash): never send a second order.
         return {"trade_id": trade.pk, "outcome": "already_attempted"}
     trade.exchange_status, trade.placed_at = PLACING, now
+    trade.cancel_after = claim.get("cancel_after", trade.cancel_after)
     try:
         with gateway(trade.account, client) as client:
-            order = client.place_order(
-                trade.symbol, trade.side, trade.quantity, order_type="LIMIT" if trade.price else "MARKET",
-                price=trade.price, client_order_id=trade.client_order_id,
-            )
+            order = _send_entry(trade, client)
+    except _ModeUnknown as exc:  # nothing was sent: a definite no
+        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
+            trade.symbol, trade.client_order_id, exc.code, f"not sent: position mode unknown ({exc})"), Source.PLACE)
+        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except RateLimited as exc:  # refused before execution: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
             trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status or 'not sent'})"),
@@ -429,8 +499,45 @@ def place_entry_order(trade: Trade, *, client=None) -> dict:
     return {"trade_id": trade.pk, "outcome": "placed", "result": result, "status": trade.status}
 
 
+class _ModeUnknown(Exception):
+    def __init__(self, error: ExchangeError):
+        super().__init__(str(error))
+        self.code = error.code
+
+
+def _send_entry(trade: Trade, client) -> dict:
+    """POST the entry with the positionSide the account's mode asks for, recorded on the trade before it is sent.
+    A -4061 means the mode changed under us (refused, nothing executed): re-read the mode and, if it did change,
+    send once more under the same client order id."""
+    for attempt in range(2):
+        try:
+            hedge = is_hedge_mode(trade.account, client, refresh=attempt > 0)
+        except ExchangeError as exc:
+            raise _ModeUnknown(exc) from None
+        side = entry_position_side(trade.side, hedge)
+        if side != trade.position_side:
+            Trade.objects.filter(pk=trade.pk, status=Trade.Status.PENDING).update(position_side=side)
+            trade.position_side = side
+        elif attempt > 0:
+            break  # the mode did not change: the refusal stands
+        try:
+            return client.place_order(
+                trade.symbol, trade.side, trade.quantity, order_type="LIMIT" if trade.price else "MARKET",
+                price=trade.price, client_order_id=trade.client_order_id,
+                position_side=None if side == Trade.PositionSide.BOTH else side,
+            )
+        except ExchangeError as exc:
+            if exc.code != POSITION_SIDE_MISMATCH or attempt > 0:
+                raise
+            logger.warning("trade %s: Binance refused positionSide %s (-4061); re-reading the position mode",
+                           trade.pk, side)
+            refused = exc
+    raise refused
+
+
 __all__ = [
     "apply_order_snapshot", "reconcile_pending", "sync_positions_with_binance", "verify_after_cancel",
     "cancel_trade_order", "flag_for_operator", "create_pending_trade", "get_or_create_pending_trade",
     "awaits_placement", "place_entry_order", "fetch_order", "prune_reconcile_runs", "gateway",
+    "cancel_overdue_entries", "cancel_entry_at_deadline",
 ]

@@ -2,26 +2,29 @@
 
 The bot's entry flow (docs in README "How the bot calls tradeops"):
     open_position(account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None)
-      → place_entry_order(trade_id, timeout_sec) → entry_timeout(trade_id) after timeout_sec
-      → cancel_and_verify(trade_id) if the trade is still pending
+      → place_entry_order(trade_id, timeout_sec) (stores the deadline, Trade.cancel_after, then sends the order)
+      → entry_timeout(trade_id) after timeout_sec → cancel_and_verify(trade_id) if the trade is still pending
+      (and cancel_overdue_entries, every 15 s, for any deadline whose countdown was lost: deadlines.py)
 Every cancel goes through cancel_and_verify: chain(cancel_order, verify_cancel), where cancel_order never fails
 the chain (its errors are logged and passed on), so the verification always runs.
 """
 
 import logging
 import random
+import socket
 import time
 from datetime import timedelta
 
 from celery import Task, chain, shared_task
 from django.conf import settings
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 
 from trades.binance_client import client_order_id_for
+from trades.db import DB_UNAVAILABLE_ERRORS
 from trades.exceptions import ExchangeError, RateLimited, TransientExchangeError
 from trades.models import Account, Trade, TradeEvent
 
-from . import services
+from . import heartbeats, services
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ class ExchangeTask(Task):
     waits at least as long as Binance asked (Retry-After). A retry(max_retries=N) limit holds for that call only; a
     retry of a run that expires (beat-fired) expires RETRY_EXPIRES_SEC after it is due."""
 
-    autoretry_for = (TransientExchangeError, OperationalError)
+    autoretry_for = (TransientExchangeError, OperationalError, InterfaceError)
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True
@@ -125,7 +128,11 @@ def sync_positions(self, account_id, reason="beat"):
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
-    return _retry_if_unfinished(self, services.sync_positions_with_binance(account, reason=reason), reason)
+    report = services.sync_positions_with_binance(account, reason=reason)
+    confirm_after = (report.get("extra") or {}).get("confirm_after")
+    if confirm_after is not None:  # a position read found trades' positions gone: a later read confirms (or not)
+        sync_positions.apply_async((account_id,), kwargs={"reason": "confirm_close"}, countdown=confirm_after)
+    return _retry_if_unfinished(self, report, reason)
 
 
 @shared_task
@@ -142,9 +149,16 @@ def prune_reconcile_runs():
     return services.prune_reconcile_runs()
 
 
+@shared_task(bind=True, ignore_result=True)
+def worker_heartbeat(self):
+    """Every 15 s (beat): whichever worker runs it notes that it did. /health/'s `workers` check reads the newest, so
+    it sees the whole path a countdown or a reconcile takes (beat → broker → a worker → the database)."""
+    heartbeats.note_worker_heartbeat(hostname=self.request.hostname or socket.gethostname())
+
+
 # --- cancel → verify ----------------------------------------------------------------------------------------------
 
-CANCEL_MAX_RETRIES = 3
+CANCEL_MAX_RETRIES = 3  # transient exchange errors (5xx, timeouts, 429); database errors: db_retry_limit()
 
 
 def _backoff(retries: int) -> float:
@@ -153,16 +167,47 @@ def _backoff(retries: int) -> float:
     return min(base * 2 ** retries, 60) * random.uniform(0.5, 1.0)
 
 
+def db_retry_limit() -> int:
+    """Retries of a database error whose backoff (_backoff, at the shortest its jitter allows) adds up to
+    CANCEL_DB_RETRY_SEC: a cancel rides out a database outage that long (at most twice that, with the jitter)
+    instead of being dropped; after it, the deadline sweep is the backstop."""
+    base = max(settings.CANCEL_RETRY_BASE_SEC, 0.01)
+    waited, retries = 0.0, 0
+    while waited < settings.CANCEL_DB_RETRY_SEC:
+        waited += 0.5 * min(base * 2 ** retries, 60)
+        retries += 1
+    return retries
+
+
+def _retry_db_error(task, exc, what: str):
+    """Retry `task` after a database error with backoff, up to db_retry_limit(); then re-raise it."""
+    limit = db_retry_limit()
+    if task.request.retries >= limit:
+        logger.error("%s: database unavailable for %d retries (%s: %s); giving up", what, limit,
+                     type(exc).__name__, exc)
+        raise exc
+    logger.warning("%s: database unavailable (%s: %s); retry %d/%d", what, type(exc).__name__, exc,
+                   task.request.retries + 1, limit)
+    return task.retry(exc=exc, countdown=_backoff(task.request.retries), max_retries=limit)
+
+
 @shared_task(bind=True, acks_late=True)
 def cancel_order(self, trade_id, actor=""):
     """Cancel the trade's order. Never fails the chain: whatever happens (the trade's own look-up included), the
-    chained verify_cancel must run. Transient exchange and database errors are retried a few times first."""
+    chained verify_cancel must run. Transient exchange errors are retried a few times first; database errors (the
+    server away, connections lost) for about CANCEL_DB_RETRY_SEC: a short outage delays the cancel, never drops it."""
     try:
         trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
         if trade is None:
             return {"trade_id": trade_id, "outcome": "no_trade"}
         return services.cancel_trade_order(trade, actor=actor)
-    except (TransientExchangeError, OperationalError) as exc:
+    except DB_UNAVAILABLE_ERRORS as exc:
+        if self.request.retries < db_retry_limit():
+            raise _retry_db_error(self, exc, f"trade {trade_id} cancel")
+        logger.warning("trade %s: cancel failed after retries (%s: %s); verifying anyway",
+                       trade_id, type(exc).__name__, exc)
+        return {"trade_id": trade_id, "outcome": "error", "error": str(exc)}
+    except TransientExchangeError as exc:
         if self.request.retries < CANCEL_MAX_RETRIES:
             countdown = getattr(exc, "retry_after", 0) or _backoff(self.request.retries)
             raise self.retry(exc=exc, countdown=capped_countdown(countdown, what=f"trade {trade_id} cancel retry"),
@@ -180,16 +225,19 @@ def cancel_order(self, trade_id, actor=""):
 
 @shared_task(base=ExchangeTask, bind=True, max_retries=10)
 def verify_cancel(self, trade_id, actor=""):
-    """Fetch the order after a cancel and apply it; while Binance still shows it working, retry with backoff a
-    bounded number of times. Gives up — flags the trade for an operator — then, and also when transient errors
-    (5xx, timeouts, 429, the database) outlast max_retries or Binance refuses for good (e.g. revoked keys)."""
+    """Fetch the order after a cancel and apply it; while Binance still shows it working, send the cancel again (the
+    first CANCEL_RESEND_MAX times: the first one may never have reached Binance) and retry with backoff a bounded
+    number of times. Gives up — flags the trade for an operator — then, and also when transient errors (5xx,
+    timeouts, 429, the database) outlast max_retries or Binance refuses for good (e.g. revoked keys)."""
     trade = None
+    tries = settings.CANCEL_VERIFY_MAX_TRIES
+    resend = self.request.retries < min(settings.CANCEL_RESEND_MAX, tries - 1)  # the last look only looks
     try:
         trade = Trade.objects.select_related("account").filter(pk=trade_id).first()
         if trade is None:
             return {"trade_id": trade_id, "result": "no_trade"}
-        report = services.verify_after_cancel(trade, actor=actor)
-    except (TransientExchangeError, OperationalError) as exc:
+        report = services.verify_after_cancel(trade, actor=actor, resend_cancel=resend)
+    except (TransientExchangeError, *DB_UNAVAILABLE_ERRORS) as exc:
         if self.request.retries < self.max_retries:
             raise  # ExchangeTask's autoretry_for: backoff, Retry-After
         return _give_up_verifying(
@@ -199,7 +247,6 @@ def verify_cancel(self, trade_id, actor=""):
     except ExchangeError as exc:
         return _give_up_verifying(trade_id, trade, f"cancel not verified, Binance refused: {exc}", actor)
     if report["still_working"]:
-        tries = settings.CANCEL_VERIFY_MAX_TRIES
         if self.request.retries + 1 < tries:
             raise self.retry(countdown=_backoff(self.request.retries), max_retries=tries)
         _give_up_verifying(
@@ -252,15 +299,17 @@ def open_position(self, account_id, symbol, side, quantity, price=None, timeout_
 @shared_task(bind=True, acks_late=True)
 def place_entry_order(self, trade_id, timeout_sec=None):
     """Placement is sent at most once (services.place_entry_order guards it), so it is never auto-retried: an
-    unknown outcome stays pending and the entry timeout / reconcile decide."""
+    unknown outcome stays pending and the entry timeout / reconcile decide. The entry's deadline is stored before
+    the order is sent; the countdown below is its fast path, the deadline sweep its backstop."""
+    seconds = settings.ENTRY_TIMEOUT_SEC if timeout_sec is None else timeout_sec
     trade = Trade.objects.select_related("account").get(pk=trade_id)
     try:
-        return services.place_entry_order(trade)
+        return services.place_entry_order(trade, deadline_sec=seconds)
     finally:
         # Also when placement raised (e.g. the DB lost while applying Binance's answer): the order may be live, and
         # without its timeout a LIMIT order could fill hours later. entry_timeout re-checks the trade when it fires.
         if trade.status == Trade.Status.PENDING:
-            schedule_entry_timeout(trade_id, settings.ENTRY_TIMEOUT_SEC if timeout_sec is None else timeout_sec)
+            schedule_entry_timeout(trade_id, seconds)
 
 
 def schedule_entry_timeout(trade_id, seconds: float) -> None:
@@ -273,13 +322,24 @@ def schedule_entry_timeout(trade_id, seconds: float) -> None:
         entry_timeout.apply_async((trade_id,), kwargs={"due_at": time.time() + seconds}, countdown=cap)
 
 
+@shared_task(bind=True, acks_late=True)
+def entry_timeout(self, trade_id, due_at=None):
+    """The entry wait is over: if the trade is still pending (or failed "not found"), cancel and verify, unless the
+    deadline sweep already did. Not due yet by the trade's deadline (the database's clock) or `due_at` (a long
+    wait's next hop): wait again. Database errors are retried for about CANCEL_DB_RETRY_SEC (the sweep is the
+    backstop after that)."""
+    try:
+        report = services.cancel_entry_at_deadline(trade_id, send=cancel_and_verify, due_at=due_at)
+    except DB_UNAVAILABLE_ERRORS as exc:
+        raise _retry_db_error(self, exc, f"trade {trade_id} entry timeout")
+    if report["outcome"] == "not_due":
+        schedule_entry_timeout(trade_id, report["due_in"])
+        report["due_in"] = round(report["due_in"])
+    return report
+
+
 @shared_task
-def entry_timeout(trade_id, due_at=None):
-    """The entry wait is over: if the trade is still pending, cancel and verify. `due_at` (epoch seconds): a long
-    wait's next hop, until then."""
-    if not Trade.objects.filter(pk=trade_id, status=Trade.Status.PENDING).exists():
-        return None
-    if due_at is not None and due_at - time.time() > 1:
-        schedule_entry_timeout(trade_id, due_at - time.time())
-        return {"trade_id": trade_id, "due_in": round(due_at - time.time())}
-    return cancel_and_verify(trade_id)
+def cancel_overdue_entries():
+    """Beat, every 15 s: every trade past its deadline whose cancel nobody sent goes through cancel_and_verify, once
+    (deadlines.py). The backstop for countdowns lost with the broker's data or held by a dead worker."""
+    return services.cancel_overdue_entries(send=cancel_and_verify)

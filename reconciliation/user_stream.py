@@ -1,4 +1,4 @@
-"""The user-data WebSocket consumer (DESIGN §1 P0 "reconcile on every (re)connect"; issue 5).
+"""The user-data WebSocket consumer ("reconcile on every (re)connect", docs/DESIGN.md).
 
 One asyncio process streams every active account (or the named ones), one connection each, to
 ``{BINANCE_FUTURES_WS_URL}/private/ws?listenKey=<key>&events=<USER_STREAM_EVENTS, "/"-separated>`` (without
@@ -26,6 +26,9 @@ One asyncio process streams every active account (or the named ones), one connec
 - Accounts are re-read every USER_STREAM_ACCOUNT_REFRESH_SEC: added → started, disabled/deleted → stopped (key
   closed), re-keyed → restarted. An account whose api_secret cannot be decrypted is skipped (one ERROR per refresh,
   naming it); the others stream.
+- A stream a reconcile marked deaf (connected, but REST keeps finding order changes it never delivered:
+  ``reconciliation.stream_guard``) is noticed at the next account refresh and reconnected at once
+  (reason ``deaf``), once per mark; the reconnect's reconcile clears the mark unless it finds misses too.
 - State for the admin and health checks: AccountSyncState.stream_state (connecting / connected / reconnecting /
   stopped), stream_state_at, stream_last_event_at (written at most every 5 s).
 - Log lines: ``user_stream event=connected|reconnected|disconnected|connect_failed account=<id>/<name> reason=…

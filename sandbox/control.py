@@ -154,15 +154,47 @@ class SandboxControl:
         return self._call("POST", "/margin_call", {"api_key": api_key})
 
     def algo_order(self, api_key: str, symbol: str, *, quantity, trigger_price, side: str = "SELL",
-                   status: str = "NEW", type: str = "STOP_MARKET") -> dict:
-        """An algo (conditional) order update from Binance's Algo service: ALGO_UPDATE on the stream. -> the event."""
+                   type: str = "STOP_MARKET") -> dict:
+        """A conditional order placed in Binance's Algo service (ALGO_UPDATE NEW on the stream). -> the event."""
         return self._call("POST", "/algo_orders", {"api_key": api_key, "symbol": symbol, "side": side,
                                                    "quantity": str(quantity), "trigger_price": str(trigger_price),
-                                                   "status": status, "type": type})
+                                                   "type": type})
 
     def positions(self, api_key: str) -> dict:
         """{"balance": "...", "positions": [non-zero positions in /fapi/v3/positionRisk shape]}."""
         return self._call("GET", "/positions", params={"api_key": api_key})
+
+    def lag_positions(self, api_key: str, count: int = 1, mode: str = "omit") -> dict:
+        """The next `count` positionRisk reads lag the matching engine: "omit" (the rows are missing) or "stale"
+        (the rows as they are now, whatever happens meanwhile)."""
+        return self._call("POST", "/positions/lag", {"api_key": api_key, "count": int(count), "mode": mode})
+
+    def autoclose(self, api_key: str, symbol: str, kind: str = "liquidation", *, position_side: str = "BOTH",
+                  qty=None, price=None) -> dict:
+        """Binance closes the position, or `qty` of it, itself: kind "liquidation" (client id autoclose-…), "adl"
+        (adl_autoclose) or "settlement" (settlement_autoclose-…), at `price` (default the symbol's). -> the order."""
+        payload = {"api_key": api_key, "symbol": symbol, "kind": kind, "position_side": position_side}
+        if qty is not None:
+            payload["qty"] = str(qty)
+        if price is not None:
+            payload["price"] = str(price)
+        return self._call("POST", "/positions/autoclose", payload)
+
+    def trigger_algo_order(self, api_key: str, *, algo_id=None, client_algo_id=None, price=None) -> dict:
+        """The algo order's trigger condition is met: it places its order in the matching engine (a MARKET one fills
+        at once, at `price` or the symbol's). -> the algo order (algoStatus FINISHED or TRIGGERED)."""
+        payload = {"api_key": api_key}
+        if algo_id is not None:
+            payload["algo_id"] = int(algo_id)
+        if client_algo_id is not None:
+            payload["client_algo_id"] = client_algo_id
+        if price is not None:
+            payload["price"] = str(price)
+        return self._call("POST", "/algo_orders/trigger", payload)
+
+    def set_position_mode(self, api_key: str, dual_side_position: bool) -> dict:
+        """Hedge mode on (True) or off, as on the web UI: refused (409) with open orders or positions."""
+        return self._call("POST", "/position_mode", {"api_key": api_key, "dual_side_position": dual_side_position})
 
     # --- user-data stream --------------------------------------------------------------------------------
     def listen_keys(self, api_key: str) -> dict:

@@ -53,6 +53,8 @@ class ControlApi:
             ("GET", "/stats", self.stats), ("POST", "/stats/reset", self.reset_stats),
             ("POST", "/weight_limit", self.weight_limit),
             ("POST", "/ban_time_scale", self.ban_time_scale),
+            ("POST", "/positions/lag", self.lag_positions), ("POST", "/positions/autoclose", self.autoclose),
+            ("POST", "/algo_orders/trigger", self.trigger_algo), ("GET", "/algo_orders", self.get_algo), ("POST", "/position_mode", self.position_mode),
         ]
         return [web.route(method, PREFIX + path, self._wrap(fn)) for method, path, fn in r]
 
@@ -156,7 +158,41 @@ class ControlApi:
     def positions(self, data):
         account = self._account(data)
         return {"balance": str(account.balance),
+                "dual_side_position": account.dual_side, "lag_reads": account.lag_reads,
                 "positions": [p.risk_v3() for p in account.positions.values() if p.amount]}
+
+    def lag_positions(self, data):
+        """The next `count` positionRisk reads of the account lag: mode "omit" (no rows) or "stale" (as now)."""
+        account = self._account(data)
+        self.engine.lag_position_reads(account, int(data.get("count", 1)), str(data.get("mode", "omit")))
+        return {"lag_reads": account.lag_reads, "mode": account.lag_mode}
+
+    def autoclose(self, data):
+        """Binance closes (part of) a position: kind liquidation, adl or settlement; qty defaults to all of it."""
+        account = self._account(data)
+        kind = str(data.get("kind", "liquidation"))
+        if kind not in ("liquidation", "adl", "settlement"):
+            raise ValueError("kind must be liquidation, adl or settlement")
+        order = self.engine.autoclose(account, data["symbol"], kind, str(data.get("position_side", "BOTH")),
+                                      qty=_dec(data.get("qty"), "qty"), price=_dec(data.get("price"), "price"))
+        return order.to_binance()
+
+    def trigger_algo(self, data):
+        """The algo order's condition is met (by algo_id or client_algo_id): it places its order; a MARKET one fills
+        at `price` (default the symbol's)."""
+        account = self._account(data)
+        algo = self.engine.find_algo_order(account, data.get("algo_id"), data.get("client_algo_id"))
+        return self.engine.trigger_algo_order(account, algo, _dec(data.get("price"), "price")).to_binance()
+
+    def get_algo(self, data):
+        account = self._account(data)
+        return self.engine.find_algo_order(account, data.get("algo_id"), data.get("client_algo_id")).to_binance()
+
+    def position_mode(self, data):
+        """Switch hedge mode as the account's owner would on the web UI (same rules as the REST endpoint)."""
+        account = self._account(data)
+        self.engine.set_position_mode(account, bool(data["dual_side_position"]))
+        return {"dual_side_position": account.dual_side}
 
     def listen_keys(self, data):
         account = self._account(data)
@@ -236,7 +272,7 @@ class ControlApi:
         return self.engine.algo_order(self._account(data), symbol=data["symbol"], side=data.get("side", "SELL"),
                                       quantity=_dec(data["quantity"], "quantity"),
                                       trigger_price=_dec(data["trigger_price"], "trigger_price"),
-                                      status=data.get("status", "NEW"), order_type=data.get("type", "STOP_MARKET"))
+                                      order_type=data.get("type", "STOP_MARKET"))
 
     def clock(self, data):
         return {"server_time": self.engine.now(), "offset_ms": self.engine.clock_offset_ms}

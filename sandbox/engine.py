@@ -12,13 +12,18 @@ from typing import Callable
 
 from . import events
 from .errors import ORDER_NOT_FOUND, UNKNOWN_ORDER, ApiError, LISTEN_KEY_MISSING
-from .models import (MAKER_FEE, TAKER_FEE, ZERO, Account, Fill, Order, Position, default_symbols,
-                     random_id)
+from .models import (CONDITIONAL_TYPES, MAKER_FEE, TAKER_FEE, ZERO, Account, AlgoOrder, Fill, Order, Position,
+                     default_symbols, random_id)
 
 DAY_MS = 86_400_000
 LISTEN_KEY_TTL_MS = 60 * 60 * 1000
 ARCHIVE_AFTER_MS = 3 * DAY_MS        # CANCELED/EXPIRED with no fill vanish from queries after 3 days
 QUERY_WINDOW_MS = 7 * DAY_MS         # allOrders / userTrades: startTime..endTime must be < 7 days
+def closes_hedge_side(side: str, position_side: str) -> bool:
+    """Hedge mode: BUY opens LONG and closes SHORT; SELL opens SHORT and closes LONG."""
+    return (side == "SELL") == (position_side == "LONG")
+
+
 CLIENT_ID_RE = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 ARCHIVABLE = frozenset({"CANCELED", "EXPIRED", "EXPIRED_IN_MATCH"})
 
@@ -79,8 +84,10 @@ class Engine:
     def place_order(self, account: Account, *, symbol: str, side: str, type: str, quantity: Decimal,
                     price: Decimal | None, time_in_force: str | None, client_order_id: str | None,
                     reduce_only: bool, price_match: str = "NONE", stp_mode: str = "EXPIRE_MAKER",
-                    good_till_date: int = 0) -> Order:
+                    good_till_date: int = 0, position_side: str | None = None,
+                    fill_price: Decimal | None = None) -> Order:
         sym = self.symbol(symbol)
+        position_side = self._check_position_side(account, position_side, reduce_only)
         if client_order_id is None:
             client_order_id = random_id(22)
         elif not CLIENT_ID_RE.match(client_order_id):
@@ -104,20 +111,26 @@ class Engine:
         if existing is not None and existing.is_open:
             raise ApiError(-4116, "ClientOrderId is duplicated.")
         if reduce_only:
-            pos = account.positions.get(symbol)
+            pos = account.positions.get((symbol, "BOTH"))
             amount = pos.amount if pos else ZERO
             if amount == 0 or (amount > 0) == (side == "BUY"):
+                raise ApiError(-2022, "ReduceOnly Order is rejected.")
+        if position_side != "BOTH" and closes_hedge_side(side, position_side):
+            # Hedge mode: SELL on LONG / BUY on SHORT closes that side and can never exceed it (Binance's
+            # "Position Mode" FAQ: a close in hedge mode is reduce-only by construction).
+            pos = account.positions.get((symbol, position_side))
+            if pos is None or abs(pos.amount) < quantity:
                 raise ApiError(-2022, "ReduceOnly Order is rejected.")
         now = self.now()
         order = Order(self.next_order_id, account.api_key, sym, client_order_id, side, type, time_in_force,
                       quantity, price, reduce_only, now, now, price_match=price_match, stp_mode=stp_mode,
-                      good_till_date=good_till_date)
+                      good_till_date=good_till_date, position_side=position_side)
         self.next_order_id += 1
         account.orders[order.order_id] = order
         account.by_client_id[client_order_id] = order
         self._emit_order(account, order, "NEW")
         if type == "MARKET":
-            self.fill(account, order, price=sym.price, maker=False)
+            self.fill(account, order, price=sym.price if fill_price is None else fill_price, maker=False)
         elif time_in_force in ("IOC", "FOK"):
             crosses = (side == "BUY" and price >= sym.price) or (side == "SELL" and price <= sym.price)
             if crosses:
@@ -125,6 +138,64 @@ class Engine:
             else:
                 self.finish(account, order, "EXPIRED")
         return order
+
+    @staticmethod
+    def _check_position_side(account: Account, position_side: str | None, reduce_only: bool) -> str:
+        """New Order (TRADE), parameter positionSide: "Default BOTH for One-way Mode; LONG or SHORT for Hedge
+        Mode. It must be sent in Hedge Mode." A side that does not match the account's mode is -4061 (Error Codes:
+        "Order's position side does not match user's setting."); reduceOnly "cannot be sent in Hedge Mode"
+        (-1106, "Parameter 'reduceOnly' sent when not required.")."""
+        if position_side is None:
+            position_side = "BOTH"
+        if position_side not in ("BOTH", "LONG", "SHORT"):
+            raise ApiError(-1130, "Data sent for parameter 'positionSide' is not valid.")
+        if (position_side == "BOTH") == account.dual_side:
+            raise ApiError(-4061, "Order's position side does not match user's setting.")
+        if account.dual_side and reduce_only:
+            raise ApiError(-1106, "Parameter 'reduceOnly' sent when not required.")
+        return position_side
+
+    def set_position_mode(self, account: Account, dual: bool) -> None:
+        """Change Position Mode (TRADE), POST /fapi/v1/positionSide/dual, for every symbol of the account. Error
+        Codes: -4059 "No need to change position side.", -4067 with open orders, -4068 with a position."""
+        if dual == account.dual_side:
+            raise ApiError(-4059, "No need to change position side.")
+        if any(o.is_open for o in account.orders.values()):
+            raise ApiError(-4067, "Position side cannot be changed if there exists open orders.")
+        if any(p.amount for p in account.positions.values()):
+            raise ApiError(-4068, "Position side cannot be changed if there exists position.")
+        account.dual_side = dual
+        account.positions.clear()
+
+    def position_rows(self, account: Account, symbol: str | None) -> list[dict]:
+        """GET /fapi/v3/positionRisk: only symbols with a position or open orders (Binance's v3 note), one row per
+        position side (LONG and SHORT in hedge mode). A lag armed by the control API answers from before."""
+        if account.lag_reads > 0:
+            account.lag_reads -= 1
+            rows = account.lag_rows if account.lag_mode == "stale" else []
+            return [dict(r) for r in rows if symbol is None or r["symbol"] == symbol]
+        return self.current_position_rows(account, symbol)
+
+    def current_position_rows(self, account: Account, symbol: str | None) -> list[dict]:
+        sides = ("LONG", "SHORT") if account.dual_side else ("BOTH",)
+        with_orders = {o.symbol.symbol for o in account.orders.values() if o.is_open}
+        rows = []
+        for name, sym in self.symbols.items():
+            if symbol is not None and name != symbol:
+                continue
+            held = [account.positions.get((name, side)) for side in sides]
+            if any(p is not None and p.amount for p in held) or name in with_orders:
+                rows += [(p or Position(sym, side=side)).risk_v3() for p, side in zip(held, sides)]
+        return rows
+
+    def lag_position_reads(self, account: Account, count: int, mode: str) -> None:
+        """Binance's connector (Position Information V3): use it together with ACCOUNT_UPDATE "for timeliness and
+        accuracy" — a read can lag the matching engine. The next `count` reads omit the rows, or repeat them as
+        they are now ("stale")."""
+        if mode not in ("omit", "stale"):
+            raise ValueError("mode must be omit or stale")
+        account.lag_reads, account.lag_mode = int(count), mode
+        account.lag_rows = self.current_position_rows(account, None) if mode == "stale" else []
 
     def _check_quantity(self, sym, quantity: Decimal) -> None:
         if quantity <= 0:
@@ -223,6 +294,9 @@ class Engine:
                     end: int | None, from_id: int | None, limit: int) -> list[Fill]:
         self.symbol(symbol)
         now = self.now()
+        if from_id is not None and (start is not None or end is not None):
+            # Account Trade List: "The parameter fromId cannot be sent with startTime or endTime."
+            raise ApiError(-1128, "Combination of optional parameters invalid.")
         if from_id is not None:
             rows = [f for f in account.fills if f.order.symbol.symbol == symbol and f.trade_id >= from_id]
             return rows[:limit]
@@ -248,7 +322,7 @@ class Engine:
 
     # --- order life cycle (also driven by the control API) ------------------------------------------
     def fill(self, account: Account, order: Order, qty: Decimal | None = None, price: Decimal | None = None,
-             maker: bool = True) -> Order:
+             maker: bool = True, exec_type: str = "TRADE") -> Order:
         if not order.is_open:
             raise ApiError(-2011, f"order {order.order_id} is {order.status}", 409)
         remaining = order.orig_qty - order.executed_qty
@@ -269,16 +343,16 @@ class Engine:
         fill = Fill(self.next_trade_id, order, price, qty, realized, commission, maker, now)
         self.next_trade_id += 1
         account.fills.append(fill)
-        self._emit_account(account, order.symbol.symbol, now)
+        self._emit_account(account, account.positions[(order.symbol.symbol, order.position_side)], now)
         self._emit(account, events.trade_lite(order, fill, now))
-        self._emit_order(account, order, "TRADE", fill)
+        self._emit_order(account, order, exec_type, fill)
         return order
 
     def _apply_to_position(self, account: Account, order: Order, qty: Decimal, price: Decimal, now: int) -> Decimal:
         sym = order.symbol
-        pos = account.positions.get(sym.symbol)
+        pos = account.positions.get((sym.symbol, order.position_side))
         if pos is None:
-            pos = account.positions[sym.symbol] = Position(sym)
+            pos = account.positions[(sym.symbol, order.position_side)] = Position(sym, side=order.position_side)
         signed = qty if order.side == "BUY" else -qty
         amount, realized = pos.amount, ZERO
         if amount == 0 or (amount > 0) == (signed > 0):        # open or increase: weighted average entry
@@ -295,6 +369,139 @@ class Engine:
         pos.amount = new_amount
         pos.update_time = now
         return realized
+
+    def autoclose(self, account: Account, symbol: str, kind: str, position_side: str = "BOTH",
+                  qty: Decimal | None = None, price: Decimal | None = None) -> Order:
+        """Binance closing (part of) a position itself. User Data Streams, Event Order Update: a liquidation
+        order's client order id starts "autoclose-" (order type LIQUIDATION, execution type CALCULATED), an ADL's
+        is "adl_autoclose", a delisting/delivery settlement's starts "settlement_autoclose-"; each is pushed NEW,
+        then filled, with ACCOUNT_UPDATE, and its fills are in userTrades like any other."""
+        sym = self.symbol(symbol)
+        pos = account.positions.get((symbol, position_side))
+        if pos is None or not pos.amount:
+            raise ApiError(-2022, f"no {symbol} {position_side} position to close", 409)
+        qty = abs(pos.amount) if qty is None else Decimal(qty)
+        if qty <= 0 or qty > abs(pos.amount):
+            raise ValueError(f"qty {qty} not in (0, {abs(pos.amount)}]")
+        now = self.now()
+        client_id, type_, exec_type = {
+            "liquidation": (f"autoclose-{now}{self.next_order_id % 1000:03d}", "LIQUIDATION", "CALCULATED"),
+            "adl": ("adl_autoclose", "MARKET", "TRADE"),
+            "settlement": (f"settlement_autoclose-{now}", "MARKET", "TRADE"),
+        }[kind]
+        side = "SELL" if pos.amount > 0 else "BUY"
+        order = Order(self.next_order_id, account.api_key, sym, client_id, side, type_, "IOC", qty, ZERO, True,
+                      now, now, position_side=position_side)
+        self.next_order_id += 1
+        account.orders[order.order_id] = order
+        account.by_client_id.setdefault(client_id, order)   # "adl_autoclose" repeats: the first keeps the name
+        self._emit_order(account, order, "NEW")
+        return self.fill(account, order, price=sym.price if price is None else price, maker=False,
+                         exec_type=exec_type)
+
+    # --- the Algo Service (conditional orders; USDⓈ-M "New Algo Order", "Event: Algo Order Update") -----------
+    def place_algo_order(self, account: Account, *, symbol: str, side: str, type: str, quantity: Decimal | None,
+                         trigger_price: Decimal | None, price: Decimal | None, time_in_force: str | None,
+                         client_algo_id: str | None, reduce_only: bool, close_position: bool,
+                         position_side: str | None) -> AlgoOrder:
+        sym = self.symbol(symbol)
+        if type not in CONDITIONAL_TYPES:
+            raise ApiError(-1116, "Invalid orderType.")
+        position_side = self._check_position_side(account, position_side, reduce_only)
+        if client_algo_id is None:
+            client_algo_id = random_id(22)
+        elif not CLIENT_ID_RE.match(client_algo_id):
+            raise ApiError(-4015, "Client order id is not valid.")
+        if close_position:
+            if quantity is not None:
+                raise ApiError(-1106, "Parameter 'quantity' sent when not required.")
+            if type not in ("STOP_MARKET", "TAKE_PROFIT_MARKET"):
+                raise ApiError(-1106, "Parameter 'closePosition' sent when not required.")
+            quantity = ZERO
+        else:
+            if quantity is None:
+                raise ApiError(-1102, "Mandatory parameter 'quantity' was not sent, was empty/null, or malformed.")
+            self._check_quantity(sym, quantity)
+        if type != "TRAILING_STOP_MARKET":
+            if trigger_price is None:
+                raise ApiError(-1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed.")
+            self._check_price(sym, trigger_price)
+        if type in ("STOP", "TAKE_PROFIT"):
+            if price is None:
+                raise ApiError(-1102, "Mandatory parameter 'price' was not sent, was empty/null, or malformed.")
+            self._check_price(sym, price)
+        elif price is not None:
+            raise ApiError(-1106, "Parameter 'price' sent when not required.")
+        if any(a.client_algo_id == client_algo_id and a.status == "NEW" for a in account.algo_orders.values()):
+            raise ApiError(-4116, "ClientOrderId is duplicated.")
+        now = self.now()
+        algo = AlgoOrder(self.next_algo_id, sym, client_algo_id, side, type, position_side, quantity,
+                         trigger_price or ZERO, price or ZERO, time_in_force or "GTC", reduce_only, close_position,
+                         now, now)
+        self.next_algo_id += 1
+        account.algo_orders[algo.algo_id] = algo
+        self._emit_algo(account, algo)
+        return algo
+
+    def find_algo_order(self, account: Account, algo_id=None, client_algo_id=None) -> AlgoOrder:
+        if algo_id is not None:
+            algo = account.algo_orders.get(int(algo_id))
+        elif client_algo_id is not None:
+            algo = next((a for a in reversed(account.algo_orders.values()) if a.client_algo_id == client_algo_id),
+                        None)
+        else:
+            raise ApiError(-1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
+        if algo is None:
+            raise ApiError(*ORDER_NOT_FOUND)
+        return algo
+
+    def cancel_algo_order(self, account: Account, algo_id=None, client_algo_id=None) -> AlgoOrder:
+        algo = self.find_algo_order(account, algo_id, client_algo_id)
+        if algo.status != "NEW":
+            raise ApiError(*UNKNOWN_ORDER)
+        algo.status, algo.update_time = "CANCELED", self.now()
+        self._emit_algo(account, algo)
+        return algo
+
+    def trigger_algo_order(self, account: Account, algo: AlgoOrder, price: Decimal | None = None) -> AlgoOrder:
+        """The condition is met: TRIGGERING, then an ordinary order in the matching engine (TRIGGERED, "ai" its
+        orderId), MARKET for the *_MARKET types and LIMIT at the algo's price otherwise; FINISHED once that order
+        is done (a MARKET one fills at once, at `price` or the symbol's)."""
+        if algo.status != "NEW":
+            raise ApiError(-2011, f"algo order {algo.algo_id} is {algo.status}", 409)
+        algo.status = "TRIGGERING"
+        algo.trigger_time = algo.update_time = self.now()
+        self._emit_algo(account, algo)
+        market = algo.type.endswith("_MARKET")
+        qty = algo.quantity
+        if algo.close_position:
+            pos = account.positions.get((algo.symbol.symbol, algo.position_side))
+            qty = abs(pos.amount) if pos is not None else ZERO
+        try:
+            if qty <= 0:
+                raise ApiError(-2022, "ReduceOnly Order is rejected.")
+            order = self.place_order(
+                account, symbol=algo.symbol.symbol, side=algo.side, type="MARKET" if market else "LIMIT",
+                quantity=qty, price=None if market else algo.price, time_in_force=None if market else
+                algo.time_in_force, client_order_id=None,
+                # hedge mode: a close is reduce-only by its side and reduceOnly cannot be sent
+                reduce_only=(algo.reduce_only or algo.close_position) and algo.position_side == "BOTH",
+                position_side=None if algo.position_side == "BOTH" else algo.position_side,
+                fill_price=price)
+        except ApiError as err:
+            algo.status, algo.update_time = "REJECTED", self.now()
+            self._emit_algo(account, algo)
+            raise ApiError(err.code, err.msg, 409) from None
+        algo.actual_order, algo.status, algo.update_time = order, "TRIGGERED", self.now()
+        self._emit_algo(account, algo)
+        if not order.is_open:
+            algo.status, algo.update_time = "FINISHED", self.now()
+            self._emit_algo(account, algo)
+        return algo
+
+    def _emit_algo(self, account: Account, algo: AlgoOrder) -> None:
+        if not account.events_paused:
+            self.on_event(account, events.algo_update(algo, self.now()))
 
     def finish(self, account: Account, order: Order, status: str) -> Order:
         """CANCELED / EXPIRED / EXPIRED_IN_MATCH: the order leaves the book with whatever it filled."""
@@ -383,22 +590,14 @@ class Engine:
         return event
 
     def algo_order(self, account: Account, *, symbol: str, side: str, quantity, trigger_price,
-                   status: str = "NEW", order_type: str = "STOP_MARKET") -> dict:
-        """An algo (conditional) order's update as the Algo service reports it: ALGO_UPDATE only (the sandbox does
-        not trigger algo orders; enough to see the event arrive and be read)."""
-        sym = self.symbol(symbol)
-        algo_id, now = self.next_algo_id, self.now()
-        self.next_algo_id += 1
-        algo = {
-            "caid": f"algo-{algo_id}", "aid": algo_id, "at": "CONDITIONAL", "o": order_type, "s": sym.symbol,
-            "S": side, "ps": "BOTH", "f": "GTC", "q": sym.fmt_qty(Decimal(str(quantity))), "X": status, "ai": "",
-            "ap": "0", "aq": "0", "act": "0", "tp": sym.fmt_price(Decimal(str(trigger_price))), "p": "0",
-            "V": "EXPIRE_MAKER", "wt": "CONTRACT_PRICE", "pm": "NONE", "cp": False, "pP": False, "R": False,
-            "tt": 0, "gtd": 0, "rm": "",
-        }
-        event = events.algo_update(algo, now)
-        self._emit(account, event)
-        return event
+                   order_type: str = "STOP_MARKET") -> dict:
+        """A conditional order placed in the Algo service (as `POST /fapi/v1/algoOrder` would) -> its ALGO_UPDATE
+        (NEW), which the stream carries too. The control API's short way to see the event arrive and be read."""
+        algo = self.place_algo_order(
+            account, symbol=symbol, side=side, type=order_type, quantity=Decimal(str(quantity)),
+            trigger_price=Decimal(str(trigger_price)), price=None, time_in_force=None, client_algo_id=None,
+            reduce_only=False, close_position=False, position_side=None)
+        return events.algo_update(algo, algo.update_time)
 
     # --- events -------------------------------------------------------------------------------------
     def _emit(self, account: Account, event: dict) -> None:
@@ -409,7 +608,7 @@ class Engine:
         if not account.events_paused:      # paused: lost for good, as events during a Binance outage are
             self.on_event(account, events.order_trade_update(order, exec_type, fill, self.now()))
 
-    def _emit_account(self, account: Account, symbol: str, now: int) -> None:
+    def _emit_account(self, account: Account, position: Position, now: int) -> None:
         if not account.events_paused:
-            self.on_event(account, events.account_update(account, account.positions[symbol], now))
+            self.on_event(account, events.account_update(account, position, now))
 

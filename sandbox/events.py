@@ -31,7 +31,7 @@ def order_trade_update(order, exec_type: str, fill, now: int) -> dict:
             "N": "USDT", "n": q8(fill.commission) if fill else "0",
             "T": order.update_time, "t": fill.trade_id if fill else 0,
             "b": "0", "a": "0", "m": fill.maker if fill else False, "R": order.reduce_only,
-            "wt": "CONTRACT_PRICE", "ot": order.type, "ps": "BOTH", "cp": False,
+            "wt": "CONTRACT_PRICE", "ot": order.type, "ps": order.position_side, "cp": False,
             "rp": q8(fill.realized_pnl) if fill else "0", "pP": False, "si": 0, "ss": 0,
             "V": order.stp_mode, "pm": order.price_match, "gtd": order.good_till_date,
         },
@@ -48,7 +48,24 @@ def account_update(account, position, now: int) -> dict:
             "B": [{"a": "USDT", "wb": balance, "cw": balance, "bc": "0"}],
             "P": [{"s": s.symbol, "pa": s.fmt_qty(position.amount), "ep": s.fmt_avg(position.entry_price),
                    "bep": s.fmt_avg(position.entry_price), "cr": "0",   # (pre-fee) accumulated realized
-                   "up": q8(position.unrealized()), "mt": "cross", "iw": "0", "ps": "BOTH"}],
+                   "up": q8(position.unrealized()), "mt": "cross", "iw": "0", "ps": position.side}],
+        },
+    }
+
+
+def algo_update(algo, now: int) -> dict:
+    """User Data Streams, "Event: Algo Order Update" (event type ALGO_UPDATE; subscribed as ALGO_ORDER_UPDATE)."""
+    s, actual = algo.symbol, algo.actual_order
+    return {
+        "e": "ALGO_UPDATE", "T": now, "E": now,
+        "o": {
+            "caid": algo.client_algo_id, "aid": algo.algo_id, "at": "CONDITIONAL", "o": algo.type, "s": s.symbol,
+            "S": algo.side, "ps": algo.position_side, "f": algo.time_in_force, "q": s.fmt_qty(algo.quantity),
+            "X": algo.status, "ai": str(actual.order_id) if actual else "",
+            "ap": s.fmt_avg(actual.avg_price) if actual else "0", "aq": s.fmt_qty(actual.executed_qty) if actual else "0",
+            "act": actual.type if actual else "0", "tp": s.fmt_price(algo.trigger_price), "p": s.fmt_price(algo.price),
+            "V": "EXPIRE_MAKER", "wt": "CONTRACT_PRICE", "pm": "NONE", "cp": algo.close_position, "pP": False,
+            "R": algo.reduce_only, "tt": algo.trigger_time, "gtd": 0, "rm": "",
         },
     }
 
@@ -82,8 +99,3 @@ def margin_call(account, positions, now: int) -> dict:
         rows.append({"s": s.symbol, "ps": "BOTH", "pa": s.fmt_qty(position.amount), "mt": "CROSSED", "iw": "0",
                      "mp": s.fmt_avg(s.price), "up": q8(position.unrealized()), "mm": q8(notional / 200)})
     return {"e": "MARGIN_CALL", "E": now, "cw": q8(account.balance), "p": rows}
-
-
-def algo_update(algo: dict, now: int) -> dict:
-    """An algo (conditional) order's state: the `o` object of ALGO_UPDATE, built by the engine's algo_order."""
-    return {"e": "ALGO_UPDATE", "T": now, "E": now, "o": algo}

@@ -118,6 +118,7 @@ class Order:
     price_match: str = "NONE"
     stp_mode: str = "EXPIRE_MAKER"
     good_till_date: int = 0
+    position_side: str = "BOTH"   # BOTH in one-way mode; LONG or SHORT in hedge mode
     hidden_until: int = 0   # sandbox ms: until then queries answer -2013 and lists leave it out (see Engine)
 
     @property
@@ -138,7 +139,7 @@ class Order:
             "avgPrice": s.fmt_avg(self.avg_price), "origQty": s.fmt_qty(self.orig_qty),
             "executedQty": s.fmt_qty(self.executed_qty), "cumQuote": s.fmt_quote(self.cum_quote),
             "timeInForce": self.time_in_force, "type": self.type, "reduceOnly": self.reduce_only,
-            "closePosition": False, "side": self.side, "positionSide": "BOTH", "stopPrice": "0",
+            "closePosition": False, "side": self.side, "positionSide": self.position_side, "stopPrice": "0",
             "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": self.type,
             "priceMatch": self.price_match, "selfTradePreventionMode": self.stp_mode,
             "goodTillDate": self.good_till_date, "time": self.time, "updateTime": self.update_time,
@@ -159,12 +160,56 @@ class Order:
         return answer
 
 
+CONDITIONAL_TYPES = frozenset({"STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"})
+
+
+@dataclass(slots=True)
+class AlgoOrder:
+    """A conditional order in Binance's Algo Service (New Algo Order, algoType CONDITIONAL): it rests outside the
+    matching engine until triggered, then places an ordinary order (`actual_order`)."""
+    algo_id: int
+    symbol: Symbol
+    client_algo_id: str
+    side: str
+    type: str
+    position_side: str
+    quantity: Decimal
+    trigger_price: Decimal
+    price: Decimal
+    time_in_force: str
+    reduce_only: bool
+    close_position: bool
+    create_time: int
+    update_time: int
+    status: str = "NEW"   # NEW, CANCELED, TRIGGERING, TRIGGERED, FINISHED, REJECTED, EXPIRED
+    trigger_time: int = 0
+    actual_order: Order | None = None
+
+    def to_binance(self) -> dict:
+        """The shape of POST/GET/DELETE /fapi/v1/algoOrder (New / Query Algo Order)."""
+        s, actual = self.symbol, self.actual_order
+        return {
+            "algoId": self.algo_id, "clientAlgoId": self.client_algo_id, "algoType": "CONDITIONAL",
+            "orderType": self.type, "symbol": s.symbol, "side": self.side, "positionSide": self.position_side,
+            "timeInForce": self.time_in_force, "quantity": s.fmt_qty(self.quantity), "algoStatus": self.status,
+            "actualOrderId": str(actual.order_id) if actual else "",
+            "actualPrice": s.fmt_avg(actual.avg_price) if actual else "0",
+            "triggerPrice": s.fmt_price(self.trigger_price), "price": s.fmt_price(self.price),
+            "icebergQuantity": None, "tpTriggerPrice": "0", "tpPrice": "0", "slTriggerPrice": "0", "slPrice": "0",
+            "tpOrderType": "", "selfTradePreventionMode": "EXPIRE_MAKER", "workingType": "CONTRACT_PRICE",
+            "priceMatch": "NONE", "closePosition": self.close_position, "priceProtect": False,
+            "reduceOnly": self.reduce_only, "createTime": self.create_time, "updateTime": self.update_time,
+            "triggerTime": self.trigger_time, "goodTillDate": 0,
+        }
+
+
 @dataclass(slots=True)
 class Position:
     symbol: Symbol
-    amount: Decimal = ZERO  # signed: > 0 long, < 0 short (one-way mode, positionSide BOTH)
+    amount: Decimal = ZERO  # signed: > 0 long, < 0 short (a SHORT row of hedge mode is ≤ 0, as on Binance)
     entry_price: Decimal = ZERO
     update_time: int = 0
+    side: str = "BOTH"      # positionSide: BOTH (one-way mode) or LONG / SHORT (hedge mode)
 
     def unrealized(self) -> Decimal:
         return (self.symbol.price - self.entry_price) * self.amount if self.amount else ZERO
@@ -177,7 +222,7 @@ class Position:
             "unRealizedProfit": q8(self.unrealized()),
             "liquidationPrice": "0", "leverage": "20", "maxNotionalValue": "50000000",
             "marginType": "cross", "isolatedMargin": "0.00000000", "isAutoAddMargin": "false",
-            "positionSide": "BOTH", "notional": q8((amt * s.price)),
+            "positionSide": self.side, "notional": q8((amt * s.price)),
             "isolatedWallet": "0", "updateTime": self.update_time,
         }
 
@@ -186,7 +231,7 @@ class Position:
         notional = amt * s.price
         margin = abs(notional) / 20
         return {
-            "symbol": s.symbol, "positionSide": "BOTH", "positionAmt": s.fmt_qty(amt),
+            "symbol": s.symbol, "positionSide": self.side, "positionAmt": s.fmt_qty(amt),
             "entryPrice": s.fmt_avg(self.entry_price), "breakEvenPrice": s.fmt_avg(self.entry_price),
             "markPrice": s.fmt_avg(s.price),
             "unRealizedProfit": q8(self.unrealized()),
@@ -218,7 +263,7 @@ class Fill:
             "quoteQty": s.fmt_quote(self.price * self.qty),
             "baseQty": s.fmt_qty(self.qty), "marginAsset": "USDT",     # connector 17.0.0 (2026-08-07)
             "realizedPnl": q8(self.realized_pnl), "side": self.order.side,
-            "positionSide": "BOTH", "symbol": s.symbol, "pair": s.symbol, "time": self.time,
+            "positionSide": self.order.position_side, "symbol": s.symbol, "pair": s.symbol, "time": self.time,
         }
 
 
@@ -229,7 +274,15 @@ class Account:
     balance: Decimal
     orders: dict[int, Order] = field(default_factory=dict)   # orderId -> Order (insertion = ascending id)
     by_client_id: dict[str, Order] = field(default_factory=dict)  # latest order per clientOrderId
-    positions: dict[str, Position] = field(default_factory=dict)
+    # (symbol, positionSide) -> Position; positionSide is BOTH in one-way mode, LONG / SHORT in hedge mode
+    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    dual_side: bool = False       # hedge mode ("dualSidePosition"); Binance's default is one-way
+    # The next `lag_reads` positionRisk reads lag the matching engine: "omit" leaves the rows out, "stale" shows
+    # the rows as they were when the lag was armed (`lag_rows`).
+    lag_reads: int = 0
+    lag_mode: str = "omit"
+    lag_rows: list = field(default_factory=list)
+    algo_orders: dict[int, AlgoOrder] = field(default_factory=dict)
     fills: list[Fill] = field(default_factory=list)
     leverage: dict[str, int] = field(default_factory=dict)    # symbol -> leverage (default 20)
     listen_key: str | None = None

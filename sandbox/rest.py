@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .errors import INVALID_API_KEY, INVALID_SIGNATURE, ApiError, mandatory
 from .limits import ORDER_LIMITS
+from .models import CONDITIONAL_TYPES
 
 NONE, USER_STREAM, SIGNED = 0, 1, 2
 JSON = "application/json"
@@ -92,6 +93,10 @@ def new_order(ex, account, params):
     if side not in ("BUY", "SELL"):
         raise ApiError(-1117, "Invalid side.")
     type_ = _required(params, "type")
+    if type_ in CONDITIONAL_TYPES:
+        # Change log 2025-11 / New Order (TRADE): conditional types moved to the Algo Service (New Algo Order).
+        raise ApiError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints "
+                              "instead.")
     if type_ not in ("LIMIT", "MARKET"):
         raise ApiError(-1116, "Invalid orderType.")
     quantity = _decimal(params, "quantity")
@@ -100,9 +105,6 @@ def new_order(ex, account, params):
     tif = params.get("timeInForce") or None
     if tif is not None and tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
         raise ApiError(-1115, "Invalid timeInForce.")
-    position_side = params.get("positionSide", "BOTH")
-    if position_side != "BOTH":
-        raise ApiError(-4061, "Order's position side does not match user's setting.")
     reduce_only = params.get("reduceOnly", "false").lower()
     if reduce_only not in ("true", "false"):
         raise ApiError(-1130, "Data sent for parameter 'reduceOnly' is not valid.")
@@ -117,7 +119,7 @@ def new_order(ex, account, params):
         price=_decimal(params, "price"), time_in_force=tif, client_order_id=client_id,
         reduce_only=reduce_only == "true", price_match=params.get("priceMatch", "NONE"),
         stp_mode=params.get("selfTradePreventionMode", "EXPIRE_MAKER"),
-        good_till_date=_int(params, "goodTillDate") or 0)
+        good_till_date=_int(params, "goodTillDate") or 0, position_side=params.get("positionSide"))
     answer = order.to_binance_ack()
     if resp_type == "ACK":
         # ACK (the default) answers as the order was accepted: NEW, nothing executed yet — also for MARKET.
@@ -163,24 +165,68 @@ def position_risk_v2(ex, account, params):
     """v2: every symbol (one row each in one-way mode), zero positions included."""
     from .models import Position
     symbol = _positions(ex, account, params)
+    sides = ("LONG", "SHORT") if account.dual_side else ("BOTH",)
     rows = []
     for name, sym in ex.engine.symbols.items():
         if symbol is None or name == symbol:
-            rows.append((account.positions.get(name) or Position(sym)).risk_v2())
+            rows += [(account.positions.get((name, side)) or Position(sym, side=side)).risk_v2() for side in sides]
     return rows
 
 
 def position_risk_v3(ex, account, params):
     """v3: only symbols with a position (Binance also lists those with open orders; so do we)."""
-    from .models import Position
-    symbol = _positions(ex, account, params)
-    with_orders = {o.symbol.symbol for o in account.orders.values() if o.is_open}
-    rows = []
-    for name, sym in ex.engine.symbols.items():
-        pos = account.positions.get(name)
-        if (symbol is None or name == symbol) and ((pos is not None and pos.amount) or name in with_orders):
-            rows.append((pos or Position(sym)).risk_v3())
-    return rows
+    return ex.engine.position_rows(account, _positions(ex, account, params))
+
+
+def position_mode(ex, account, params):
+    """Get Current Position Mode (USER_DATA): {"dualSidePosition": true} is hedge mode."""
+    return {"dualSidePosition": account.dual_side}
+
+
+def change_position_mode(ex, account, params):
+    """Change Position Mode (TRADE): dualSidePosition "true" (hedge) or "false" (one-way), mandatory."""
+    raw = _required(params, "dualSidePosition").lower()
+    if raw not in ("true", "false"):
+        raise ApiError(-1130, "Data sent for parameter 'dualSidePosition' is not valid.")
+    ex.engine.set_position_mode(account, raw == "true")
+    return {"code": 200, "msg": "success"}
+
+
+def new_algo_order(ex, account, params):
+    """New Algo Order (TRADE): algoType CONDITIONAL only; STOP(_MARKET) / TAKE_PROFIT(_MARKET) /
+    TRAILING_STOP_MARKET."""
+    if _required(params, "algoType") != "CONDITIONAL":
+        raise ApiError(-1130, "Data sent for parameter 'algoType' is not valid.")
+    side = _required(params, "side")
+    if side not in ("BUY", "SELL"):
+        raise ApiError(-1117, "Invalid side.")
+    tif = params.get("timeInForce") or None
+    if tif is not None and tif not in ("GTC", "IOC", "FOK", "GTX", "GTD"):
+        raise ApiError(-1115, "Invalid timeInForce.")
+    flags = {}
+    for name in ("reduceOnly", "closePosition"):
+        raw = params.get(name, "false").lower()
+        if raw not in ("true", "false"):
+            raise ApiError(-1130, f"Data sent for parameter '{name}' is not valid.")
+        flags[name] = raw == "true"
+    client_id = params.get("clientAlgoId")
+    if client_id == "":
+        raise ApiError(-1118, "New client order ID was empty.")
+    return ex.engine.place_algo_order(
+        account, symbol=_required(params, "symbol"), side=side, type=_required(params, "type"),
+        quantity=_decimal(params, "quantity"), trigger_price=_decimal(params, "triggerPrice"),
+        price=_decimal(params, "price"), time_in_force=tif, client_algo_id=client_id,
+        reduce_only=flags["reduceOnly"], close_position=flags["closePosition"],
+        position_side=params.get("positionSide")).to_binance()
+
+
+def query_algo_order(ex, account, params):
+    return ex.engine.find_algo_order(account, _int(params, "algoId"), params.get("clientAlgoId")).to_binance()
+
+
+def cancel_algo_order(ex, account, params):
+    algo = ex.engine.cancel_algo_order(account, _int(params, "algoId"), params.get("clientAlgoId"))
+    return {"algoId": algo.algo_id, "clientAlgoId": algo.client_algo_id, "code": "200", "msg": "success"}
 
 
 def listen_key_new(ex, account, params):
@@ -211,6 +257,13 @@ ROUTES = {
     ("GET", "/fapi/v1/userTrades"): (5, SIGNED, user_trades),
     ("GET", "/fapi/v2/positionRisk"): (5, SIGNED, position_risk_v2),
     ("GET", "/fapi/v3/positionRisk"): (5, SIGNED, position_risk_v3),
+    # Get Current Position Mode: weight 30; Change Position Mode: weight 1 (USDⓈ-M "Account" / "Trade" docs).
+    ("GET", "/fapi/v1/positionSide/dual"): (30, SIGNED, position_mode),
+    ("POST", "/fapi/v1/positionSide/dual"): (1, SIGNED, change_position_mode),
+    # Algo Service: New Algo Order weighs 0 on the IP limit; Query / Cancel Algo Order weigh 1.
+    ("POST", "/fapi/v1/algoOrder"): (0, SIGNED, new_algo_order),
+    ("GET", "/fapi/v1/algoOrder"): (1, SIGNED, query_algo_order),
+    ("DELETE", "/fapi/v1/algoOrder"): (1, SIGNED, cancel_algo_order),
     ("POST", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_new),
     ("PUT", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_keepalive),
     ("DELETE", "/fapi/v1/listenKey"): (1, USER_STREAM, listen_key_close),

@@ -2,7 +2,7 @@
 
 Binance's routing since the legacy URLs were retired on 2026-04-23 ("Important WebSocket Change Notice", USDⓈ-M
 websocket-market-streams): private traffic goes to ``/private``, subscribed by listenKey **and events**. A socket
-without ``events`` is accepted and then delivers nothing (DESIGN §5 F17, seen by clients on production); only the
+without ``events`` is accepted and then delivers nothing (docs/DESIGN.md "What Binance really does" F17, seen by clients on production); only the
 event types named in ``events`` (``/``-separated: ORDER_TRADE_UPDATE, ACCOUNT_UPDATE, listenKeyExpired, TRADE_LITE,
 ALGO_UPDATE, ACCOUNT_CONFIG_UPDATE, MARGIN_CALL, …) reach it. The root ``/ws/<key>`` is gone (404), as on Binance.
 
@@ -24,6 +24,12 @@ _CLOSE = object()
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
+# Subscription names that differ from the `e` of the events they select. Binance's documentation names the Algo
+# service's event "Algo Order Update" (ALGO_ORDER_UPDATE in the list of subscribable types) while the frames it sends
+# carry `"e": "ALGO_UPDATE"` (Event-Algo-Order-Update); either name selects those frames here.
+SUBSCRIPTION_ALIASES = {"ALGO_ORDER_UPDATE": "ALGO_UPDATE"}
+
+
 def parse_events(raw: str | None) -> frozenset:
     """The `events` query parameter: event type names separated by "/" (none when absent or empty)."""
     return frozenset(name for name in (raw or "").split("/") if name)
@@ -40,12 +46,13 @@ def event_type(raw: str):
 
 
 class Connection:
-    __slots__ = ("api_key", "listen_key", "connected_at", "ws", "request", "queue", "events")
+    __slots__ = ("api_key", "listen_key", "connected_at", "ws", "request", "queue", "events", "subscribed")
 
     def __init__(self, api_key, listen_key, connected_at, ws, request, events=frozenset()):
         self.api_key, self.listen_key, self.connected_at = api_key, listen_key, connected_at
         self.ws, self.request = ws, request
-        self.events: frozenset = events
+        self.events: frozenset = frozenset(SUBSCRIPTION_ALIASES.get(name, name) for name in events)
+        self.subscribed: frozenset = events  # the names as the client sent them
         self.queue: asyncio.Queue = asyncio.Queue()
 
 
@@ -114,7 +121,7 @@ class Hub:
 
     def subscriptions(self, api_key: str) -> list[list[str]]:
         """Each live connection's event types, sorted (for the control API)."""
-        return sorted(sorted(c.events) for c in self.connections.get(api_key, ()))
+        return sorted(sorted(c.subscribed) for c in self.connections.get(api_key, ()))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info.get("listen_key") or request.query.get("listenKey", "")

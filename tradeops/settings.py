@@ -174,6 +174,27 @@ BINANCE_WEIGHT_LIMIT = env.int("BINANCE_WEIGHT_LIMIT", default=None)
 # --- Reconciliation --------------------------------------------------------------------------------------------------
 SYNC_RECOVER_MISSING_POSITIONS = env.bool("SYNC_RECOVER_MISSING_POSITIONS", default=False)
 PENDING_NOT_FOUND_GRACE_SEC = env.int("PENDING_NOT_FOUND_GRACE_SEC", default=120)
+# positionRisk can lag the matching engine: an open trade is closed only when two reads this far apart agree its
+# position is gone (or closing fills in userTrades cover it).
+POSITION_CONFIRM_SEC = env.float("POSITION_CONFIRM_SEC", default=5.0)
+# How long the account's position mode (one-way / hedge), read from Binance, is trusted before it is read again.
+POSITION_MODE_REFRESH_SEC = env.int("POSITION_MODE_REFRESH_SEC", default=3600)
+
+
+def _delays(name: str, default: str) -> tuple[int, ...]:
+    """A comma-separated list of positive whole seconds ("" for none)."""
+    text = env.str(name, default=default).strip()
+    try:
+        delays = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be comma-separated whole seconds, got {text!r}") from None
+    if any(delay <= 0 for delay in delays):
+        raise ImproperlyConfigured(f"{name} must be positive seconds, got {text!r}")
+    return delays
+
+
+# A trade failed as "not found on exchange" is looked up again this long after the failure, once per entry.
+NOT_FOUND_RECHECK_SEC = _delays("NOT_FOUND_RECHECK_SEC", "300,1800,7200,86400")
 
 # --- Celery (all of it here: one module) -----------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -191,6 +212,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": 0.05,
     }
 else:
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        # kombu's, with channels that survive a Redis restart while the worker holds unacked messages (countdowns):
+        # see tradeops/kombu_redis.py for the cause in Celery/kombu.
+        CELERY_BROKER_TRANSPORT = "tradeops.kombu_redis:Transport"
     # A task a worker holds unacked (running with acks_late, or a countdown/ETA waiting in its memory) goes back to
     # the queue at once on a warm shutdown. After a crash of the whole worker, Redis hands it out again once it is
     # visibility_timeout old, at the next sweep. Kombu sweeps every interval × throttle seconds (10 × 10 by default,
@@ -252,6 +277,11 @@ RECONCILE_LEASE_SEC = env.int("RECONCILE_LEASE_SEC", default=CELERY_TASK_TIME_LI
 CANCEL_VERIFY_MAX_TRIES = env.int("CANCEL_VERIFY_MAX_TRIES", default=5)
 CANCEL_RETRY_BASE_SEC = env.float("CANCEL_RETRY_BASE_SEC", default=1.0)  # cancel / verify retry backoff base
 ENTRY_TIMEOUT_SEC = env.int("ENTRY_TIMEOUT_SEC", default=60)
+# Entry deadlines in the database (Trade.cancel_after), swept every 15 s by cancel_overdue_entries (README).
+ENTRY_SWEEP_BATCH = env.int("ENTRY_SWEEP_BATCH", default=500)  # overdue trades sent per sweep; the next one goes on
+ENTRY_CANCEL_RESEND_SEC = env.int("ENTRY_CANCEL_RESEND_SEC", default=300)  # still pending this long after: again
+CANCEL_DB_RETRY_SEC = env.int("CANCEL_DB_RETRY_SEC", default=600)  # entry_timeout / cancel_order ride out DB outages
+CANCEL_RESEND_MAX = env.int("CANCEL_RESEND_MAX", default=2)  # a verification finding the order working re-cancels
 
 # --- User-data stream (reconciliation/stream/config.py documents each) -----------------------------------------------
 USER_STREAM_KEEPALIVE_SEC = env.float("USER_STREAM_KEEPALIVE_SEC", default=1800)
@@ -264,13 +294,19 @@ USER_STREAM_POSITION_DEBOUNCE_SEC = env.float("USER_STREAM_POSITION_DEBOUNCE_SEC
 # "/"-separated. ORDER_TRADE_UPDATE, ACCOUNT_UPDATE and listenKeyExpired are always added: the stream needs them.
 USER_STREAM_EVENTS = env.str(
     "USER_STREAM_EVENTS",
-    default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
+    default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_ORDER_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
 )
+# A REST look-up that finds an order change this much older than itself, made while the account's socket was
+# connected, that the socket never delivered, is a missed event; this many within an hour mark the stream deaf.
+USER_STREAM_DEAF_LAG_SEC = env.float("USER_STREAM_DEAF_LAG_SEC", default=10.0)
+USER_STREAM_DEAF_AFTER = env.int("USER_STREAM_DEAF_AFTER", default=3)
 
-# --- Health and metrics (issue 7; tradeops/views.py, reconciliation/metrics.py) -------------------------------------
+# --- Health and metrics (tradeops/views.py, reconciliation/metrics.py) ----------------------------------------------
 HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)
 HEALTH_BEAT_MAX_AGE_SEC = env.int("HEALTH_BEAT_MAX_AGE_SEC", default=0)  # 0: three intervals of the reconcile schedule
 HEALTH_STREAM_GRACE_SEC = env.int("HEALTH_STREAM_GRACE_SEC", default=120)  # (re)connecting longer than this = down
+# No worker ran the heartbeat task (sent every 15 s) for longer than this = down: four beats of it.
+HEALTH_WORKER_MAX_AGE_SEC = env.int("HEALTH_WORKER_MAX_AGE_SEC", default=60)
 METRICS_CACHE_SEC = env.float("METRICS_CACHE_SEC", default=10.0)
 # Bearer token for /metrics and /health/'s details (they name every account). Empty: /metrics stays open (a
 # Prometheus on a private network) and /health/ tells anonymous callers only up/down.

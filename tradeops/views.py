@@ -5,7 +5,9 @@
 - broker: a connection to CELERY_BROKER_URL within HEALTH_BROKER_TIMEOUT_SEC;
 - beat: the reconcile schedule (django-celery-beat) ran within HEALTH_BEAT_MAX_AGE_SEC (default: 3 of its intervals);
 - user_stream: every active account's stream is connected, or (re)connecting for less than HEALTH_STREAM_GRACE_SEC,
-  and the stream process has shown a heartbeat within three account refreshes (a killed process keeps its state).
+  and the stream process has shown a heartbeat within three account refreshes (a killed process keeps its state),
+  and no account's stream is marked deaf (connected, but missing order events: reconciliation/stream_guard.py);
+- workers: a Celery worker ran the heartbeat task (beat sends it every 15 s) within HEALTH_WORKER_MAX_AGE_SEC.
 """
 
 import hmac
@@ -77,17 +79,42 @@ def check_user_streams():
         alive = beat is not None and now - beat < heartbeat_max_age  # a killed process leaves "connected" behind
         ok = alive and (current == "connected"
                         or (current in ("connecting", "reconnecting") and since and now - since < grace))
+        deaf = state.stream_deaf_since if state else None  # connected, but missing events (stream_guard.py)
+        ok = ok and deaf is None
         healthy &= bool(ok)
         details[account.name] = {
             "state": current or "none", "since": since.isoformat() if since else None,
             "last_event_at": state.stream_last_event_at.isoformat() if state and state.stream_last_event_at else None,
             "heartbeat_at": beat.isoformat() if beat else None,
+            "deaf_since": deaf.isoformat() if deaf else None,
             "ok": bool(ok),
         }
     return healthy, details
 
 
-CHECKS = {"database": check_database, "broker": check_broker, "beat": check_beat, "user_stream": check_user_streams}
+def check_workers():
+    """Some worker has taken a task off the broker and written to the database lately: the heartbeat task, sent by
+    beat, written by whichever worker runs it. One indexed read per request, the same on every broker. No worker,
+    workers cut off from the broker or the database, or a queue so backed up that a task waits longer than the limit
+    all show as stale (so does a stopped beat, which the beat check names)."""
+    from reconciliation.heartbeats import HEARTBEAT_EVERY_SEC, recent_worker_heartbeats
+
+    now, max_age = timezone.now(), settings.HEALTH_WORKER_MAX_AGE_SEC
+    seen = recent_worker_heartbeats(within_sec=max(max_age, 3600))
+    details = {"max_age_sec": max_age, "heartbeat_every_sec": HEARTBEAT_EVERY_SEC,
+               "last_seen_at": seen[0].seen_at.isoformat() if seen else None}
+    if not seen:
+        return False, details | {"error": "no worker has run the heartbeat task in the last hour"}
+    age = (now - seen[0].seen_at).total_seconds()
+    details |= {"age_sec": round(age, 1),
+                "workers": sorted(h.hostname for h in seen if (now - h.seen_at).total_seconds() <= max_age)}
+    if age > max_age:
+        return False, details | {"error": f"no worker has run the heartbeat task for {age:.0f} s"}
+    return True, details
+
+
+CHECKS = {"database": check_database, "broker": check_broker, "beat": check_beat, "user_stream": check_user_streams,
+          "workers": check_workers}
 
 
 # Who sees what (the details name every account, the schedules and the errors):

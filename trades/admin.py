@@ -127,7 +127,8 @@ def _report_summary(report: dict) -> str:
         return "—"
     if report.get("skipped"):
         return "skipped: another reconcile of this account is running"
-    keys = ["checked", "opened", "progress", "cancelled", "failed", "corrected", "needs_operator", "errors"]
+    keys = ["checked", "opened", "progress", "cancelled", "failed", "corrected", "rechecked", "missed_events",
+            "needs_operator", "errors"]
     parts = [f"{key} {report[key]}" for key in keys if report.get(key)]
     parts += [f"{key} {value}" for key, value in (report.get("extra") or {}).items() if value]
     return f"{report.get('outcome', '?')}: " + (", ".join(parts) or "nothing to do")
@@ -143,10 +144,12 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     form = AccountForm
     # What a user without the change permission (observers, operators) sees on an account's page. Django renders
     # every field of a view-only page read-only, from the model: "api_secret" there would be the decrypted secret.
-    VIEW_ONLY_FIELDS = ["name", "masked_api_key", "api_secret_status", "is_active", "use_testnet", "created_at",
-                        "updated_at"]
-    list_display = ["name", "masked_api_key", "is_active", "use_testnet", "last_reconcile", "last_result",
-                    "stream", "stream_last_event", "used_weight"]
+    VIEW_ONLY_FIELDS = ["name", "masked_api_key", "api_secret_status", "is_active", "use_testnet", "position_mode",
+                        "created_at", "updated_at"]
+    list_display = ["name", "masked_api_key", "is_active", "use_testnet", "position_mode", "last_reconcile",
+                    "last_result", "stream", "stream_last_event", "used_weight"]
+    # Learned from Binance (GET /fapi/v1/positionSide/dual), never typed in.
+    readonly_fields = ["position_mode"]
     list_filter = ["is_active", "use_testnet"]
     list_select_related = ["sync_state"]
     search_fields = ["name"]
@@ -155,6 +158,14 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     @admin.display(description="API key")
     def masked_api_key(self, obj):
         return mask(obj.api_key)
+
+    @admin.display(description="position mode")
+    def position_mode(self, obj):
+        if obj.dual_side_position is None:
+            return "not read from Binance yet"
+        mode = "hedge (LONG / SHORT)" if obj.dual_side_position else "one-way (BOTH)"
+        checked = obj.position_mode_checked_at
+        return f"{mode}, read {timesince(checked, timezone.now())} ago" if checked else mode
 
     @admin.display(description="API secret")
     def api_secret_status(self, obj):
@@ -188,6 +199,9 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
         if state is None or not state.stream_state:
             return "not running"
         since = f" for {timesince(state.stream_state_at, timezone.now())}" if state.stream_state_at else ""
+        if state.stream_deaf_since:  # connected, but REST keeps finding order changes it never delivered
+            return f"DEAF (missing events) for {timesince(state.stream_deaf_since, timezone.now())}; " \
+                   f"{state.stream_state}{since}"
         return f"{state.stream_state}{since}"
 
     @admin.display(description="last stream event")
@@ -296,9 +310,9 @@ class ManualCloseForm(forms.Form):
 
 @admin.register(Trade)
 class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
-    list_display = ["id", "account", "client_order_id", "symbol", "side", "quantity", "filled_qty", "price", "status",
-                    "needs_operator", "age"]
-    list_filter = [StalePendingFilter, NeedsOperatorFilter, "status", "account", "symbol"]
+    list_display = ["id", "account", "client_order_id", "symbol", "side", "position_side", "quantity", "filled_qty",
+                    "closed_qty", "price", "status", "status_reason", "needs_operator", "age"]
+    list_filter = [StalePendingFilter, NeedsOperatorFilter, "status", "position_side", "account", "symbol"]
     search_fields = ["client_order_id", "=entry_order_id"]
     date_hierarchy = "created_at"
     list_select_related = ["account"]

@@ -105,6 +105,9 @@ ALL_ORDERS_PAGE_LIMIT = 1000  # Binance's maximum for GET /fapi/v1/allOrders
 # allOrders rejects startTime..endTime spans of 7 days or more; endTime is inclusive, so a window of 7 d - 1 ms
 # covers [start, start + 7 d) exactly and consecutive windows neither overlap nor leave a gap.
 ALL_ORDERS_MAX_WINDOW_MS = 7 * 24 * 3600 * 1000 - 1
+# userTrades: the same 7-day limit and at most 1000 rows a call; fromId cannot be sent with startTime/endTime.
+USER_TRADES_PAGE_LIMIT = 1000
+USER_TRADES_MAX_WINDOW_MS = ALL_ORDERS_MAX_WINDOW_MS
 
 
 # IP request weight per route (USDⓈ-M REST docs, "Request Weight" of each endpoint). A new order weighs 0 on the IP
@@ -297,6 +300,7 @@ class BinanceFuturesClient:
         client_order_id: str | None = None,
         time_in_force: str = "GTC",
         reduce_only: bool = False,
+        position_side: str | None = None,
     ) -> dict:
         """POST /fapi/v1/order → Binance's answer.
 
@@ -321,11 +325,60 @@ class BinanceFuturesClient:
             raise ValueError(f"a {order_type} order takes no price")
         if reduce_only:
             params["reduceOnly"] = "true"
+        if position_side is not None:  # hedge mode: LONG / SHORT, mandatory there (-4061 otherwise)
+            params["positionSide"] = position_side
         try:
             return self._call("post", "order", params)
         except ExchangeError as exc:
             exc.client_order_id = params["newClientOrderId"]
             raise
+
+    def place_algo_order(
+        self,
+        symbol: str,
+        side: str,
+        order_type: str,
+        *,
+        trigger_price: Decimal | str | int,
+        quantity: Decimal | str | int | None = None,
+        price: Decimal | str | int | None = None,
+        client_algo_id: str | None = None,
+        reduce_only: bool = False,
+        close_position: bool = False,
+        position_side: str | None = None,
+    ) -> dict:
+        """POST /fapi/v1/algoOrder (algoType CONDITIONAL): a stop or take-profit in Binance's Algo Service, which
+        ``/fapi/v1/order`` refuses since 2025-12 (-4120). When triggered it places an ordinary order whose orderId
+        is the algo order's ``actualOrderId``."""
+        params: dict[str, Any] = {
+            "algoType": "CONDITIONAL", "symbol": symbol, "side": side.upper(), "type": order_type.upper(),
+            "triggerPrice": _decimal_str(trigger_price, "trigger_price"),
+            "clientAlgoId": client_algo_id or new_client_order_id(),
+        }
+        if quantity is not None:
+            params["quantity"] = _decimal_str(quantity, "quantity")
+        if price is not None:
+            params["price"] = _decimal_str(price, "price")
+        if reduce_only:
+            params["reduceOnly"] = "true"
+        if close_position:
+            params["closePosition"] = "true"
+        if position_side is not None:
+            params["positionSide"] = position_side
+        return self._call("post", "algoOrder", params)
+
+    def get_algo_order(self, *, algo_id: int | None = None, client_algo_id: str | None = None) -> dict | None:
+        """GET /fapi/v1/algoOrder → the algo order, or None (-2013)."""
+        params = {"algoId": algo_id} if algo_id is not None else {"clientAlgoId": client_algo_id}
+        try:
+            return self._call("get", "algoOrder", params)
+        except OrderNotFound:
+            return None
+
+    def cancel_algo_order(self, *, algo_id: int | None = None, client_algo_id: str | None = None) -> dict:
+        """DELETE /fapi/v1/algoOrder."""
+        params = {"algoId": algo_id} if algo_id is not None else {"clientAlgoId": client_algo_id}
+        return self._call("delete", "algoOrder", params, force_params=True)
 
     def cancel_order(
         self, symbol: str, *, order_id: int | str | None = None, client_order_id: str | None = None
@@ -425,6 +478,15 @@ class BinanceFuturesClient:
         python-binance use now.)"""
         return self._call("get", "positionRisk", {}, version=3)
 
+    def get_position_mode(self) -> bool:
+        """GET /fapi/v1/positionSide/dual (weight 30): True when the account is in hedge mode ("dualSidePosition"),
+        one LONG and one SHORT position per symbol; False in one-way mode."""
+        answer = self._call("get", "positionSide/dual", {})
+        dual = answer.get("dualSidePosition") if isinstance(answer, dict) else None
+        if not isinstance(dual, bool):
+            raise self._unusable_answer("GET /fapi/v1/positionSide/dual", answer)
+        return dual
+
     def get_user_trades(
         self,
         symbol: str,
@@ -439,6 +501,48 @@ class BinanceFuturesClient:
         if from_id is not None:
             params["fromId"] = from_id
         return self._call("get", "userTrades", params)
+
+    def get_user_trades_since(self, symbol: str, start_time: int) -> list[dict]:
+        """Every fill of ``symbol`` from ``start_time`` (ms) on, oldest first (by id).
+
+        GET /fapi/v1/userTrades (weight 5) answers at most 1000 rows and 7 days a call, and refuses fromId together
+        with a time. So: consecutive windows of 7 d - 1 ms from ``start_time``, the last one open-ended (a local clock
+        behind the exchange's cannot hide the newest fills); a full page switches to fromId paging (ids ascending,
+        no time bound), which runs through to the newest fill.
+        """
+        fills: dict[int, dict] = {}
+        now = self.exchange_time_ms()
+        window_start = int(start_time)
+        while True:
+            window_end = window_start + USER_TRADES_MAX_WINDOW_MS
+            params: dict[str, Any] = {"symbol": symbol, "startTime": window_start, "limit": USER_TRADES_PAGE_LIMIT}
+            last_window = window_end >= now
+            if not last_window:
+                params["endTime"] = window_end
+            page = self._fills_page(params)
+            fills.update((int(f["id"]), f) for f in page)
+            if len(page) >= USER_TRADES_PAGE_LIMIT:
+                from_id = max(int(f["id"]) for f in page) + 1
+                while True:
+                    page = self._fills_page({"symbol": symbol, "fromId": from_id, "limit": USER_TRADES_PAGE_LIMIT})
+                    fills.update((int(f["id"]), f) for f in page)
+                    if len(page) < USER_TRADES_PAGE_LIMIT:
+                        break
+                    next_id = max(int(f["id"]) for f in page) + 1
+                    if next_id <= from_id:
+                        break  # an exchange that ignored fromId would loop forever
+                    from_id = next_id
+                break
+            if last_window:
+                break
+            window_start = window_end + 1
+        return [fills[i] for i in sorted(fills)]
+
+    def _fills_page(self, params: dict[str, Any]) -> list[dict]:
+        page = self._call("get", "userTrades", params)
+        if isinstance(page, list) and all(isinstance(f, dict) and _is_int(f.get("id")) for f in page):
+            return page
+        raise self._unusable_answer("GET /fapi/v1/userTrades", page)
 
     # ------------------------------------------------------------------ user-data stream
 

@@ -1,11 +1,14 @@
-"""Bounded retry of transient database errors (MySQL deadlock, lock-wait timeout, lost connection)."""
+"""Bounded retry of transient database errors (MySQL deadlock, lock-wait timeout, lost connection), and the
+database server's clock."""
 
 import functools
 import logging
 import random
 import time
+from datetime import datetime, timezone
 
-from django.db import OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection
+from django.db.models.functions import Now
 
 logger = logging.getLogger(__name__)
 
@@ -15,6 +18,8 @@ SERVER_GONE_AWAY = 2006
 LOST_CONNECTION = 2013
 TRANSIENT_ERROR_CODES = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT, SERVER_GONE_AWAY, LOST_CONNECTION})
 CONNECTION_ERROR_CODES = frozenset({SERVER_GONE_AWAY, LOST_CONNECTION})
+# What a task sees while the database is away (server down, connection refused or lost, deadlock): worth retrying.
+DB_UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
 
 
 def db_error_code(exc: BaseException) -> int | None:
@@ -57,3 +62,23 @@ def retry_transient_db_errors(func=None, *, tries: int = 3, base_delay: float = 
         return wrapper
 
     return decorate(func) if func is not None else decorate
+
+
+class DatabaseNow(Now):
+    """The database server's current time in UTC, as an SQL expression. MySQL's CURRENT_TIMESTAMP (Django's Now) is
+    in the session's time zone, which need not be UTC; UTC_TIMESTAMP is, like the naive UTC values Django stores."""
+
+    def as_mysql(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="UTC_TIMESTAMP(6)", **extra_context)
+
+
+def db_now() -> datetime:
+    """The database server's clock (aware, UTC): one clock for every worker, whatever a worker's own clock says.
+    Deadlines and grace periods that several processes compare are measured on it."""
+    if connection.vendor == "sqlite":
+        # In-process: its clock is this process's (and its NOW has only milliseconds).
+        return datetime.now(timezone.utc)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT UTC_TIMESTAMP(6)" if connection.vendor == "mysql" else "SELECT CURRENT_TIMESTAMP")
+        value = cursor.fetchone()[0]
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -34,6 +34,11 @@ class Account(models.Model):
     api_secret = EncryptedTextField(help_text="Encrypted at rest with FIELD_ENCRYPTION_KEY; never shown.")
     is_active = models.BooleanField(default=True)
     use_testnet = models.BooleanField(default=False, help_text="Talk to Binance's futures testnet URLs.")
+    # Learned from Binance (GET /fapi/v1/positionSide/dual), never typed in: the admin shows it read-only.
+    dual_side_position = models.BooleanField(
+        null=True, blank=True, editable=False,
+        help_text="Hedge mode on Binance (LONG and SHORT positions per symbol); empty until first read.")
+    position_mode_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -179,9 +184,17 @@ class Trade(models.Model):
         BUY = "BUY", "BUY"
         SELL = "SELL", "SELL"
 
+    class PositionSide(models.TextChoices):
+        BOTH = "BOTH", "BOTH (one-way mode)"
+        LONG = "LONG", "LONG (hedge mode)"
+        SHORT = "SHORT", "SHORT (hedge mode)"
+
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="trades")
     symbol = models.CharField(max_length=32)
     side = models.CharField(max_length=4, choices=Side.choices)
+    position_side = models.CharField(
+        max_length=5, choices=PositionSide.choices, default=PositionSide.BOTH,
+        help_text="Binance's positionSide of the entry: BOTH in one-way mode, LONG / SHORT in hedge mode.")
     quantity = models.DecimalField(**MONEY)
     price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Limit price; empty for market orders.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -202,19 +215,45 @@ class Trade(models.Model):
     placed_at = models.DateTimeField(
         null=True, blank=True, help_text="When the entry order was sent to Binance (the not-found grace runs from it)."
     )
+    cancel_after = models.DateTimeField(
+        null=True, blank=True,
+        help_text="The entry's deadline (the database's clock): a pending trade still pending after it is cancelled "
+                  "and verified by the deadline sweep, whatever happened to its countdown message.",
+    )
+    cancel_sent_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the deadline's cancel was last sent (by the countdown or the sweep, whichever claimed it).",
+    )
     opened_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     exit_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Average closing price, if known.")
     realized_pnl = models.DecimalField(**MONEY, null=True, blank=True, help_text="From Binance's userTrades.")
+    closed_qty = models.DecimalField(
+        **MONEY, default=Decimal("0"), help_text="Closed by exits so far; the open quantity is filled − closed.")
+    exit_fill_id = models.BigIntegerField(
+        null=True, blank=True, editable=False,
+        help_text="Binance userTrades id of the last exit fill applied (fills are applied once, in id order).")
+    position_gone_at = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="First position read that found no position for the trade; a second read confirms the close.")
     needs_operator = models.BooleanField(
         default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
+    )
+    # Binance can answer -2013 for minutes for an order that exists: a trade failed as "not found on exchange" is
+    # looked up again on NOT_FOUND_RECHECK_SEC's schedule (reconciliation.rechecks), at most once per entry.
+    not_found_rechecks = models.PositiveSmallIntegerField(
+        default=0, help_text="Look-ups made since the trade was failed as not found on exchange."
+    )
+    not_found_recheck_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a trade failed as not found on exchange is looked up again; "
+        "empty: never again."
     )
 
     objects = TradeQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
-        # Admin actions that change trades, run an account's reconcile or resolve orphans need this (issue 7);
+        # Admin actions that change trades, run an account's reconcile or resolve orphans need this;
         # observers get view permissions only.
         permissions = [("fix_trade", "Can fix trades (admin actions: verify, cancel, mark, reconcile, orphans)")]
         constraints = [
@@ -225,7 +264,20 @@ class Trade(models.Model):
             models.Index(fields=["account", "status", "created_at"], name="trade_account_status_created"),
             # WebSocket events and update_pending_by_entry_order_id look trades up by Binance order id.
             models.Index(fields=["account", "entry_order_id"], name="trade_account_entry_order"),
+            # The deadline sweep: pending (or failed "not found") trades, not yet sent, whose deadline has passed.
+            models.Index(fields=["status", "cancel_sent_at", "cancel_after"], name="trade_deadline_sweep"),
+            # The pending reconcile's due not-found re-checks (reconciliation.rechecks).
+            models.Index(fields=["account", "not_found_recheck_at"], name="trade_account_nf_recheck"),
         ]
+
+    @property
+    def open_qty(self) -> Decimal:
+        return self.filled_qty - self.closed_qty
+
+    @property
+    def exposure(self) -> Decimal:
+        """Signed open quantity: what the trade adds to its (symbol, position side) on Binance."""
+        return self.open_qty if self.side == Trade.Side.BUY else -self.open_qty
 
     def __str__(self):
         return f"{self.symbol} {self.side} {self.quantity} [{self.status}] {self.client_order_id or self.entry_order_id}"

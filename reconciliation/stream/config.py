@@ -11,7 +11,7 @@ USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unpl
 USER_STREAM_BACKOFF_MAX_SEC        [60]      reconnect (and retry) delay cap
 USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts and (re)connects → one sync_positions per
                                              account per window
-USER_STREAM_EVENTS                 [ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_UPDATE,
+USER_STREAM_EVENTS                 [ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_ORDER_UPDATE,
                                     ACCOUNT_CONFIG_UPDATE,MARGIN_CALL]
                                              the event types named in the socket's `&events=` (comma- or
                                              "/"-separated). Binance's /private/ws delivers only those, and nothing
@@ -34,7 +34,8 @@ from django.conf import settings
 
 # Event types the stream acts on: always subscribed, whatever USER_STREAM_EVENTS says.
 REQUIRED_EVENTS = ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired")
-DEFAULT_EVENTS = REQUIRED_EVENTS + ("TRADE_LITE", "ALGO_UPDATE", "ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL")
+# ALGO_ORDER_UPDATE: the subscription name of the Algo service's updates (their frames say "e": "ALGO_UPDATE").
+DEFAULT_EVENTS = REQUIRED_EVENTS + ("TRADE_LITE", "ALGO_ORDER_UPDATE", "ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL")
 
 
 def parse_events(value) -> tuple[str, ...]:

@@ -9,7 +9,7 @@
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
 
 The listenKey is never DELETEd: Binance keeps one key per account, shared by every consumer of the API key (the
-bot's own stream too), and a DELETE closes all of their sockets (DESIGN §5 F18; USDⓈ-M "User Data Streams":
+bot's own stream too), and a DELETE closes all of their sockets (docs/DESIGN.md "What Binance really does" F18; USDⓈ-M "User Data Streams":
 "Doing a DELETE on a listenKey will close the stream and invalidate the listenKey"). On shutdown we close our
 socket and let the key lapse (60 minutes after its last keepalive, or kept alive by the other consumers).
 
@@ -45,7 +45,7 @@ from .state import CONNECTED, CONNECTING, RECONNECTING, STOPPED, blocking, recor
 logger = logging.getLogger("reconciliation.user_stream")
 
 # Reasons a connection ends that call for an immediate reconnect rather than a backoff.
-PLANNED = frozenset({"listen_key_expired", "max_connection_age"})
+PLANNED = frozenset({"listen_key_expired", "max_connection_age", "deaf"})
 # Applying a message took longer than config.db_call_timeout_sec: a connection end reason and a message outcome.
 DB_TIMEOUT = "db_timeout"
 DISCONNECTS_KEPT = 100  # AccountStream.disconnects: a stream runs for months
@@ -92,6 +92,7 @@ class AccountStream:
         self._end_reason: str | None = None
         self._listen_key: str | None = None
         self._connected_at: float | None = None
+        self._connected_wall = None  # the same instant, as a datetime (compared with the deaf mark's)
         self._tasks: set[asyncio.Task] = set()
         self._position_sync: asyncio.Task | None = None
         self._last_event_written = 0.0
@@ -102,6 +103,18 @@ class AccountStream:
         """Ask run() to close the socket and the listenKey and return (call on the stream's loop)."""
         self._stopping = True
         self._end("stop")
+
+    def reconnect_if_deaf(self, marked_at) -> bool:
+        """A reconcile marked this account's stream deaf (stream_guard.py) at `marked_at`: if the live connection
+        is older than the mark, end it; the loop reconnects at once, and that connection's reconcile clears the
+        mark unless it is deaf too. A connection made after the mark is left alone (one reconnect per mark)."""
+        if self._ws is None or self._connected_wall is None or marked_at <= self._connected_wall:
+            return False
+        logger.warning("user_stream event=deaf account=%s marked_at=%s connected_at=%s: the socket is connected but "
+                       "missing order events; reconnecting", self.label, marked_at.isoformat(),
+                       self._connected_wall.isoformat())
+        self._end("deaf")
+        return True
 
     def _end(self, reason: str) -> None:
         """End the current connection (first reason wins); run() decides what comes next."""
@@ -179,6 +192,7 @@ class AccountStream:
                            ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20, **bind) as ws:
             self._ws = ws
             self._connected_at = time.monotonic()
+            self._connected_wall = timezone.now()
             self.connects += 1
             gap_ms = round((self._connected_at - disconnected_at) * 1000) if disconnected_at else None
             logger.info("user_stream event=%s account=%s reason=%s gap_ms=%s", "connected" if self.connects == 1

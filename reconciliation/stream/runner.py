@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import messages
 from .config import StreamConfig
 from .connection import AccountStream
-from .state import blocking, fingerprint, load_accounts, record_heartbeat
+from .state import blocking, fingerprint, load_accounts, load_deaf_marks, record_heartbeat
 
 logger = logging.getLogger("reconciliation.user_stream")
 
@@ -85,6 +85,10 @@ class UserStreamRunner:
             if pk not in self._tasks:
                 self._start(account, wanted[pk])
         await blocking(self._executor, record_heartbeat, list(self._tasks))
+        # A stream marked deaf (REST keeps finding changes its socket never delivered): a fresh connection.
+        for pk, marked_at in (await blocking(self._executor, load_deaf_marks, list(self._tasks))).items():
+            if pk in self.streams:
+                self.streams[pk].reconnect_if_deaf(marked_at)
         self.refreshes += 1
 
     def _start(self, account, account_fingerprint: str) -> None:

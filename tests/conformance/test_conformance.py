@@ -26,7 +26,7 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from reconciliation.positions import _closing_fills, exchange_positions
+from reconciliation.positions import exchange_positions
 from reconciliation.snapshots import OrderSnapshot
 from reconciliation.stream import messages
 from reconciliation.stream.config import DEFAULT_EVENTS
@@ -96,7 +96,10 @@ def test_every_document_names_its_source_and_is_covered():
         doc = document(name)
         assert doc["source"].startswith("https://developers.binance.com/docs/derivatives/"), name
         assert differences(doc["body"], doc["body"], frozenset()) == []
-    assert set(EVENTS) and {body(name)["e"] for name in EVENTS} >= set(DEFAULT_EVENTS)
+    # Every type we subscribe to has a document; ALGO_ORDER_UPDATE is the subscription name of the frames whose `e` is
+    # ALGO_UPDATE (the docs page "Algo Order Update").
+    subscribed = {"ALGO_UPDATE" if name == "ALGO_ORDER_UPDATE" else name for name in DEFAULT_EVENTS}
+    assert set(EVENTS) and {body(name)["e"] for name in EVENTS} >= subscribed
 
 
 # --- the product reads every document ----------------------------------------------------------------------------
@@ -134,13 +137,18 @@ def test_the_stream_classifies_every_event_without_a_warning(name, caplog):
     assert not caplog.records  # malformed and unknown frames are the ones that warn
 
 
-def test_position_and_user_trade_readers_take_binances_rows():
-    client = SimpleNamespace(get_positions=lambda: body("position_risk_v3"),
-                             get_user_trades=lambda symbol, start_time: body("user_trades"))
-    assert exchange_positions(client) == {"ETHUSDT": (Decimal("-0.500"), Decimal("3010.25"))}
-    trade = Trade(symbol="ETHUSDT", side=Trade.Side.BUY, opened_at=datetime(2026, 1, 1, tzinfo=timezone.utc))
-    exit_price, pnl = _closing_fills(client, [trade], SimpleNamespace(weight_used=0))
-    assert (exit_price, pnl) == (Decimal("3004"), Decimal("-0.31250000"))
+def test_position_and_user_trade_readers_take_binances_rows(canned_binance):
+    client = SimpleNamespace(get_positions=lambda: body("position_risk_v3"))
+    assert exchange_positions(client) == {("ETHUSDT", "BOTH"): (Decimal("-0.500"), Decimal("3010.25"))}
+    gateway, _ = canned_binance
+    fills = gateway.get_user_trades_since("ETHUSDT", int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() * 1000))
+    assert [f["id"] for f in fills] == sorted(row["id"] for row in body("user_trades"))
+    # What the exit rule reads of each fill: Decimal strings, an int id and time, a side and a position side.
+    qty = sum(Decimal(f["qty"]) for f in fills)
+    notional = sum(Decimal(f["price"]) * Decimal(f["qty"]) for f in fills)
+    pnl = sum(Decimal(f["realizedPnl"]) for f in fills)
+    assert ((notional / qty).quantize(Decimal("1e-10")), pnl) == (Decimal("3004"), Decimal("-0.31250000"))
+    assert all(f["side"] in ("BUY", "SELL") and f["positionSide"] in ("BOTH", "LONG", "SHORT") for f in fills)
 
 
 @pytest.fixture

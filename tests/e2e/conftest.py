@@ -26,13 +26,14 @@ def _e2e_reason():
 
 
 @pytest.fixture(scope="module")
-def e2e_stack(sandbox_server, django_db_setup, tmp_path_factory):
-    """Per module, and gone after it: the stack's workers must not consume other tests' tasks."""
+def e2e_stack(request, sandbox_server, django_db_setup, tmp_path_factory):
+    """Per module, and gone after it: the stack's workers must not consume other tests' tasks. A module's
+    STACK_ENV (settings as environment strings) is added to what its processes run with."""
     reason = _e2e_reason()
     if reason:
         pytest.skip(reason)
     app.control.purge()
-    stack = Stack(sandbox_server, tmp_path_factory.mktemp("e2e-logs"))
+    stack = Stack(sandbox_server, tmp_path_factory.mktemp("e2e-logs"), env=getattr(request.module, "STACK_ENV", None))
     try:
         for name in ("worker1", "worker2"):
             stack.start_worker(name)
@@ -82,7 +83,7 @@ class E2E:
         self.stack.start_beat()
 
     def settle(self, accounts=None, timeout=60):
-        """DESIGN §4: after the fault stops and one reconcile has run, the invariant holds. Wait (with a deadline)
+        """docs/DESIGN.md "Fault matrix": after the fault stops and one reconcile has run, the invariant holds. Wait (with a deadline)
         until every trade agrees with the exchange, run one position sync per account (what beat does every 5 min),
         then check the whole invariant."""
         accounts = accounts or self.accounts

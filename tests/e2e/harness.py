@@ -50,7 +50,7 @@ def database_url() -> str:
 
 
 class Stack:
-    def __init__(self, exchange, log_dir: Path):
+    def __init__(self, exchange, log_dir: Path, env: dict[str, str] | None = None):
         self.exchange = exchange
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
@@ -65,6 +65,7 @@ class Stack:
             "FIELD_ENCRYPTION_KEY": settings.FIELD_ENCRYPTION_KEY,
             "DJANGO_SECRET_KEY": settings.SECRET_KEY,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),  # a test module's own settings (its STACK_ENV)
         }
 
     # --- processes -------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""DESIGN §4's invariant, checked against the exchange's own truth (the sandbox's control API, which ignores
+"""docs/DESIGN.md "Fault matrix"'s invariant, checked against the exchange's own truth (the sandbox's control API, which ignores
 injected faults): for every trade the DB agrees with its order (status, filled quantity, average price), each
 state change has exactly one audit event, and every exchange position is explained by open trades or reported as
 an orphan."""
@@ -14,7 +14,7 @@ ENDED = {"CANCELED", "EXPIRED", "EXPIRED_IN_MATCH"}
 
 
 def expected_status(order: dict | None) -> str:
-    """DESIGN §2's table, read off the exchange's order (None: Binance never saw it)."""
+    """docs/DESIGN.md "The one rule"'s table, read off the exchange's order (None: Binance never saw it)."""
     if order is None:
         return Trade.Status.FAILED
     executed = Decimal(order["executedQty"])
@@ -63,15 +63,18 @@ def trade_problems(control, trade: Trade) -> list[str]:
 
 
 def position_problems(control, account) -> list[str]:
+    """Per (symbol, position side): the exchange's position equals the signed open quantity of our trades, or the
+    gap is an open orphan."""
     held = defaultdict(Decimal)
     for trade in Trade.objects.filter(account=account, status__in=[Trade.Status.OPEN, Trade.Status.PENDING]):
-        held[trade.symbol] += trade.filled_qty if trade.side == Trade.Side.BUY else -trade.filled_qty
-    orphans = {o.symbol: o.quantity for o in OrphanPosition.objects.filter(account=account, status="open")}
+        held[(trade.symbol, trade.position_side)] += trade.exposure
+    orphans = {(o.symbol, o.position_side): o.quantity
+               for o in OrphanPosition.objects.filter(account=account, status="open")}
     problems = []
     for position in control.positions(account.api_key)["positions"]:
-        symbol, amount = position["symbol"], Decimal(position["positionAmt"])
-        if amount != held[symbol] and orphans.get(symbol) != amount - held[symbol]:
-            problems.append(f"{symbol}: exchange {amount}, trades {held[symbol]}, orphan {orphans.get(symbol)}")
+        key, amount = (position["symbol"], position["positionSide"]), Decimal(position["positionAmt"])
+        if amount != held[key] and orphans.get(key) != amount - held[key]:
+            problems.append(f"{key}: exchange {amount}, trades {held[key]}, orphan {orphans.get(key)}")
     return problems
 
 

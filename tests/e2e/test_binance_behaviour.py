@@ -1,13 +1,15 @@
-"""DESIGN §5 — Binance as it really behaves — on the real stack (sandbox, Celery workers, the user stream, MariaDB,
+"""docs/DESIGN.md "What Binance really does" — Binance as it really behaves — on the real stack (sandbox, Celery workers, the user stream, MariaDB,
 Redis). Each row fails on the code before the sandbox was made strict and the product fixed, and passes after."""
 
 import json
 import shutil
+import uuid
 from decimal import Decimal
 
 import pytest
 from websockets.sync.client import connect
 
+from reconciliation import tasks
 from reconciliation.stream.connection import stream_url
 from trades.binance_client import BinanceFuturesClient
 from trades.models import Trade, TradeEvent
@@ -94,5 +96,41 @@ def test_f25_a_partial_fill_opened_from_the_cancel_answer_gets_its_entry_price_l
     opening = TradeEvent.objects.get(trade=trade, to_status="open")
     assert opening.source == "cancel" and opening.payload["avg_price"] is None  # opened from the lean answer
     assert TradeEvent.objects.filter(trade=trade).count() == 1  # the price is bookkeeping: no second event
+    e2e.control.resume_events(account.api_key)
+    e2e.settle()
+
+
+@pytest.mark.parametrize("kind", ["408_placed", "408"])
+def test_f26_a_408_on_placement_is_an_unknown_outcome_resolved_by_client_order_id(e2e, kind):
+    """Binance answers HTTP 408 when its backend timed out: the order may or may not have been made, whatever code the
+    body carries (-1007 here). The trade must stay pending — never failed on the spot, never guessed filled — and the
+    reconcile decides by client order id: the order that was made is found (and its fill recorded); the one that was
+    not is failed "not found" once the grace has passed."""
+    account = e2e.account()
+    e2e.control.pause_events(account.api_key)  # nothing by push: only the REST look-up by client order id decides
+    e2e.control.inject_fault("/fapi/v1/order", kind, method="POST")
+    posts = e2e.control.stats()["requests"].get("POST /fapi/v1/order", 0)
+    cid = f"e2e-{uuid.uuid4().hex[:20]}"
+    tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR, client_order_id=cid)
+    trade = wait_for(lambda: Trade.objects.filter(client_order_id=cid).first(), message=f"{cid} created")
+    wait_for(lambda: f"trade {trade.pk}: placement outcome unknown" in e2e.stack.log("worker1") + e2e.stack.log("worker2"),
+             message="the placement answered with an unknown outcome")
+    trade.refresh_from_db()
+    assert trade.status == Trade.Status.PENDING, trade.status_reason  # not failed on a 408
+    assert e2e.control.stats()["requests"]["POST /fapi/v1/order"] == posts + 1  # and never sent twice
+
+    if kind == "408_placed":
+        assert e2e.control.get_order(account.api_key, "BTCUSDT", client_order_id=cid)["status"] == "NEW"
+        e2e.control.fill_order(account.api_key, "BTCUSDT", client_order_id=cid)
+        e2e.start_beat()
+        wait_for(lambda: status_of(trade) == Trade.Status.OPEN, message="the reconcile found the order and its fill")
+        trade.refresh_from_db()
+        assert trade.filled_qty == Decimal("0.010") and trade.entry_price == Decimal("50000")
+    else:
+        e2e.start_beat()
+        wait_for(lambda: status_of(trade) == Trade.Status.FAILED, message="failed once the not-found grace passed")
+        trade.refresh_from_db()
+        assert trade.status_reason == "not found on exchange"
+        assert not TradeEvent.objects.filter(trade=trade, to_status=Trade.Status.OPEN).exists()
     e2e.control.resume_events(account.api_key)
     e2e.settle()

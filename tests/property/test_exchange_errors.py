@@ -1,6 +1,6 @@
 """Property: whatever answer (status, headers, body) or transport failure comes back, the gateway turns it into one
-of trades.exceptions' ExchangeErrors — never another exception, never one that shows the account's keys
-(issue 8, item 4). `error_from_response` / `error_from_transport` directly, and the whole python-binance path
+of trades.exceptions' ExchangeErrors — never another exception, never one that shows the account's keys.
+`error_from_response` / `error_from_transport` directly, and the whole python-binance path
 (`BinanceFuturesClient._call`) with requests' session replaced by canned answers.
 """
 
@@ -249,7 +249,7 @@ def test_the_gateway_returns_binances_json_or_raises_an_exchange_error(data, sec
 
 
 @pytest.mark.parametrize("call, status, body", [
-    # Found by the gateway property (issue 8): each escaped as a non-ExchangeError, or returned a wrong meaning.
+    # Found by the gateway property: each escaped as a non-ExchangeError, or returned a wrong meaning.
     ("get_order", 200, b"[" * 2000),  # RecursionError out of python-binance's response.json()
     ("get_order", 400, b"[" * 2000),  # RecursionError out of BinanceAPIException's json.loads
     ("get_order", 200, b"null"),  # returned None, which means "-2013, the order does not exist"

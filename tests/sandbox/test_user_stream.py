@@ -198,9 +198,12 @@ def test_only_the_listed_event_types_arrive(futures_client, exchange, account):
     assert lite["t"] == received[2]["o"]["t"] and lite["m"] is True
 
 
-def test_account_config_margin_call_and_algo_events(futures_client, exchange, account):
+@pytest.mark.parametrize("algo_subscription", ["ALGO_ORDER_UPDATE", "ALGO_UPDATE"])
+def test_account_config_margin_call_and_algo_events(futures_client, exchange, account, algo_subscription):
+    """The Algo service's updates are subscribed by the docs' name (ALGO_ORDER_UPDATE) or by their frames' `e`
+    (ALGO_UPDATE); either way they arrive as `"e": "ALGO_UPDATE"`."""
     key = futures_client.futures_stream_get_listen_key()
-    with stream(exchange, key, ["ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL", "ALGO_UPDATE"]) as ws:
+    with stream(exchange, key, ["ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL", algo_subscription]) as ws:
         connected(exchange, account["api_key"])
         futures_client.futures_create_order(symbol="ETHUSDT", side="BUY", type="MARKET", quantity="0.100")
         exchange.control.set_leverage(account["api_key"], "ETHUSDT", 10)

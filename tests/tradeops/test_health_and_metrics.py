@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from reconciliation.models import AccountSyncState, ReconcileRun
+from reconciliation.models import AccountSyncState, ReconcileRun, WorkerHeartbeat
 from tests.factories import AccountFactory, TradeEventFactory, TradeFactory
 
 pytestmark = pytest.mark.django_db
@@ -21,6 +21,12 @@ def beat_ran():
             last_run_at=timezone.now() - timedelta(seconds=ago_sec))
     at(10)
     return at
+
+
+@pytest.fixture(autouse=True)
+def worker_ran():
+    """A worker ran the heartbeat task 5 s ago (the `workers` check; its own tests: test_health_workers.py)."""
+    WorkerHeartbeat.objects.create(hostname="worker1@ops", seen_at=timezone.now() - timedelta(seconds=5))
 
 
 def stream(account, state, ago_sec=5, heartbeat_ago_sec=5):
@@ -40,7 +46,7 @@ def test_healthy(admin_client_logged_in, beat_ran):  # details: staff only (see 
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["status"] == "ok"
-    assert body["checks"] == {"database": "ok", "broker": "ok", "beat": "ok", "user_stream": "ok"}
+    assert body["checks"] == {"database": "ok", "broker": "ok", "beat": "ok", "user_stream": "ok", "workers": "ok"}
     assert set(body["details"]["user_stream"]) == {"desk", "desk-2"}
     assert body["details"]["beat"]["max_age_sec"] == 180
 

@@ -215,16 +215,17 @@ def test_an_observer_cannot_mark(observer_client, account):
 
 @pytest.fixture
 def two_open_one_closed_on_binance(placed, binance, account):
-    """Two open BUY 0.010 BTCUSDT trades; then 0.010 was sold reduce-only on Binance. Which trade closed? Position
-    sync cannot tell (it only closes a symbol's trades when no position is left): a person decides."""
+    """Two open BUY 0.010 BTCUSDT trades; then 0.010 was sold reduce-only on Binance, and userTrades cannot be read
+    (so position sync cannot apply the exit to the oldest trade): a person decides which trade it closed."""
     first, second = placed(), placed()
     for trade in (first, second):
         fill(binance, trade)
         services.reconcile_pending(account)
     with BinanceFuturesClient.for_account(account) as client:
         client.place_order("BTCUSDT", "SELL", Decimal("0.010"), order_type="MARKET", reduce_only=True)
+    binance.control.inject_fault("/fapi/v1/userTrades", "503", count=1, method="GET")
     report = services.sync_positions_with_binance(account)
-    assert report["extra"] == {"closed": 0, "in_sync": 0, "orphans": 1, "recovered": 0}
+    assert report["extra"] == {"closed": 0, "in_sync": 0, "orphans": 1, "recovered": 0, "unconfirmed": 0, "reduced": 0}
     return Trade.objects.get(pk=first.pk), Trade.objects.get(pk=second.pk)
 
 

@@ -10,7 +10,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('trades', '0005_trade_placed_at'),
+        ('trades', '0006_trade_cancel_after'),
     ]
 
     operations = [
