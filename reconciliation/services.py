@@ -470,7 +470,9 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
     trade.exchange_status, trade.placed_at = PLACING, now
     trade.cancel_after = claim.get("cancel_after", trade.cancel_after)
     try:
-        with gateway(trade.account, client) as client:
+        # The order's share of the budget for the whole entry: a position-mode read it needs first must not be
+        # refused at a lower priority than the order it is for.
+        with gateway(trade.account, client, priority=egress.ORDER) as client:
             order = _send_entry(trade, client)
     except _ModeUnknown as exc:  # nothing was sent: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(

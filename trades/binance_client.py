@@ -116,6 +116,8 @@ ROUTE_WEIGHTS = {
     ("POST", "order"): 0, ("GET", "order"): 1, ("DELETE", "order"): 1, ("GET", "openOrders"): 1,
     ("GET", "allOrders"): 5, ("GET", "userTrades"): 5, ("GET", "positionRisk"): 5, ("GET", "time"): 1,
     ("GET", "exchangeInfo"): 1, ("POST", "listenKey"): 1, ("PUT", "listenKey"): 1, ("DELETE", "listenKey"): 1,
+    ("GET", "positionSide/dual"): 30, ("POST", "positionSide/dual"): 1,
+    ("POST", "algoOrder"): 0, ("GET", "algoOrder"): 1, ("DELETE", "algoOrder"): 1,
 }
 ORDERS_OPEN_NO_SYMBOL_WEIGHT = 40
 BUDGET_UNAVAILABLE_RETRY_SEC = 5.0  # the budget store did not answer: try again this much later
@@ -123,6 +125,7 @@ CODE_TOO_MANY_ORDERS = -1015  # 429 for the account's ORDERS limits ("General In
 # Routes whose priority is fixed by what they do, whatever the gateway's: placements and cancels go first, then the
 # user stream's listenKey upkeep.
 ROUTE_PRIORITIES = {("POST", "order"): egress.ORDER, ("DELETE", "order"): egress.ORDER,
+                    ("POST", "algoOrder"): egress.ORDER, ("DELETE", "algoOrder"): egress.ORDER,
                     ("POST", "listenKey"): egress.KEEPALIVE, ("PUT", "listenKey"): egress.KEEPALIVE,
                     ("DELETE", "listenKey"): egress.KEEPALIVE}
 
