@@ -339,6 +339,8 @@ class TestPlacement:
 
     def test_placements_go_on_after_a_429_on_the_ip_but_not_during_a_418_ban(self, binance, account):
         budget, host = shared_budget(), binance.rest_url.split("//")[1]
+        with BinanceFuturesClient.for_account(account) as client:
+            is_hedge_mode(account, client)  # the account's mode is known: the placements' only call is the order
         until = int(time.time() * 1000) + 60_000
         budget.mark_limited(f"default@{host}", until, banned=False)    # a reconcile somewhere got a 429
         first = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
