@@ -115,6 +115,10 @@ class Hub:
     def count(self, api_key: str) -> int:
         return len(self.connections.get(api_key, ()))
 
+    def peers(self, api_key: str) -> list[str]:
+        """The source address of each live connection (which egress IP the client used), sorted."""
+        return sorted(c.request.remote or "" for c in self.connections.get(api_key, ()))
+
     def subscriptions(self, api_key: str) -> list[list[str]]:
         """Each live connection's event types, sorted (for the control API)."""
         return sorted(sorted(c.subscribed) for c in self.connections.get(api_key, ()))

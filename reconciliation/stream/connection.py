@@ -67,7 +67,8 @@ def listen_key_client(account: Account, timeout: float) -> BinanceFuturesClient:
     The caller closes it."""
     with BinanceFuturesClient.for_account(account) as defaults:  # only for its URL, timeout and label
         return BinanceFuturesClient(account.api_key, account.api_secret, rest_url=defaults.rest_url,
-                                    timeout=min(defaults.timeout, timeout), account_label=defaults.account_label)
+                                    timeout=min(defaults.timeout, timeout), account_label=defaults.account_label,
+                                    source_address=defaults.source_address)
 
 
 class AccountStream:
@@ -185,8 +186,10 @@ class AccountStream:
             return "stop"
         url = stream_url(ws_base_url(self.account), self._listen_key, self.config.events)
         cfg = self.config
+        # The socket leaves from the account's egress address, like its REST calls (BINANCE_SOURCE_ADDRESSES).
+        bind = {"local_addr": (client.source_address, 0)} if client.source_address else {}
         async with connect(url, open_timeout=cfg.open_timeout_sec, ping_interval=cfg.ping_interval_sec,
-                           ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20) as ws:
+                           ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20, **bind) as ws:
             self._ws = ws
             self._connected_at = time.monotonic()
             self._connected_wall = timezone.now()
