@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from trades import egress
 from trades.binance_client import BinanceFuturesClient, new_client_order_id
 from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import (
@@ -45,12 +46,13 @@ WS_CONNECT = "ws_connect"  # the reason of the reconcile the user stream asks fo
 
 
 @contextmanager
-def gateway(account: Account, client=None):
-    """The client a caller passed in (theirs to close), or the account's own for this block, closed after it."""
+def gateway(account: Account, client=None, *, priority: str = egress.RECONCILE):
+    """The client a caller passed in (theirs to close), or the account's own for this block, closed after it.
+    `priority`: which share of the egress IP's weight budget the calls may use (trades/egress.py)."""
     if client is not None:
         yield client
         return
-    with BinanceFuturesClient.for_account(account) as own:
+    with BinanceFuturesClient.for_account(account, priority=priority) as own:
         yield own
 
 
@@ -149,17 +151,17 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
             # A stream marked deaf, reconnected: this reconcile found nothing its new socket missed.
             stream_guard.clear_deaf_after_reconnect(account.pk, reconcile_started_at=report.started_at)
 
-    return _run_under_lease(account, report, client, work)
+    return _run_under_lease(account, report, client, work, priority=egress.DEEP if deep else egress.RECONCILE)
 
 
-def _run_under_lease(account: Account, report: Report, client, work) -> dict:
+def _run_under_lease(account: Account, report: Report, client, work, *, priority: str = egress.RECONCILE) -> dict:
     """Run work(client) holding the account's lease; a busy lease means skipped. Rate limiting stops the run early
     (the report says when to retry); the report is kept (ReconcileRun) and returned as a dict."""
     with account_lease(account.pk) as held:
         if not held:
             report.skipped = True
             return report.finish()
-        with gateway(account, client) as client:
+        with gateway(account, client, priority=priority) as client:
             calls_before = client.http_calls
             try:
                 work(client)
@@ -381,7 +383,7 @@ def sync_positions_with_binance(account: Account, *, reason: str = "beat", clien
         if not report.stopped_early:
             compare_positions(account, client, report)
 
-    return _run_under_lease(account, report, client, work)
+    return _run_under_lease(account, report, client, work, priority=egress.POSITIONS)
 
 
 # --- Retention ------------------------------------------------------------------------------------------------------
@@ -436,7 +438,7 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "", resend_ca
     verification sees the outcome. A failing re-send is logged: the verification's verdict stands."""
     cancel_resent = False
     try:
-        with gateway(trade.account, client) as client:
+        with gateway(trade.account, client, priority=egress.VERIFY) as client:
             snap = OrderSnapshot.parse(fetch_order(client, trade))
             result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
             if snap.is_working and resend_cancel:
@@ -520,7 +522,9 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
     trade.exchange_status, trade.placed_at = PLACING, now
     trade.cancel_after = claim.get("cancel_after", trade.cancel_after)
     try:
-        with gateway(trade.account, client) as client:
+        # The order's share of the budget for the whole entry: a position-mode read it needs first must not be
+        # refused at a lower priority than the order it is for.
+        with gateway(trade.account, client, priority=egress.ORDER) as client:
             order = _send_entry(trade, client)
     except _ModeUnknown as exc:  # nothing was sent: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
@@ -528,7 +532,8 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except RateLimited as exc:  # refused before execution: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
-            trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status})"), Source.PLACE)
+            trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status or 'not sent'})"),
+            Source.PLACE)
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except ClockSkew as exc:  # -1021 twice (the gateway re-synced and resent once): not executed, a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(

@@ -1,4 +1,4 @@
-"""The user-data WebSocket consumer (DESIGN §1 P0 "reconcile on every (re)connect"; issue 5).
+"""The user-data WebSocket consumer ("reconcile on every (re)connect", docs/DESIGN.md).
 
 One asyncio process streams every active account (or the named ones), one connection each, to
 ``{BINANCE_FUTURES_WS_URL}/private/ws?listenKey=<key>&events=<USER_STREAM_EVENTS, "/"-separated>`` (without

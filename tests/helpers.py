@@ -41,3 +41,17 @@ def as_ws(order: dict) -> dict:
             "cp": False, "rp": "0", "pP": False, "si": 0, "ss": 0, "V": "NONE", "pm": "NONE", "gtd": 0,
         },
     }
+
+
+class NoBudget:
+    """A weight budget (trades.egress) that never refuses and forgets 429/418 marks: for tests that feed a gateway
+    one canned answer after another, where each answer must be judged on its own."""
+
+    def acquire(self, *args):
+        return None
+
+    def record_used(self, *args):
+        pass
+
+    def mark_limited(self, *args):
+        pass

@@ -1,4 +1,4 @@
-"""DESIGN §4's fault matrix, one test per row, on the real stack: the sandbox over HTTP/WebSocket, two Celery
+"""The fault matrix (docs/DESIGN.md), one test per row, on the real stack: the sandbox over HTTP/WebSocket, two Celery
 worker processes and the user stream as subprocesses, MariaDB and Redis. After each fault stops, the test waits
 (with a deadline) for quiescence and checks the invariant: every trade agrees with the exchange's order, one audit
 event per transition, every exchange position explained or reported as an orphan."""

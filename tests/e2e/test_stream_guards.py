@@ -1,4 +1,4 @@
-"""DESIGN §5 rows F17 and F20 on the real stack (the sandbox, two Celery workers, the user stream, MariaDB, Redis):
+"""docs/DESIGN.md "What Binance really does" rows F17 and F20 on the real stack (the sandbox, two Celery workers, the user stream, MariaDB, Redis):
 the product's guards against Binance behaving worse than it documents.
 
 F17: a socket that is connected and silent (the sandbox drops the account's events, as Binance does for a stream

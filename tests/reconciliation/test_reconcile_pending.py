@@ -16,6 +16,7 @@ from reconciliation.models import ReconcileRun
 from reconciliation.services import apply_order_snapshot, reconcile_pending
 from tests.factories import TradeFactory
 from tests.helpers import place
+from trades.egress import shared_budget
 from trades.models import Trade, TradeEvent
 
 pytestmark = pytest.mark.django_db
@@ -223,6 +224,10 @@ class TestWeight:
 
         assert report["stopped_early"] is True and report["retry_after"] > 0
         assert set(Trade.objects.filter(account=account).values_list("status", flat=True)) == {"pending"}
+        sent = binance.control.stats()["total_requests"]
+        again = reconcile_pending(account)           # before Retry-After: stops again without asking Binance
+        assert again["stopped_early"] is True and binance.control.stats()["total_requests"] == sent
+        shared_budget().clear()                      # Retry-After has passed
         assert reconcile_pending(account)["opened"] == 2
 
     def test_f9_server_error_on_one_look_up_is_counted_and_the_rest_go_on(self, binance, account):
