@@ -55,3 +55,18 @@ class NoBudget:
 
     def mark_limited(self, *args):
         pass
+
+
+def entered(account, side="BUY", qty="0.010", symbol="BTCUSDT"):
+    """The bot's entry flow in-process: a pending trade, placed (MARKET) and reconciled open."""
+    from decimal import Decimal
+
+    from reconciliation.services import create_pending_trade, place_entry_order, reconcile_pending
+    from trades.models import Trade
+
+    trade = create_pending_trade(account, symbol, side, Decimal(qty))
+    place_entry_order(trade)
+    reconcile_pending(account)
+    trade.refresh_from_db()
+    assert trade.status == Trade.Status.OPEN, trade.status_reason
+    return trade
