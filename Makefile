@@ -19,6 +19,8 @@ migrate: venv
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --noinput
 
 # make run: the whole stack on this machine (Procfile.dev) against the sandbox exchange, with the demo story.
+# RECONCILE_AUDIT_SEC=0: the story's last chapter (a fill the connected stream never delivered) is found by the
+# periodic reconcile within its minute; production audits an account with a healthy stream every 600 s.
 # Ports: SANDBOX_PORT=9900 WEB_PORT=8000 make run. DATABASE_URL / CELERY_BROKER_URL pass through (default: SQLite and
 # the filesystem broker under TRADEOPS_VAR_DIR, ./var). Binance's URLs are pinned to the sandbox here, never in a
 # Procfile, so production (Procfile) talks to whatever its environment says.
@@ -30,7 +32,8 @@ RUN_ENV = DJANGO_DEBUG=$${DJANGO_DEBUG:-1} PYTHONUNBUFFERED=1 PATH="$(abspath $(
 	BINANCE_FUTURES_TESTNET_REST_URL=http://127.0.0.1:$(SANDBOX_PORT) \
 	BINANCE_FUTURES_TESTNET_WS_URL=ws://127.0.0.1:$(SANDBOX_PORT) \
 	USER_STREAM_BACKOFF_MAX_SEC=$${USER_STREAM_BACKOFF_MAX_SEC:-5} \
-	USER_STREAM_ACCOUNT_REFRESH_SEC=$${USER_STREAM_ACCOUNT_REFRESH_SEC:-5}
+	USER_STREAM_ACCOUNT_REFRESH_SEC=$${USER_STREAM_ACCOUNT_REFRESH_SEC:-5} \
+	RECONCILE_AUDIT_SEC=$${RECONCILE_AUDIT_SEC:-0}
 
 run: migrate
 	@$(RUN_ENV) $(BIN)/python manage.py dev_setup --admin-url http://127.0.0.1:$(WEB_PORT)/admin/

@@ -1,20 +1,25 @@
-"""A fleet: reconcile_all_accounts through real Celery + Redis with 2 worker processes, against the naive seed
-approach (one GET /fapi/v1/order per pending trade, 2 processes), same run, same data.
+"""A fleet on ONE egress IP, against Binance's real limits: reconcile_all_accounts through real Celery + Redis with 2
+worker processes drawing from the fleet-wide weight budget, against the naive seed approach (one GET /fapi/v1/order
+per pending trade, 2 processes, no shared budget), same run, same data, each for the same wall time.
 
     DATABASE_URL=mysql://… CELERY_BROKER_URL=redis://… .venv/bin/python bench/fleet.py [--accounts 1000]
-        [--trades 50] [--symbols 5]
+        [--trades 50] [--symbols 5] [--minutes 2]
 
-Each side gets its own `accounts` accounts with `trades` pending trades each (NEW orders resting in the sandbox,
-spread over `symbols` symbols, their placement answers already applied: the periodic reconcile's everyday case). Prints trades reconciled per second, Binance weight per account and the p95 time per
-account, and the ratios.
+The sandbox limits request weight per source IP as Binance does (2,400/min, 429 with Retry-After, 418 bans from
+2 minutes up); each side sends from its own loopback address (seed 127.0.0.2, ours 127.0.0.3), so one side's ban
+cannot touch the other. Each side gets `accounts` accounts with `trades` pending trades each (NEW orders resting in
+the sandbox over `symbols` symbols, placement answers applied: the periodic reconcile's everyday case). Prints, per
+side: trades verified per minute, Binance weight per minute on its IP (the peak of the sandbox's own per-IP counter,
+sampled), 429 and 418 answers, and the ratios. A side that collects a 429 or 418 is not a result Binance would allow.
 """
 
 import argparse
+import logging
 import multiprocessing as mp
 import os
-import statistics
 import subprocess
 import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -32,8 +37,10 @@ from django.test import override_settings  # noqa: E402
 from reconciliation.models import ReconcileRun  # noqa: E402
 from sandbox.testing import running_sandbox  # noqa: E402
 from tradeops.celery import app  # noqa: E402
+from trades import egress  # noqa: E402
 from trades.models import Account, Trade  # noqa: E402
 
+SEED_IP, OURS_IP = "127.0.0.2", "127.0.0.3"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
 
 
@@ -58,30 +65,68 @@ def make_fleet(control, prefix: str, accounts: int, trades: int, symbols: list[s
     return ids
 
 
+class _NoBudget:
+    """The seed had no shared budget: nothing is ever held back, each process learns of a 429/418 on its own."""
+
+    def acquire(self, *args):
+        return None
+
+    def record_used(self, *args):
+        pass
+
+    def mark_limited(self, *args):
+        pass
+
+
 def _seed_worker(args):
-    """One process of the naive approach: for each account, one order query per pending trade."""
-    account_ids, rest_url = args
+    """One process of the naive approach: for each account, one order query per pending trade, until the deadline.
+    Returns (trades verified, refused answers)."""
+    account_ids, rest_url, deadline = args
     import django
     from django.conf import settings
 
     django.setup()
     settings.BINANCE_FUTURES_REST_URL = rest_url
+    logging.getLogger("trades").setLevel(logging.CRITICAL)   # tens of thousands of refusals: counted, not logged
     from reconciliation.services import apply_order_snapshot, fetch_order
     from trades.binance_client import BinanceFuturesClient
+    from trades.exceptions import RateLimited
 
-    durations = []
+    verified = refused = 0
     for account_id in account_ids:
-        started = time.perf_counter()
         account = Account.objects.get(pk=account_id)
-        with BinanceFuturesClient.for_account(account) as client:
+        with BinanceFuturesClient(account.api_key, account.api_secret, rest_url=rest_url, source_address=SEED_IP,
+                                  budget=_NoBudget()) as client:
             for trade in Trade.objects.get_pending_recent(account_id, limit=10**6):
-                apply_order_snapshot(trade, fetch_order(client, trade), "reconcile")
-        durations.append(time.perf_counter() - started)
-    return durations
+                if time.time() >= deadline:
+                    return verified, refused
+                try:
+                    apply_order_snapshot(trade, fetch_order(client, trade), "reconcile")
+                    verified += 1
+                except RateLimited:
+                    refused += 1
+    return verified, refused
 
 
-def p95(values):
-    return statistics.quantiles(values, n=20)[-1] if len(values) >= 20 else max(values)
+class PeakWeight:
+    """Samples the sandbox's per-IP used weight of the current minute; keeps the peak of each minute."""
+
+    def __init__(self, control, ip: str) -> None:
+        self.control, self.ip, self.peak = control, ip, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, self.control.stats()["used_weight_1m"].get(self.ip, 0))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def main() -> None:
@@ -89,69 +134,96 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--trades", type=int, default=50)
     parser.add_argument("--symbols", type=int, default=5)
+    parser.add_argument("--minutes", type=float, default=2.0, help="wall time each side runs")
     args = parser.parse_args()
     symbols = SYMBOLS[: args.symbols]
-    n_trades = args.accounts * (args.trades // len(symbols)) * len(symbols)
+    per_account = (args.trades // len(symbols)) * len(symbols)
+    window = args.minutes * 60
 
-    with running_sandbox(weight_limit=10**9) as sandbox, override_settings(BINANCE_FUTURES_REST_URL=sandbox.rest_url):
+    # Binance's limits, as published: 2,400 weight/min per IP, real ban lengths.
+    with running_sandbox() as sandbox, override_settings(BINANCE_FUTURES_REST_URL=sandbox.rest_url):
         control = sandbox.control
         t0 = time.perf_counter()
         run = f"{int(time.time()) % 100000}-"  # account names stay unique when DATABASE_URL is reused
         ours_ids = make_fleet(control, f"ours{run}", args.accounts, args.trades, symbols)
         seed_ids = make_fleet(control, f"seed{run}", args.accounts, args.trades, symbols)
-        print(f"setup: {2 * args.accounts} accounts, {2 * n_trades} pending trades in {time.perf_counter() - t0:.0f}s")
+        print(f"setup: {2 * args.accounts} accounts, {2 * args.accounts * per_account} pending trades in "
+              f"{time.perf_counter() - t0:.0f}s")
+        egress.shared_budget().clear()
 
-        # Ours: beat's reconcile_all_accounts, fanned out to 2 worker processes over Redis.
+        # The seed's approach first: 2 processes, one GET per trade, no shared budget, from SEED_IP.
+        Account.objects.filter(pk__in=ours_ids).update(is_active=False)
+        connection.close()
+        control.reset_stats()
+        started = time.perf_counter()
+        deadline = time.time() + window
+        with PeakWeight(control, SEED_IP) as seed_peak, mp.get_context("fork").Pool(2) as pool:
+            halves = pool.map(_seed_worker, [(seed_ids[0::2], sandbox.rest_url, deadline),
+                                             (seed_ids[1::2], sandbox.rest_url, deadline)])
+        seed_wall = time.perf_counter() - started
+        seed_stats = control.stats()
+        seed_verified = sum(v for v, _ in halves)
+        Account.objects.filter(pk__in=seed_ids).update(is_active=False)
+        Account.objects.filter(pk__in=ours_ids).update(is_active=True)
+
+        # Ours: beat's reconcile_all_accounts, fanned out to 2 worker processes over Redis, on OURS_IP's budget.
         app.control.purge()
-        env = {**os.environ, **CHILD_ENV, "BINANCE_FUTURES_REST_URL": sandbox.rest_url, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **CHILD_ENV, "BINANCE_FUTURES_REST_URL": sandbox.rest_url, "PYTHONUNBUFFERED": "1",
+               "BINANCE_SOURCE_ADDRESSES": OURS_IP}
         workers = [subprocess.Popen([sys.executable, "-m", "celery", "-A", "tradeops", "worker", "--pool=prefork",
                                      "--concurrency=1", f"--hostname=bench{i}@%h", "--without-mingle",
                                      "--without-gossip", "--loglevel=WARNING"], cwd=ROOT, env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (1, 2)]
         try:
-            time.sleep(0)  # (workers start while we deactivate the seed side's accounts)
-            Account.objects.filter(pk__in=seed_ids).update(is_active=False)
-            deadline = time.monotonic() + 60
-            while len(app.control.ping(timeout=0.5) or []) < 2 and time.monotonic() < deadline:
+            ping_deadline = time.monotonic() + 60
+            while len(app.control.ping(timeout=0.5) or []) < 2 and time.monotonic() < ping_deadline:
                 pass
             control.reset_stats()
+            egress.shared_budget().clear()
             started = time.perf_counter()
-            app.send_task("reconciliation.tasks.reconcile_all_accounts")
-            while ReconcileRun.objects.filter(account_id__in=ours_ids).count() < len(ours_ids):
-                time.sleep(0.2)
+            with PeakWeight(control, OURS_IP) as ours_peak:
+                fired = -60.0
+                while time.perf_counter() - started < window:
+                    if time.perf_counter() - fired >= 60:       # as beat does, every minute
+                        app.send_task("reconciliation.tasks.reconcile_all_accounts")
+                        fired = time.perf_counter()
+                    done = sum(r.report.get("checked", 0) for r in ReconcileRun.objects.filter(account_id__in=ours_ids))
+                    if done >= len(ours_ids) * per_account:
+                        break
+                    time.sleep(1)
             ours_wall = time.perf_counter() - started
-            ours_weight = control.stats()["total_weight"]
+            ours_stats = control.stats()
+            ours_verified = sum(r.report.get("checked", 0) for r in ReconcileRun.objects.filter(
+                account_id__in=ours_ids, outcome__in=[ReconcileRun.Outcome.OK, ReconcileRun.Outcome.PARTIAL]))
         finally:
+            app.control.purge()
             for worker in workers:
                 worker.terminate()
             for worker in workers:
                 worker.wait(30)
-        runs = list(ReconcileRun.objects.filter(account_id__in=ours_ids))
-        ours_p95 = p95([r.duration_ms / 1000 for r in runs])
-        assert all(r.report["checked"] == args.trades // len(symbols) * len(symbols) for r in runs)
 
-        # The seed's approach, same data shape, same parallelism (2 processes).
-        Account.objects.filter(pk__in=seed_ids).update(is_active=True)
-        connection.close()
-        control.reset_stats()
-        started = time.perf_counter()
-        ctx = mp.get_context("fork")
-        with ctx.Pool(2) as pool:
-            halves = pool.map(_seed_worker, [(seed_ids[0::2], sandbox.rest_url), (seed_ids[1::2], sandbox.rest_url)])
-        seed_wall = time.perf_counter() - started
-        seed_weight = control.stats()["total_weight"]
-        seed_p95 = p95([d for half in halves for d in half])
+    def row(name, wall, verified, peak, stats):
+        # Per minute of the window: a side that stops early (banned, every call refused at once) verified nothing
+        # more in the rest of it.
+        statuses = stats["statuses"]
+        return (name, wall, verified, verified / max(wall, window) * 60, peak, stats["total_weight"],
+                statuses.get("429", 0), statuses.get("418", 0))
 
-    rows = [("seed (1 GET per trade)", seed_wall, seed_weight, seed_p95), ("ours (reconcile_all_accounts)", ours_wall,
-                                                                          ours_weight, ours_p95)]
-    print(f"\nfleet: {args.accounts} accounts × {args.trades} pending trades over {len(symbols)} symbols, "
-          f"2 worker processes, DB {connection.vendor}, broker Redis, sandbox over HTTP\n")
-    print("| approach | wall s | trades/s | weight per account | p95 s per account |")
-    print("|---|---|---|---|---|")
-    for name, wall, weight, p in rows:
-        print(f"| {name} | {wall:.1f} | {n_trades / wall:,.0f} | {weight / args.accounts:.1f} | {p:.3f} |")
-    print(f"| ours/seed | {ours_wall / seed_wall:.3f} | {seed_wall / ours_wall:.2f}× | "
-          f"{ours_weight / seed_weight:.3f} | {ours_p95 / seed_p95:.3f} |")
+    rows = [row("seed (1 GET per trade, no shared budget)", seed_wall, seed_verified, seed_peak.peak, seed_stats),
+            row("ours (reconcile_all_accounts, fleet budget)", ours_wall, ours_verified, ours_peak.peak, ours_stats)]
+    print(f"\nfleet on one egress IP each: {args.accounts} accounts × {per_account} pending trades over "
+          f"{len(symbols)} symbols, 2 worker processes, {args.minutes:g} min each, DB {connection.vendor}, broker "
+          f"Redis, sandbox with Binance's per-IP limits (2,400 weight/min, 429 → 418 bans)\n")
+    print("| approach | wall s | trades verified | trades/min | peak weight in one minute on the IP | weight sent "
+          "| 429 | 418 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, wall, verified, per_min, peak, sent, n429, n418 in rows:
+        print(f"| {name} | {wall:.0f} | {verified:,} | {per_min:,.0f} | {peak:,} | {sent:,} | {n429:,} | {n418:,} |")
+    seed, ours = rows
+    print(f"| ours/seed | | | {ours[3] / max(seed[3], 1e-9):.2f}× | | | | |")
+    for name, *_, n429, n418 in rows:
+        if n429 or n418:
+            print(f"NOT A RESULT: {name} got {n429} × 429 and {n418} × 418 — Binance would have banned this IP")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
-"""Pending reconcile: the seed's approach (one GET /fapi/v1/order per pending trade) against ours
-(reconciliation.services.reconcile_pending), same run, same data, through python-binance against the sandbox.
+"""Pending reconcile: the seed's approach (one GET /fapi/v1/order per pending trade), the previous one (per symbol,
+a look-up per trade when few, one allOrders when many) and ours (reconciliation.services.reconcile_pending: one
+openOrders per symbol, then only the orders not resting are looked up), same run, same data, through python-binance
+against the sandbox.
 
-    .venv/bin/python bench/reconcile.py [--sizes 50 500 5000] [--symbols 5] [--filled 0.1]
+    .venv/bin/python bench/reconcile.py [--sizes 50 500 5000] [--symbols 5] [--filled 0.1] [--audit-sec 600]
 
-For each N: two accounts get identical books — N pending trades over S symbols, a fraction of them filled on the
-exchange — one reconciled each way. Figures: Binance weight (the sandbox's counters), HTTP calls, DB queries, wall
-time, and ours/seed ratios. The sandbox's weight limit is lifted so the seed approach can finish at all: at
-N = 5000 it needs more weight than Binance allows an IP per minute (2400).
+For each N: three accounts get identical books — N pending trades over S symbols, each noted NEW as its placement
+answer left it, a fraction of them filled on the exchange — one reconciled each way. Figures: Binance weight (the
+sandbox's counters), HTTP calls, DB queries, wall time, ours/seed and ours/previous ratios, and what that means
+under Binance's limit of 2,400 weight a minute per IP: how many such accounts one egress IP can reconcile every
+minute (stream unhealthy) and every --audit-sec (stream healthy: RECONCILE_AUDIT_SEC). The sandbox's weight limit
+is lifted so the seed approach can finish at all: at N = 5000 it needs more weight than Binance allows an IP per
+minute.
 """
 
 import argparse
@@ -20,9 +25,12 @@ from _django import setup_django  # noqa: E402
 
 setup_django()
 
+from unittest import mock  # noqa: E402
+
 from django.db import connection  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
+from reconciliation import services  # noqa: E402
 from reconciliation.services import apply_order_snapshot, fetch_order, reconcile_pending  # noqa: E402
 from sandbox.testing import running_sandbox  # noqa: E402
 from trades.binance_client import BinanceFuturesClient  # noqa: E402
@@ -41,7 +49,8 @@ def make_book(control, name: str, n: int, symbols: list[str], filled: float) -> 
         ids = range(bulk["first_order_id"], bulk["last_order_id"] + 1)
         Trade.objects.bulk_create([
             Trade(account=account, symbol=symbol, side="BUY", quantity=Decimal("10"), price=Decimal("1"),
-                  client_order_id=f"{name}-{symbol}-{order_id}") for order_id in ids
+                  client_order_id=f"{name}-{symbol}-{order_id}", entry_order_id=order_id, exchange_status="NEW",
+                  exchange_update_time=0) for order_id in ids
         ])
         for order_id in list(ids)[: int(per_symbol * filled)]:
             control.fill_order(creds["api_key"], symbol, order_id=order_id)
@@ -55,6 +64,12 @@ def seed_reconcile(account: Account) -> dict:
     for trade in Trade.objects.get_pending_recent(account.pk, limit=10**9):
         opened += apply_order_snapshot(trade, fetch_order(client, trade), "reconcile") == "opened"
     return {"opened": opened, "http_calls": client.http_calls}
+
+
+def previous_reconcile(account: Account) -> dict:
+    """reconcile_pending without openOrders: the approach before it (per order when few, allOrders when many)."""
+    with mock.patch.object(services, "_worth_open_orders", lambda trades: False):
+        return reconcile_pending(account, reason="bench")
 
 
 def measure(control, run) -> dict:
@@ -74,11 +89,21 @@ def measure(control, run) -> dict:
             "opened": result["opened"]}
 
 
+LIMIT_PER_MINUTE = 2400  # Binance's request weight per IP per minute (exchangeInfo.rateLimits)
+
+
+def per_ip(weight: int, every_sec: int) -> str:
+    """Accounts like this one an IP can reconcile every `every_sec`, within LIMIT_PER_MINUTE."""
+    per_minute = weight * 60 / every_sec
+    return f"{int(LIMIT_PER_MINUTE // per_minute):,}" if per_minute else "∞"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500, 5000])
     parser.add_argument("--symbols", type=int, default=5)
     parser.add_argument("--filled", type=float, default=0.1)
+    parser.add_argument("--audit-sec", type=int, default=600)
     args = parser.parse_args()
     symbols = SYMBOLS[: args.symbols]
 
@@ -87,33 +112,45 @@ def main() -> None:
         BINANCE_FUTURES_REST_URL=sandbox.rest_url, RECONCILE_WEIGHT_BUDGET=10**9
     ):
         for n in args.sizes:
-            seed_account = make_book(sandbox.control, f"seed{n}", n, symbols, args.filled)
-            ours_account = make_book(sandbox.control, f"ours{n}", n, symbols, args.filled)
-            seed = measure(sandbox.control, lambda: seed_reconcile(seed_account))
-            ours = measure(sandbox.control, lambda: reconcile_pending(ours_account, reason="bench"))
-            assert seed["opened"] == ours["opened"] == int(n // len(symbols) * args.filled) * len(symbols)
-            rows.append((n, seed, ours, ""))
-            # The next beat: nothing new on the exchange.
-            seed = measure(sandbox.control, lambda: seed_reconcile(seed_account))
-            ours = measure(sandbox.control, lambda: reconcile_pending(ours_account, reason="bench"))
-            rows.append((n, seed, ours, " again"))
+            books = {name: make_book(sandbox.control, f"{name}{n}", n, symbols, args.filled)
+                     for name in ("seed", "prev", "ours")}
+            runs = {
+                "seed": lambda: seed_reconcile(books["seed"]),
+                "previous": lambda: previous_reconcile(books["prev"]),
+                "ours": lambda: reconcile_pending(books["ours"], reason="bench"),
+            }
+            for again in ("", " again"):  # " again": the next beat, nothing new on the exchange
+                figures = {name: measure(sandbox.control, run) for name, run in runs.items()}
+                expected = 0 if again else int(n // len(symbols) * args.filled) * len(symbols)
+                assert {f["opened"] for f in figures.values()} == {expected}, figures
+                rows.append((n, figures, again))
 
     print(f"\npending reconcile, S = {len(symbols)} symbols, {args.filled:.0%} of orders filled "
           f"(sandbox over HTTP through python-binance; DB: {connection.vendor})\n")
-    print("DB reads = SELECTs; DB writes = everything else (the first look at a NEW order notes its order id and")
-    print("updateTime once; each filled trade is UPDATE + SELECT + INSERT of its audit event, in a transaction).")
-    print("'again': the next run with nothing new on the exchange.\n")
-    header = (f"| {'N':>5} | {'approach':<10} | {'weight':>6} | {'HTTP':>5} | {'DB reads':>8} | {'DB writes':>9} | "
-              f"{'wall s':>6} | {'opened':>6} |")
+    print("DB reads = SELECTs; DB writes = everything else (the first look at each order notes its updateTime once;")
+    print("each filled trade is UPDATE + SELECT + INSERT of its audit event, in a transaction).")
+    print("'again': the next run with nothing new on the exchange. accounts/IP: how many such accounts one egress IP")
+    print(f"reconciles within Binance's {LIMIT_PER_MINUTE:,} weight/min, every minute (stream unhealthy) and every "
+          f"{args.audit_sec} s (stream healthy).\n")
+    header = (f"| {'N':>5} | {'approach':<14} | {'weight':>6} | {'HTTP':>5} | {'DB reads':>8} | {'DB writes':>9} | "
+              f"{'wall s':>6} | {'opened':>6} | {'accounts/IP, 60 s':>17} | "
+              f"{f'accounts/IP, {args.audit_sec} s':>{max(17, 16 + len(str(args.audit_sec)))}} |")
     print(header)
     print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
-    for n, seed, ours, again in rows:
-        for name, r in (("seed" + again, seed), ("ours" + again, ours)):
-            print(f"| {n:>5} | {name:<10} | {r['weight']:>6} | {r['http']:>5} | {r['reads']:>8} | {r['writes']:>9} | "
-                  f"{r['wall']:>6.2f} | {r['opened']:>6} |")
-        print(f"| {n:>5} | {'ours/seed':<10} | {ours['weight'] / seed['weight']:>6.3f} | "
-              f"{ours['http'] / seed['http']:>5.3f} | {ours['reads'] / seed['reads']:>8.3f} | "
-              f"{ours['writes'] / max(seed['writes'], 1):>9.3f} | {ours['wall'] / seed['wall']:>6.3f} | {'':>6} |")
+    wide = max(17, 16 + len(str(args.audit_sec)))
+    for n, figures, again in rows:
+        for name, r in figures.items():
+            audit = per_ip(r["weight"], args.audit_sec) if name == "ours" else "—"
+            print(f"| {n:>5} | {name + again:<14} | {r['weight']:>6} | {r['http']:>5} | {r['reads']:>8} | "
+                  f"{r['writes']:>9} | {r['wall']:>6.2f} | {r['opened']:>6} | {per_ip(r['weight'], 60):>17} | "
+                  f"{audit:>{wide}} |")
+        ours = figures["ours"]
+        for base in ("seed", "previous"):
+            b = figures[base]
+            print(f"| {n:>5} | {'ours/' + base:<14} | {ours['weight'] / b['weight']:>6.3f} | "
+                  f"{ours['http'] / b['http']:>5.3f} | {ours['reads'] / b['reads']:>8.3f} | "
+                  f"{ours['writes'] / max(b['writes'], 1):>9.3f} | {ours['wall'] / b['wall']:>6.3f} | {'':>6} | "
+                  f"{'':>17} | {'':>{wide}} |")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from trades import egress
 from trades.binance_client import BinanceFuturesClient
 from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import ExchangeError
@@ -70,7 +71,7 @@ def snapshot_view(snap: OrderSnapshot) -> dict:
 
 
 def _fetch_snapshot(trade: Trade, client) -> tuple[object, OrderSnapshot]:
-    with gateway(trade.account, client) as client:
+    with gateway(trade.account, client, priority=egress.VERIFY) as client:
         order = fetch_order(client, trade)
     return order, OrderSnapshot.parse(order)
 
@@ -95,7 +96,7 @@ def verify_trades_on_binance(trades, *, actor: str) -> list[Verification]:
     try:
         for trade in trades:
             if trade.account_id not in clients:
-                clients[trade.account_id] = BinanceFuturesClient.for_account(trade.account)
+                clients[trade.account_id] = BinanceFuturesClient.for_account(trade.account, priority=egress.VERIFY)
             try:
                 results.append(verify_on_binance(trade, actor=actor, client=clients[trade.account_id]))
             except (ExchangeError, LookupError, InvalidSnapshot, SnapshotMismatch) as exc:

@@ -1,4 +1,4 @@
-"""THE rule: what a Binance order snapshot means for a trade (DESIGN §2 state table), as a pure decision.
+"""THE rule: what a Binance order snapshot means for a trade (docs/DESIGN.md "The one rule" state table), as a pure decision.
 
 `decide(trade, snapshot, now)` reads only the trade's current fields and returns the compare-and-set to make, or
 None. `services.apply_order_snapshot` executes it; nothing else decides a trade's state from an order.
@@ -26,7 +26,7 @@ Never backwards: a snapshot older (updateTime) than the last one applied is igno
 open and closed trades never change status by an order snapshot. Money is Decimal throughout.
 
 The last row is bookkeeping, not a state change: Binance's answers to placing and cancelling no longer carry
-`avgPrice` (2026-07; DESIGN §5 F25), so a partial fill applied from a cancel answer opens the trade without a price,
+`avgPrice` (2026-07; docs/DESIGN.md "What Binance really does" F25), so a partial fill applied from a cancel answer opens the trade without a price,
 and the next look-up (the cancel's verification, the stream's event, an operator's verify) fills it in. No audit
 event is written for it — the status does not change and the opening event already records the fill; the service
 logs it at INFO. It writes only while the entry price is still missing (compare-and-set), only for a snapshot of

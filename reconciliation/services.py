@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from trades import egress
 from trades.binance_client import BinanceFuturesClient, new_client_order_id
 from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import (
@@ -34,7 +35,7 @@ from .models import ReconcileRun
 from .position_mode import POSITION_SIDE_MISMATCH, entry_position_side, is_hedge_mode
 from .positions import compare_positions
 from .reports import Report
-from .snapshots import NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
+from .snapshots import NOT_FOUND, PLACING, WORKING, InvalidSnapshot, OrderSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,13 @@ WS_CONNECT = "ws_connect"  # the reason of the reconcile the user stream asks fo
 
 
 @contextmanager
-def gateway(account: Account, client=None):
-    """The client a caller passed in (theirs to close), or the account's own for this block, closed after it."""
+def gateway(account: Account, client=None, *, priority: str = egress.RECONCILE):
+    """The client a caller passed in (theirs to close), or the account's own for this block, closed after it.
+    `priority`: which share of the egress IP's weight budget the calls may use (trades/egress.py)."""
     if client is not None:
         yield client
         return
-    with BinanceFuturesClient.for_account(account) as own:
+    with BinanceFuturesClient.for_account(account, priority=priority) as own:
         yield own
 
 
@@ -133,7 +135,10 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
     """Bring every pending trade of the account in line with Binance's order state (the seed's
     `_reconcile_pending_with_binance`). `deep`: the pending trades older than RECONCILE_MAX_AGE_SEC instead.
 
-    Weight ≈ min(N, 5·S): per symbol, one GET /fapi/v1/order per trade when it has few, one allOrders when many.
+    Weight ≈ S + min(N − k, 5·S) for N pending trades over S symbols, k of them still resting: per symbol, one
+    openOrders (weight 1) when at least two of its trades last rested (their rows are their snapshots), then for the
+    others one GET /fapi/v1/order each when few, one allOrders (weight 5) when many. The report's weight_used counts
+    every request. DB queries do not grow with N (paged reads; writes only for trades that change).
     Stops early (report.stopped_early) when the account's used weight passes RECONCILE_WEIGHT_BUDGET or Binance
     rate-limits us; the caller reschedules. A second concurrent run for the account returns skipped=True at once.
     """
@@ -146,17 +151,17 @@ def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = 
             # A stream marked deaf, reconnected: this reconcile found nothing its new socket missed.
             stream_guard.clear_deaf_after_reconnect(account.pk, reconcile_started_at=report.started_at)
 
-    return _run_under_lease(account, report, client, work)
+    return _run_under_lease(account, report, client, work, priority=egress.DEEP if deep else egress.RECONCILE)
 
 
-def _run_under_lease(account: Account, report: Report, client, work) -> dict:
+def _run_under_lease(account: Account, report: Report, client, work, *, priority: str = egress.RECONCILE) -> dict:
     """Run work(client) holding the account's lease; a busy lease means skipped. Rate limiting stops the run early
     (the report says when to retry); the report is kept (ReconcileRun) and returned as a dict."""
     with account_lease(account.pk) as held:
         if not held:
             report.skipped = True
             return report.finish()
-        with gateway(account, client) as client:
+        with gateway(account, client, priority=priority) as client:
             calls_before = client.http_calls
             try:
                 work(client)
@@ -176,6 +181,10 @@ def reconcile_pending_locked(account: Account, client, report: Report, *, deep: 
     for symbol, trades in sorted(by_symbol.items()):
         if _over_budget(client, report):
             return
+        if _worth_open_orders(trades):
+            trades = _reconcile_symbol_by_open_orders(client, symbol, trades, report)
+            if trades is None:
+                return
         if len(trades) > settings.RECONCILE_PER_ORDER_MAX:
             _reconcile_symbol_by_all_orders(client, symbol, trades, report)
             continue
@@ -243,6 +252,50 @@ def _over_budget(client, report: Report) -> bool:
     return False
 
 
+def _worth_open_orders(trades: list[Trade]) -> bool:
+    """One openOrders (weight 1) pays for itself when at least two of the symbol's trades are expected to rest: each
+    one found there saves its own look-up. A trade Binance last showed working (NEW, PARTIALLY_FILLED) is expected
+    to; one never placed or still being placed is not, and is looked up as before."""
+    return sum(1 for trade in trades if trade.exchange_status in WORKING) >= 2
+
+
+def _reconcile_symbol_by_open_orders(client, symbol: str, trades: list[Trade], report: Report) -> list[Trade] | None:
+    """GET /fapi/v1/openOrders?symbol= (weight 1): each trade whose order is in the list still rests, and the row is
+    its snapshot (status, executedQty, avgPrice: a partial fill is recorded). Returns the trades not in the list,
+    which need a look-up of their own: an order that ended (filled, cancelled, expired), one never placed, or one
+    Binance does not show yet (-2013 right after placing) — the look-up, not its absence here, decides those. None
+    when over the weight budget. A failed openOrders costs nothing else: every trade is looked up as before."""
+    calls_before = client.http_calls
+    try:
+        orders = client.get_open_orders(symbol)
+    except RateLimited:
+        raise
+    except ExchangeError as exc:
+        logger.warning("account %s: openOrders %s failed: %s; looking each order up", report.account_id, symbol, exc)
+        return trades
+    finally:
+        report.weight_used += client.http_calls - calls_before
+    if not isinstance(orders, list):
+        logger.warning("account %s: openOrders %s answered %.200r; looking each order up", report.account_id, symbol,
+                       orders)
+        return trades
+    by_client_id = {o.get("clientOrderId"): o for o in orders if isinstance(o, dict) and o.get("clientOrderId")}
+    by_order_id = {o.get("orderId"): o for o in orders if isinstance(o, dict) and o.get("orderId") is not None}
+    rest = []
+    for trade in trades:
+        order = by_client_id.get(trade.client_order_id) if trade.client_order_id else None
+        order = order or (by_order_id.get(trade.entry_order_id) if trade.entry_order_id is not None else None)
+        if order is None:
+            rest.append(trade)
+            continue
+        report.checked += 1
+        report.resting += 1
+        _apply(trade, order, report, source=Source.RECONCILE)
+    if _over_budget(client, report):
+        return None
+    return rest
+
+
 def _reconcile_symbol_by_all_orders(client, symbol: str, trades: list[Trade], report: Report) -> None:
     start = min(trade.created_at for trade in trades) - ALL_ORDERS_SLACK
     calls_before = client.http_calls
@@ -271,6 +324,7 @@ def _reconcile_symbol_by_all_orders(client, symbol: str, trades: list[Trade], re
 
 def _reconcile_by_order(client, trade: Trade, report: Report, *, source: str) -> None:
     report.checked += 1
+    calls_before = client.http_calls
     try:
         order = fetch_order(client, trade)
     except RateLimited:
@@ -285,7 +339,7 @@ def _reconcile_by_order(client, trade: Trade, report: Report, *, source: str) ->
                           actor=report.actor)
         return
     finally:
-        report.weight_used += 1
+        report.weight_used += client.http_calls - calls_before  # weight 1 each; none without an order reference
     _apply(trade, order, report, source=source)
 
 
@@ -329,7 +383,7 @@ def sync_positions_with_binance(account: Account, *, reason: str = "beat", clien
         if not report.stopped_early:
             compare_positions(account, client, report)
 
-    return _run_under_lease(account, report, client, work)
+    return _run_under_lease(account, report, client, work, priority=egress.POSITIONS)
 
 
 # --- Retention ------------------------------------------------------------------------------------------------------
@@ -384,7 +438,7 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "", resend_ca
     verification sees the outcome. A failing re-send is logged: the verification's verdict stands."""
     cancel_resent = False
     try:
-        with gateway(trade.account, client) as client:
+        with gateway(trade.account, client, priority=egress.VERIFY) as client:
             snap = OrderSnapshot.parse(fetch_order(client, trade))
             result = apply_order_snapshot(trade, snap, Source.CANCEL_VERIFY, actor=actor)
             if snap.is_working and resend_cancel:
@@ -468,7 +522,9 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
     trade.exchange_status, trade.placed_at = PLACING, now
     trade.cancel_after = claim.get("cancel_after", trade.cancel_after)
     try:
-        with gateway(trade.account, client) as client:
+        # The order's share of the budget for the whole entry: a position-mode read it needs first must not be
+        # refused at a lower priority than the order it is for.
+        with gateway(trade.account, client, priority=egress.ORDER) as client:
             order = _send_entry(trade, client)
     except _ModeUnknown as exc:  # nothing was sent: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
@@ -476,7 +532,8 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except RateLimited as exc:  # refused before execution: a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
-            trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status})"), Source.PLACE)
+            trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status or 'not sent'})"),
+            Source.PLACE)
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except ClockSkew as exc:  # -1021 twice (the gateway re-synced and resent once): not executed, a definite no
         result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(

@@ -24,7 +24,7 @@ from trades.db import DB_UNAVAILABLE_ERRORS
 from trades.exceptions import ExchangeError, RateLimited, TransientExchangeError
 from trades.models import Account, Trade, TradeEvent
 
-from . import heartbeats, services
+from . import audit, heartbeats, services
 
 logger = logging.getLogger(__name__)
 
@@ -113,14 +113,24 @@ def reconcile_account(self, account_id, reason="beat", deep=False):
 
 @shared_task
 def reconcile_all_accounts(deep=False):
-    """One reconcile_account per active account, each on its own: one account's failure never stops the others."""
+    """One reconcile_account per active account, each on its own: one account's failure never stops the others.
+    The beat's pass leaves out the accounts whose healthy user stream was audited by REST less than
+    RECONCILE_AUDIT_SEC ago (audit.py); the deep pass leaves out none. Returns how many reconciles it sent."""
     ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
+    not_due = {} if deep else audit.audit_not_due(ids)
+    if not_due:
+        logger.info("reconcile beat: %d of %d accounts left to their next audit (%s): %s", len(not_due), len(ids),
+                    audit.STREAM_HEALTHY, ",".join(str(pk) for pk in sorted(not_due)[:50]))
+    sent = 0
     for account_id in ids:
+        if account_id in not_due:
+            continue
         reconcile_account.apply_async(
             (account_id,), {"reason": "deep" if deep else "beat", "deep": deep},
             expires=None if deep else BEAT_EXPIRES_SEC,
         )
-    return len(ids)
+        sent += 1
+    return sent
 
 
 @shared_task(base=ExchangeTask, bind=True)

@@ -1,4 +1,4 @@
-"""The user-data WebSocket consumer (DESIGN §1 P0 "reconcile on every (re)connect"; issue 5).
+"""The user-data WebSocket consumer ("reconcile on every (re)connect", docs/DESIGN.md).
 
 One asyncio process streams every active account (or the named ones) whose stream lease it holds — any number of
 processes share the accounts and take over a dead one's (stream/shards.py) — one connection each, to

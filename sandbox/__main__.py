@@ -19,7 +19,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9900, help="0 picks a free port")
-    parser.add_argument("--weight-limit", type=int, default=2400, help="REQUEST_WEIGHT per minute per API key")
+    parser.add_argument("--weight-limit", type=int, default=2400, help="REQUEST_WEIGHT per minute per source IP")
     parser.add_argument("--clock-offset-ms", type=int, default=0,
                         help="the sandbox clock runs this far from the host's (negative: behind); reset() restores it")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")

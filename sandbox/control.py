@@ -64,15 +64,24 @@ class SandboxControl:
 
     def stats(self) -> dict:
         """{requests: {"GET /fapi/v1/order": n}, weight: {...}, statuses: {...}, total_requests, total_weight,
-        used_weight_1m: {api_key: used}, weight_limit}."""
+        used_weight_1m: {source IP: used}, weight_limit, ip_weight_limits: {ip: limit},
+        bans: {ip: {bans, banned_until}}}."""
         return self._call("GET", "/stats")
 
     def reset_stats(self) -> dict:
-        """Zero the counters and every key's used weight (and lift 418 bans)."""
+        """Zero the counters, every IP's used weight and every account's order counts (and lift 418 bans)."""
         return self._call("POST", "/stats/reset")
 
-    def set_weight_limit(self, limit: int) -> dict:
-        return self._call("POST", "/weight_limit", {"limit": int(limit)})
+    def set_weight_limit(self, limit: int, ip: str | None = None) -> dict:
+        """REQUEST_WEIGHT per minute for every source IP, or for `ip` only."""
+        payload = {"limit": int(limit)}
+        if ip:
+            payload["ip"] = ip
+        return self._call("POST", "/weight_limit", payload)
+
+    def set_ban_time_scale(self, scale: float) -> dict:
+        """IP bans last `scale` × Binance's (2 min, doubling to 3 days); 1.0 again after reset()."""
+        return self._call("POST", "/ban_time_scale", {"scale": float(scale)})
 
     # --- accounts, prices, orders ------------------------------------------------------------------------
     def create_account(self, api_key: str | None = None, api_secret: str | None = None,

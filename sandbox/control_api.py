@@ -52,6 +52,7 @@ class ControlApi:
             ("POST", "/algo_orders", self.algo_order),
             ("GET", "/stats", self.stats), ("POST", "/stats/reset", self.reset_stats),
             ("POST", "/weight_limit", self.weight_limit),
+            ("POST", "/ban_time_scale", self.ban_time_scale),
             ("POST", "/positions/lag", self.lag_positions), ("POST", "/positions/autoclose", self.autoclose),
             ("POST", "/algo_orders/trigger", self.trigger_algo), ("GET", "/algo_orders", self.get_algo), ("POST", "/position_mode", self.position_mode),
         ]
@@ -200,7 +201,8 @@ class ControlApi:
         return {"listen_key": account.listen_key if active else None,
                 "expires_at": account.listen_key_expires if active else None,
                 "connections": self.ex.hub.count(account.api_key), "events_paused": account.events_paused,
-                "subscriptions": self.ex.hub.subscriptions(account.api_key)}
+                "subscriptions": self.ex.hub.subscriptions(account.api_key),
+                "peers": self.ex.hub.peers(account.api_key)}
 
     def drop_connections(self, data):
         return {"dropped": self.ex.hub.drop(self._account(data).api_key)}
@@ -277,14 +279,30 @@ class ControlApi:
 
     def stats(self, data):
         now = self.engine.now()
-        used = {who: self.ex.limiter.used(who, now) for who in self.ex.limiter.windows}
-        return {**self.ex.stats.public(), "used_weight_1m": used, "weight_limit": self.ex.limiter.limit}
+        limiter = self.ex.limiter
+        used = {ip: limiter.used(ip, now) for ip in limiter.windows}
+        return {**self.ex.stats.public(), "used_weight_1m": used, "weight_limit": limiter.limit,
+                "ip_weight_limits": dict(limiter.ip_limits), "bans": limiter.bans()}
 
     def reset_stats(self, data):
         self.ex.stats.reset()
         self.ex.limiter.windows.clear()
+        self.ex.orders.reset()
         return {"ok": True}
 
     def weight_limit(self, data):
-        self.ex.limiter.limit = int(data["limit"])
-        return {"limit": self.ex.limiter.limit}
+        """{"limit": n} for every IP, or {"limit": n, "ip": "127.0.0.2"} for one source address."""
+        limiter = self.ex.limiter
+        if data.get("ip"):
+            limiter.ip_limits[str(data["ip"])] = int(data["limit"])
+            return {"limit": int(data["limit"]), "ip": str(data["ip"])}
+        limiter.limit = int(data["limit"])
+        return {"limit": limiter.limit}
+
+    def ban_time_scale(self, data):
+        """Every IP ban lasts `scale` times Binance's length (tests: e.g. 0.01 makes the first ban 1.2 s)."""
+        scale = float(data["scale"])
+        if not 0 < scale <= 1:
+            raise ValueError("scale must be in (0, 1]")
+        self.ex.limiter.ban_time_scale = scale
+        return {"scale": scale}

@@ -1,7 +1,18 @@
-"""Request weight (429/418 with Retry-After), injected faults and request statistics.
+"""Request weight per IP and order counts per account (429/418 with Retry-After), injected faults, statistics.
 
-Binance counts weight per IP; the sandbox counts it per API key (requests without a key count under
-"ip:<address>") so that tests sharing one loopback address stay isolated from each other.
+Sourced from Binance's USDⓈ-M Futures "General Info" → "LIMITS" (and the spot "LIMITS" page it mirrors):
+
+* IP limits: every request carries the weight of its route, counted per source IP in 1-minute intervals that
+  start on the minute (a request at 00:01:23.456 counts towards 00:01:00's); every answer carries
+  X-MBX-USED-WEIGHT-1M, the IP's used weight. The limits are the IP's, not the API key's: every account behind one
+  address shares them. Over the limit → 429 with a Retry-After (seconds until the back-off ends). Failing to back
+  off after a 429 → an automated IP ban, 418 with a Retry-After until the ban ends; bans "scale in duration for
+  repeat offenders, from 2 minutes to 3 days".
+* Order rate limits: counted against each account (the X-MBX-ORDER-COUNT-* headers carry the account's count),
+  ORDERS 1200/minute and 300/10 s as published in exchangeInfo.rateLimits; over them → 429 with -1015.
+
+Binance does not publish its escalation ladder: here each ban of an IP doubles the previous one, 2 min, 4 min, …,
+capped at 3 days. `ban_time_scale` (control API) shrinks every ban for tests; the default, 1.0, is Binance's.
 """
 from __future__ import annotations
 
@@ -9,9 +20,16 @@ import math
 from dataclasses import dataclass, field
 
 MINUTE_MS = 60_000
-STRIKES_BEFORE_BAN = 3      # over-limit requests answered 429 in one minute; the next ones get 418
-BAN_MS = 2 * MINUTE_MS      # Binance's shortest IP ban
+STRIKES_BEFORE_BAN = 3        # over-limit requests answered 429 in one minute; the next ones get 418
+BAN_MS = 2 * MINUTE_MS        # Binance's shortest IP ban
+MAX_BAN_MS = 3 * 24 * 3600 * 1000   # and its longest
+ORDER_LIMITS = ((10_000, 300, "10S"), (MINUTE_MS, 1200, "1M"))   # (interval ms, limit, header suffix)
 FAULT_KINDS = frozenset({"408", "408_placed", "500", "502", "503", "503_unknown_placed", "429", "418", "hang"})
+
+
+def ban_ms(offence: int, scale: float = 1.0) -> int:
+    """How long the `offence`-th ban of an IP lasts (1 → 2 min, doubling, at most 3 days), times `scale`."""
+    return max(1, int(min(BAN_MS * 2 ** (offence - 1), MAX_BAN_MS) * scale))
 
 
 @dataclass(slots=True)
@@ -20,40 +38,80 @@ class _Window:
     used: int = 0
     strikes: int = 0
     banned_until: int = 0
+    bans: int = 0             # how many times this IP was banned: the next ban lasts longer
 
 
 class WeightLimiter:
+    """REQUEST_WEIGHT per source IP. `limit` applies to every IP unless `ip_limits` names one."""
+
     def __init__(self, limit: int) -> None:
         self.default_limit = limit
         self.limit = limit
+        self.ip_limits: dict[str, int] = {}
+        self.ban_time_scale = 1.0
         self.windows: dict[str, _Window] = {}
 
     def reset(self) -> None:
         self.limit = self.default_limit
+        self.ip_limits.clear()
+        self.ban_time_scale = 1.0
         self.windows.clear()
 
-    def charge(self, who: str, weight: int, now: int) -> tuple[int, int, int]:
-        """Count `weight` for `who`; return (used weight this minute, HTTP status to answer or 0, Retry-After s)."""
-        w = self.windows.get(who)
+    def limit_for(self, ip: str) -> int:
+        return self.ip_limits.get(ip, self.limit)
+
+    def charge(self, ip: str, weight: int, now: int) -> tuple[int, int, int]:
+        """Count `weight` for `ip`; return (used weight this minute, HTTP status to answer or 0, Retry-After s)."""
+        w = self.windows.get(ip)
         if w is None:
-            w = self.windows[who] = _Window()
+            w = self.windows[ip] = _Window()
         minute = now // MINUTE_MS
         if w.minute != minute:
             w.minute, w.used, w.strikes = minute, 0, 0
         w.used += weight
         if w.banned_until > now:
             return w.used, 418, math.ceil((w.banned_until - now) / 1000)
-        if w.used <= self.limit:
+        if weight == 0 or w.used <= self.limit_for(ip):
             return w.used, 0, 0
         w.strikes += 1
         if w.strikes > STRIKES_BEFORE_BAN:
-            w.banned_until = now + BAN_MS
-            return w.used, 418, BAN_MS // 1000
+            w.bans += 1
+            w.strikes = 0
+            length = ban_ms(w.bans, self.ban_time_scale)
+            w.banned_until = now + length
+            return w.used, 418, math.ceil(length / 1000)
         return w.used, 429, math.ceil((MINUTE_MS - now % MINUTE_MS) / 1000)
 
-    def used(self, who: str, now: int) -> int:
-        w = self.windows.get(who)
+    def used(self, ip: str, now: int) -> int:
+        w = self.windows.get(ip)
         return w.used if w is not None and w.minute == now // MINUTE_MS else 0
+
+    def bans(self) -> dict[str, dict]:
+        return {ip: {"bans": w.bans, "banned_until": w.banned_until} for ip, w in self.windows.items() if w.bans}
+
+
+class OrderLimiter:
+    """ORDERS per account (API key), in fixed windows like the weight's."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], tuple[int, int]] = {}   # (api key, suffix) -> (window number, count)
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    def count(self, api_key: str, now: int) -> tuple[dict[str, str], tuple[int, int, str] | None]:
+        """Count one order; return the X-MBX-ORDER-COUNT-* headers and, when over a limit,
+        (limit, interval ms, interval name)."""
+        headers, over = {}, None
+        for interval, limit, suffix in ORDER_LIMITS:
+            window = now // interval
+            seen, n = self.counts.get((api_key, suffix), (window, 0))
+            n = n + 1 if seen == window else 1
+            self.counts[(api_key, suffix)] = (window, n)
+            headers[f"X-MBX-ORDER-COUNT-{suffix}"] = str(n)
+            if n > limit and over is None:
+                over = (limit, interval, "10 SECOND" if suffix == "10S" else "1 MINUTE")
+        return headers, over
 
 
 @dataclass

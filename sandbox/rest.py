@@ -9,12 +9,14 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
 from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
 
 from .errors import INVALID_API_KEY, INVALID_SIGNATURE, ApiError, mandatory
+from .limits import ORDER_LIMITS
 from .models import CONDITIONAL_TYPES
 
 NONE, USER_STREAM, SIGNED = 0, 1, 2
@@ -75,9 +77,10 @@ def exchange_info(ex, account, params):
     return {
         "timezone": "UTC", "serverTime": ex.engine.now(), "futuresType": "U_MARGINED",
         "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": ex.limiter.limit},
-            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
-            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+             "limit": ex.limiter.limit_for(ex.client_ip)},
+            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": ORDER_LIMITS[1][1]},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": ORDER_LIMITS[0][1]},
         ],
         "exchangeFilters": [],
         "assets": [{"asset": "USDT", "marginAvailable": True, "autoAssetExchange": "-10000"}],
@@ -239,12 +242,14 @@ def listen_key_close(ex, account, params):
     return {}
 
 
-# (method, path) -> (weight, security, handler). openOrders weighs 40 without a symbol (see _weight).
+# (method, path) -> (IP weight, security, handler). openOrders weighs 40 without a symbol (see make_handler). A new
+# order weighs 0 on the IP limit and counts 1 on the account's order limits instead (USDⓈ-M "New Order (TRADE)":
+# request weight; the WebSocket API's order.place likewise weighs 0).
 ROUTES = {
     ("GET", "/fapi/v1/ping"): (1, NONE, ping),
     ("GET", "/fapi/v1/time"): (1, NONE, server_time),
     ("GET", "/fapi/v1/exchangeInfo"): (1, NONE, exchange_info),
-    ("POST", "/fapi/v1/order"): (1, SIGNED, new_order),
+    ("POST", "/fapi/v1/order"): (0, SIGNED, new_order),
     ("GET", "/fapi/v1/order"): (1, SIGNED, query_order),
     ("DELETE", "/fapi/v1/order"): (1, SIGNED, cancel_order),
     ("GET", "/fapi/v1/openOrders"): (1, SIGNED, open_orders),
@@ -352,7 +357,7 @@ def _json(status: int, body, headers: dict | None = None) -> web.Response:
 
 
 def make_handler(ex):
-    engine, limiter, stats, faults = ex.engine, ex.limiter, ex.stats, ex.faults
+    engine, limiter, orders, stats, faults = ex.engine, ex.limiter, ex.orders, ex.stats, ex.faults
 
     async def handle(request: web.Request) -> web.Response:
         method, path = request.method, request.path
@@ -381,14 +386,17 @@ def make_handler(ex):
             weight = 40
         api_key = request.headers.get("X-MBX-APIKEY")
         now = engine.now()
-        used, limited, retry = limiter.charge(api_key or f"ip:{request.remote}", weight, now)
+        # Binance counts weight per source IP, whatever the API key ("LIMITS" → IP limits).
+        client_ip = request.remote or ""
+        used, limited, retry = limiter.charge(client_ip, weight, now)
         headers = {"X-MBX-USED-WEIGHT-1M": str(used)}
         try:
             if limited:
                 headers["Retry-After"] = str(retry)
                 if limited == 429:
-                    raise ApiError(-1003, f"Too many requests; current limit is {limiter.limit} requests per "
-                                   "minute. Please use the websocket for live updates to avoid polling the API.", 429)
+                    raise ApiError(-1003, f"Too many requests; current limit is {limiter.limit_for(client_ip)} "
+                                   "requests per minute. Please use the websocket for live updates to avoid polling "
+                                   "the API.", 429)
                 raise ApiError(-1003, f"Way too many requests; IP banned until {now + retry * 1000}. Please use "
                                "the websocket for live updates to avoid bans.", 418)
             account = None
@@ -401,6 +409,14 @@ def make_handler(ex):
                 if security == SIGNED:
                     _check_signature(account, query, body)
                     _check_timestamp(ex, params)
+            if handler is new_order:
+                counts, over = orders.count(api_key, now)
+                headers.update(counts)
+                if over is not None:
+                    limit, interval_ms, name = over
+                    raise ApiError(-1015, f"Too many new orders; current limit is {limit} orders per {name}.", 429,
+                                   {"Retry-After": str(math.ceil((interval_ms - now % interval_ms) / 1000))})
+            ex.client_ip = client_ip
             result = handler(ex, account, params)
             status, payload = 200, result
         except ApiError as err:

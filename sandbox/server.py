@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .control_api import ControlApi
 from .engine import Engine
-from .limits import Faults, Stats, WeightLimiter
+from .limits import Faults, OrderLimiter, Stats, WeightLimiter
 from .rest import make_handler
 from .ws import Hub
 
@@ -21,6 +21,8 @@ class Exchange:
     def __init__(self, weight_limit: int = 2400, clock_offset_ms: int = 0) -> None:
         self.engine = Engine(clock_offset_ms)
         self.limiter = WeightLimiter(weight_limit)
+        self.orders = OrderLimiter()
+        self.client_ip = ""          # the source address of the request being handled (exchangeInfo's limits)
         self.faults = Faults()
         self.stats = Stats()
         self.hub = Hub(self.engine)
@@ -29,6 +31,7 @@ class Exchange:
         self.hub.reset()
         self.engine.reset()
         self.limiter.reset()
+        self.orders.reset()
         self.faults.rules.clear()
         self.stats.reset()
 

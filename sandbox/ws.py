@@ -2,7 +2,7 @@
 
 Binance's routing since the legacy URLs were retired on 2026-04-23 ("Important WebSocket Change Notice", USDⓈ-M
 websocket-market-streams): private traffic goes to ``/private``, subscribed by listenKey **and events**. A socket
-without ``events`` is accepted and then delivers nothing (DESIGN §5 F17, seen by clients on production); only the
+without ``events`` is accepted and then delivers nothing (docs/DESIGN.md "What Binance really does" F17, seen by clients on production); only the
 event types named in ``events`` (``/``-separated: ORDER_TRADE_UPDATE, ACCOUNT_UPDATE, listenKeyExpired, TRADE_LITE,
 ALGO_UPDATE, ACCOUNT_CONFIG_UPDATE, MARGIN_CALL, …) reach it. The root ``/ws/<key>`` is gone (404), as on Binance.
 
@@ -114,6 +114,10 @@ class Hub:
 
     def count(self, api_key: str) -> int:
         return len(self.connections.get(api_key, ()))
+
+    def peers(self, api_key: str) -> list[str]:
+        """The source address of each live connection (which egress IP the client used), sorted."""
+        return sorted(c.request.remote or "" for c in self.connections.get(api_key, ()))
 
     def subscriptions(self, api_key: str) -> list[list[str]]:
         """Each live connection's event types, sorted (for the control API)."""

@@ -2,6 +2,7 @@ import pytest
 from django.db import connection
 
 from tests.factories import AccountFactory
+from trades import egress
 from trades.binance_client import EXCHANGE_CLOCK
 
 pytest_plugins = ["sandbox.pytest_plugin"]
@@ -14,6 +15,18 @@ def fresh_exchange_clock():
     EXCHANGE_CLOCK.reset()
     yield
     EXCHANGE_CLOCK.reset()
+
+
+@pytest.fixture(autouse=True)
+def fresh_egress_budget():
+    """Each test starts with a fresh fleet-wide weight budget (no counts, no 429/418 marks: a fault injected by one
+    test must not stop the next), assuming Binance's published 2,400 weight/min without asking exchangeInfo first
+    (tests count requests; the ones about learning the limit call EXCHANGE_LIMITS.reset())."""
+    egress.EXCHANGE_LIMITS.reset(assumed=egress.DEFAULT_WEIGHT_LIMIT)
+    egress.shared_budget().clear()
+    yield
+    egress.shared_budget().clear()
+    egress.EXCHANGE_LIMITS.reset()
 
 
 @pytest.fixture

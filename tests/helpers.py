@@ -41,3 +41,32 @@ def as_ws(order: dict) -> dict:
             "cp": False, "rp": "0", "pP": False, "si": 0, "ss": 0, "V": "NONE", "pm": "NONE", "gtd": 0,
         },
     }
+
+
+class NoBudget:
+    """A weight budget (trades.egress) that never refuses and forgets 429/418 marks: for tests that feed a gateway
+    one canned answer after another, where each answer must be judged on its own."""
+
+    def acquire(self, *args):
+        return None
+
+    def record_used(self, *args):
+        pass
+
+    def mark_limited(self, *args):
+        pass
+
+
+def entered(account, side="BUY", qty="0.010", symbol="BTCUSDT"):
+    """The bot's entry flow in-process: a pending trade, placed (MARKET) and reconciled open."""
+    from decimal import Decimal
+
+    from reconciliation.services import create_pending_trade, place_entry_order, reconcile_pending
+    from trades.models import Trade
+
+    trade = create_pending_trade(account, symbol, side, Decimal(qty))
+    place_entry_order(trade)
+    reconcile_pending(account)
+    trade.refresh_from_db()
+    assert trade.status == Trade.Status.OPEN, trade.status_reason
+    return trade

@@ -7,9 +7,9 @@ off exponentially (RESPAWN_BACKOFF_BASE_SEC doubling up to RESPAWN_BACKOFF_MAX_S
 process has stayed up RESPAWN_RESET_AFTER_SEC, so a crash loop neither spins the CPU nor hammers Redis or MySQL.
 
 SIGTERM/SIGINT stop it: the signal goes on to the process as SIGTERM (warm shutdown for Celery, graceful for
-gunicorn, sockets and listenKeys closed for the stream), and once that has exited, so does this, with its code —
-never a restart after a stop. Under systemd (deploy/systemd/) systemd restarts the units itself; there the commands
-run without this wrapper.
+gunicorn, its sockets closed for the stream — the listenKey is left to lapse), and once that has exited, so does
+this, with its code — never a restart after a stop. Under systemd (deploy/systemd/) systemd restarts the units
+itself; there the commands run without this wrapper.
 """
 
 import os

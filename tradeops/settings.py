@@ -161,6 +161,15 @@ BINANCE_FUTURES_TESTNET_WS_URL = env.str(
 ).rstrip("/")
 BINANCE_HTTP_TIMEOUT = env.float("BINANCE_HTTP_TIMEOUT", default=10.0)
 BINANCE_RECV_WINDOW = env.int("BINANCE_RECV_WINDOW", default=5000)
+# Request weight is limited per IP by Binance; trades/egress.py keeps one budget per egress IP for the whole fleet.
+# Local addresses to send Binance traffic from (accounts spread over them by id, each its own budget); empty: the
+# default route.
+BINANCE_SOURCE_ADDRESSES = env.list("BINANCE_SOURCE_ADDRESSES", default=[])
+# Where the budget lives: empty → the Celery broker when it is Redis, else an SQLite file under var/.
+BINANCE_BUDGET_URL = env.str("BINANCE_BUDGET_URL", default="")
+BINANCE_BUDGET_PREFIX = env.str("BINANCE_BUDGET_PREFIX", default="tradeops:egress")  # Redis key prefix
+# REQUEST_WEIGHT per minute per IP; empty → exchangeInfo's rateLimits (cached an hour), 2,400 until known.
+BINANCE_WEIGHT_LIMIT = env.int("BINANCE_WEIGHT_LIMIT", default=None)
 
 # --- Reconciliation --------------------------------------------------------------------------------------------------
 SYNC_RECOVER_MISSING_POSITIONS = env.bool("SYNC_RECOVER_MISSING_POSITIONS", default=False)
@@ -263,6 +272,8 @@ RECONCILE_MAX_AGE_SEC = env.int("RECONCILE_MAX_AGE_SEC", default=86400)  # older
 RECONCILE_PAGE_SIZE = env.int("RECONCILE_PAGE_SIZE", default=1000)
 RECONCILE_PER_ORDER_MAX = env.int("RECONCILE_PER_ORDER_MAX", default=5)  # above this per symbol, one allOrders (w5)
 RECONCILE_WEIGHT_BUDGET = env.int("RECONCILE_WEIGHT_BUDGET", default=1920)  # stop at 80 % of Binance's 2400/min
+# A healthy user stream's account: audited by the beat this often, not every minute (audit.py); 0: every beat
+RECONCILE_AUDIT_SEC = env.int("RECONCILE_AUDIT_SEC", default=600)
 RECONCILE_RUN_RETENTION_DAYS = env.int("RECONCILE_RUN_RETENTION_DAYS", default=7)  # ReconcileRun reports kept
 RECONCILE_LEASE_SEC = env.int("RECONCILE_LEASE_SEC", default=CELERY_TASK_TIME_LIMIT + 30)
 CANCEL_VERIFY_MAX_TRIES = env.int("CANCEL_VERIFY_MAX_TRIES", default=5)
@@ -295,7 +306,7 @@ USER_STREAM_EVENTS = env.str(
 USER_STREAM_DEAF_LAG_SEC = env.float("USER_STREAM_DEAF_LAG_SEC", default=10.0)
 USER_STREAM_DEAF_AFTER = env.int("USER_STREAM_DEAF_AFTER", default=3)
 
-# --- Health and metrics (issue 7; tradeops/views.py, reconciliation/metrics.py) -------------------------------------
+# --- Health and metrics (tradeops/views.py, reconciliation/metrics.py) ----------------------------------------------
 HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)
 HEALTH_BEAT_MAX_AGE_SEC = env.int("HEALTH_BEAT_MAX_AGE_SEC", default=0)  # 0: three intervals of the reconcile schedule
 HEALTH_STREAM_GRACE_SEC = env.int("HEALTH_STREAM_GRACE_SEC", default=120)  # (re)connecting longer than this = down

@@ -131,7 +131,8 @@ def _report_summary(report: dict) -> str:
             "needs_operator", "errors"]
     parts = [f"{key} {report[key]}" for key in keys if report.get(key)]
     parts += [f"{key} {value}" for key, value in (report.get("extra") or {}).items() if value]
-    return f"{report.get('outcome', '?')}: " + (", ".join(parts) or "nothing to do")
+    weight = f"; weight {report['weight_used']}" if "weight_used" in report else ""  # Binance request weight spent
+    return f"{report.get('outcome', '?')}: " + (", ".join(parts) or "nothing to do") + weight
 
 
 @admin.register(Account)

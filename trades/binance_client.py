@@ -31,6 +31,16 @@ How it uses python-binance 1.0.37 (read from its source, `binance/client.py` and
   once, after a re-sync, whatever the request — placements too: -1021 means the request was refused before being
   processed (error codes page: INVALID_TIMESTAMP), so nothing was executed and sending it again cannot double it.
 
+Request weight (``trades.egress``): Binance limits weight per IP for every account behind it. Before sending, each
+call asks the fleet-wide budget of its egress (source address + exchange host) for the route's weight
+(``ROUTE_WEIGHTS``); it is refused — ``RateLimited`` raised, nothing sent — while any process has seen a 429/418 on
+that egress (until its Retry-After) or when the weight would take the minute past the share of the call's priority.
+Placements and cancels are priority "order", listenKey calls "keepalive", everything else the gateway's
+``priority`` ("reconcile" unless the caller says "verify", "deep" or "positions"). After each answer the count is
+raised to Binance's ``X-MBX-USED-WEIGHT-1M``; a 429/418 marks the egress limited for every process. The limit comes
+from ``exchangeInfo.rateLimits`` (fetched once an hour per process, 2,400 until known) unless
+``BINANCE_WEIGHT_LIMIT`` is set. With ``source_address`` the connections leave from that local address.
+
 Keys never leave this object: python-binance logs request details only with ``verbose=True`` (never set here);
 urllib3's DEBUG lines show the URL (signature, no key); our log lines and exception messages carry the account
 label, the endpoint and Binance's message, with the key and secret scrubbed from any text we did not write; the
@@ -54,6 +64,9 @@ import requests
 from binance.client import Client
 from binance.exceptions import BinanceAPIException, BinanceRequestException
 
+from requests.adapters import HTTPAdapter
+
+from trades import egress
 from trades.exceptions import (
     TRANSIENT_ERRORS,
     ClockSkew,
@@ -95,6 +108,42 @@ ALL_ORDERS_MAX_WINDOW_MS = 7 * 24 * 3600 * 1000 - 1
 # userTrades: the same 7-day limit and at most 1000 rows a call; fromId cannot be sent with startTime/endTime.
 USER_TRADES_PAGE_LIMIT = 1000
 USER_TRADES_MAX_WINDOW_MS = ALL_ORDERS_MAX_WINDOW_MS
+
+
+# IP request weight per route (USDⓈ-M REST docs, "Request Weight" of each endpoint). A new order weighs 0 on the IP
+# (it counts on the account's ORDERS limits instead); openOrders weighs 40 without a symbol; unknown routes 1.
+ROUTE_WEIGHTS = {
+    ("POST", "order"): 0, ("GET", "order"): 1, ("DELETE", "order"): 1, ("GET", "openOrders"): 1,
+    ("GET", "allOrders"): 5, ("GET", "userTrades"): 5, ("GET", "positionRisk"): 5, ("GET", "time"): 1,
+    ("GET", "exchangeInfo"): 1, ("POST", "listenKey"): 1, ("PUT", "listenKey"): 1, ("DELETE", "listenKey"): 1,
+    ("GET", "positionSide/dual"): 30, ("POST", "positionSide/dual"): 1,
+    ("POST", "algoOrder"): 0, ("GET", "algoOrder"): 1, ("DELETE", "algoOrder"): 1,
+}
+ORDERS_OPEN_NO_SYMBOL_WEIGHT = 40
+BUDGET_UNAVAILABLE_RETRY_SEC = 5.0  # the budget store did not answer: try again this much later
+CODE_TOO_MANY_ORDERS = -1015  # 429 for the account's ORDERS limits ("General Info" → LIMITS: counted per account)
+# Routes whose priority is fixed by what they do, whatever the gateway's: placements and cancels go first, then the
+# user stream's listenKey upkeep.
+ROUTE_PRIORITIES = {("POST", "order"): egress.ORDER, ("DELETE", "order"): egress.ORDER,
+                    ("POST", "algoOrder"): egress.ORDER, ("DELETE", "algoOrder"): egress.ORDER,
+                    ("POST", "listenKey"): egress.KEEPALIVE, ("PUT", "listenKey"): egress.KEEPALIVE,
+                    ("DELETE", "listenKey"): egress.KEEPALIVE}
+
+
+class _SourceAddressAdapter(HTTPAdapter):
+    """requests' adapter with every connection bound to one local address (urllib3's ``source_address``)."""
+
+    def __init__(self, address: str) -> None:
+        self._source = (address, 0)
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = self._source
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["source_address"] = self._source
+        return super().proxy_manager_for(*args, **kwargs)
 
 
 CLOCK_SYNC_INTERVAL_SEC = 300.0  # the shared clock offset is refreshed this often (and after any -1021)
@@ -150,9 +199,17 @@ class BinanceFuturesClient:
         timeout: float = DEFAULT_HTTP_TIMEOUT,
         recv_window: int = DEFAULT_RECV_WINDOW,
         account_label: str = "",
+        source_address: str | None = None,
+        priority: str = egress.RECONCILE,
+        budget: egress.WeightBudget | None = None,
     ) -> None:
         self.rest_url = rest_url.rstrip("/")
         self._host = urlsplit(self.rest_url).netloc
+        egress.share_of(priority)  # an unknown priority fails here, not at the first call
+        self.priority = priority
+        self.source_address = source_address or None
+        self.egress = egress.egress_name(self.source_address, self._host)
+        self._budget = budget
         self.timeout = float(timeout)
         self.recv_window = int(recv_window)
         self.account_label = account_label or "account"
@@ -169,11 +226,16 @@ class BinanceFuturesClient:
         self._client.FUTURES_URL = f"{self.rest_url}/fapi"
         self._client.REQUEST_TIMEOUT = self.timeout
         self._client.REQUEST_RECVWINDOW = self.recv_window
+        if self.source_address:
+            adapter = _SourceAddressAdapter(self.source_address)
+            self._client.session.mount("https://", adapter)
+            self._client.session.mount("http://", adapter)
 
     @classmethod
-    def for_account(cls, account: Any) -> BinanceFuturesClient:
+    def for_account(cls, account: Any, *, priority: str = egress.RECONCILE) -> BinanceFuturesClient:
         """Gateway for an account-like object (``api_key``, ``api_secret`` in plain text, optional ``use_testnet``,
-        ``name``, ``pk``); URLs, timeout and recvWindow come from Django settings when configured."""
+        ``name``, ``pk``); URLs, timeout and recvWindow come from Django settings when configured; the source address
+        from the egress pool (``BINANCE_SOURCE_ADDRESSES``, by account id)."""
         use_testnet = bool(getattr(account, "use_testnet", False))
         if use_testnet:
             rest_url = _setting("BINANCE_FUTURES_TESTNET_REST_URL", DEFAULT_TESTNET_REST_URL)
@@ -187,6 +249,8 @@ class BinanceFuturesClient:
             timeout=_setting("BINANCE_HTTP_TIMEOUT", DEFAULT_HTTP_TIMEOUT),
             recv_window=_setting("BINANCE_RECV_WINDOW", DEFAULT_RECV_WINDOW),
             account_label=label,
+            source_address=egress.source_address_for(getattr(account, "pk", None)),
+            priority=priority,
         )
 
     def __repr__(self) -> str:
@@ -555,6 +619,7 @@ class BinanceFuturesClient:
         if signed:
             self._client.timestamp_offset = EXCHANGE_CLOCK.offset_ms(self.rest_url)
         endpoint = f"{method.upper()} /fapi/v{version}/{path}"
+        self._draw_weight(method.upper(), path, params, endpoint)
         kwargs: dict[str, Any] = {"data": dict(params)}
         if force_params:
             kwargs["force_params"] = True
@@ -591,6 +656,8 @@ class BinanceFuturesClient:
             return result
 
         self._note_response(self._client.response)
+        if isinstance(error, RateLimited) and error.status in (429, 418) and error.code != CODE_TOO_MANY_ORDERS:
+            self._mark_limited(error)  # the IP's limits; -1015 is the account's ORDERS limit, not the IP's
         if isinstance(error, ClockSkew):
             EXCHANGE_CLOCK.invalidate(self.rest_url)
         level = logging.WARNING if isinstance(error, TransientExchangeError) else logging.DEBUG
@@ -614,7 +681,75 @@ class BinanceFuturesClient:
             try:
                 self._used_weight = int(weight)
             except ValueError:
-                pass
+                return
+            try:
+                self._shared_budget().record_used(self.egress, self._used_weight, self.exchange_time_ms())
+            except Exception as exc:  # noqa: BLE001 — the answer is in; a store hiccup must not turn it into a failure
+                logger.warning("binance %s weight budget not updated: %s", self.account_label, exc)
+
+    # ------------------------------------------------------------------ the fleet-wide weight budget
+
+    def _shared_budget(self) -> egress.WeightBudget:
+        if self._budget is None:
+            self._budget = egress.shared_budget()
+        return self._budget
+
+    def weight_limit(self) -> int:
+        """REQUEST_WEIGHT per minute of this exchange: BINANCE_WEIGHT_LIMIT, else exchangeInfo's (cached per process
+        for an hour; 2,400 until known and for a minute after a failed fetch)."""
+        configured = _setting("BINANCE_WEIGHT_LIMIT", None)
+        if configured:
+            return int(configured)
+        known = egress.EXCHANGE_LIMITS.get(self.rest_url)
+        if known is not None:
+            return known
+        egress.EXCHANGE_LIMITS.record(self.rest_url, egress.DEFAULT_WEIGHT_LIMIT, ttl_sec=60)  # also stops recursion
+        try:
+            info = self._call_once("get", "exchangeInfo", {}, signed=False, version=1, force_params=False)
+        except ExchangeError as exc:
+            logger.warning("binance %s exchangeInfo unavailable, assuming %d weight/min: %s", self.account_label,
+                           egress.DEFAULT_WEIGHT_LIMIT, exc)
+            return egress.DEFAULT_WEIGHT_LIMIT
+        limit = egress.weight_limit_from_exchange_info(info) or egress.DEFAULT_WEIGHT_LIMIT
+        egress.EXCHANGE_LIMITS.record(self.rest_url, limit)
+        return limit
+
+    def _draw_weight(self, method: str, path: str, params: dict[str, Any], endpoint: str) -> None:
+        """Take the route's weight from the egress's shared budget, or raise RateLimited without sending."""
+        weight = ROUTE_WEIGHTS.get((method, path), 1)
+        if path == "openOrders" and not params.get("symbol"):
+            weight = ORDERS_OPEN_NO_SYMBOL_WEIGHT
+        priority = ROUTE_PRIORITIES.get((method, path), self.priority)
+        cap = int(self.weight_limit() * egress.share_of(priority))
+        try:
+            refusal = self._shared_budget().acquire(self.egress, weight, cap, self.exchange_time_ms())
+        except Exception as exc:  # noqa: BLE001 — Redis down, SQLite locked too long: whatever the store's failure
+            # Fail closed: without the fleet's count, sending could take the IP past its limit (and a ban is for
+            # every account on it); nothing is sent and the caller retries, as after a 429.
+            logger.warning("binance %s %s: weight budget unavailable, not sent: %s", self.account_label, endpoint, exc)
+            raise RateLimited(None, f"not sent: the weight budget of {self.egress} is unavailable", None,
+                              endpoint=endpoint, retry_after=BUDGET_UNAVAILABLE_RETRY_SEC) from None
+        if refusal is None:
+            return
+        if refusal.reason == "limited":
+            message = (f"not sent: {self.egress} is {'banned' if refusal.banned else 'rate limited'} for "
+                       f"{refusal.retry_after:.1f}s more (seen by this fleet)")
+        else:
+            message = f"not sent: {self.egress} has used {priority}'s share ({cap}) of this minute's weight"
+        error = RateLimited(None, message, None, endpoint=endpoint, retry_after=max(refusal.retry_after, 0.001),
+                            banned=refusal.banned)
+        logger.warning("binance %s %s: %s", self.account_label, endpoint, message)
+        raise error
+
+    def _mark_limited(self, error: RateLimited) -> None:
+        until = self.exchange_time_ms() + int(error.retry_after * 1000)
+        try:
+            self._shared_budget().mark_limited(self.egress, until, error.banned)
+        except Exception as exc:  # noqa: BLE001 — the 429/418 itself still surfaces to the caller
+            logger.error("binance %s could not share %s on %s: %s", self.account_label, error.status, self.egress,
+                         exc)
+        logger.warning("binance %s %s on %s: every caller waits %.0fs", self.account_label, error.status,
+                       self.egress, error.retry_after)
 
     def _error_from_response(self, response: requests.Response | None, method: str, endpoint: str) -> ExchangeError:
         return error_from_response(

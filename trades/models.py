@@ -253,7 +253,7 @@ class Trade(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        # Admin actions that change trades, run an account's reconcile or resolve orphans need this (issue 7);
+        # Admin actions that change trades, run an account's reconcile or resolve orphans need this;
         # observers get view permissions only.
         permissions = [("fix_trade", "Can fix trades (admin actions: verify, cancel, mark, reconcile, orphans)")]
         constraints = [

@@ -9,7 +9,7 @@
     → back off (none for planned reconnects) → again, with a new key when the old one is gone.
 
 The listenKey is never DELETEd: Binance keeps one key per account, shared by every consumer of the API key (the
-bot's own stream too), and a DELETE closes all of their sockets (DESIGN §5 F18; USDⓈ-M "User Data Streams":
+bot's own stream too), and a DELETE closes all of their sockets (docs/DESIGN.md "What Binance really does" F18; USDⓈ-M "User Data Streams":
 "Doing a DELETE on a listenKey will close the stream and invalidate the listenKey"). On shutdown we close our
 socket and let the key lapse (60 minutes after its last keepalive, or kept alive by the other consumers).
 
@@ -67,7 +67,8 @@ def listen_key_client(account: Account, timeout: float) -> BinanceFuturesClient:
     The caller closes it."""
     with BinanceFuturesClient.for_account(account) as defaults:  # only for its URL, timeout and label
         return BinanceFuturesClient(account.api_key, account.api_secret, rest_url=defaults.rest_url,
-                                    timeout=min(defaults.timeout, timeout), account_label=defaults.account_label)
+                                    timeout=min(defaults.timeout, timeout), account_label=defaults.account_label,
+                                    source_address=defaults.source_address)
 
 
 class AccountStream:
@@ -185,8 +186,10 @@ class AccountStream:
             return "stop"
         url = stream_url(ws_base_url(self.account), self._listen_key, self.config.events)
         cfg = self.config
+        # The socket leaves from the account's egress address, like its REST calls (BINANCE_SOURCE_ADDRESSES).
+        bind = {"local_addr": (client.source_address, 0)} if client.source_address else {}
         async with connect(url, open_timeout=cfg.open_timeout_sec, ping_interval=cfg.ping_interval_sec,
-                           ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20) as ws:
+                           ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20, **bind) as ws:
             self._ws = ws
             self._connected_at = time.monotonic()
             self._connected_wall = timezone.now()
@@ -344,10 +347,10 @@ class AccountStream:
         self._listen_key = None
         if client is not None:
             client.close()
-        await self._call("state", record_state, self.account_id, STOPPED)
         pending = [task for task in self._tasks if not task.done()]
-        if pending:  # an enqueue or a state write in flight: let it land
+        if pending:  # an enqueue or a state write in flight: let it land first, so "stopped" is the last word
             await asyncio.wait(pending, timeout=1.0)
+        await self._call("state", record_state, self.account_id, STOPPED)
         logger.info("user_stream event=stopped account=%s", self.label)
 
 

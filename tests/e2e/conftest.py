@@ -83,7 +83,7 @@ class E2E:
         self.stack.start_beat()
 
     def settle(self, accounts=None, timeout=60):
-        """DESIGN §4: after the fault stops and one reconcile has run, the invariant holds. Wait (with a deadline)
+        """docs/DESIGN.md "Fault matrix": after the fault stops and one reconcile has run, the invariant holds. Wait (with a deadline)
         until every trade agrees with the exchange, run one position sync per account (what beat does every 5 min),
         then check the whole invariant."""
         accounts = accounts or self.accounts

@@ -25,6 +25,7 @@ FAST = {
     "CANCEL_RETRY_BASE_SEC": "0.2",
     "CANCEL_VERIFY_MAX_TRIES": "3",
     "BINANCE_HTTP_TIMEOUT": "2",
+    "RECONCILE_AUDIT_SEC": "4",  # a healthy stream's REST audit (600 s), compressed like the beat (1 s for 60 s)
     "USER_STREAM_ACCOUNT_REFRESH_SEC": "0.5",
     "USER_STREAM_BACKOFF_BASE_SEC": "0.2",
     "USER_STREAM_BACKOFF_MAX_SEC": "1",

@@ -1,4 +1,4 @@
-"""DESIGN §4's invariant, checked against the exchange's own truth (the sandbox's control API, which ignores
+"""docs/DESIGN.md "Fault matrix"'s invariant, checked against the exchange's own truth (the sandbox's control API, which ignores
 injected faults): for every trade the DB agrees with its order (status, filled quantity, average price), each
 state change has exactly one audit event, and every exchange position is explained by open trades or reported as
 an orphan."""
@@ -14,7 +14,7 @@ ENDED = {"CANCELED", "EXPIRED", "EXPIRED_IN_MATCH"}
 
 
 def expected_status(order: dict | None) -> str:
-    """DESIGN §2's table, read off the exchange's order (None: Binance never saw it)."""
+    """docs/DESIGN.md "The one rule"'s table, read off the exchange's order (None: Binance never saw it)."""
     if order is None:
         return Trade.Status.FAILED
     executed = Decimal(order["executedQty"])

@@ -1,4 +1,4 @@
-"""DESIGN §6's rows on access and identifiers, on the real stack (the sandbox, two Celery workers, the user stream,
+"""docs/DESIGN.md "Faults around the stack"'s rows on access and identifiers, on the real stack (the sandbox, two Celery workers, the user stream,
 beat; MariaDB and Redis):
 
 - F30: an observer and an operator, logged in through the admin's login form, never see an account's secret or its

@@ -1,4 +1,4 @@
-"""DESIGN §5 — Binance as it really behaves — on the real stack (sandbox, Celery workers, the user stream, MariaDB,
+"""docs/DESIGN.md "What Binance really does" — Binance as it really behaves — on the real stack (sandbox, Celery workers, the user stream, MariaDB,
 Redis). Each row fails on the code before the sandbox was made strict and the product fixed, and passes after."""
 
 import json

@@ -1,10 +1,10 @@
-"""DESIGN §6 F31: Redis restarted while the workers hold an entry-timeout countdown (an ETA task, unacked).
+"""docs/DESIGN.md "Faults around the stack" F31: Redis restarted while the workers hold an entry-timeout countdown (an ETA task, unacked).
 
 The module runs its own stack on a private redis-server (a free port, its own data directory), so restarting
 Redis touches no one else's broker: the workers, the user stream and beat get its URL, the test process sends its
 tasks over explicit connections to it and pings the workers through the celery CLI run with the stack's environment.
 The restart is a clean one (SHUTDOWN SAVE, then the same server again, with its data), and Redis stays down until
-every worker has noticed; the case DESIGN §6 F32 (data lost) is left to its own row.
+every worker has noticed; the case docs/DESIGN.md "Faults around the stack" F32 (data lost) is left to its own row.
 
 The visibility timeout here is 120 s, as in production far longer than the entry wait: Redis hands a lost
 countdown out again only after it, so the entry timeout can meet its deadline + 30 s only from the trade's deadline

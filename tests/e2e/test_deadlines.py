@@ -1,4 +1,4 @@
-"""DESIGN §6's deadline rows on the real stack: entry deadlines in the database (Trade.cancel_after, swept every 15 s),
+"""docs/DESIGN.md "Faults around the stack"'s deadline rows on the real stack: entry deadlines in the database (Trade.cancel_after, swept every 15 s),
 cancels that ride out database outages, and a worker whose clock jumps.
 
 This module runs its own stack (two Celery workers, and beat where a row needs it; no user stream: REST answers
@@ -209,7 +209,7 @@ class Deadlines:
                  timeout=seconds + 5, interval=0.2, message=f"{seconds}s of the fault")
 
     def settle(self, timeout=60):
-        """DESIGN §4's invariant once the fault is over (as the fault matrix checks it)."""
+        """docs/DESIGN.md "Fault matrix"'s invariant once the fault is over (as the fault matrix checks it)."""
         wait_for(lambda: settled(self.control, self.accounts), timeout=timeout, interval=0.3, message="quiescence")
         for account in self.accounts:
             wait_for(lambda account=account: not services.sync_positions_with_binance(account, reason="e2e")["skipped"],

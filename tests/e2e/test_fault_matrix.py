@@ -1,4 +1,4 @@
-"""DESIGN §4's fault matrix, one test per row, on the real stack: the sandbox over HTTP/WebSocket, two Celery
+"""The fault matrix (docs/DESIGN.md), one test per row, on the real stack: the sandbox over HTTP/WebSocket, two Celery
 worker processes and the user stream as subprocesses, MariaDB and Redis. After each fault stops, the test waits
 (with a deadline) for quiescence and checks the invariant: every trade agrees with the exchange's order, one audit
 event per transition, every exchange position explained or reported as an orphan."""
@@ -23,6 +23,10 @@ from trades.models import Trade, TradeEvent
 from .harness import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+# The rows here silence accounts' sockets (pause_events) to drive the REST paths, while the stream still looks
+# healthy: every beat audits every account, as with no healthy stream. The audit cadence has its own end-to-end test
+# (test_stream_guards.py).
+STACK_ENV = {"RECONCILE_AUDIT_SEC": "0"}
 
 FAR = 600  # an entry timeout that does not fire during the test
 

@@ -1,4 +1,4 @@
-"""DESIGN §5 rows about positions, on the real stack (sandbox, two Celery workers, the user stream, MariaDB,
+"""docs/DESIGN.md "What Binance really does" rows about positions, on the real stack (sandbox, two Celery workers, the user stream, MariaDB,
 Redis): a lagging positionRisk read (F21), hedge mode (F22), one-way netting (F23), Binance's own closes —
 liquidation, ADL — in full and in part (F24). Each ends with the invariant."""
 

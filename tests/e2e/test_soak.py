@@ -1,6 +1,6 @@
 """A randomized soak on the real stack: ≥ 200 trades over 3 accounts and 4 symbols through the bot's flow, with
-faults drawn from DESIGN §4's matrix while they trade. Seeded and reproducible: SOAK_SEED=<n> replays a run; the
-seed is printed (and in the failure message). At the end, DESIGN §4's invariant must hold for every trade."""
+faults drawn from the fault matrix (docs/DESIGN.md) while they trade. Seeded and reproducible: SOAK_SEED=<n> replays a run; the
+seed is printed (and in the failure message). At the end, docs/DESIGN.md "Fault matrix"'s invariant must hold for every trade."""
 
 import os
 import random

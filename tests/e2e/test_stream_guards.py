@@ -1,4 +1,4 @@
-"""DESIGN §5 rows F17 and F20 on the real stack (the sandbox, two Celery workers, the user stream, MariaDB, Redis):
+"""docs/DESIGN.md "What Binance really does" rows F17 and F20 on the real stack (the sandbox, two Celery workers, the user stream, MariaDB, Redis):
 the product's guards against Binance behaving worse than it documents.
 
 F17: a socket that is connected and silent (the sandbox drops the account's events, as Binance does for a stream
@@ -200,4 +200,42 @@ def test_f20_a_2013_that_lasts_fails_the_trade_then_the_recheck_corrects_it_audi
     assert trade.not_found_recheck_at is None and 1 <= trade.not_found_rechecks <= len(RECHECK_SEC)
     e2e.control.set_not_found_window(0)
     e2e.control.resume_events(account.api_key)
+    e2e.settle()
+
+
+AUDIT_SEC = 4  # harness.FAST's RECONCILE_AUDIT_SEC
+
+
+def test_a_healthy_stream_is_audited_every_reconcile_audit_sec_and_a_stalled_one_every_beat(guards):
+    """The beat fires every second. While the account's stream is healthy its REST audits are at least
+    RECONCILE_AUDIT_SEC apart; once the stream process stops (its heartbeat goes stale) the beat audits it again
+    every time."""
+    e2e = guards
+    account = e2e.account()
+    audits = ReconcileRun.objects.filter(account=account, kind=ReconcileRun.Kind.PENDING,
+                                         outcome=ReconcileRun.Outcome.OK)
+    beats = audits.filter(reason="beat")
+    e2e.start_beat()
+
+    wait_for(lambda: beats.count() >= 2, timeout=40, message="two beat audits of the healthy stream")
+    starts = list(audits.order_by("started_at").values_list("started_at", "duration_ms"))
+    for (before, took), (after, _) in zip(starts, starts[1:]):
+        # the next audit is sent only once the last one finished RECONCILE_AUDIT_SEC ago (one host's clock)
+        assert after - (before + timedelta(milliseconds=took)) >= timedelta(seconds=AUDIT_SEC - 0.05)
+
+    stream = e2e.stack.procs["stream"].pid
+    os.killpg(stream, signal.SIGSTOP)  # the stream process stalls: its "connected" is no longer trusted
+    try:
+        stalled_at = timezone.now()
+        wait_for(lambda: timezone.now() - sync_state(account).stream_heartbeat_at
+                 > timedelta(seconds=3 * 0.5 + 10), timeout=30, message="the stream's heartbeat stale")
+        stale = beats.filter(started_at__gt=stalled_at + timedelta(seconds=3 * 0.5 + 10))
+
+        def close_together():
+            times = list(stale.order_by("started_at").values_list("started_at", flat=True))
+            return any(b - a < timedelta(seconds=AUDIT_SEC - 1) for a, b in zip(times, times[1:]))
+
+        wait_for(close_together, timeout=40, message="beat audits less than RECONCILE_AUDIT_SEC apart")
+    finally:
+        os.killpg(stream, signal.SIGCONT)
     e2e.settle()

@@ -1,4 +1,4 @@
-"""Hypothesis profiles for the property tests (issue 8), registered by conftest.py.
+"""Hypothesis profiles for the property tests, registered by conftest.py.
 
     ci    (the default) derandomized: the same examples on every run and machine, no example database; sized so
           the whole tests/property run stays well under a minute on 2 cores

@@ -39,7 +39,7 @@ class OrderLife:
         return self.snapshots[-1]
 
     def expected(self) -> tuple[str, Decimal, Decimal | None]:
-        """(status, filled_qty, entry_price) DESIGN §2's table gives a pending trade for the final snapshot."""
+        """(status, filled_qty, entry_price) docs/DESIGN.md "The one rule"'s table gives a pending trade for the final snapshot."""
         executed = Decimal(self.final["executedQty"])
         avg = Decimal(self.final["avgPrice"]) or None
         status = self.final["status"]

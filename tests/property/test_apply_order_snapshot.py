@@ -1,5 +1,5 @@
-"""Property: the one rule (`apply_order_snapshot`) ends every trade where DESIGN §2's table puts it, whatever mix of
-paths, duplicates, drops and reordering the order's snapshots arrive through (issue 8, item 1)."""
+"""Property: the one rule (`apply_order_snapshot`) ends every trade where docs/DESIGN.md "The one rule"'s table puts it, whatever mix of
+paths, duplicates, drops and reordering the order's snapshots arrive through."""
 
 from decimal import Decimal
 

@@ -1,6 +1,6 @@
 """Property (MariaDB): two paths delivering the same order life at the same time — say the WebSocket and a
 reconcile, each with its own DB connection, each with its own shuffled, duplicated, partly dropped copy — still
-end the trade where DESIGN §2's table puts it, with one audit event per change (issue 8, item 2).
+end the trade where docs/DESIGN.md "The one rule"'s table puts it, with one audit event per change.
 
 Real row locks and READ COMMITTED need MariaDB/MySQL; on SQLite the test is skipped (`mysql_only`).
 """

@@ -1,6 +1,6 @@
 """Property: whatever answer (status, headers, body) or transport failure comes back, the gateway turns it into one
-of trades.exceptions' ExchangeErrors — never another exception, never one that shows the account's keys
-(issue 8, item 4). `error_from_response` / `error_from_transport` directly, and the whole python-binance path
+of trades.exceptions' ExchangeErrors — never another exception, never one that shows the account's keys.
+`error_from_response` / `error_from_transport` directly, and the whole python-binance path
 (`BinanceFuturesClient._call`) with requests' session replaced by canned answers.
 """
 
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
 
+from tests.helpers import NoBudget
 from trades.binance_client import BinanceFuturesClient
 from trades.exceptions import (
     MAX_RETRY_AFTER_SEC,
@@ -221,7 +222,8 @@ class CannedSession:
                              "get_open_orders", "keepalive_listen_key"]))
 def test_the_gateway_returns_binances_json_or_raises_an_exchange_error(data, secrets, call):
     response = data.draw(responses(secrets))
-    with BinanceFuturesClient(*secrets, rest_url="https://fapi.example.invalid", account_label="t#1") as gateway:
+    with BinanceFuturesClient(*secrets, rest_url="https://fapi.example.invalid", account_label="t#1",
+                              budget=NoBudget()) as gateway:
         gateway._client.session = CannedSession(response)
         calls = {
             "get_order": lambda: gateway.get_order("BTCUSDT", 1),
@@ -247,7 +249,7 @@ def test_the_gateway_returns_binances_json_or_raises_an_exchange_error(data, sec
 
 
 @pytest.mark.parametrize("call, status, body", [
-    # Found by the gateway property (issue 8): each escaped as a non-ExchangeError, or returned a wrong meaning.
+    # Found by the gateway property: each escaped as a non-ExchangeError, or returned a wrong meaning.
     ("get_order", 200, b"[" * 2000),  # RecursionError out of python-binance's response.json()
     ("get_order", 400, b"[" * 2000),  # RecursionError out of BinanceAPIException's json.loads
     ("get_order", 200, b"null"),  # returned None, which means "-2013, the order does not exist"
@@ -256,7 +258,8 @@ def test_the_gateway_returns_binances_json_or_raises_an_exchange_error(data, sec
 ])
 def test_found_gateway_answers(call, status, body):
     response = fake_response(status, body, {}, None)
-    with BinanceFuturesClient("k" * 64, "s" * 64, rest_url="https://fapi.example.invalid") as gateway:
+    with BinanceFuturesClient("k" * 64, "s" * 64, rest_url="https://fapi.example.invalid",
+                              budget=NoBudget()) as gateway:
         gateway._client.session = CannedSession(response)
         with pytest.raises(ExchangeError) as raised:
             getattr(gateway, call)("BTCUSDT", **({"order_id": 1} if call == "get_order" else {}))

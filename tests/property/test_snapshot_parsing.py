@@ -1,5 +1,5 @@
 """Property: `OrderSnapshot.parse` on anything returns a snapshot the rule and the database can use, or raises
-InvalidSnapshot — never another exception (issue 8, item 4)."""
+InvalidSnapshot — never another exception."""
 
 from decimal import Decimal
 

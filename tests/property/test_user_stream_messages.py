@@ -2,7 +2,7 @@
 socket can deliver — arbitrary JSON, junk text and bytes, real ORDER_TRADE_UPDATE / ACCOUNT_UPDATE /
 listenKeyExpired payloads with fields dropped, retyped, enlarged, negated or non-ASCII — without an exception, without
 touching a trade unless the payload is a valid update for one of the account's trades, and with one log line per
-rejected message (issue 8, item 3).
+rejected message.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def messages_for(draw, life):
 
 
 def expected_after(snap: OrderSnapshot) -> tuple[str, Decimal]:
-    """A pending trade (filled 0) after this snapshot, by DESIGN §2's table."""
+    """A pending trade (filled 0) after this snapshot, by docs/DESIGN.md "The one rule"'s table."""
     if snap.status == FILLED or (snap.status in ENDED_UNFILLED_OR_PARTIAL and snap.executed_qty > 0):
         return "open", snap.executed_qty
     if snap.status in ENDED_UNFILLED_OR_PARTIAL:
@@ -171,7 +171,7 @@ def test_the_handler_survives_any_message_and_changes_only_what_a_valid_update_s
 
 
 FOUND = [
-    # Found by the properties (issue 8). An orderId past BIGINT: the DB lookup raised, was retried 3 times, then
+    # Found by the properties. An orderId past BIGINT: the DB lookup raised, was retried 3 times, then
     # a needless reconcile was enqueued (now InvalidSnapshot → one "malformed" line).
     '{"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "c": "x", "X": "NEW", "i": 9223372036854775808}}',
     # A foreign client order id with a line break split the "not ours" log line in two (log injection).

@@ -49,7 +49,7 @@ def test_reconcile_now_runs_at_once_and_is_logged(operator_client, operator, acc
     entry = LogEntry.objects.get(object_id=str(account.pk))
     assert entry.user == operator and "reconcile (admin): ok: checked 1, opened 1" in entry.get_change_message()
     listing = operator_client.get(ACCOUNTS).content.decode()
-    assert "ok: checked 1, opened 1" in listing  # last result column
+    assert "ok: checked 1, opened 1; weight 1" in listing  # last result column, with the Binance weight spent
 
 
 def test_sync_positions_now_reports_an_orphan(operator_client, account, binance):

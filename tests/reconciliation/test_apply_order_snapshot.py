@@ -1,4 +1,4 @@
-"""DESIGN §2's state table, row by row, through apply_order_snapshot — from a REST order dict and from the
+"""docs/DESIGN.md "The one rule"'s state table, row by row, through apply_order_snapshot — from a REST order dict and from the
 WebSocket ORDER_TRADE_UPDATE of the same order state, both produced by the sandbox exchange over HTTP."""
 
 from datetime import timedelta

@@ -13,21 +13,6 @@ from trades.models import Trade
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def placements(monkeypatch):
-    """Placements enqueued by open_position, held instead of sent; run() sends them in-process, in order."""
-
-    class Held(list):
-        def run(self):
-            for trade_id, timeout_sec in self:
-                tasks.place_entry_order(trade_id, timeout_sec)
-
-    held = Held()
-    monkeypatch.setattr(tasks.place_entry_order, "delay", lambda *args: held.append(args))
-    monkeypatch.setattr(tasks.entry_timeout, "apply_async", lambda *args, **opts: None)
-    return held
-
-
 def deliver_open_position(account, task_id, **kwargs):
     """One delivery of the open_position message `task_id`, as a worker runs it (in-process)."""
     result = tasks.open_position.apply(args=(account.pk, "BTCUSDT", "BUY", "0.010"),

@@ -25,6 +25,7 @@ def test_reconcile_one_account_prints_its_report(binance, account):
     output = run("--account", account.name)
 
     assert f"{account.name}: outcome=ok checked=1 opened=1" in output
+    assert " weight_used=1 " in output  # the one GET /fapi/v1/order
     assert Trade.objects.get(pk=trade.pk).status == Trade.Status.OPEN
 
 
@@ -35,6 +36,7 @@ def test_reconcile_all_goes_through_every_active_account(binance, make_account):
     output = run("--all")
 
     assert [line.split(":")[0] for line in output.splitlines()] == sorted(a.name for a in accounts)
+    assert all(" weight_used=0 " in line for line in output.splitlines())  # said even when nothing was spent
 
 
 def test_unknown_account_is_an_error(binance, account):

@@ -6,23 +6,15 @@ from decimal import Decimal
 import pytest
 
 from reconciliation.models import OrphanPosition
-from reconciliation.services import create_pending_trade, place_entry_order, reconcile_pending, sync_positions_with_binance
+from reconciliation.services import sync_positions_with_binance
 from trades import binance_client
+from tests.helpers import entered
 from trades.binance_client import BinanceFuturesClient
 from trades.models import Trade
 
 pytestmark = pytest.mark.django_db
 
 DAY_MS = 86_400_000
-
-
-def entered(account, side="BUY", qty="0.010", symbol="BTCUSDT"):
-    trade = create_pending_trade(account, symbol, side, Decimal(qty))
-    place_entry_order(trade)
-    reconcile_pending(account)
-    trade.refresh_from_db()
-    assert trade.status == Trade.Status.OPEN, trade.status_reason
-    return trade
 
 
 def fresh(trade):

@@ -1,5 +1,5 @@
 """A trade failed as "not found on exchange" is looked up again on NOT_FOUND_RECHECK_SEC's schedule by the account's
-pending reconcile (reconciliation.rechecks), and corrected by the one rule when its order shows up (DESIGN §5 F20)."""
+pending reconcile (reconciliation.rechecks), and corrected by the one rule when its order shows up (docs/DESIGN.md "What Binance really does" F20)."""
 
 from datetime import timedelta
 from decimal import Decimal

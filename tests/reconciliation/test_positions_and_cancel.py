@@ -1,5 +1,6 @@
 """Position sync (F14, F15), cancel → verify at the service level (F4, F5) and the bot's placement."""
 
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -22,6 +23,7 @@ from reconciliation.services import (
 from tests.factories import TradeFactory
 from tests.helpers import place
 from trades.binance_client import BinanceFuturesClient
+from trades.egress import shared_budget
 from trades.exceptions import ExchangeUnavailable
 from trades.models import Trade, TradeEvent
 
@@ -333,6 +335,21 @@ class TestPlacement:
         trade.refresh_from_db()
         assert (trade.status, trade.exchange_status) == ("pending", "NEW") and trade.entry_order_id
         assert trade.placed_at is not None  # the not-found grace runs from here
+        assert binance.control.stats()["requests"]["POST /fapi/v1/order"] == 1
+
+    def test_placements_go_on_after_a_429_on_the_ip_but_not_during_a_418_ban(self, binance, account):
+        budget, host = shared_budget(), binance.rest_url.split("//")[1]
+        with BinanceFuturesClient.for_account(account) as client:
+            is_hedge_mode(account, client)  # the account's mode is known: the placements' only call is the order
+        until = int(time.time() * 1000) + 60_000
+        budget.mark_limited(f"default@{host}", until, banned=False)    # a reconcile somewhere got a 429
+        first = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
+        assert place_entry_order(first)["outcome"] == "placed"           # weight 0: Binance serves it
+        budget.mark_limited(f"default@{host}", until + 1, banned=True)   # then the IP is banned
+        second = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
+        assert place_entry_order(second)["outcome"] == "rejected"        # nothing sent: a definite no
+        second.refresh_from_db()
+        assert second.status == Trade.Status.FAILED and "rate limited (not sent)" in second.status_reason
         assert binance.control.stats()["requests"]["POST /fapi/v1/order"] == 1
 
     def test_market_order_placed_then_reconciled_opens(self, binance, account):

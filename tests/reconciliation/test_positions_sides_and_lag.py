@@ -8,21 +8,12 @@ import pytest
 
 from reconciliation.models import OrphanPosition
 from reconciliation.position_mode import is_hedge_mode
-from reconciliation.services import create_pending_trade, place_entry_order, reconcile_pending, sync_positions_with_binance
+from reconciliation.services import create_pending_trade, place_entry_order, sync_positions_with_binance
+from tests.helpers import entered
 from trades.binance_client import BinanceFuturesClient
 from trades.models import Trade
 
 pytestmark = pytest.mark.django_db
-
-
-def entered(account, side, qty="0.010", symbol="BTCUSDT"):
-    """The bot's entry flow: a pending trade, placed (MARKET) and reconciled open."""
-    trade = create_pending_trade(account, symbol, side, Decimal(qty))
-    place_entry_order(trade)
-    reconcile_pending(account)
-    trade.refresh_from_db()
-    assert trade.status == Trade.Status.OPEN, trade.status_reason
-    return trade
 
 
 def status(trade):

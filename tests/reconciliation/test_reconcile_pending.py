@@ -13,9 +13,10 @@ from django.utils import timezone
 from reconciliation import rules
 from reconciliation.leases import account_lease
 from reconciliation.models import ReconcileRun
-from reconciliation.services import reconcile_pending
+from reconciliation.services import apply_order_snapshot, reconcile_pending
 from tests.factories import TradeFactory
 from tests.helpers import place
+from trades.egress import shared_budget
 from trades.models import Trade, TradeEvent
 
 pytestmark = pytest.mark.django_db
@@ -223,6 +224,10 @@ class TestWeight:
 
         assert report["stopped_early"] is True and report["retry_after"] > 0
         assert set(Trade.objects.filter(account=account).values_list("status", flat=True)) == {"pending"}
+        sent = binance.control.stats()["total_requests"]
+        again = reconcile_pending(account)           # before Retry-After: stops again without asking Binance
+        assert again["stopped_early"] is True and binance.control.stats()["total_requests"] == sent
+        shared_budget().clear()                      # Retry-After has passed
         assert reconcile_pending(account)["opened"] == 2
 
     def test_f9_server_error_on_one_look_up_is_counted_and_the_rest_go_on(self, binance, account):
@@ -350,3 +355,114 @@ def test_reconcile_reports_past_the_retention_are_pruned_and_trade_audit_is_kept
 
     assert ReconcileRun.objects.count() == 1
     assert TradeEvent.objects.filter(trade=trade).count() == 1
+
+
+class TestOpenOrders:
+    """Per symbol, one openOrders (weight 1) says which orders still rest; only the others are looked up."""
+
+    @staticmethod
+    def resting(account, binance, n, symbol, price="50000"):
+        trades = pending(account, n, symbol=symbol, price=Decimal(price))
+        for trade in trades:
+            apply_order_snapshot(trade, place(trade), TradeEvent.Source.PLACE)  # the placement's answer: NEW
+        return trades
+
+    def test_n_pending_over_s_symbols_with_k_resting_cost_s_plus_n_minus_k(self, binance, account):
+        symbols = {"BTCUSDT": "50000", "ETHUSDT": "3000", "BNBUSDT": "600"}
+        books = {symbol: self.resting(account, binance, 4, symbol, price) for symbol, price in symbols.items()}
+        for trades in books.values():
+            fill(binance, trades[0])  # k = 3 per symbol still rest
+        binance.control.reset_stats()
+
+        report = reconcile_pending(account)
+
+        stats = binance.control.stats()
+        n, s, k = 12, 3, 9
+        assert stats["requests"].get("GET /fapi/v1/openOrders") == s
+        assert stats["requests"].get("GET /fapi/v1/order") == n - k
+        assert stats["total_weight"] == s + (n - k) == report["weight_used"]
+        assert (report["checked"], report["resting"], report["opened"]) == (n, k, s)
+        assert report["errors"] == 0 and report["outcome"] == "ok"
+
+    def test_the_old_way_would_have_cost_one_look_up_per_trade(self, binance, account, settings):
+        """The baseline of the test above, same book: without openOrders, N look-ups."""
+        for symbol, price in {"BTCUSDT": "50000", "ETHUSDT": "3000", "BNBUSDT": "600"}.items():
+            fill(binance, self.resting(account, binance, 4, symbol, price)[0])
+        binance.control.reset_stats()
+        from reconciliation import services
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(services, "_worth_open_orders", lambda trades: False)
+            report = reconcile_pending(account)
+
+        assert binance.control.stats()["total_weight"] == 12 == report["weight_used"]
+
+    def test_a_resting_partial_fill_is_recorded_from_open_orders(self, binance, account):
+        trades = self.resting(account, binance, 2, "BTCUSDT")
+        fill(binance, trades[0], qty="0.004", price="49999")
+        binance.control.reset_stats()
+
+        report = reconcile_pending(account)
+
+        trades[0].refresh_from_db()
+        assert binance.control.stats()["requests"] == {"GET /fapi/v1/openOrders": 1}
+        assert (trades[0].status, trades[0].exchange_status) == ("pending", "PARTIALLY_FILLED")
+        assert (trades[0].filled_qty, trades[0].entry_price) == (Decimal("0.004"), Decimal("49999"))
+        assert report["progress"] == 1 and report["resting"] == 2 and report["weight_used"] == 1
+
+    def test_an_order_missing_from_open_orders_is_looked_up_and_its_not_found_grace_holds(self, binance, account,
+                                                                                         settings):
+        settings.PENDING_NOT_FOUND_GRACE_SEC = 120
+        self.resting(account, binance, 2, "BTCUSDT")
+        [hidden] = pending(account)
+        Trade.objects.filter(pk=hidden.pk).update(exchange_status="PLACING", placed_at=timezone.now())
+        place(hidden)  # … its answer was lost; Binance rests it but does not show it yet (-2013, not in openOrders)
+        binance.control.hide_order(account.api_key, "BTCUSDT", client_order_id=hidden.client_order_id, seconds=60)
+        [never] = pending(account, created_at=timezone.now() - timedelta(seconds=300))  # never placed, past grace
+        binance.control.reset_stats()
+
+        report = reconcile_pending(account)
+
+        hidden.refresh_from_db()
+        never.refresh_from_db()
+        assert binance.control.stats()["requests"] == {"GET /fapi/v1/openOrders": 1, "GET /fapi/v1/order": 2}
+        assert (hidden.status, hidden.exchange_status) == ("pending", "PLACING")  # in its grace: not failed
+        assert (never.status, never.status_reason) == ("failed", rules.NOT_FOUND_REASON)  # as without openOrders
+        assert report["not_found_in_grace"] == 1 and report["failed"] == 1 and report["resting"] == 2
+
+    def test_ended_orders_among_many_are_read_with_one_all_orders(self, binance, account, settings):
+        settings.RECONCILE_PER_ORDER_MAX = 2
+        trades = self.resting(account, binance, 6, "BTCUSDT")
+        for trade in trades[:4]:
+            fill(binance, trade)
+        binance.control.reset_stats()
+
+        report = reconcile_pending(account)
+
+        stats = binance.control.stats()
+        assert stats["requests"] == {"GET /fapi/v1/openOrders": 1, "GET /fapi/v1/allOrders": 1}
+        assert stats["total_weight"] == 1 + 5 == report["weight_used"]
+        assert report["opened"] == 4 and report["resting"] == 2
+
+    def test_a_failed_open_orders_falls_back_to_a_look_up_per_order(self, binance, account):
+        trades = self.resting(account, binance, 2, "BTCUSDT")
+        fill(binance, trades[0])
+        binance.control.inject_fault("/fapi/v1/openOrders", "502", count=1)
+        binance.control.reset_stats()
+
+        report = reconcile_pending(account)
+
+        assert binance.control.stats()["requests"]["GET /fapi/v1/order"] == 2
+        assert report["opened"] == 1 and report["errors"] == 0 and report["weight_used"] == 3
+
+    def test_an_open_orders_answer_that_is_not_a_list_falls_back_to_a_look_up_per_order(self, binance, account,
+                                                                                         monkeypatch):
+        trades = self.resting(account, binance, 2, "BTCUSDT")
+        fill(binance, trades[0])
+        from trades.binance_client import BinanceFuturesClient
+
+        monkeypatch.setattr(BinanceFuturesClient, "get_open_orders", lambda self, symbol=None: None)
+
+        report = reconcile_pending(account)
+
+        assert (report["opened"], report["resting"], report["checked"], report["errors"]) == (1, 0, 2, 0)

@@ -1,4 +1,4 @@
-"""A deaf user stream is noticed (reconciliation.stream_guard, DESIGN §5 F17): order changes REST look-ups find that
+"""A deaf user stream is noticed (reconciliation.stream_guard, docs/DESIGN.md "What Binance really does" F17): order changes REST look-ups find that
 the connected socket never delivered are counted, logged, and enough of them mark the stream deaf — in /health/,
 /metrics and the admin — and make the stream process reconnect it."""
 

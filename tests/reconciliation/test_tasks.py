@@ -153,21 +153,6 @@ def test_entry_timeout_is_scheduled_even_when_applying_the_placement_answer_fail
     assert scheduled == [((trade.pk,), {"countdown": 30})]
 
 
-@pytest.fixture
-def placements(monkeypatch):
-    """Placements enqueued by open_position, held instead of sent; run() runs them in-process, in order."""
-
-    class Held(list):
-        def run(self):
-            for trade_id, timeout_sec in self:
-                tasks.place_entry_order(trade_id, timeout_sec)
-
-    held = Held()
-    monkeypatch.setattr(tasks.place_entry_order, "delay", lambda *args: held.append(args))
-    monkeypatch.setattr(tasks.entry_timeout, "apply_async", lambda *args, **opts: None)
-    return held
-
-
 def open_position_delivery(account, task_id, **kwargs):
     """One delivery of the open_position message `task_id`, as a worker runs it (eagerly, in-process)."""
     kwargs = {"price": "50000", "timeout_sec": 60, **kwargs}

@@ -660,3 +660,12 @@ def test_user_stream_events_setting_is_parsed_and_keeps_what_the_stream_needs(se
     assert parse_events(["ALGO_UPDATE"])[-1] == "ALGO_UPDATE"
     assert stream_url("wss://fstream.binance.com", "K", ("ORDER_TRADE_UPDATE", "listenKeyExpired")) == (
         "wss://fstream.binance.com/private/ws?listenKey=K&events=ORDER_TRADE_UPDATE/listenKeyExpired")
+
+
+@live
+def test_the_stream_connects_from_the_accounts_egress_address(binance, account, start_stream, settings):
+    settings.BINANCE_SOURCE_ADDRESSES = "127.0.0.2"
+    stream = start_stream(Recorder(reconcile=False))
+    stream.wait_connected(account.pk)
+    assert binance.control.listen_keys(account.api_key)["peers"] == ["127.0.0.2"]     # the WebSocket
+    assert set(binance.control.stats()["used_weight_1m"]) == {"127.0.0.2"}           # and the listenKey POST

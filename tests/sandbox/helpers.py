@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from binance.client import Client
+from requests.adapters import HTTPAdapter
 
 
 def binance_client(handle, account, **kwargs) -> Client:
@@ -25,3 +26,21 @@ def sync_clock(client: Client) -> int:
     server = client.futures_time()["serverTime"]
     client.timestamp_offset = int(server - (sent + time.time() * 1000) / 2)
     return client.timestamp_offset
+
+
+class _SourceAddressAdapter(HTTPAdapter):
+    def __init__(self, address: str) -> None:
+        self._source = (address, 0)
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = self._source
+        super().init_poolmanager(*args, **kwargs)
+
+
+def from_address(client: Client, address: str) -> Client:
+    """Send the client's requests from `address` (127.0.0.2, 127.0.0.3, …: each loopback alias is its own "IP")."""
+    adapter = _SourceAddressAdapter(address)
+    client.session.mount("http://", adapter)
+    client.session.mount("https://", adapter)
+    return client

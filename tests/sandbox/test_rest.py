@@ -8,7 +8,7 @@ import pytest
 import requests
 from binance.exceptions import BinanceAPIException
 
-from .helpers import binance_client, limit_buy, sync_clock
+from .helpers import binance_client, from_address, limit_buy, sync_clock
 
 DAY_MS = 86_400_000
 ORDER_FIELDS = {"orderId", "symbol", "status", "clientOrderId", "price", "avgPrice", "origQty", "executedQty",
@@ -173,13 +173,84 @@ def test_weight_header_and_429_then_418(futures_client, exchange):
     assert 0 < int(exchange_error.response.headers["Retry-After"]) <= 60
 
 
-def test_weight_is_counted_per_api_key(futures_client, exchange):
-    other = binance_client(exchange, exchange.control.create_account())
+def test_weight_is_counted_per_ip_not_per_api_key(futures_client, exchange):
+    other = from_address(binance_client(exchange, exchange.control.create_account()), "127.0.0.2")
+    same_key_other_ip = from_address(binance_client(exchange, exchange.control.create_account()), "127.0.0.3")
+    third = binance_client(exchange, exchange.control.create_account())   # another key on futures_client's IP
     futures_client.futures_get_open_orders()
+    third.futures_get_open_orders(symbol="BTCUSDT")
+    assert third.response.headers["X-MBX-USED-WEIGHT-1M"] == "41"          # one IP, two keys: one count
     other.futures_get_open_orders(symbol="BTCUSDT")
-    assert other.response.headers["X-MBX-USED-WEIGHT-1M"] == "1"
+    assert other.response.headers["X-MBX-USED-WEIGHT-1M"] == "1"           # another IP starts at its own zero
+    same_key_other_ip.futures_get_open_orders(symbol="BTCUSDT")
+    assert same_key_other_ip.response.headers["X-MBX-USED-WEIGHT-1M"] == "1"
     used = exchange.control.stats()["used_weight_1m"]
-    assert sorted(used.values()) == [1, 40]
+    assert used == {"127.0.0.1": 41, "127.0.0.2": 1, "127.0.0.3": 1}
+
+
+def test_one_key_from_two_addresses_has_two_budgets(exchange, account):
+    exchange.control.set_weight_limit(40, ip="127.0.0.2")
+    near = from_address(binance_client(exchange, account), "127.0.0.2")
+    far = from_address(binance_client(exchange, account), "127.0.0.3")
+    near.futures_get_open_orders()                                          # 40: at 127.0.0.2's own limit
+    assert api_error(near.futures_get_open_orders, symbol="BTCUSDT").status_code == 429
+    far.futures_get_open_orders()                                           # the same key, another IP: served
+    assert far.response.headers["X-MBX-USED-WEIGHT-1M"] == "40"
+    info = requests.get(exchange.rest_url + "/fapi/v1/exchangeInfo", timeout=5).json()
+    assert info["rateLimits"] == [
+        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+        {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+        {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300}]
+    exchange.control.set_weight_limit(7, ip="127.0.0.6")
+    told = from_address(binance_client(exchange, account), "127.0.0.6").futures_exchange_info()
+    assert told["rateLimits"][0]["limit"] == 7                              # each IP is told its own limit
+
+
+def test_bans_escalate_for_an_ip_that_keeps_going(exchange, account):
+    exchange.control.set_weight_limit(0, ip="127.0.0.4")    # every request is over the limit
+    exchange.control.set_ban_time_scale(0.01)               # 2 min → 1.2 s, 4 min → 2.4 s
+    client = from_address(binance_client(exchange, account), "127.0.0.4")
+    bystander = from_address(binance_client(exchange, account), "127.0.0.5")
+    _not_near_the_end_of_a_minute(exchange)                 # strikes are counted per minute
+    answers = [api_error(client.futures_time) for _ in range(4)]
+    assert [a.status_code for a in answers] == [429, 429, 429, 418]
+    assert 0 < int(answers[0].response.headers["Retry-After"]) <= 60
+    assert int(answers[3].response.headers["Retry-After"]) == 2                   # ceil(1.2 s)
+    assert api_error(client.futures_time).status_code == 418                        # banned: even weight 1
+    bystander.futures_time()                                                        # the ban is the IP's only
+    first_until = exchange.control.stats()["bans"]["127.0.0.4"]["banned_until"]
+    deadline = time.monotonic() + 10
+    while exchange.control.server_time() < first_until and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _not_near_the_end_of_a_minute(exchange)
+    answers = [api_error(client.futures_time) for _ in range(4)]   # keeps going: strikes again, a longer ban
+    assert [a.status_code for a in answers] == [429, 429, 429, 418]
+    assert int(answers[3].response.headers["Retry-After"]) == 3                   # second ban: ceil(2.4 s)
+    assert exchange.control.stats()["bans"]["127.0.0.4"]["bans"] == 2
+
+
+def _not_near_the_end_of_a_minute(exchange) -> None:
+    deadline = time.monotonic() + 15
+    while exchange.control.server_time() % 60_000 > 50_000 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_ban_length_ladder_is_binances_two_minutes_to_three_days():
+    from sandbox.limits import ban_ms
+    assert ban_ms(1) == 120_000 and ban_ms(2) == 240_000
+    assert ban_ms(30) == 3 * 24 * 3600 * 1000
+    assert ban_ms(1, 0.01) == 1200
+
+
+def test_orders_are_limited_per_account_with_order_count_headers(exchange, account):
+    client = binance_client(exchange, account)
+    limit_buy(client)
+    assert client.response.headers["X-MBX-ORDER-COUNT-10S"] == "1"
+    assert client.response.headers["X-MBX-ORDER-COUNT-1M"] == "1"
+    assert client.response.headers["X-MBX-USED-WEIGHT-1M"] == "0"        # a new order weighs 0 on the IP
+    other = binance_client(exchange, exchange.control.create_account())
+    limit_buy(other)
+    assert other.response.headers["X-MBX-ORDER-COUNT-1M"] == "1"         # counted per account, not per IP
 
 
 def test_archival_rule_after_three_days(futures_client, exchange, account):

@@ -4,7 +4,7 @@ worker exits with AttributeError ('NoneType' object has no attribute 'hostname')
 
 A private redis-server on a free port (never the shared one), a real `celery worker` process with this repository's
 settings, Celery's built-in `celery.accumulate` as the task (no database needed). The full stack's version of this
-is DESIGN §6 F31 (tests/e2e/test_broker_restart.py)."""
+is docs/DESIGN.md "Faults around the stack" F31 (tests/e2e/test_broker_restart.py)."""
 
 import os
 import shutil

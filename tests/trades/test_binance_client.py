@@ -20,7 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import NoBudget, wait_for
+from trades.egress import EXCHANGE_LIMITS, shared_budget
 from trades.binance_client import (
     EXCHANGE_CLOCK,
     ALL_ORDERS_MAX_WINDOW_MS,
@@ -204,7 +205,9 @@ def test_418_is_rate_limited_banned(gateway, exchange):
     assert (caught.value.status, caught.value.banned, caught.value.retry_after) == (418, True, 120)
 
 
-def test_exceeding_the_weight_limit_gives_429_then_418(gateway, exchange):
+def test_past_binances_limit_a_429_stops_every_gateway_on_the_ip_without_sending(gateway, exchange, account,
+                                                                                 settings):
+    settings.BINANCE_WEIGHT_LIMIT = 100_000  # our budget believes there is room; Binance (limit 11) disagrees
     exchange.control.set_weight_limit(11)
     gateway.get_all_orders(SYMBOL)  # weight 5, after GET /fapi/v1/time (1): the first signed call syncs the clock
     gateway.get_all_orders(SYMBOL)  # 11: at the limit, still served
@@ -212,11 +215,31 @@ def test_exceeding_the_weight_limit_gives_429_then_418(gateway, exchange):
         gateway.get_all_orders(SYMBOL)
     assert caught.value.status == 429 and not caught.value.banned
     assert 0 < caught.value.retry_after <= 60
-    for _ in range(3):  # keep hammering past the limit: Binance bans the IP
-        with pytest.raises(RateLimited) as caught:
-            gateway.get_open_orders(SYMBOL)
-    assert caught.value.status == 418 and caught.value.banned
-    assert 0 < caught.value.retry_after <= 120
+    sent = exchange.control.stats()["total_requests"]
+    with make_gateway(exchange, exchange.control.create_account()) as other:   # another account on the same IP
+        for call in (gateway.get_open_orders, other.get_open_orders, other.get_positions):
+            with pytest.raises(RateLimited) as caught:
+                call(*([SYMBOL] if call != other.get_positions else []))
+            assert caught.value.status is None and 0 < caught.value.retry_after <= 60   # refused here, not sent
+        assert exchange.control.stats()["total_requests"] == sent
+        other.place_order(SYMBOL, "BUY", QTY, price=PRICE)  # weight 0 on the IP: Binance serves it after a 429
+    assert exchange.control.stats()["statuses"].get("418", 0) == 0       # so Binance never had a reason to ban
+
+
+def test_the_gateway_keeps_under_the_limit_exchange_info_publishes(gateway, exchange):
+    EXCHANGE_LIMITS.reset()                              # as in production: nothing assumed, learnt from Binance
+    exchange.control.set_weight_limit(11)
+    assert gateway.weight_limit() == 11                  # learnt from GET /fapi/v1/exchangeInfo (rateLimits)
+    gateway.get_all_orders(SYMBOL)                       # 1 + 1 + 5 = 7 of reconcile's 80 %: 8
+    with pytest.raises(RateLimited) as caught:
+        gateway.get_all_orders(SYMBOL)                   # would make 12: refused before sending
+    assert caught.value.status is None and not caught.value.banned
+    placed = gateway.place_order(SYMBOL, "BUY", QTY, price=PRICE)   # weight 0 on the IP
+    gateway.get_open_orders(SYMBOL)                                 # 8: reconcile's share is used up
+    with pytest.raises(RateLimited):
+        gateway.get_open_orders(SYMBOL)
+    gateway.cancel_order(SYMBOL, order_id=placed["orderId"])        # 9: cancels may use the whole budget
+    assert exchange.control.stats()["statuses"].get("429", 0) == 0
 
 
 def test_used_weight_comes_from_the_response_header(gateway, exchange, account):
@@ -227,7 +250,7 @@ def test_used_weight_comes_from_the_response_header(gateway, exchange, account):
     second = gateway.used_weight
     assert first >= 1
     assert second == first + 5 or second == 5  # (or a new minute began in between)
-    assert second == exchange.control.stats()["used_weight_1m"][account["api_key"]] or second == 5
+    assert second == exchange.control.stats()["used_weight_1m"]["127.0.0.1"] or second == 5  # per IP
     assert gateway.http_calls == 3  # GET /fapi/v1/time first: the process's first signed call syncs the clock
 
 
@@ -491,6 +514,7 @@ def test_keys_never_appear_in_logs_exceptions_or_reprs(exchange, caplog):
     attempt(gateway.cancel_order, SYMBOL, order_id=12345)  # -2011
     control.inject_fault("/fapi/v1/order", "429", method="GET")
     attempt(gateway.get_order, SYMBOL, 1)
+    shared_budget().clear()  # the 429 holds every call on this IP until Retry-After; this test moves on at once
     control.inject_fault("/fapi/v1/openOrders", "502")
     attempt(gateway.get_open_orders)
     control.inject_fault("/fapi/v1/order", "503_unknown_placed", method="POST")
@@ -578,7 +602,7 @@ def canned():
 @pytest.fixture
 def canned_gateway(canned):
     set_answer, url = canned
-    with BinanceFuturesClient("k" * 64, "s" * 64, rest_url=url, timeout=2) as gateway:
+    with BinanceFuturesClient("k" * 64, "s" * 64, rest_url=url, timeout=2, budget=NoBudget()) as gateway:
         yield set_answer, gateway
 
 

@@ -52,8 +52,10 @@ class Command(BaseCommand):
         if as_json:
             return json_dumps({"account": account.name, **report})
         keys = ["outcome", "checked", "opened", "progress", "cancelled", "failed", "corrected", "unchanged",
-                "not_found_in_grace", "needs_operator", "errors", "weight_used", "http_calls", "duration_ms"]
-        parts = [f"{key}={report[key]}" for key in keys if report.get(key) not in (0, None) or key == "checked"]
+                "resting", "not_found_in_grace", "needs_operator", "errors", "weight_used", "http_calls",
+                "duration_ms"]
+        always = {"checked", "weight_used"}
+        parts = [f"{key}={report[key]}" for key in keys if report.get(key) not in (0, None) or key in always]
         parts += [f"{key}={value}" for key, value in report.get("extra", {}).items()]
         return f"{account.name}: " + " ".join(parts)
 

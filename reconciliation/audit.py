@@ -1,0 +1,72 @@
+"""How often the scheduled (beat) reconcile audits an account by REST.
+
+An account whose user stream is healthy gets its order changes pushed: fills reach the database through the socket
+within a second, and the REST reconcile is only the guard against what a socket can lose. Such an account is
+audited every RECONCILE_AUDIT_SEC (default 600) instead of every beat (a minute). Every other account keeps the
+minute. The beat's reconcile of an account is left out only when all of these hold:
+
+- its stream is healthy, as /health/ judges it: `stream_state` "connected", not marked deaf (`stream_deaf_since`,
+  stream_guard.py), and the stream process's heartbeat fresh (a killed process leaves "connected" behind);
+- its last pending reconcile (`last_reconcile_at`; any reason: beat, ws_connect, cancel, operator) ended "ok" (a
+  partial run, or one with failed look-ups, is no audit), ended after that socket connected (what happened
+  before the connection was covered by REST), and is younger than RECONCILE_AUDIT_SEC;
+- it has no pending trade whose placement is unconfirmed (exchange_status "" or PLACING): if such an order was never
+  created, no event will ever come, and only a look-up fails it after PENDING_NOT_FOUND_GRACE_SEC;
+- it has no not-found re-check due (rechecks.py): those are REST look-ups by nature.
+
+Reconciles asked for a reason (a stream's (re)connect, a cancel, an operator) and the hourly deep pass are never
+left out: only `reconcile_all_accounts`' beat fan-out asks this module. RECONCILE_AUDIT_SEC = 0 audits every account
+every beat. Cost: three queries per beat for the whole fleet, none per account.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import F
+from django.utils import timezone
+
+from trades.models import Trade
+
+from .models import AccountSyncState, ReconcileRun
+from .snapshots import PLACING
+from .stream_guard import CONNECTED
+
+logger = logging.getLogger(__name__)
+
+STREAM_HEALTHY = "stream healthy, audited recently"
+
+
+def stream_heartbeat_max_age() -> timedelta:
+    """How old the stream process's heartbeat may be while its state is trusted (the same as /health/'s)."""
+    return timedelta(seconds=3 * settings.USER_STREAM_ACCOUNT_REFRESH_SEC + 10)
+
+
+def audit_not_due(account_ids, *, now: datetime | None = None) -> dict[int, str]:
+    """The accounts among `account_ids` the beat may leave out this time, each with the reason. Empty when
+    RECONCILE_AUDIT_SEC is 0."""
+    audit_sec = settings.RECONCILE_AUDIT_SEC
+    if not audit_sec or audit_sec <= 0:
+        return {}
+    now = now or timezone.now()
+    healthy = set(AccountSyncState.objects.filter(
+        account_id__in=list(account_ids), stream_state=CONNECTED, stream_deaf_since__isnull=True,
+        stream_heartbeat_at__gt=now - stream_heartbeat_max_age(), stream_state_at__isnull=False,
+        last_reconcile_at__gt=now - timedelta(seconds=audit_sec), last_reconcile_at__gte=F("stream_state_at"),
+        last_reconcile_report__kind=ReconcileRun.Kind.PENDING,
+        last_reconcile_report__outcome=ReconcileRun.Outcome.OK,
+    ).values_list("account_id", flat=True))
+    if not healthy:
+        return {}
+    unconfirmed = Trade.objects.filter(account_id__in=healthy, status=Trade.Status.PENDING,
+                                       exchange_status__in=["", PLACING])
+    rechecks = Trade.objects.filter(account_id__in=healthy, not_found_recheck_at__lte=now,
+                                    status=Trade.Status.FAILED)
+    healthy -= set(unconfirmed.values_list("account_id", flat=True).distinct())
+    healthy -= set(rechecks.values_list("account_id", flat=True).distinct())
+    return {account_id: STREAM_HEALTHY for account_id in healthy}
+
+
+__all__ = ["audit_not_due", "stream_heartbeat_max_age", "STREAM_HEALTHY"]

@@ -1,0 +1,139 @@
+"""The beat's audit cadence: an account whose user stream is healthy is audited by REST every RECONCILE_AUDIT_SEC,
+every other account every beat; reconciles asked for a reason are never left out."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from reconciliation import tasks
+from reconciliation.audit import audit_not_due
+from reconciliation.models import AccountSyncState, ReconcileRun
+from reconciliation.services import reconcile_pending
+from tests.factories import TradeFactory
+from trades.models import Trade
+
+pytestmark = pytest.mark.django_db
+
+
+def healthy(account, *, audited_ago=60, connected_ago=3600, heartbeat_ago=5, **fields):
+    now = timezone.now()
+    values = {
+        "stream_state": "connected", "stream_state_at": now - timedelta(seconds=connected_ago),
+        "stream_heartbeat_at": now - timedelta(seconds=heartbeat_ago),
+        "last_reconcile_at": now - timedelta(seconds=audited_ago),
+        "last_reconcile_report": {"kind": "pending", "outcome": "ok"},
+    }
+    values.update(fields)
+    AccountSyncState.objects.update_or_create(account=account, defaults=values)
+    return account
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tasks.reconcile_account, "apply_async",
+                        lambda args, kwargs, **opts: calls.append((args[0], kwargs["reason"])))
+    return calls
+
+
+def test_a_healthy_stream_audited_recently_is_left_to_its_next_audit(make_account, sent, settings, caplog):
+    settings.RECONCILE_AUDIT_SEC = 600
+    quiet, plain = healthy(make_account()), make_account()
+
+    assert tasks.reconcile_all_accounts() == 1
+
+    assert sent == [(plain.pk, "beat")]
+    assert f"left to their next audit (stream healthy, audited recently): {quiet.pk}" in caplog.text
+
+
+def test_a_healthy_stream_is_audited_again_once_its_audit_is_older_than_the_interval(make_account, sent, settings):
+    settings.RECONCILE_AUDIT_SEC = 600
+    due = healthy(make_account(), audited_ago=601)
+    healthy(make_account(), audited_ago=599)
+
+    tasks.reconcile_all_accounts()
+
+    assert sent == [(due.pk, "beat")]
+
+
+@pytest.mark.parametrize("unhealthy", [
+    {"stream_deaf_since": "now"},  # connected, missing events
+    {"heartbeat_ago": 3600},  # the stream process died, "connected" left behind
+    {"stream_state": "reconnecting"},
+    {"stream_state": ""},  # no stream process at all
+    {"connected_ago": 30},  # the socket connected after the last audit: the gap is not covered yet
+    {"last_reconcile_report": {"kind": "pending", "outcome": "partial"}},  # stopped early
+    {"last_reconcile_report": {"kind": "pending", "outcome": "error"}},  # look-ups failed
+    {"last_reconcile_report": {"kind": "deep", "outcome": "ok"}},  # old trades only
+    {"last_reconcile_at": None},
+])
+def test_an_account_without_a_healthy_stream_or_a_good_recent_audit_keeps_the_minute(make_account, sent, settings,
+                                                                                   unhealthy):
+    settings.RECONCILE_AUDIT_SEC = 600
+    if unhealthy.get("stream_deaf_since") == "now":
+        unhealthy["stream_deaf_since"] = timezone.now() - timedelta(minutes=5)
+    account = healthy(make_account(), **unhealthy)
+
+    assert tasks.reconcile_all_accounts() == 1
+
+    assert sent == [(account.pk, "beat")]
+
+
+@pytest.mark.parametrize("trade_fields", [
+    {"exchange_status": "PLACING"},  # placement outcome unknown: no event will come if it was never created
+    {"exchange_status": ""},  # not sent yet
+    {"status": Trade.Status.FAILED, "exchange_status": "NOT_FOUND", "not_found_recheck_at": "due"},
+])
+def test_what_only_a_look_up_can_settle_keeps_the_minute(make_account, sent, settings, trade_fields):
+    settings.RECONCILE_AUDIT_SEC = 600
+    account = healthy(make_account())
+    if trade_fields.get("not_found_recheck_at") == "due":
+        trade_fields["not_found_recheck_at"] = timezone.now() - timedelta(seconds=1)
+    TradeFactory(account=account, price=Decimal("50000"), **trade_fields)
+
+    tasks.reconcile_all_accounts()
+
+    assert sent == [(account.pk, "beat")]
+
+
+def test_resting_orders_do_not_keep_the_minute(make_account, sent, settings):
+    settings.RECONCILE_AUDIT_SEC = 600
+    account = healthy(make_account())
+    TradeFactory(account=account, price=Decimal("50000"), exchange_status="NEW")
+
+    assert tasks.reconcile_all_accounts() == 0 and sent == []
+
+
+def test_the_deep_pass_and_a_zero_interval_leave_nobody_out(make_account, sent, settings):
+    account = healthy(make_account())
+    settings.RECONCILE_AUDIT_SEC = 600
+    tasks.reconcile_all_accounts(deep=True)
+    settings.RECONCILE_AUDIT_SEC = 0
+    tasks.reconcile_all_accounts()
+
+    assert sent == [(account.pk, "deep"), (account.pk, "beat")]
+
+
+def test_a_real_ok_reconcile_after_the_socket_connected_counts_as_the_audit(binance, account, settings):
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, last_reconcile_at=None, last_reconcile_report={})
+    assert audit_not_due([account.pk]) == {}
+
+    report = reconcile_pending(account, reason="ws_connect")
+
+    assert report["outcome"] == "ok"
+    assert list(audit_not_due([account.pk])) == [account.pk]
+
+
+@pytest.mark.parametrize("reason", ["ws_connect", "cancel", "admin", "command"])
+def test_a_reconcile_asked_for_a_reason_runs_on_a_healthy_recently_audited_stream(binance, account, settings,
+                                                                                  reason):
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account)
+
+    report = tasks.reconcile_account.apply(args=(account.pk,), kwargs={"reason": reason}).get()
+
+    assert report["skipped"] is False and report["reason"] == reason
+    assert ReconcileRun.objects.filter(account=account, reason=reason).count() == 1
