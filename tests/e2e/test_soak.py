@@ -18,7 +18,10 @@ from .harness import wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 SYMBOLS = {"BTCUSDT": "50000", "ETHUSDT": "3000", "SOLUSDT": "150", "BNBUSDT": "600"}
-QTY = {"BTCUSDT": "0.010", "ETHUSDT": "0.100", "SOLUSDT": "1", "BNBUSDT": "0.10"}
+# Each quantity's half (the partial fills) is a whole number of the symbol's lot steps (SOLUSDT: step 1), as every
+# fill on Binance is. (SOLUSDT was 1: its 0.5 fills sat in the sandbox's position while every answer rounded them to
+# "0" — an unexplainable position, the "position invariant on SOLUSDT" of seed 448669121.)
+QTY = {"BTCUSDT": "0.010", "ETHUSDT": "0.100", "SOLUSDT": "2", "BNBUSDT": "0.10"}
 SCENARIOS = ["fill", "fill", "partial_then_timeout", "no_fill_timeout", "cancel_race", "partial_then_expire",
              "market", "never_placed", "fill_later"]
 FAULTS = ["drop_ws", "pause_events", "expire_listen_key", "http_5xx", "http_hang", "kill_stream", "kill_worker_child",
@@ -56,7 +59,7 @@ def test_randomized_soak(e2e):
         if scenario == "fill":
             control.fill_order(account.api_key, symbol, **ref)
         elif scenario in ("partial_then_timeout", "partial_then_expire"):
-            control.fill_order(account.api_key, symbol, qty=Decimal(QTY[symbol]) / 2, **ref)
+            control.fill_order(account.api_key, symbol, qty=Decimal(QTY[symbol]) / 2, **ref)  # on the lot step
             if scenario == "partial_then_expire":
                 control.expire_order(account.api_key, symbol, **ref)
         elif scenario == "cancel_race":
