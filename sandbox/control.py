@@ -101,7 +101,8 @@ class SandboxControl:
 
     def fill_order(self, api_key: str, symbol: str, *, order_id=None, client_order_id=None, qty=None,
                    price=None) -> dict:
-        """Fill an open order fully, or by `qty` (partial); price defaults to the order's (LIMIT) or symbol's."""
+        """Fill an open order fully, or by `qty` (partial; a multiple of the symbol's step, as on Binance); price
+        defaults to the order's (LIMIT) or symbol's."""
         payload = _order_ref(api_key, symbol, order_id, client_order_id)
         if qty is not None:
             payload["qty"] = str(qty)

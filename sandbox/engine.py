@@ -329,6 +329,11 @@ class Engine:
         qty = remaining if qty is None else Decimal(qty)
         if qty <= 0 or qty > remaining:
             raise ApiError(-1, f"fill qty {qty} not in (0, {remaining}]", 400)
+        if qty % order.symbol.step:
+            # Binance matches in whole lots (LOT_SIZE stepSize): a fill off the step cannot happen, and every answer
+            # (executedQty, positionAmt, l/z on the stream) would round it away while the position kept it.
+            raise ApiError(-1, f"fill qty {qty} is not a multiple of {order.symbol.symbol}'s step "
+                               f"{order.symbol.step}", 400)
         if price is None:
             price = order.price if order.type == "LIMIT" else order.symbol.price
         price = Decimal(price)

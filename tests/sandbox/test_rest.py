@@ -100,6 +100,26 @@ def test_partial_fills_positions_and_user_trades(futures_client, exchange, accou
     assert v2[0]["positionAmt"] == "0.006" and v2[0]["marginType"] == "cross"
 
 
+def test_a_fill_off_the_lot_step_is_refused_and_changes_nothing(futures_client, exchange, account):
+    """Binance matches in whole lots (SOLUSDT: step 1). A control fill of 0.5 used to be taken: the position held
+    0.5 while executedQty, positionAmt and the stream's quantities all rounded it to "0" — a position no answer
+    could explain (the soak's SOLUSDT failure)."""
+    from sandbox.control import SandboxControlError
+
+    order = futures_client.futures_create_order(symbol="SOLUSDT", side="BUY", type="LIMIT", timeInForce="GTC",
+                                                quantity="2", price="150")
+    control, key = exchange.control, account["api_key"]
+    with pytest.raises(SandboxControlError) as info:
+        control.fill_order(key, "SOLUSDT", order_id=order["orderId"], qty="0.5")
+    assert "not a multiple of SOLUSDT's step 1" in str(info.value)
+    assert futures_client.futures_get_order(symbol="SOLUSDT", orderId=order["orderId"])["executedQty"] == "0"
+    assert futures_client.futures_position_information(symbol="SOLUSDT")[0]["positionAmt"] == "0"
+    assert futures_client.futures_account_trades(symbol="SOLUSDT") == []
+    control.fill_order(key, "SOLUSDT", order_id=order["orderId"], qty="1")
+    part = futures_client.futures_get_order(symbol="SOLUSDT", orderId=order["orderId"])
+    assert (part["status"], part["executedQty"]) == ("PARTIALLY_FILLED", "1")
+
+
 def test_market_order_acks_new_then_is_filled(futures_client, exchange):
     exchange.control.set_price("ETHUSDT", "3100.50")
     ack = futures_client.futures_create_order(symbol="ETHUSDT", side="SELL", type="MARKET", quantity="0.100")
