@@ -63,12 +63,13 @@ def check_beat():
 
 
 def check_user_streams():
+    from reconciliation.audit import stream_heartbeat_max_age
     from reconciliation.models import AccountSyncState
     from trades.models import Account
 
     now = timezone.now()
     grace = timedelta(seconds=settings.HEALTH_STREAM_GRACE_SEC)
-    heartbeat_max_age = timedelta(seconds=3 * settings.USER_STREAM_ACCOUNT_REFRESH_SEC + 10)
+    heartbeat_max_age = stream_heartbeat_max_age()  # the same bound the audit cadence trusts a stream by
     states = {s.account_id: s for s in AccountSyncState.objects.all()}
     healthy, details = True, {}
     for account in Account.objects.filter(is_active=True).only("pk", "name"):
