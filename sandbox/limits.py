@@ -159,9 +159,12 @@ class Stats:
     requests: dict[str, int] = field(default_factory=dict)   # "GET /fapi/v1/order" -> count
     weight: dict[str, int] = field(default_factory=dict)     # same key -> weight charged
     statuses: dict[str, int] = field(default_factory=dict)   # "200" -> count
+    by_api_key: dict[str, int] = field(default_factory=dict)  # X-MBX-APIKEY -> requests (tests isolate by key)
 
-    def record(self, endpoint: str, weight: int, status: int) -> None:
+    def record(self, endpoint: str, weight: int, status: int, api_key: str = "") -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
+        if api_key:
+            self.by_api_key[api_key] = self.by_api_key.get(api_key, 0) + 1
         self.weight[endpoint] = self.weight.get(endpoint, 0) + weight
         key = str(status)
         self.statuses[key] = self.statuses.get(key, 0) + 1
@@ -170,7 +173,9 @@ class Stats:
         self.requests.clear()
         self.weight.clear()
         self.statuses.clear()
+        self.by_api_key.clear()
 
     def public(self) -> dict:
         return {"requests": dict(self.requests), "weight": dict(self.weight), "statuses": dict(self.statuses),
+                "requests_by_api_key": dict(self.by_api_key),
                 "total_requests": sum(self.requests.values()), "total_weight": sum(self.weight.values())}

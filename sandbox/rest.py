@@ -375,7 +375,7 @@ def make_handler(ex):
             elif fault.kind in EXECUTED_THEN:
                 unknown_after = EXECUTED_THEN[fault.kind]   # executed, then answered "execution status unknown"
             else:
-                stats.record(endpoint, 0, int(fault.kind))
+                stats.record(endpoint, 0, int(fault.kind), request.headers.get("X-MBX-APIKEY", ""))
                 return _fault_response(ex, fault, engine.now())
         weight, security, handler = route
         query = request.rel_url.raw_query_string
@@ -424,7 +424,7 @@ def make_handler(ex):
             headers.update(err.headers)
         if unknown_after is not None:
             status, payload = unknown_after
-        stats.record(endpoint, weight, status)
+        stats.record(endpoint, weight, status, request.headers.get("X-MBX-APIKEY", ""))
         return web.Response(status=status, body=_dumps(payload).encode(), content_type=JSON, headers=headers)
 
     return handle
