@@ -27,9 +27,16 @@ def setup_django() -> dict:
 
     django.setup()
     call_command("migrate", verbosity=0)
-    return {key: os.environ[key] for key in ("DJANGO_SETTINGS_MODULE", "DJANGO_SECRET_KEY", "FIELD_ENCRYPTION_KEY",
-                                             "TRADEOPS_VAR_DIR", "LOG_LEVEL") } | {
-        key: os.environ[key] for key in ("DATABASE_URL", "CELERY_BROKER_URL") if key in os.environ}
+    return {
+        key: os.environ[key]
+        for key in (
+            "DJANGO_SETTINGS_MODULE",
+            "DJANGO_SECRET_KEY",
+            "FIELD_ENCRYPTION_KEY",
+            "TRADEOPS_VAR_DIR",
+            "LOG_LEVEL",
+        )
+    } | {key: os.environ[key] for key in ("DATABASE_URL", "CELERY_BROKER_URL") if key in os.environ}
 
 
 def _create_mysql_database(url: str) -> None:
@@ -38,8 +45,9 @@ def _create_mysql_database(url: str) -> None:
     import pymysql
 
     parts = urlsplit(url)
-    conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username,
-                           password=parts.password or "")
+    conn = pymysql.connect(
+        host=parts.hostname, port=parts.port or 3306, user=parts.username, password=parts.password or ""
+    )
     with conn.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{parts.path.lstrip('/')}` CHARACTER SET utf8mb4")
     conn.close()

@@ -52,14 +52,30 @@ def make_fleet(control, prefix: str, accounts: int, trades: int, symbols: list[s
         account = Account.objects.create(name=f"{prefix}{a}", api_key=creds["api_key"], api_secret=creds["api_secret"])
         rows = []
         for symbol in symbols:
-            bulk = control.bulk_orders(creds["api_key"], symbol, per_symbol, price="1", quantity="10",
-                                       client_order_id_prefix=f"{prefix}{a}-{symbol}-")
+            bulk = control.bulk_orders(
+                creds["api_key"],
+                symbol,
+                per_symbol,
+                price="1",
+                quantity="10",
+                client_order_id_prefix=f"{prefix}{a}-{symbol}-",
+            )
             # As after the bot's placement: the answer (NEW, orderId, updateTime) is already applied to the row.
             placed_at = control.get_order(creds["api_key"], symbol, order_id=bulk["first_order_id"])["updateTime"]
-            rows += [Trade(account=account, symbol=symbol, side="BUY", quantity=Decimal("10"), price=Decimal("1"),
-                           client_order_id=f"{prefix}{a}-{symbol}-{order_id}", entry_order_id=order_id,
-                           exchange_status="NEW", exchange_update_time=placed_at)
-                     for order_id in range(bulk["first_order_id"], bulk["last_order_id"] + 1)]
+            rows += [
+                Trade(
+                    account=account,
+                    symbol=symbol,
+                    side="BUY",
+                    quantity=Decimal("10"),
+                    price=Decimal("1"),
+                    client_order_id=f"{prefix}{a}-{symbol}-{order_id}",
+                    entry_order_id=order_id,
+                    exchange_status="NEW",
+                    exchange_update_time=placed_at,
+                )
+                for order_id in range(bulk["first_order_id"], bulk["last_order_id"] + 1)
+            ]
         Trade.objects.bulk_create(rows)
         ids.append(account.pk)
     return ids
@@ -87,7 +103,7 @@ def _seed_worker(args):
 
     django.setup()
     settings.BINANCE_FUTURES_REST_URL = rest_url
-    logging.getLogger("trades").setLevel(logging.CRITICAL)   # tens of thousands of refusals: counted, not logged
+    logging.getLogger("trades").setLevel(logging.CRITICAL)  # tens of thousands of refusals: counted, not logged
     from reconciliation.services import apply_order_snapshot, fetch_order
     from trades.binance_client import BinanceFuturesClient
     from trades.exceptions import RateLimited
@@ -95,8 +111,9 @@ def _seed_worker(args):
     verified = refused = 0
     for account_id in account_ids:
         account = Account.objects.get(pk=account_id)
-        with BinanceFuturesClient(account.api_key, account.api_secret, rest_url=rest_url, source_address=SEED_IP,
-                                  budget=_NoBudget()) as client:
+        with BinanceFuturesClient(
+            account.api_key, account.api_secret, rest_url=rest_url, source_address=SEED_IP, budget=_NoBudget()
+        ) as client:
             for trade in Trade.objects.get_pending_recent(account_id, limit=10**6):
                 if time.time() >= deadline:
                     return verified, refused
@@ -147,8 +164,10 @@ def main() -> None:
         run = f"{int(time.time()) % 100000}-"  # account names stay unique when DATABASE_URL is reused
         ours_ids = make_fleet(control, f"ours{run}", args.accounts, args.trades, symbols)
         seed_ids = make_fleet(control, f"seed{run}", args.accounts, args.trades, symbols)
-        print(f"setup: {2 * args.accounts} accounts, {2 * args.accounts * per_account} pending trades in "
-              f"{time.perf_counter() - t0:.0f}s")
+        print(
+            f"setup: {2 * args.accounts} accounts, {2 * args.accounts * per_account} pending trades in "
+            f"{time.perf_counter() - t0:.0f}s"
+        )
         egress.shared_budget().clear()
 
         # The seed's approach first: 2 processes, one GET per trade, no shared budget, from SEED_IP.
@@ -158,8 +177,10 @@ def main() -> None:
         started = time.perf_counter()
         deadline = time.time() + window
         with PeakWeight(control, SEED_IP) as seed_peak, mp.get_context("fork").Pool(2) as pool:
-            halves = pool.map(_seed_worker, [(seed_ids[0::2], sandbox.rest_url, deadline),
-                                             (seed_ids[1::2], sandbox.rest_url, deadline)])
+            halves = pool.map(
+                _seed_worker,
+                [(seed_ids[0::2], sandbox.rest_url, deadline), (seed_ids[1::2], sandbox.rest_url, deadline)],
+            )
         seed_wall = time.perf_counter() - started
         seed_stats = control.stats()
         seed_verified = sum(v for v, _ in halves)
@@ -168,12 +189,36 @@ def main() -> None:
 
         # Ours: beat's reconcile_all_accounts, fanned out to 2 worker processes over Redis, on OURS_IP's budget.
         app.control.purge()
-        env = {**os.environ, **CHILD_ENV, "BINANCE_FUTURES_REST_URL": sandbox.rest_url, "PYTHONUNBUFFERED": "1",
-               "BINANCE_SOURCE_ADDRESSES": OURS_IP}
-        workers = [subprocess.Popen([sys.executable, "-m", "celery", "-A", "tradeops", "worker", "--pool=prefork",
-                                     "--concurrency=1", f"--hostname=bench{i}@%h", "--without-mingle",
-                                     "--without-gossip", "--loglevel=WARNING"], cwd=ROOT, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in (1, 2)]
+        env = {
+            **os.environ,
+            **CHILD_ENV,
+            "BINANCE_FUTURES_REST_URL": sandbox.rest_url,
+            "PYTHONUNBUFFERED": "1",
+            "BINANCE_SOURCE_ADDRESSES": OURS_IP,
+        }
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "tradeops",
+                    "worker",
+                    "--pool=prefork",
+                    "--concurrency=1",
+                    f"--hostname=bench{i}@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--loglevel=WARNING",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in (1, 2)
+        ]
         try:
             ping_deadline = time.monotonic() + 60
             while len(app.control.ping(timeout=0.5) or []) < 2 and time.monotonic() < ping_deadline:
@@ -184,7 +229,7 @@ def main() -> None:
             with PeakWeight(control, OURS_IP) as ours_peak:
                 fired = -60.0
                 while time.perf_counter() - started < window:
-                    if time.perf_counter() - fired >= 60:       # as beat does, every minute
+                    if time.perf_counter() - fired >= 60:  # as beat does, every minute
                         app.send_task("reconciliation.tasks.reconcile_all_accounts")
                         fired = time.perf_counter()
                     done = sum(r.report.get("checked", 0) for r in ReconcileRun.objects.filter(account_id__in=ours_ids))
@@ -193,8 +238,12 @@ def main() -> None:
                     time.sleep(1)
             ours_wall = time.perf_counter() - started
             ours_stats = control.stats()
-            ours_verified = sum(r.report.get("checked", 0) for r in ReconcileRun.objects.filter(
-                account_id__in=ours_ids, outcome__in=[ReconcileRun.Outcome.OK, ReconcileRun.Outcome.PARTIAL]))
+            ours_verified = sum(
+                r.report.get("checked", 0)
+                for r in ReconcileRun.objects.filter(
+                    account_id__in=ours_ids, outcome__in=[ReconcileRun.Outcome.OK, ReconcileRun.Outcome.PARTIAL]
+                )
+            )
         finally:
             app.control.purge()
             for worker in workers:
@@ -206,16 +255,30 @@ def main() -> None:
         # Per minute of the window: a side that stops early (banned, every call refused at once) verified nothing
         # more in the rest of it.
         statuses = stats["statuses"]
-        return (name, wall, verified, verified / max(wall, window) * 60, peak, stats["total_weight"],
-                statuses.get("429", 0), statuses.get("418", 0))
+        return (
+            name,
+            wall,
+            verified,
+            verified / max(wall, window) * 60,
+            peak,
+            stats["total_weight"],
+            statuses.get("429", 0),
+            statuses.get("418", 0),
+        )
 
-    rows = [row("seed (1 GET per trade, no shared budget)", seed_wall, seed_verified, seed_peak.peak, seed_stats),
-            row("ours (reconcile_all_accounts, fleet budget)", ours_wall, ours_verified, ours_peak.peak, ours_stats)]
-    print(f"\nfleet on one egress IP each: {args.accounts} accounts × {per_account} pending trades over "
-          f"{len(symbols)} symbols, 2 worker processes, {args.minutes:g} min each, DB {connection.vendor}, broker "
-          f"Redis, sandbox with Binance's per-IP limits (2,400 weight/min, 429 → 418 bans)\n")
-    print("| approach | wall s | trades verified | trades/min | peak weight in one minute on the IP | weight sent "
-          "| 429 | 418 |")
+    rows = [
+        row("seed (1 GET per trade, no shared budget)", seed_wall, seed_verified, seed_peak.peak, seed_stats),
+        row("ours (reconcile_all_accounts, fleet budget)", ours_wall, ours_verified, ours_peak.peak, ours_stats),
+    ]
+    print(
+        f"\nfleet on one egress IP each: {args.accounts} accounts × {per_account} pending trades over "
+        f"{len(symbols)} symbols, 2 worker processes, {args.minutes:g} min each, DB {connection.vendor}, broker "
+        f"Redis, sandbox with Binance's per-IP limits (2,400 weight/min, 429 → 418 bans)\n"
+    )
+    print(
+        "| approach | wall s | trades verified | trades/min | peak weight in one minute on the IP | weight sent "
+        "| 429 | 418 |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, wall, verified, per_min, peak, sent, n429, n418 in rows:
         print(f"| {name} | {wall:.0f} | {verified:,} | {per_min:,.0f} | {peak:,} | {sent:,} | {n429:,} | {n418:,} |")

@@ -44,14 +44,26 @@ def make_book(control, name: str, n: int, symbols: list[str], filled: float) -> 
     account = Account.objects.create(name=name, api_key=creds["api_key"], api_secret=creds["api_secret"])
     per_symbol = n // len(symbols)
     for symbol in symbols:
-        bulk = control.bulk_orders(creds["api_key"], symbol, per_symbol, price="1", quantity="10",
-                                   client_order_id_prefix=f"{name}-{symbol}-")
+        bulk = control.bulk_orders(
+            creds["api_key"], symbol, per_symbol, price="1", quantity="10", client_order_id_prefix=f"{name}-{symbol}-"
+        )
         ids = range(bulk["first_order_id"], bulk["last_order_id"] + 1)
-        Trade.objects.bulk_create([
-            Trade(account=account, symbol=symbol, side="BUY", quantity=Decimal("10"), price=Decimal("1"),
-                  client_order_id=f"{name}-{symbol}-{order_id}", entry_order_id=order_id, exchange_status="NEW",
-                  exchange_update_time=0) for order_id in ids
-        ])
+        Trade.objects.bulk_create(
+            [
+                Trade(
+                    account=account,
+                    symbol=symbol,
+                    side="BUY",
+                    quantity=Decimal("10"),
+                    price=Decimal("1"),
+                    client_order_id=f"{name}-{symbol}-{order_id}",
+                    entry_order_id=order_id,
+                    exchange_status="NEW",
+                    exchange_update_time=0,
+                )
+                for order_id in ids
+            ]
+        )
         for order_id in list(ids)[: int(per_symbol * filled)]:
             control.fill_order(creds["api_key"], symbol, order_id=order_id)
     return account
@@ -85,8 +97,13 @@ def measure(control, run) -> dict:
         result = run()
         wall = time.perf_counter() - started
     stats = control.stats()
-    return {"weight": stats["total_weight"], "http": stats["total_requests"], **counts, "wall": wall,
-            "opened": result["opened"]}
+    return {
+        "weight": stats["total_weight"],
+        "http": stats["total_requests"],
+        **counts,
+        "wall": wall,
+        "opened": result["opened"],
+    }
 
 
 LIMIT_PER_MINUTE = 2400  # Binance's request weight per IP per minute (exchangeInfo.rateLimits)
@@ -108,12 +125,15 @@ def main() -> None:
     symbols = SYMBOLS[: args.symbols]
 
     rows = []
-    with running_sandbox(weight_limit=10**9) as sandbox, override_settings(
-        BINANCE_FUTURES_REST_URL=sandbox.rest_url, RECONCILE_WEIGHT_BUDGET=10**9
+    with (
+        running_sandbox(weight_limit=10**9) as sandbox,
+        override_settings(BINANCE_FUTURES_REST_URL=sandbox.rest_url, RECONCILE_WEIGHT_BUDGET=10**9),
     ):
         for n in args.sizes:
-            books = {name: make_book(sandbox.control, f"{name}{n}", n, symbols, args.filled)
-                     for name in ("seed", "prev", "ours")}
+            books = {
+                name: make_book(sandbox.control, f"{name}{n}", n, symbols, args.filled)
+                for name in ("seed", "prev", "ours")
+            }
             runs = {
                 "seed": lambda: seed_reconcile(books["seed"]),
                 "previous": lambda: previous_reconcile(books["prev"]),
@@ -125,32 +145,42 @@ def main() -> None:
                 assert {f["opened"] for f in figures.values()} == {expected}, figures
                 rows.append((n, figures, again))
 
-    print(f"\npending reconcile, S = {len(symbols)} symbols, {args.filled:.0%} of orders filled "
-          f"(sandbox over HTTP through python-binance; DB: {connection.vendor})\n")
+    print(
+        f"\npending reconcile, S = {len(symbols)} symbols, {args.filled:.0%} of orders filled "
+        f"(sandbox over HTTP through python-binance; DB: {connection.vendor})\n"
+    )
     print("DB reads = SELECTs; DB writes = everything else (the first look at each order notes its updateTime once;")
     print("each filled trade is UPDATE + SELECT + INSERT of its audit event, in a transaction).")
     print("'again': the next run with nothing new on the exchange. accounts/IP: how many such accounts one egress IP")
-    print(f"reconciles within Binance's {LIMIT_PER_MINUTE:,} weight/min, every minute (stream unhealthy) and every "
-          f"{args.audit_sec} s (stream healthy).\n")
-    header = (f"| {'N':>5} | {'approach':<14} | {'weight':>6} | {'HTTP':>5} | {'DB reads':>8} | {'DB writes':>9} | "
-              f"{'wall s':>6} | {'opened':>6} | {'accounts/IP, 60 s':>17} | "
-              f"{f'accounts/IP, {args.audit_sec} s':>{max(17, 16 + len(str(args.audit_sec)))}} |")
+    print(
+        f"reconciles within Binance's {LIMIT_PER_MINUTE:,} weight/min, every minute (stream unhealthy) and every "
+        f"{args.audit_sec} s (stream healthy).\n"
+    )
+    header = (
+        f"| {'N':>5} | {'approach':<14} | {'weight':>6} | {'HTTP':>5} | {'DB reads':>8} | {'DB writes':>9} | "
+        f"{'wall s':>6} | {'opened':>6} | {'accounts/IP, 60 s':>17} | "
+        f"{f'accounts/IP, {args.audit_sec} s':>{max(17, 16 + len(str(args.audit_sec)))}} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
     wide = max(17, 16 + len(str(args.audit_sec)))
     for n, figures, again in rows:
         for name, r in figures.items():
             audit = per_ip(r["weight"], args.audit_sec) if name == "ours" else "—"
-            print(f"| {n:>5} | {name + again:<14} | {r['weight']:>6} | {r['http']:>5} | {r['reads']:>8} | "
-                  f"{r['writes']:>9} | {r['wall']:>6.2f} | {r['opened']:>6} | {per_ip(r['weight'], 60):>17} | "
-                  f"{audit:>{wide}} |")
+            print(
+                f"| {n:>5} | {name + again:<14} | {r['weight']:>6} | {r['http']:>5} | {r['reads']:>8} | "
+                f"{r['writes']:>9} | {r['wall']:>6.2f} | {r['opened']:>6} | {per_ip(r['weight'], 60):>17} | "
+                f"{audit:>{wide}} |"
+            )
         ours = figures["ours"]
         for base in ("seed", "previous"):
             b = figures[base]
-            print(f"| {n:>5} | {'ours/' + base:<14} | {ours['weight'] / b['weight']:>6.3f} | "
-                  f"{ours['http'] / b['http']:>5.3f} | {ours['reads'] / b['reads']:>8.3f} | "
-                  f"{ours['writes'] / max(b['writes'], 1):>9.3f} | {ours['wall'] / b['wall']:>6.3f} | {'':>6} | "
-                  f"{'':>17} | {'':>{wide}} |")
+            print(
+                f"| {n:>5} | {'ours/' + base:<14} | {ours['weight'] / b['weight']:>6.3f} | "
+                f"{ours['http'] / b['http']:>5.3f} | {ours['reads'] / b['reads']:>8.3f} | "
+                f"{ours['writes'] / max(b['writes'], 1):>9.3f} | {ours['wall'] / b['wall']:>6.3f} | {'':>6} | "
+                f"{'':>17} | {'':>{wide}} |"
+            )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ The sandbox runs in its own process (running_sandbox). Load comes from `processe
 `threads` threads each, every thread with its own Client (own keep-alive session); one process with several
 threads is measured too, because that is how a single bot process talks to Binance.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,17 +23,18 @@ from binance.client import Client  # noqa: E402
 from sandbox.testing import running_sandbox  # noqa: E402
 
 
-def _worker(rest_url: str, api_key: str, api_secret: str, order_id: int, threads: int, seconds: float,
-            out: mp.Queue) -> None:
+def _worker(
+    rest_url: str, api_key: str, api_secret: str, order_id: int, threads: int, seconds: float, out: mp.Queue
+) -> None:
     counts = [0] * threads
     errors = [0] * threads
-    start = time.monotonic() + 0.3      # let every thread build its client first
+    start = time.monotonic() + 0.3  # let every thread build its client first
     stop = start + seconds
 
     def run(i: int) -> None:
         client = Client(api_key, api_secret, ping=False)
         client.FUTURES_URL = rest_url + "/fapi"
-        client.futures_get_order(symbol="BTCUSDT", orderId=order_id)   # warm the keep-alive connection
+        client.futures_get_order(symbol="BTCUSDT", orderId=order_id)  # warm the keep-alive connection
         while time.monotonic() < start:
             time.sleep(0.001)
         n = 0
@@ -54,8 +56,13 @@ def _worker(rest_url: str, api_key: str, api_secret: str, order_id: int, threads
 
 def measure(handle, account, order_id, processes: int, threads: int, seconds: float) -> tuple[float, int]:
     out: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_worker, args=(handle.rest_url, account["api_key"], account["api_secret"],
-                                              order_id, threads, seconds, out)) for _ in range(processes)]
+    procs = [
+        mp.Process(
+            target=_worker,
+            args=(handle.rest_url, account["api_key"], account["api_secret"], order_id, threads, seconds, out),
+        )
+        for _ in range(processes)
+    ]
     for p in procs:
         p.start()
     results = [out.get() for _ in procs]
@@ -75,10 +82,14 @@ def main() -> None:
         account = handle.control.create_account()
         client = Client(account["api_key"], account["api_secret"], ping=False)
         client.FUTURES_URL = handle.rest_url + "/fapi"
-        order = client.futures_create_order(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC",
-                                            quantity="0.010", price="50000")
-        rows = [("1 process x 1 thread", 1, 1), (f"1 process x {args.threads} threads", 1, args.threads),
-                (f"{args.processes} processes x {args.threads} threads", args.processes, args.threads)]
+        order = client.futures_create_order(
+            symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.010", price="50000"
+        )
+        rows = [
+            ("1 process x 1 thread", 1, 1),
+            (f"1 process x {args.threads} threads", 1, args.threads),
+            (f"{args.processes} processes x {args.threads} threads", args.processes, args.threads),
+        ]
         best = 0.0
         for label, procs, threads in rows:
             handle.control.reset_stats()

@@ -13,6 +13,7 @@
 
 Django is configured here (temp SQLite file unless --database-url), the sandbox runs in its own process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ def pct(values, p):
 def row(name, values_ms, extra=""):
     if not values_ms:
         return f"{name:<46} {'-':>8}"
-    return (f"{name:<46} {statistics.median(values_ms):8.2f} {pct(values_ms, 99):8.2f} {max(values_ms):8.2f} "
-            f"{len(values_ms):6d}  {extra}")
+    return (
+        f"{name:<46} {statistics.median(values_ms):8.2f} {pct(values_ms, 99):8.2f} {max(values_ms):8.2f} "
+        f"{len(values_ms):6d}  {extra}"
+    )
 
 
 def wait_for(predicate, timeout=30.0, interval=0.0005):
@@ -60,13 +63,19 @@ def wait_for(predicate, timeout=30.0, interval=0.0005):
 def setup_django(tmp: str, database_url: str | None, sandbox) -> None:
     from cryptography.fernet import Fernet
 
-    os.environ.update({
-        "DJANGO_SETTINGS_MODULE": "tradeops.settings", "DJANGO_SECRET_KEY": uuid.uuid4().hex,
-        "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(), "TRADEOPS_VAR_DIR": tmp,
-        "DATABASE_URL": database_url or f"sqlite:///{tmp}/bench.sqlite3", "CELERY_BROKER_URL": "memory://",
-        "BINANCE_FUTURES_REST_URL": sandbox.rest_url, "BINANCE_FUTURES_WS_URL": sandbox.ws_url,
-        "LOG_LEVEL": "ERROR",  # the drops below are deliberate; their WARNING lines are noise here
-    })
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tradeops.settings",
+            "DJANGO_SECRET_KEY": uuid.uuid4().hex,
+            "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "TRADEOPS_VAR_DIR": tmp,
+            "DATABASE_URL": database_url or f"sqlite:///{tmp}/bench.sqlite3",
+            "CELERY_BROKER_URL": "memory://",
+            "BINANCE_FUTURES_REST_URL": sandbox.rest_url,
+            "BINANCE_FUTURES_WS_URL": sandbox.ws_url,
+            "LOG_LEVEL": "ERROR",  # the drops below are deliberate; their WARNING lines are noise here
+        }
+    )
     import django
 
     django.setup()
@@ -79,8 +88,9 @@ def new_account(sandbox, name):
     from trades.models import Account
 
     creds = sandbox.control.create_account(balance="100000000")
-    return Account.objects.create(name=f"{name}-{uuid.uuid4().hex[:6]}", api_key=creds["api_key"],
-                                  api_secret=creds["api_secret"])
+    return Account.objects.create(
+        name=f"{name}-{uuid.uuid4().hex[:6]}", api_key=creds["api_key"], api_secret=creds["api_secret"]
+    )
 
 
 def place_paced(client, client_order_id, qty="0.001", price="50000"):
@@ -100,8 +110,14 @@ def place_paced(client, client_order_id, qty="0.001", price="50000"):
 def place_pending(account, client, qty="0.001", price="50000"):
     from trades.models import Trade
 
-    trade = Trade.objects.create(account=account, symbol="BTCUSDT", side="BUY", quantity=Decimal(qty),
-                                 price=Decimal(price), client_order_id=f"b-{uuid.uuid4().hex[:30]}")
+    trade = Trade.objects.create(
+        account=account,
+        symbol="BTCUSDT",
+        side="BUY",
+        quantity=Decimal(qty),
+        price=Decimal(price),
+        client_order_id=f"b-{uuid.uuid4().hex[:30]}",
+    )
     place_paced(client, trade.client_order_id, qty, price)
     return trade
 
@@ -114,6 +130,7 @@ def open_latencies_ms(trades, started):
 
 
 # --- 1. fill → DB -------------------------------------------------------------------------------------------------
+
 
 def bench_baseline(sandbox, n):
     from websockets.sync.client import connect
@@ -161,13 +178,17 @@ def bench_burst(sandbox, account, client, n):
     for trade in trades:
         started[trade.pk] = time.time()
         sandbox.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
-    wait_for(lambda: not Trade.objects.filter(pk__in=[t.pk for t in trades], status="pending").exists(),
-             timeout=120, interval=0.005)
+    wait_for(
+        lambda: not Trade.objects.filter(pk__in=[t.pk for t in trades], status="pending").exists(),
+        timeout=120,
+        interval=0.005,
+    )
     elapsed = time.monotonic() - t0
     return open_latencies_ms(trades, started), n / elapsed
 
 
 # --- 2. fill in a gap → reconciled ------------------------------------------------------------------------------
+
 
 def bench_gaps(sandbox, account, client, runner_thread, rounds, how):
     from trades.models import Trade
@@ -176,8 +197,14 @@ def bench_gaps(sandbox, account, client, runner_thread, rounds, how):
     to_connect, to_open = [], []
     for _ in range(rounds):
         # Let the connection count as stable, so each round starts from a fresh backoff as in production.
-        wait_for(lambda: stream.connects and time.monotonic() - runner_thread.connected_at.get(account.pk, 0)
-                 >= runner_thread.runner.config.stable_after_sec, interval=0.01)
+        wait_for(
+            lambda: (
+                stream.connects
+                and time.monotonic() - runner_thread.connected_at.get(account.pk, 0)
+                >= runner_thread.runner.config.stable_after_sec
+            ),
+            interval=0.01,
+        )
         trade = place_pending(account, client)
         sandbox.control.pause_events(account.api_key)
         sandbox.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
@@ -206,8 +233,9 @@ class RunnerThread:
             services.reconcile_pending(Account.objects.get(pk=account_id), reason=reason)
 
         self.connected_at: dict[int, float] = {}
-        self.runner = UserStreamRunner(config=config, enqueue_reconcile=reconcile,
-                                       enqueue_position_sync=lambda account_id, reason: None)
+        self.runner = UserStreamRunner(
+            config=config, enqueue_reconcile=reconcile, enqueue_position_sync=lambda account_id, reason: None
+        )
         self.thread = threading.Thread(target=lambda: asyncio.run(self.runner.run()), daemon=True)
 
     def start(self, account_ids):
@@ -250,8 +278,10 @@ def main():
         finally:
             runner.stop()
 
-        print(f"\nuser stream latencies — {connection.vendor}, sandbox on 127.0.0.1, {os.cpu_count()} CPUs, "
-              f"backoff base {config.backoff_base_sec}s (first retry × 0.5–1 jitter)")
+        print(
+            f"\nuser stream latencies — {connection.vendor}, sandbox on 127.0.0.1, {os.cpu_count()} CPUs, "
+            f"backoff base {config.backoff_base_sec}s (first retry × 0.5–1 jitter)"
+        )
         print(f"{'':<46} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'n':>6}")
         print(row("baseline: fill → frame at a bare WS client", baseline))
         print(row("fill → trade open in DB, one at a time", sequential))
@@ -260,8 +290,10 @@ def main():
         print(row("drop → gap fill reconciled in DB", drop_open))
         print(row("listenKey expired → reconnected", exp_connect))
         print(row("listenKey expired → gap fill reconciled in DB", exp_open))
-        print(f"{'reference: periodic reconcile only (every 60 s)':<46} {30000:8.0f} {59400:8.0f} {60000:8.0f}"
-              f"       (uniform 0–60 s, computed)")
+        print(
+            f"{'reference: periodic reconcile only (every 60 s)':<46} {30000:8.0f} {59400:8.0f} {60000:8.0f}"
+            f"       (uniform 0–60 s, computed)"
+        )
 
 
 if __name__ == "__main__":

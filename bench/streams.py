@@ -13,6 +13,7 @@ for one account at once must be 1 (no account streamed by two processes).
 The database must be MariaDB/MySQL (several processes write to it); it is migrated and its accounts, trades and
 stream leases are deleted first: give the bench its own database.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,20 @@ sys.path.insert(0, str(ROOT))
 
 from sandbox.testing import running_sandbox  # noqa: E402
 
-
 # One key for every run: the accounts of an earlier run must stay readable to be deleted.
 BENCH_KEY = base64.urlsafe_b64encode(b"bench/streams.py: not a secret..").decode()
 
 
 def setup_django(tmp: str, database_url: str, sandbox) -> dict:
     env = {
-        "DJANGO_SETTINGS_MODULE": "tradeops.settings", "DJANGO_SECRET_KEY": uuid.uuid4().hex,
-        "FIELD_ENCRYPTION_KEY": BENCH_KEY, "TRADEOPS_VAR_DIR": tmp,
-        "DATABASE_URL": database_url, "CELERY_BROKER_URL": "memory://",
-        "BINANCE_FUTURES_REST_URL": sandbox.rest_url, "BINANCE_FUTURES_WS_URL": sandbox.ws_url,
+        "DJANGO_SETTINGS_MODULE": "tradeops.settings",
+        "DJANGO_SECRET_KEY": uuid.uuid4().hex,
+        "FIELD_ENCRYPTION_KEY": BENCH_KEY,
+        "TRADEOPS_VAR_DIR": tmp,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": "memory://",
+        "BINANCE_FUTURES_REST_URL": sandbox.rest_url,
+        "BINANCE_FUTURES_WS_URL": sandbox.ws_url,
         "LOG_LEVEL": "WARNING",
     }
     os.environ.update(env)
@@ -109,16 +113,21 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp, running_sandbox() as sandbox:
         env = setup_django(tmp, args.database_url, sandbox)
-        env.update({"USER_STREAM_TAKEOVER_SEC": str(args.takeover),
-                    "USER_STREAM_CONNECTS_PER_SEC": str(args.connects_per_sec),
-                    "USER_STREAM_ACCOUNT_REFRESH_SEC": "5"})
+        env.update(
+            {
+                "USER_STREAM_TAKEOVER_SEC": str(args.takeover),
+                "USER_STREAM_CONNECTS_PER_SEC": str(args.connects_per_sec),
+                "USER_STREAM_ACCOUNT_REFRESH_SEC": "5",
+            }
+        )
         from trades.models import Account
 
         accounts = []
         for i in range(args.accounts):
             creds = sandbox.control.create_account()
-            accounts.append(Account.objects.create(name=f"bench-{i}", api_key=creds["api_key"],
-                                                   api_secret=creds["api_secret"]))
+            accounts.append(
+                Account.objects.create(name=f"bench-{i}", api_key=creds["api_key"], api_secret=creds["api_secret"])
+            )
         sweeper = Sweeper(sandbox.control, accounts)
         sweeper.thread.start()
         procs, logs = [], [Path(tmp) / f"stream{i}.log" for i in range(args.processes)]
@@ -126,13 +135,26 @@ def main() -> int:
         started = time.monotonic()
         for path in logs:
             with open(path, "wb") as log:
-                procs.append(subprocess.Popen([*prefix, sys.executable, "manage.py", "run_user_stream"], cwd=ROOT,
-                                              env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
+                procs.append(
+                    subprocess.Popen(
+                        [*prefix, sys.executable, "manage.py", "run_user_stream"],
+                        cwd=ROOT,
+                        env={**os.environ, **env},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
         try:
             limit = 120 + args.accounts / max(args.connects_per_sec, 0.1)
-            all_up = wait_until(lambda: sweeper.sweeps and all(v == 1 for v in sweeper.last.values())
-                                and len(set(holders(accounts).values())) == args.processes, limit)
+            all_up = wait_until(
+                lambda: (
+                    sweeper.sweeps
+                    and all(v == 1 for v in sweeper.last.values())
+                    and len(set(holders(accounts).values())) == args.processes
+                ),
+                limit,
+            )
             time.sleep(2 * args.takeover / 10)  # a few lease renewals in the steady state (sampled meanwhile)
             held = holders(accounts)
             per_holder = sorted(list(held.values()).count(h) for h in set(held.values()))
@@ -143,8 +165,11 @@ def main() -> int:
             killed = time.monotonic()
             victim.wait()  # reaped, as systemd would: a zombie's pid still exists
             sweep_at_kill = sweeper.sweeps
-            back = wait_until(lambda: sweeper.sweeps > sweep_at_kill + 1
-                              and all(sweeper.last[pk] == 1 for pk in orphaned), 300, interval=0.05)
+            back = wait_until(
+                lambda: sweeper.sweeps > sweep_at_kill + 1 and all(sweeper.last[pk] == 1 for pk in orphaned),
+                300,
+                interval=0.05,
+            )
         finally:
             sweeper.stop.set()
             sweeper.thread.join(30)
@@ -154,9 +179,11 @@ def main() -> int:
             for proc in procs:
                 proc.wait(30)
         twice = sum(1 for v in sweeper.most.values() if v > 1)
-        print(f"accounts {args.accounts}, processes {args.processes}, USER_STREAM_TAKEOVER_SEC {args.takeover:g}, "
-              f"USER_STREAM_CONNECTS_PER_SEC {args.connects_per_sec:g}, "
-              f"{'lost host (own pid namespaces)' if args.lost_host else 'same machine'}")
+        print(
+            f"accounts {args.accounts}, processes {args.processes}, USER_STREAM_TAKEOVER_SEC {args.takeover:g}, "
+            f"USER_STREAM_CONNECTS_PER_SEC {args.connects_per_sec:g}, "
+            f"{'lost host (own pid namespaces)' if args.lost_host else 'same machine'}"
+        )
         print(f"every account streaming after start: {all_up - started:.1f} s; accounts per process {per_holder}")
         print(f"SIGKILL of a process holding {len(orphaned)}: its accounts streaming again after {back - killed:.1f} s")
         print(f"sandbox sweeps {sweeper.sweeps}; accounts ever seen with two connections at once: {twice}")

@@ -58,8 +58,15 @@ def sandbox_url() -> str:
 
 
 class Story:
-    def __init__(self, *, admin_url: str, out=print, timeout: float = 150.0, stream_timeout: float = 60.0,
-                 stop: threading.Event | None = None):
+    def __init__(
+        self,
+        *,
+        admin_url: str,
+        out=print,
+        timeout: float = 150.0,
+        stream_timeout: float = 60.0,
+        stop: threading.Event | None = None,
+    ):
         if not settings.DEBUG:
             raise StoryError("the demo story runs only with DJANGO_DEBUG on (make run)")
         self.control = SandboxControl(sandbox_url())
@@ -95,8 +102,10 @@ class Story:
         trade = services.create_pending_trade(self.account, symbol, side, Decimal(qty), Decimal(price))
         services.place_entry_order(trade)
         trade.refresh_from_db()
-        self.say(f"   placed trade #{trade.pk}: {side} {qty} {symbol} @ {price} (client order id "
-                 f"{trade.client_order_id}); database says {trade.status}")
+        self.say(
+            f"   placed trade #{trade.pk}: {side} {qty} {symbol} @ {price} (client order id "
+            f"{trade.client_order_id}); database says {trade.status}"
+        )
         return trade
 
     def watch(self, chapter: Chapter, started: float, *, timeout: float | None = None, qty: str | None = None):
@@ -113,14 +122,20 @@ class Story:
         if event and event.source == TradeEvent.Source.RECONCILE:
             # The run's row is written when it finishes, just after the event: the first one from then on.
             def run_row():
-                return (ReconcileRun.objects.filter(account=self.account, started_at__gte=event.created_at)
-                        .order_by("started_at").first())
+                return (
+                    ReconcileRun.objects.filter(account=self.account, started_at__gte=event.created_at)
+                    .order_by("started_at")
+                    .first()
+                )
+
             try:
                 chapter.found_by = f"reconcile (reason={self.wait(run_row, 10, 'the reconcile report').reason})"
             except StoryError:
                 pass
-        self.say(f"   ✔ corrected after {chapter.seconds:.1f}s by {chapter.found_by}: trade #{trade.pk} pending → "
-                 f"open, {_d(trade.filled_qty)} @ {_d(trade.entry_price) if trade.entry_price else '?'}")
+        self.say(
+            f"   ✔ corrected after {chapter.seconds:.1f}s by {chapter.found_by}: trade #{trade.pk} pending → "
+            f"open, {_d(trade.filled_qty)} @ {_d(trade.entry_price) if trade.entry_price else '?'}"
+        )
         self.say(f"     {self.admin_url}trades/trade/{trade.pk}/change/")
 
     # --- the story --------------------------------------------------------------------------------------------------
@@ -139,14 +154,26 @@ class Story:
             # The reconcile and the position sync (it reconciles too) every (re)connect runs: let them pass first,
             # so what follows is found by its own path.
             for kind in (ReconcileRun.Kind.PENDING, ReconcileRun.Kind.POSITIONS):
-                self.wait(lambda kind=kind: ReconcileRun.objects.filter(
-                    account=self.account, reason="ws_connect", kind=kind, started_at__gte=connected_at,
-                ).exclude(outcome=ReconcileRun.Outcome.SKIPPED).exists(),  # a skipped one is retried: wait for that
-                    30, f"the {kind} run that follows the stream's connect")
+                self.wait(
+                    lambda kind=kind: (
+                        ReconcileRun.objects.filter(
+                            account=self.account,
+                            reason="ws_connect",
+                            kind=kind,
+                            started_at__gte=connected_at,
+                        )
+                        .exclude(outcome=ReconcileRun.Outcome.SKIPPED)
+                        .exists()
+                    ),  # a skipped one is retried: wait for that
+                    30,
+                    f"the {kind} run that follows the stream's connect",
+                )
             self.say("   user stream connected, and its first reconcile has run")
         except StoryError:
-            self.say(f"   the user stream is not connected ({self.stream_state() or 'no state'}); carrying on — the "
-                     "reconciles still find every fill")
+            self.say(
+                f"   the user stream is not connected ({self.stream_state() or 'no state'}); carrying on — the "
+                "reconciles still find every fill"
+            )
 
     def _sandbox_up(self):
         try:
@@ -179,8 +206,10 @@ class Story:
             self.control.arm_cancel_race(key, "ETHUSDT", client_order_id=chapter.trade.client_order_id)
             started = time.monotonic()
             tasks.cancel_and_verify.delay(chapter.trade.pk)
-            self.say("   the entry timed out: cancel_and_verify enqueued; the order fills first, the cancel answers "
-                     "-2011 (and the stream is quiet)")
+            self.say(
+                "   the entry timed out: cancel_and_verify enqueued; the order fills first, the cancel answers "
+                "-2011 (and the stream is quiet)"
+            )
             self.watch(chapter, started)
         finally:
             self.control.resume_events(key)
@@ -194,8 +223,11 @@ class Story:
         self.control.fill_order(key, "BNBUSDT", client_order_id=chapter.trade.client_order_id, qty="0.20")
         self.say("   0.20 of 0.50 filled on the exchange")
         try:
-            self.wait(lambda: chapter.trade.refresh_from_db() or chapter.trade.filled_qty > 0, 10,
-                      "the stream to report the partial fill")
+            self.wait(
+                lambda: chapter.trade.refresh_from_db() or chapter.trade.filled_qty > 0,
+                10,
+                "the stream to report the partial fill",
+            )
             self.say(f"   the stream reported it: still pending, filled {_d(chapter.trade.filled_qty)}")
         except StoryError:
             self.say("   (the stream did not report it; the cancel's verification will)")
@@ -228,8 +260,10 @@ class Story:
             self.control.fill_order(key, "SOLUSDT", client_order_id=chapter.trade.client_order_id)
         finally:
             self.control.resume_events(key)
-        self.say("   the bot crashed while waiting; the order filled; its event was lost. Only the periodic reconcile "
-                 "(celery-beat, every 60 s) can find it now — waiting…")
+        self.say(
+            "   the bot crashed while waiting; the order filled; its event was lost. Only the periodic reconcile "
+            "(celery-beat, every 60 s) can find it now — waiting…"
+        )
         self.watch(chapter, started)
 
     def verdict(self) -> bool:
@@ -245,13 +279,22 @@ class Story:
                 "avg_price": trade.entry_price == Decimal(order["avgPrice"]),
                 "one_event_to_open": trade.events.filter(to_status=Trade.Status.OPEN).count() == 1,
             }
-            chapter.checks = {"ok": all(checks.values()), **checks, "exchange": {
-                "status": order["status"], "executed_qty": order["executedQty"], "avg_price": order["avgPrice"]}}
+            chapter.checks = {
+                "ok": all(checks.values()),
+                **checks,
+                "exchange": {
+                    "status": order["status"],
+                    "executed_qty": order["executedQty"],
+                    "avg_price": order["avgPrice"],
+                },
+            }
             all_ok &= chapter.checks["ok"]
             mark = "✔" if chapter.checks["ok"] else "✘"
-            self.say(f"   {mark} #{trade.pk} {trade.symbol}: database {trade.status} {_d(trade.filled_qty)} @ "
-                     f"{_d(trade.entry_price) if trade.entry_price else '?'} — exchange {order['status']} "
-                     f"{order['executedQty']} @ {order['avgPrice']}")
+            self.say(
+                f"   {mark} #{trade.pk} {trade.symbol}: database {trade.status} {_d(trade.filled_qty)} @ "
+                f"{_d(trade.entry_price) if trade.entry_price else '?'} — exchange {order['status']} "
+                f"{order['executedQty']} @ {order['avgPrice']}"
+            )
         return all_ok
 
     def play(self) -> dict:
@@ -269,15 +312,30 @@ class Story:
             error = str(exc)
             self.say(f"\n!! the story stopped: {error}")
         result = {
-            "ok": ok, "error": error, "started_at": started_at.isoformat(), "finished_at": timezone.now().isoformat(),
-            "admin_url": self.admin_url, "account": DEMO_ACCOUNT,
-            "chapters": [{"title": c.title, "trade_id": c.trade.pk if c.trade else None, "found_by": c.found_by,
-                          "seconds": round(c.seconds, 2), "checks": c.checks} for c in self.chapters],
+            "ok": ok,
+            "error": error,
+            "started_at": started_at.isoformat(),
+            "finished_at": timezone.now().isoformat(),
+            "admin_url": self.admin_url,
+            "account": DEMO_ACCOUNT,
+            "chapters": [
+                {
+                    "title": c.title,
+                    "trade_id": c.trade.pk if c.trade else None,
+                    "found_by": c.found_by,
+                    "seconds": round(c.seconds, 2),
+                    "checks": c.checks,
+                }
+                for c in self.chapters
+            ],
         }
         path = settings.VAR_DIR / "demo-story.json"
         path.write_text(json.dumps(result, indent=2, default=str))
-        self.say(f"\n== story {'done: every demo trade agrees with the exchange' if ok else 'FAILED'} "
-                 f"(written to {path})")
-        self.say(f"   browse it in the admin: {self.admin_url}  (credentials printed above by `make run`, "
-                 f"kept in {settings.VAR_DIR / 'dev-admin-password'})")
+        self.say(
+            f"\n== story {'done: every demo trade agrees with the exchange' if ok else 'FAILED'} (written to {path})"
+        )
+        self.say(
+            f"   browse it in the admin: {self.admin_url}  (credentials printed above by `make run`, "
+            f"kept in {settings.VAR_DIR / 'dev-admin-password'})"
+        )
         return result

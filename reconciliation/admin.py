@@ -17,8 +17,7 @@ from .positions import recover_orphan
 
 @admin.register(ReconcileRun)
 class ReconcileRunAdmin(ReadOnlyAdmin):
-    list_display = ["started_at", "account", "kind", "reason", "outcome", "duration_ms", "checked", "changed",
-                    "weight"]
+    list_display = ["started_at", "account", "kind", "reason", "outcome", "duration_ms", "checked", "changed", "weight"]
     list_filter = ["outcome", "reason", "kind", "account"]
     list_select_related = ["account"]
     date_hierarchy = "started_at"
@@ -42,20 +41,42 @@ class ReconcileRunAdmin(ReadOnlyAdmin):
 
 @admin.register(AccountSyncState)
 class AccountSyncStateAdmin(ReadOnlyAdmin):
-    list_display = ["account", "last_reconcile_at", "last_position_sync_at", "used_weight", "stream_state",
-                    "stream_state_at", "stream_last_event_at", "lease_until"]
+    list_display = [
+        "account",
+        "last_reconcile_at",
+        "last_position_sync_at",
+        "used_weight",
+        "stream_state",
+        "stream_state_at",
+        "stream_last_event_at",
+        "lease_until",
+    ]
     list_select_related = ["account"]
 
 
 class DismissForm(forms.Form):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=200,
-                             help_text="Why this position needs no trade (for the record).")
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=200,
+        help_text="Why this position needs no trade (for the record).",
+    )
 
 
 @admin.register(OrphanPosition)
 class OrphanPositionAdmin(FixPermissionMixin, ReadOnlyAdmin):
-    list_display = ["account", "symbol", "position_side", "quantity", "exchange_position", "entry_price", "status",
-                    "first_seen_at", "last_seen_at", "trade", "note"]
+    list_display = [
+        "account",
+        "symbol",
+        "position_side",
+        "quantity",
+        "exchange_position",
+        "entry_price",
+        "status",
+        "first_seen_at",
+        "last_seen_at",
+        "trade",
+        "note",
+    ]
     list_filter = ["status", "account", "symbol", "position_side"]
     list_select_related = ["account", "trade"]
     actions = ["recover_as_trade", "dismiss"]
@@ -77,8 +98,9 @@ class OrphanPositionAdmin(FixPermissionMixin, ReadOnlyAdmin):
         form = DismissForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             for orphan in orphans:
-                if operator_services.dismiss_orphan(orphan, reason=form.cleaned_data["reason"],
-                                                    actor=actor_of(request)):
+                if operator_services.dismiss_orphan(
+                    orphan, reason=form.cleaned_data["reason"], actor=actor_of(request)
+                ):
                     self.log_change(request, orphan, f"dismissed: {form.cleaned_data['reason']}")
                     self.message_user(request, f"{orphan.symbol}: dismissed.", messages.SUCCESS)
                 else:
@@ -86,7 +108,11 @@ class OrphanPositionAdmin(FixPermissionMixin, ReadOnlyAdmin):
             return None
         context = {
             **self.admin_site.each_context(request),
-            "title": "Dismiss orphan positions", "opts": self.model._meta, "orphans": orphans, "form": form,
-            "action": "dismiss", "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "title": "Dismiss orphan positions",
+            "opts": self.model._meta,
+            "orphans": orphans,
+            "form": form,
+            "action": "dismiss",
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/reconciliation/orphanposition/dismiss.html", context)

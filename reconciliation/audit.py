@@ -51,19 +51,25 @@ def audit_not_due(account_ids, *, now: datetime | None = None) -> dict[int, str]
     if not audit_sec or audit_sec <= 0:
         return {}
     now = now or timezone.now()
-    healthy = set(AccountSyncState.objects.filter(
-        account_id__in=list(account_ids), stream_state=CONNECTED, stream_deaf_since__isnull=True,
-        stream_heartbeat_at__gt=now - stream_heartbeat_max_age(), stream_state_at__isnull=False,
-        last_reconcile_at__gt=now - timedelta(seconds=audit_sec), last_reconcile_at__gte=F("stream_state_at"),
-        last_reconcile_report__kind=ReconcileRun.Kind.PENDING,
-        last_reconcile_report__outcome=ReconcileRun.Outcome.OK,
-    ).values_list("account_id", flat=True))
+    healthy = set(
+        AccountSyncState.objects.filter(
+            account_id__in=list(account_ids),
+            stream_state=CONNECTED,
+            stream_deaf_since__isnull=True,
+            stream_heartbeat_at__gt=now - stream_heartbeat_max_age(),
+            stream_state_at__isnull=False,
+            last_reconcile_at__gt=now - timedelta(seconds=audit_sec),
+            last_reconcile_at__gte=F("stream_state_at"),
+            last_reconcile_report__kind=ReconcileRun.Kind.PENDING,
+            last_reconcile_report__outcome=ReconcileRun.Outcome.OK,
+        ).values_list("account_id", flat=True)
+    )
     if not healthy:
         return {}
-    unconfirmed = Trade.objects.filter(account_id__in=healthy, status=Trade.Status.PENDING,
-                                       exchange_status__in=["", PLACING])
-    rechecks = Trade.objects.filter(account_id__in=healthy, not_found_recheck_at__lte=now,
-                                    status=Trade.Status.FAILED)
+    unconfirmed = Trade.objects.filter(
+        account_id__in=healthy, status=Trade.Status.PENDING, exchange_status__in=["", PLACING]
+    )
+    rechecks = Trade.objects.filter(account_id__in=healthy, not_found_recheck_at__lte=now, status=Trade.Status.FAILED)
     healthy -= set(unconfirmed.values_list("account_id", flat=True).distinct())
     healthy -= set(rechecks.values_list("account_id", flat=True).distinct())
     return {account_id: STREAM_HEALTHY for account_id in healthy}

@@ -12,8 +12,16 @@ from . import services, tasks
 logger = logging.getLogger(__name__)
 
 
-def open_position(account: Account, symbol: str, side: str, quantity, price=None, *, timeout_sec: int | None = None,
-                  client_order_id: str | None = None) -> Trade:
+def open_position(
+    account: Account,
+    symbol: str,
+    side: str,
+    quantity,
+    price=None,
+    *,
+    timeout_sec: int | None = None,
+    client_order_id: str | None = None,
+) -> Trade:
     """Create the pending trade (with a generated client order id unless given) and enqueue its placement once
     committed.
 
@@ -30,13 +38,23 @@ def open_position(account: Account, symbol: str, side: str, quantity, price=None
     price = None if price is None else Decimal(str(price))
     with transaction.atomic():
         trade, created = services.get_or_create_pending_trade(
-            account, symbol, side, quantity, price, client_order_id=client_order_id,
+            account,
+            symbol,
+            side,
+            quantity,
+            price,
+            client_order_id=client_order_id,
         )
         place = created or services.awaits_placement(trade)
         if place:
             transaction.on_commit(lambda: tasks.place_entry_order.delay(trade.pk, timeout_sec))
     if not created:
-        logger.info("trade %s: open_position repeated for account=%s client_order_id=%s; existing %s trade "
-                    "returned, %s", trade.pk, account.pk, trade.client_order_id, trade.status,
-                    "placement enqueued again (never sent)" if place else "not placed again")
+        logger.info(
+            "trade %s: open_position repeated for account=%s client_order_id=%s; existing %s trade returned, %s",
+            trade.pk,
+            account.pk,
+            trade.client_order_id,
+            trade.status,
+            "placement enqueued again (never sent)" if place else "not placed again",
+        )
     return trade

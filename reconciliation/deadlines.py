@@ -80,7 +80,7 @@ def cancel_overdue_entries(*, send: Callable[[int], object], limit: int | None =
     # Pending first: those can still fill. Then the "not found" ones, the backstop for a wrong inference.
     ids = list(overdue.filter(_pending_unsent(now)).values_list("pk", flat=True)[:limit])
     if len(ids) < limit:
-        ids += list(overdue.filter(_not_found_unsent()).values_list("pk", flat=True)[:limit - len(ids)])
+        ids += list(overdue.filter(_not_found_unsent()).values_list("pk", flat=True)[: limit - len(ids)])
     sent = []
     for trade_id in ids:
         if _claim(trade_id, now, due=True):  # lost it to the countdown or another sweep: theirs to send

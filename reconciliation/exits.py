@@ -33,15 +33,16 @@ BINANCE_CLOSES = (("autoclose-", "liquidation"), ("adl_autoclose", "ADL"), ("set
 
 
 def binance_close_kind(client_order_id: str | None) -> str | None:
-    """"liquidation", "ADL" or "settlement" for an order Binance placed itself to close a position, else None."""
+    """ "liquidation", "ADL" or "settlement" for an order Binance placed itself to close a position, else None."""
     for prefix, kind in BINANCE_CLOSES:
         if client_order_id and client_order_id.startswith(prefix):
             return kind
     return None
 
 
-def apply_exit_fills(account: Account, client, key: tuple[str, str], explained: Decimal, held: Decimal,
-                     report: Report) -> int:
+def apply_exit_fills(
+    account: Account, client, key: tuple[str, str], explained: Decimal, held: Decimal, report: Report
+) -> int:
     """Apply the exit fills not applied yet on `key` (see the module docstring), when Binance's read shows a
     position other than our trades' exposure there. Returns the trades changed.
 
@@ -51,9 +52,13 @@ def apply_exit_fills(account: Account, client, key: tuple[str, str], explained: 
     if explained == held:
         return 0
     symbol, position_side = key
-    holders = [t for t in Trade.objects.filter(account=account, symbol=symbol, position_side=position_side,
-                                               status=Trade.Status.OPEN).order_by("opened_at", "pk")
-               if t.open_qty > 0]
+    holders = [
+        t
+        for t in Trade.objects.filter(
+            account=account, symbol=symbol, position_side=position_side, status=Trade.Status.OPEN
+        ).order_by("opened_at", "pk")
+        if t.open_qty > 0
+    ]
     if not holders:
         return 0
     fills = _exit_fills(account, client, key, holders, report=report)
@@ -94,8 +99,9 @@ def _exit_fills(account, client, key, holders, *, report: Report) -> list[dict]:
     # A trade closed without its fills (by hand, or on two reads) took the exits before its close with it, and a
     # trade recovered from an orphan has no order whose fills could be told apart: fills before either must not be
     # applied to the trades still open.
-    closed_blind = on_key.filter(status=Trade.Status.CLOSED, exit_fill_id__isnull=True,
-                                 closed_at__isnull=False).aggregate(last=Max("closed_at"))["last"]
+    closed_blind = on_key.filter(
+        status=Trade.Status.CLOSED, exit_fill_id__isnull=True, closed_at__isnull=False
+    ).aggregate(last=Max("closed_at"))["last"]
     recovered = on_key.filter(entry_order_id__isnull=True).aggregate(last=Max("created_at"))["last"]
     cutoffs = [int(t.timestamp() * 1000) for t in (closed_blind, recovered) if t is not None]
     not_before = max(cutoffs, default=0)
@@ -111,10 +117,19 @@ def _exit_fills(account, client, key, holders, *, report: Report) -> list[dict]:
         return []
     finally:
         report.weight_used += 5 * (client.http_calls - calls_before)
-    entries = set(Trade.objects.filter(account=account, symbol=symbol, entry_order_id__isnull=False)
-                  .values_list("entry_order_id", flat=True))
-    return [f for f in fills if int(f["id"]) > applied and int(f.get("time") or 0) > not_before
-            and (f.get("positionSide") or Trade.PositionSide.BOTH) == position_side and f.get("orderId") not in entries]
+    entries = set(
+        Trade.objects.filter(account=account, symbol=symbol, entry_order_id__isnull=False).values_list(
+            "entry_order_id", flat=True
+        )
+    )
+    return [
+        f
+        for f in fills
+        if int(f["id"]) > applied
+        and int(f.get("time") or 0) > not_before
+        and (f.get("positionSide") or Trade.PositionSide.BOTH) == position_side
+        and f.get("orderId") not in entries
+    ]
 
 
 def _close_kinds(client, symbol: str, order_ids, report: Report) -> dict:
@@ -136,8 +151,14 @@ def _close_kinds(client, symbol: str, order_ids, report: Report) -> dict:
 
 
 @retry_transient_db_errors
-def reduce_trade(trade: Trade, parts: list[tuple[dict, Decimal]], kinds: dict, *,
-                 source: str = TradeEvent.Source.POSITION_SYNC, actor: str = "") -> bool:
+def reduce_trade(
+    trade: Trade,
+    parts: list[tuple[dict, Decimal]],
+    kinds: dict,
+    *,
+    source: str = TradeEvent.Source.POSITION_SYNC,
+    actor: str = "",
+) -> bool:
     """closed_qty += the parts' quantity, exit price and PnL updated, closed when nothing is left: one
     compare-and-set on (open, closed_qty as read) with one audit event."""
     qty = sum((share for _, share in parts), Decimal("0"))
@@ -159,20 +180,39 @@ def reduce_trade(trade: Trade, parts: list[tuple[dict, Decimal]], kinds: dict, *
         changes["status_reason"] = f"{'closed' if done else 'partly closed'} by {' and '.join(by_binance)}"
     elif done:
         changes["status_reason"] = "closed by exit fills"
-    payload = {"reason": changes.get("status_reason", "partly closed by exit fills"), "closed": str(qty),
-               "closed_qty": str(closed), "fills": [int(f["id"]) for f, _ in parts],
-               "orders": sorted({int(f["orderId"]) for f, _ in parts}), "by_binance": by_binance,
-               "exit_price": str(changes["exit_price"]), "realized_pnl": str(changes["realized_pnl"])}
+    payload = {
+        "reason": changes.get("status_reason", "partly closed by exit fills"),
+        "closed": str(qty),
+        "closed_qty": str(closed),
+        "fills": [int(f["id"]) for f, _ in parts],
+        "orders": sorted({int(f["orderId"]) for f, _ in parts}),
+        "by_binance": by_binance,
+        "exit_price": str(changes["exit_price"]),
+        "realized_pnl": str(changes["realized_pnl"]),
+    }
     updated = Trade.objects.compare_and_set(
-        {"pk": trade.pk}, expected_status=Trade.Status.OPEN, changes=changes, source=source,
-        condition=Q(closed_qty=trade.closed_qty), payload=payload, actor=actor,
+        {"pk": trade.pk},
+        expected_status=Trade.Status.OPEN,
+        changes=changes,
+        source=source,
+        condition=Q(closed_qty=trade.closed_qty),
+        payload=payload,
+        actor=actor,
     )
     if updated is None:
         return False
     for f in Trade._meta.concrete_fields:
         setattr(trade, f.attname, getattr(updated, f.attname))
     # Binance closing a position itself (liquidation above all) is news for an operator: WARNING.
-    logger.log(logging.WARNING if by_binance else logging.INFO, "trade %s %s: account=%s %s %s closed %s of %s",
-               trade.pk, payload["reason"], trade.account_id, trade.symbol, trade.position_side, closed,
-               trade.filled_qty)
+    logger.log(
+        logging.WARNING if by_binance else logging.INFO,
+        "trade %s %s: account=%s %s %s closed %s of %s",
+        trade.pk,
+        payload["reason"],
+        trade.account_id,
+        trade.symbol,
+        trade.position_side,
+        closed,
+        trade.filled_qty,
+    )
     return True

@@ -32,8 +32,9 @@ def account_lease(account_id, *, seconds: int | None = None):
     """Yield True while this caller holds the account's lease, False if another holder has it (then do nothing)."""
     sync_state(account_id)
     token = uuid.uuid4().hex
-    until = ExpressionWrapper(DatabaseNow() + timedelta(seconds=seconds or settings.RECONCILE_LEASE_SEC),
-                              output_field=DateTimeField())
+    until = ExpressionWrapper(
+        DatabaseNow() + timedelta(seconds=seconds or settings.RECONCILE_LEASE_SEC), output_field=DateTimeField()
+    )
     held = (
         AccountSyncState.objects.filter(account_id=account_id)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=DatabaseNow()))

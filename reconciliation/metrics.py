@@ -52,18 +52,25 @@ class TradeopsCollector(Collector):
 
     @staticmethod
     def _reconcile_runs():
-        runs = CounterMetricFamily("tradeops_reconcile_runs", "Reconcile runs (ReconcileRun rows).",
-                                   labels=["kind", "reason", "outcome"])
+        runs = CounterMetricFamily(
+            "tradeops_reconcile_runs", "Reconcile runs (ReconcileRun rows).", labels=["kind", "reason", "outcome"]
+        )
         for row in ReconcileRun.objects.values("kind", "reason", "outcome").annotate(n=Count("pk")).order_by():
             runs.add_metric([row["kind"], row["reason"], row["outcome"]], row["n"])
         yield runs
 
-        annotations = {f"le_{i}": Count("pk", filter=Q(duration_ms__lte=int(b * 1000)))
-                       for i, b in enumerate(DURATION_BUCKETS_SEC)}
-        duration = HistogramMetricFamily("tradeops_reconcile_duration_seconds",
-                                         "Duration of reconcile runs that ran (not skipped).", labels=["kind"])
-        rows = (ReconcileRun.objects.exclude(outcome=ReconcileRun.Outcome.SKIPPED).values("kind")
-                .annotate(n=Count("pk"), total_ms=Sum("duration_ms"), **annotations).order_by())
+        annotations = {
+            f"le_{i}": Count("pk", filter=Q(duration_ms__lte=int(b * 1000))) for i, b in enumerate(DURATION_BUCKETS_SEC)
+        }
+        duration = HistogramMetricFamily(
+            "tradeops_reconcile_duration_seconds", "Duration of reconcile runs that ran (not skipped).", labels=["kind"]
+        )
+        rows = (
+            ReconcileRun.objects.exclude(outcome=ReconcileRun.Outcome.SKIPPED)
+            .values("kind")
+            .annotate(n=Count("pk"), total_ms=Sum("duration_ms"), **annotations)
+            .order_by()
+        )
         for row in rows:
             buckets = [(str(b), row[f"le_{i}"]) for i, b in enumerate(DURATION_BUCKETS_SEC)] + [("+Inf", row["n"])]
             duration.add_metric([row["kind"]], buckets, sum_value=(row["total_ms"] or 0) / 1000)
@@ -83,40 +90,68 @@ class TradeopsCollector(Collector):
 
     @staticmethod
     def _accounts(now):
-        weight = GaugeMetricFamily("tradeops_binance_used_weight", "X-MBX-USED-WEIGHT-1M last seen.", labels=["account"])
-        last_reconcile = GaugeMetricFamily("tradeops_last_reconcile_age_seconds",
-                                           "Seconds since the account's last reconcile.", labels=["account"])
-        connected = GaugeMetricFamily("tradeops_user_stream_connected", "1 when the user stream is connected.",
-                                      labels=["account"])
-        state = GaugeMetricFamily("tradeops_user_stream_state", "The user stream's state (1 for the current one).",
-                                  labels=["account", "state"])
-        last_event = GaugeMetricFamily("tradeops_user_stream_last_event_age_seconds",
-                                       "Seconds since the last user-stream event.", labels=["account"])
+        weight = GaugeMetricFamily(
+            "tradeops_binance_used_weight", "X-MBX-USED-WEIGHT-1M last seen.", labels=["account"]
+        )
+        last_reconcile = GaugeMetricFamily(
+            "tradeops_last_reconcile_age_seconds", "Seconds since the account's last reconcile.", labels=["account"]
+        )
+        connected = GaugeMetricFamily(
+            "tradeops_user_stream_connected", "1 when the user stream is connected.", labels=["account"]
+        )
+        state = GaugeMetricFamily(
+            "tradeops_user_stream_state",
+            "The user stream's state (1 for the current one).",
+            labels=["account", "state"],
+        )
+        last_event = GaugeMetricFamily(
+            "tradeops_user_stream_last_event_age_seconds",
+            "Seconds since the last user-stream event.",
+            labels=["account"],
+        )
         connects = CounterMetricFamily(
             "tradeops_user_stream_connects",
             "Successful user-stream (re)connects, counted by the reconcile each one triggers "
             "(kind=pending, reason=ws_connect).",
-            labels=["account"])
+            labels=["account"],
+        )
         orphans = GaugeMetricFamily("tradeops_orphan_positions_open", "Open orphan positions.", labels=["account"])
         missed = CounterMetricFamily(
             "tradeops_user_stream_missed_events",
             "Order changes REST look-ups found that the connected user stream never delivered (StreamMiss rows).",
-            labels=["account"])
-        deaf = GaugeMetricFamily("tradeops_user_stream_deaf",
-                                 "1 while the account's stream is marked deaf (connected, missing events).",
-                                 labels=["account"])
+            labels=["account"],
+        )
+        deaf = GaugeMetricFamily(
+            "tradeops_user_stream_deaf",
+            "1 while the account's stream is marked deaf (connected, missing events).",
+            labels=["account"],
+        )
 
         names = dict(Account.objects.filter(is_active=True).values_list("pk", "name"))
         states = {s.account_id: s for s in AccountSyncState.objects.filter(account_id__in=names)}
         # kind=pending: each connect also asks for a position sync with reason ws_connect (kind=positions).
-        ws_connects = dict(ReconcileRun.objects.filter(account_id__in=names, reason="ws_connect",
-                                                       kind=ReconcileRun.Kind.PENDING)
-                           .exclude(outcome=ReconcileRun.Outcome.SKIPPED)  # a skipped run is retried: count it once
-                           .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))
-        misses = dict(StreamMiss.objects.filter(account_id__in=names).values("account_id").annotate(n=Count("pk"))
-                      .order_by().values_list("account_id", "n"))
-        open_orphans = dict(OrphanPosition.objects.filter(account_id__in=names, status=OrphanPosition.Status.OPEN)
-                            .values("account_id").annotate(n=Count("pk")).order_by().values_list("account_id", "n"))
+        ws_connects = dict(
+            ReconcileRun.objects.filter(account_id__in=names, reason="ws_connect", kind=ReconcileRun.Kind.PENDING)
+            .exclude(outcome=ReconcileRun.Outcome.SKIPPED)  # a skipped run is retried: count it once
+            .values("account_id")
+            .annotate(n=Count("pk"))
+            .order_by()
+            .values_list("account_id", "n")
+        )
+        misses = dict(
+            StreamMiss.objects.filter(account_id__in=names)
+            .values("account_id")
+            .annotate(n=Count("pk"))
+            .order_by()
+            .values_list("account_id", "n")
+        )
+        open_orphans = dict(
+            OrphanPosition.objects.filter(account_id__in=names, status=OrphanPosition.Status.OPEN)
+            .values("account_id")
+            .annotate(n=Count("pk"))
+            .order_by()
+            .values_list("account_id", "n")
+        )
         for pk, name in sorted(names.items(), key=lambda item: item[1]):
             s = states.get(pk)
             weight.add_metric([name], s.used_weight if s else 0)
@@ -135,10 +170,15 @@ class TradeopsCollector(Collector):
     @staticmethod
     def _pending(now):
         pending = GaugeMetricFamily("tradeops_pending_trades", "Pending trades.", labels=["account"])
-        oldest = GaugeMetricFamily("tradeops_oldest_pending_age_seconds", "Age of the oldest pending trade.",
-                                   labels=["account"])
-        rows = (Trade.objects.filter(status=Trade.Status.PENDING).values("account__name")
-                .annotate(n=Count("pk"), oldest=Min("created_at")).order_by())
+        oldest = GaugeMetricFamily(
+            "tradeops_oldest_pending_age_seconds", "Age of the oldest pending trade.", labels=["account"]
+        )
+        rows = (
+            Trade.objects.filter(status=Trade.Status.PENDING)
+            .values("account__name")
+            .annotate(n=Count("pk"), oldest=Min("created_at"))
+            .order_by()
+        )
         for row in rows:
             pending.add_metric([row["account__name"]], row["n"])
             oldest.add_metric([row["account__name"]], _seconds_since(row["oldest"], now))

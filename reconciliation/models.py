@@ -21,12 +21,18 @@ class AccountSyncState(models.Model):
     stream_state_at = models.DateTimeField(null=True, blank=True)
     stream_last_event_at = models.DateTimeField(null=True, blank=True)
     stream_heartbeat_at = models.DateTimeField(
-        null=True, blank=True, help_text="Written by a live stream process every account refresh; a killed process "
-        "leaves its last state behind, so health trusts that state only while this is fresh.")
+        null=True,
+        blank=True,
+        help_text="Written by a live stream process every account refresh; a killed process "
+        "leaves its last state behind, so health trusts that state only while this is fresh.",
+    )
     stream_deaf_since = models.DateTimeField(
-        null=True, blank=True, help_text="Set when REST look-ups found USER_STREAM_DEAF_AFTER order changes within an "
+        null=True,
+        blank=True,
+        help_text="Set when REST look-ups found USER_STREAM_DEAF_AFTER order changes within an "
         "hour that the connected socket never delivered (stream_guard.py); the stream process then reconnects, and "
-        "the reconnect's reconcile clears it.")
+        "the reconnect's reconcile clears it.",
+    )
 
     def __str__(self):
         return f"sync state of {self.account}"
@@ -74,8 +80,7 @@ class OrphanPosition(models.Model):
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="orphan_positions")
     symbol = models.CharField(max_length=32)
-    position_side = models.CharField(max_length=5, choices=Trade.PositionSide.choices,
-                                     default=Trade.PositionSide.BOTH)
+    position_side = models.CharField(max_length=5, choices=Trade.PositionSide.choices, default=Trade.PositionSide.BOTH)
     quantity = models.DecimalField(**MONEY, help_text="Unexplained signed quantity (positive long, negative short).")
     exchange_position = models.DecimalField(**MONEY, help_text="The whole exchange position when last seen.")
     entry_price = models.DecimalField(**MONEY, null=True, blank=True)

@@ -58,15 +58,22 @@ class Verification:
 
 def trade_view(trade: Trade) -> dict:
     return {
-        "status": trade.status, "filled_qty": trade.filled_qty, "entry_price": trade.entry_price,
-        "entry_order_id": trade.entry_order_id, "exchange_status": trade.exchange_status,
+        "status": trade.status,
+        "filled_qty": trade.filled_qty,
+        "entry_price": trade.entry_price,
+        "entry_order_id": trade.entry_order_id,
+        "exchange_status": trade.exchange_status,
     }
 
 
 def snapshot_view(snap: OrderSnapshot) -> dict:
     return {
-        "status": snap.status, "executed_qty": snap.executed_qty, "avg_price": snap.avg_price,
-        "order_id": snap.order_id, "client_order_id": snap.client_order_id, "update_time": snap.update_time,
+        "status": snap.status,
+        "executed_qty": snap.executed_qty,
+        "avg_price": snap.avg_price,
+        "order_id": snap.order_id,
+        "client_order_id": snap.client_order_id,
+        "update_time": snap.update_time,
     }
 
 
@@ -101,7 +108,9 @@ def verify_trades_on_binance(trades, *, actor: str) -> list[Verification]:
                 results.append(verify_on_binance(trade, actor=actor, client=clients[trade.account_id]))
             except (ExchangeError, LookupError, InvalidSnapshot, SnapshotMismatch) as exc:
                 logger.warning("trade %s: verify on Binance by %s failed: %s", trade.pk, actor, exc)
-                results.append(Verification(trade=trade, before=trade_view(trade), error=str(exc) or type(exc).__name__))
+                results.append(
+                    Verification(trade=trade, before=trade_view(trade), error=str(exc) or type(exc).__name__)
+                )
     finally:
         for client in clients.values():
             client.close()
@@ -145,20 +154,31 @@ def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, c
         )
     # Never sent (exchange_status ""): safe to mark at any time, a placement only claims a pending trade. Sent
     # moments ago: Binance may not show the order yet.
-    if snap.status == NOT_FOUND and trade.exchange_status == PLACING \
-            and in_not_found_grace(trade, db_now(), settings.PENDING_NOT_FOUND_GRACE_SEC):
+    if (
+        snap.status == NOT_FOUND
+        and trade.exchange_status == PLACING
+        and in_not_found_grace(trade, db_now(), settings.PENDING_NOT_FOUND_GRACE_SEC)
+    ):
         raise OperatorActionRefused(
             f"trade {trade.pk}'s order was sent moments ago and Binance may not show it yet; look again in a minute"
         )
     exchange = "order never reached the exchange" if snap.status == NOT_FOUND else f"{snap.status} on exchange"
     status_reason = f"marked {status} by {actor}: {reason}"[:255]
     updated = retry_transient_db_errors(Trade.objects.compare_and_set)(
-        {"pk": trade.pk}, expected_status=Trade.Status.PENDING,
+        {"pk": trade.pk},
+        expected_status=Trade.Status.PENDING,
         changes={"status": status, "status_reason": status_reason, "needs_operator": False},
         # Unchanged since Binance was asked: not sent meanwhile, nothing filled meanwhile.
-        condition=Q(filled_qty=0, exchange_status=trade.exchange_status), source=TradeEvent.Source.ADMIN, actor=actor,
-        payload={"manual": True, "reason": reason[:1000], "exchange": exchange,
-                 "exchange_status": snap.status, "order_id": snap.order_id},
+        condition=Q(filled_qty=0, exchange_status=trade.exchange_status),
+        source=TradeEvent.Source.ADMIN,
+        actor=actor,
+        payload={
+            "manual": True,
+            "reason": reason[:1000],
+            "exchange": exchange,
+            "exchange_status": snap.status,
+            "order_id": snap.order_id,
+        },
     )
     if updated is None:
         raise OperatorActionRefused(f"trade {trade.pk} changed meanwhile; reload and look again")
@@ -197,8 +217,13 @@ def close_trade_manually(trade: Trade, *, reason: str, actor: str, client=None) 
                 f"Binance holds {held} {trade.symbol} and our trades {ours}: closing trade {trade.pk} ({mine}) would "
                 "not bring them together"
             )
-        if not close_trade(trade, source=TradeEvent.Source.ADMIN, actor=actor, reason=reason[:1000],
-                           status_reason=f"closed by {actor}: {reason}"):
+        if not close_trade(
+            trade,
+            source=TradeEvent.Source.ADMIN,
+            actor=actor,
+            reason=reason[:1000],
+            status_reason=f"closed by {actor}: {reason}",
+        ):
             raise OperatorActionRefused(f"trade {trade.pk} changed meanwhile; reload and look again")
     trade.refresh_from_db()
     logger.warning("trade %s closed by %s: %s (exchange %s, our trades %s)", trade.pk, actor, reason, held, ours)
@@ -222,6 +247,11 @@ def dismiss_orphan(orphan: OrphanPosition, *, reason: str, actor: str) -> bool:
 
 
 __all__ = [
-    "OperatorActionRefused", "Verification", "verify_on_binance", "verify_trades_on_binance", "mark_trade_manually",
-    "close_trade_manually", "dismiss_orphan",
+    "OperatorActionRefused",
+    "Verification",
+    "verify_on_binance",
+    "verify_trades_on_binance",
+    "mark_trade_manually",
+    "close_trade_manually",
+    "dismiss_orphan",
 ]

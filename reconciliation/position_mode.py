@@ -27,8 +27,11 @@ def is_hedge_mode(account: Account, client, *, refresh: bool = False) -> bool:
     wrong order) and with none the error propagates."""
     now = timezone.now()
     checked = account.position_mode_checked_at
-    fresh = (checked is not None and account.dual_side_position is not None
-             and now - checked < timedelta(seconds=settings.POSITION_MODE_REFRESH_SEC))
+    fresh = (
+        checked is not None
+        and account.dual_side_position is not None
+        and now - checked < timedelta(seconds=settings.POSITION_MODE_REFRESH_SEC)
+    )
     if fresh and not refresh:
         return account.dual_side_position
     try:
@@ -36,8 +39,12 @@ def is_hedge_mode(account: Account, client, *, refresh: bool = False) -> bool:
     except ExchangeError as exc:
         if account.dual_side_position is None:
             raise
-        logger.warning("account %s: position mode not re-read (%s); using the cached %s", account.pk, exc,
-                       "hedge" if account.dual_side_position else "one-way")
+        logger.warning(
+            "account %s: position mode not re-read (%s); using the cached %s",
+            account.pk,
+            exc,
+            "hedge" if account.dual_side_position else "one-way",
+        )
         return account.dual_side_position
     if dual != account.dual_side_position and account.dual_side_position is not None:
         logger.warning("account %s: Binance says %s mode now", account.pk, "hedge" if dual else "one-way")

@@ -39,8 +39,8 @@ from trades.exceptions import ExchangeError, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
 from .exits import apply_exit_fills
-from .position_mode import is_hedge_mode
 from .models import OrphanPosition
+from .position_mode import is_hedge_mode
 from .reports import Report
 
 logger = logging.getLogger(__name__)
@@ -91,9 +91,19 @@ def compare_positions(account: Account, client, report: Report) -> None:
     # Exit fills first (take-profits, stops, liquidations, ADL, …): they explain a smaller position exactly. Not
     # while a pending trade on the symbol may have fills on their way to the DB: they would look like exits.
     if report.errors == 0:
-        reduced = [key for key in sorted(open_by_key) if key[0] not in pending_symbols and apply_exit_fills(
-            account, client, key, explained.get(key, Decimal("0")), exchange.get(key, (Decimal("0"), None))[0],
-            report)]
+        reduced = [
+            key
+            for key in sorted(open_by_key)
+            if key[0] not in pending_symbols
+            and apply_exit_fills(
+                account,
+                client,
+                key,
+                explained.get(key, Decimal("0")),
+                exchange.get(key, (Decimal("0"), None))[0],
+                report,
+            )
+        ]
         if reduced:
             explained = explained_by_trades(account.pk)
             ids = [t.pk for trades in open_by_key.values() for t in trades]
@@ -121,8 +131,13 @@ def compare_positions(account: Account, client, report: Report) -> None:
         # Recovered only once the same gap is seen by two syncs in a row, with every pending trade checked and none
         # left on the symbol: a fill still on its way to the DB (the stream or a reconcile about to apply it) is not
         # an orphan, and recovering it would count it twice.
-        if (settings.SYNC_RECOVER_MISSING_POSITIONS and seen_before and recoverable(unexplained, amount)
-                and report.errors == 0 and key[0] not in pending_symbols):
+        if (
+            settings.SYNC_RECOVER_MISSING_POSITIONS
+            and seen_before
+            and recoverable(unexplained, amount)
+            and report.errors == 0
+            and key[0] not in pending_symbols
+        ):
             try:
                 recover_orphan(orphan, source=TradeEvent.Source.POSITION_SYNC)
             except ValueError as exc:  # the guards, re-checked now: e.g. a pending trade created since the read
@@ -132,7 +147,8 @@ def compare_positions(account: Account, client, report: Report) -> None:
     for orphan in OrphanPosition.objects.filter(account=account, status=OrphanPosition.Status.OPEN):
         if (orphan.symbol, orphan.position_side) not in seen:
             OrphanPosition.objects.filter(pk=orphan.pk, status=OrphanPosition.Status.OPEN).update(
-                status=OrphanPosition.Status.RESOLVED, note="explained by trades again")
+                status=OrphanPosition.Status.RESOLVED, note="explained by trades again"
+            )
 
 
 def _refresh_position_mode(account: Account, client, report: Report) -> None:
@@ -149,22 +165,28 @@ def _refresh_position_mode(account: Account, client, report: Report) -> None:
         report.weight_used += 30 * (client.http_calls - calls_before)
 
 
-def _close_when_confirmed(account, key: Key, trades: list[Trade], exposure: Decimal, read_at,
-                          report: Report) -> None:
+def _close_when_confirmed(account, key: Key, trades: list[Trade], exposure: Decimal, read_at, report: Report) -> None:
     """Binance's read shows nothing on `key` while our trades hold `exposure` there and no exit fills explain it:
     close them once a second read at least POSITION_CONFIRM_SEC after the first agrees."""
     confirm = timedelta(seconds=settings.POSITION_CONFIRM_SEC)
     first = [t for t in trades if t.position_gone_at is None]
     if first:  # the first read that finds it gone: remembered, confirmed by a later one
         Trade.objects.filter(pk__in=[t.pk for t in first], position_gone_at__isnull=True).update(
-            position_gone_at=read_at)
+            position_gone_at=read_at
+        )
         for trade in first:
             trade.position_gone_at = read_at
     if any(read_at - t.position_gone_at < confirm for t in trades):
         report.extra["unconfirmed"] += len(trades)
         report.extra["confirm_after"] = settings.POSITION_CONFIRM_SEC
-        logger.info("account %s: %s %s shows no position (trades %s hold %s); closing only if a read at least %ss "
-                    "later agrees", account.pk, *key, [t.pk for t in trades], exposure, settings.POSITION_CONFIRM_SEC)
+        logger.info(
+            "account %s: %s %s shows no position (trades %s hold %s); closing only if a read at least %ss later agrees",
+            account.pk,
+            *key,
+            [t.pk for t in trades],
+            exposure,
+            settings.POSITION_CONFIRM_SEC,
+        )
         return
     for trade in trades:
         if close_trade(trade, actor=report.actor, reason="no exchange position on two reads"):
@@ -191,18 +213,37 @@ def recoverable(unexplained: Decimal, amount: Decimal) -> bool:
 
 
 @retry_transient_db_errors
-def close_trade(trade: Trade, *, exit_price=None, realized_pnl=None, source=TradeEvent.Source.POSITION_SYNC,
-                actor: str = "", reason: str = "no exchange position", status_reason: str | None = None) -> bool:
+def close_trade(
+    trade: Trade,
+    *,
+    exit_price=None,
+    realized_pnl=None,
+    source=TradeEvent.Source.POSITION_SYNC,
+    actor: str = "",
+    reason: str = "no exchange position",
+    status_reason: str | None = None,
+) -> bool:
     """open → closed: Binance holds no position for the trade's symbol any more (or an operator closed it)."""
-    changes = {"status": Trade.Status.CLOSED, "closed_at": timezone.now(), "exit_price": exit_price,
-               "realized_pnl": realized_pnl, "position_gone_at": None}
+    changes = {
+        "status": Trade.Status.CLOSED,
+        "closed_at": timezone.now(),
+        "exit_price": exit_price,
+        "realized_pnl": realized_pnl,
+        "position_gone_at": None,
+    }
     if status_reason is not None:
         changes["status_reason"] = status_reason[:255]
-    payload = {"reason": reason,
-               "exit_price": None if exit_price is None else str(exit_price),
-               "realized_pnl": None if realized_pnl is None else str(realized_pnl)}
+    payload = {
+        "reason": reason,
+        "exit_price": None if exit_price is None else str(exit_price),
+        "realized_pnl": None if realized_pnl is None else str(realized_pnl),
+    }
     updated = Trade.objects.compare_and_set(
-        {"pk": trade.pk}, expected_status=Trade.Status.OPEN, changes=changes, source=source, payload=payload,
+        {"pk": trade.pk},
+        expected_status=Trade.Status.OPEN,
+        changes=changes,
+        source=source,
+        payload=payload,
         actor=actor,
     )
     if updated is None:
@@ -216,20 +257,35 @@ def _record_orphan(account, key: Key, unexplained, amount, entry_price) -> tuple
     """The open orphan record for this gap, and whether the previous sync had already seen the same gap."""
     now = timezone.now()
     symbol, side = key
-    orphan = OrphanPosition.objects.filter(account=account, symbol=symbol, position_side=side,
-                                           status=OrphanPosition.Status.OPEN).first()
+    orphan = OrphanPosition.objects.filter(
+        account=account, symbol=symbol, position_side=side, status=OrphanPosition.Status.OPEN
+    ).first()
     seen_before = orphan is not None and orphan.quantity == unexplained
     if orphan is None:
         orphan = OrphanPosition.objects.create(
-            account=account, symbol=symbol, position_side=side, quantity=unexplained, exchange_position=amount,
+            account=account,
+            symbol=symbol,
+            position_side=side,
+            quantity=unexplained,
+            exchange_position=amount,
             entry_price=entry_price,
         )
     else:
         orphan.quantity, orphan.exchange_position, orphan.entry_price, orphan.last_seen_at = (
-            unexplained, amount, entry_price, now)
+            unexplained,
+            amount,
+            entry_price,
+            now,
+        )
         orphan.save(update_fields=["quantity", "exchange_position", "entry_price", "last_seen_at"])
-    logger.warning("account %s: orphan position %s %s %s (exchange %s) — no trade explains it",
-                   account.pk, symbol, side, unexplained, amount)
+    logger.warning(
+        "account %s: orphan position %s %s %s (exchange %s) — no trade explains it",
+        account.pk,
+        symbol,
+        side,
+        unexplained,
+        amount,
+    )
     return orphan, seen_before
 
 
@@ -240,8 +296,10 @@ def recover_orphan(orphan: OrphanPosition, *, source: str, actor: str = "") -> T
     if orphan.status != OrphanPosition.Status.OPEN:
         raise ValueError(f"orphan {orphan.pk} is {orphan.status}, not open")
     if not recoverable(orphan.quantity, orphan.exchange_position):
-        raise ValueError(f"our trades hold more {orphan.symbol} than the exchange ({orphan.exchange_position}): "
-                         "close or fix those trades instead")
+        raise ValueError(
+            f"our trades hold more {orphan.symbol} than the exchange ({orphan.exchange_position}): "
+            "close or fix those trades instead"
+        )
     if Trade.objects.pending().filter(account_id=orphan.account_id, symbol=orphan.symbol).exists():
         raise ValueError(f"pending {orphan.symbol} trades may explain it once their fills land: reconcile first")
     key = (orphan.symbol, orphan.position_side)
@@ -251,14 +309,27 @@ def recover_orphan(orphan: OrphanPosition, *, source: str, actor: str = "") -> T
     now = timezone.now()
     qty = abs(orphan.quantity)
     trade = Trade.objects.create(
-        account_id=orphan.account_id, symbol=orphan.symbol,
-        side=Trade.Side.BUY if orphan.quantity > 0 else Trade.Side.SELL, position_side=orphan.position_side,
-        quantity=qty, filled_qty=qty, entry_price=orphan.entry_price, status=Trade.Status.OPEN,
-        status_reason="recovered from an orphan exchange position", opened_at=now, client_order_id=None,
+        account_id=orphan.account_id,
+        symbol=orphan.symbol,
+        side=Trade.Side.BUY if orphan.quantity > 0 else Trade.Side.SELL,
+        position_side=orphan.position_side,
+        quantity=qty,
+        filled_qty=qty,
+        entry_price=orphan.entry_price,
+        status=Trade.Status.OPEN,
+        status_reason="recovered from an orphan exchange position",
+        opened_at=now,
+        client_order_id=None,
     )
     TradeEvent.objects.create(
-        trade=trade, created_at=now, source=source, from_status="", to_status=Trade.Status.OPEN, filled_qty=qty,
-        payload={"recovered_orphan": orphan.pk, "exchange_position": str(orphan.exchange_position)}, actor=actor,
+        trade=trade,
+        created_at=now,
+        source=source,
+        from_status="",
+        to_status=Trade.Status.OPEN,
+        filled_qty=qty,
+        payload={"recovered_orphan": orphan.pk, "exchange_position": str(orphan.exchange_position)},
+        actor=actor,
     )
     orphan.status, orphan.trade, orphan.note = OrphanPosition.Status.RECOVERED, trade, f"recovered by {actor or source}"
     orphan.save(update_fields=["status", "trade", "note"])

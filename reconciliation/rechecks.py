@@ -38,8 +38,11 @@ def due_not_found_rechecks(account_id: int, *, now: datetime | None = None, limi
     """The account's failed-as-not-found trades whose re-check is due, earliest first. One query on the
     (account, not_found_recheck_at) index."""
     now = now or timezone.now()
-    return list(Trade.objects.filter(account_id=account_id, not_found_recheck_at__lte=now,
-                                     status=Trade.Status.FAILED).order_by("not_found_recheck_at", "pk")[:limit])
+    return list(
+        Trade.objects.filter(account_id=account_id, not_found_recheck_at__lte=now, status=Trade.Status.FAILED).order_by(
+            "not_found_recheck_at", "pk"
+        )[:limit]
+    )
 
 
 def next_recheck_at(trade: Trade, now: datetime, schedule=None) -> datetime | None:
@@ -58,8 +61,13 @@ def claim_not_found_recheck(trade: Trade, *, now: datetime | None = None) -> Cla
     claimed it, the rule corrected it) or the schedule has no entry left (then the re-checks simply end)."""
     now = now or timezone.now()
     made, due = trade.not_found_rechecks, trade.not_found_recheck_at
-    current = Trade.objects.filter(pk=trade.pk, status=Trade.Status.FAILED, status_reason=NOT_FOUND_REASON,
-                                   not_found_rechecks=made, not_found_recheck_at=due)
+    current = Trade.objects.filter(
+        pk=trade.pk,
+        status=Trade.Status.FAILED,
+        status_reason=NOT_FOUND_REASON,
+        not_found_rechecks=made,
+        not_found_recheck_at=due,
+    )
     if due is None:
         return None
     if made >= len(settings.NOT_FOUND_RECHECK_SEC):  # the schedule was shortened since
@@ -75,7 +83,10 @@ def claim_not_found_recheck(trade: Trade, *, now: datetime | None = None) -> Cla
 def release_not_found_recheck(trade: Trade, claim: Claim) -> None:
     """Give a claimed look-up back (it was never made: Binance refused the request before executing it)."""
     made, due = claim.after
-    if Trade.objects.filter(pk=claim.trade_id, status=Trade.Status.FAILED, not_found_rechecks=made,
-                            not_found_recheck_at=due).update(not_found_rechecks=claim.before[0],
-                                                              not_found_recheck_at=claim.before[1]) == 1:
+    if (
+        Trade.objects.filter(
+            pk=claim.trade_id, status=Trade.Status.FAILED, not_found_rechecks=made, not_found_recheck_at=due
+        ).update(not_found_rechecks=claim.before[0], not_found_recheck_at=claim.before[1])
+        == 1
+    ):
         trade.not_found_rechecks, trade.not_found_recheck_at = claim.before

@@ -6,8 +6,8 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from .models import AccountSyncState, ReconcileRun
 from .leases import sync_state
+from .models import AccountSyncState, ReconcileRun
 from .stream_guard import MissDetector
 
 
@@ -82,9 +82,13 @@ class Report:
         self.duration_ms = int((time.monotonic() - self._started) * 1000)
         data = self.as_dict()
         ReconcileRun.objects.create(
-            account_id=self.account_id, kind=self.kind, reason=self.reason[:32], outcome=self.outcome,
+            account_id=self.account_id,
+            kind=self.kind,
+            reason=self.reason[:32],
+            outcome=self.outcome,
             started_at=self._started_at,
-            duration_ms=self.duration_ms, report=data,
+            duration_ms=self.duration_ms,
+            report=data,
         )
         if not self.skipped:
             sync_state(self.account_id)

@@ -100,8 +100,9 @@ def check_same_order(trade: Trade, snap: OrderSnapshot) -> None:
         raise SnapshotMismatch("no id in common with the trade")
 
 
-def decide(trade: Trade, snap: OrderSnapshot, now: datetime, *, grace_sec: int,
-           recheck_sec: Sequence[int] = ()) -> Decision | str:
+def decide(
+    trade: Trade, snap: OrderSnapshot, now: datetime, *, grace_sec: int, recheck_sec: Sequence[int] = ()
+) -> Decision | str:
     """The compare-and-set to make for `snap`, or the result name when there is nothing to write. `recheck_sec`:
     the not-found re-check schedule (delays after the failure)."""
     if snap.update_time is not None and trade.exchange_update_time is not None:
@@ -121,8 +122,13 @@ def _fill_entry_price(trade: Trade, snap: OrderSnapshot) -> Decision | str:
     shows the same filled quantity is its entry price."""
     if snap.avg_price is None or snap.executed_qty != trade.filled_qty:
         return IGNORED
-    return Decision(PRICED, Trade.Status.OPEN, {"entry_price": snap.avg_price},
-                    condition=Q(entry_price__isnull=True, filled_qty=snap.executed_qty), audited=False)
+    return Decision(
+        PRICED,
+        Trade.Status.OPEN,
+        {"entry_price": snap.avg_price},
+        condition=Q(entry_price__isnull=True, filled_qty=snap.executed_qty),
+        audited=False,
+    )
 
 
 def in_not_found_grace(trade: Trade, now: datetime, grace_sec: int) -> bool:
@@ -144,13 +150,15 @@ def is_failed_not_found(trade: Trade) -> bool:
 def deadline_if_reopened():
     """A reopened trade's deadline, computed in the UPDATE: the one it had, else ENTRY_TIMEOUT_SEC from now (the
     database's clock). The bot had given up on this order; it is cancelled at the latest then."""
-    later = ExpressionWrapper(DatabaseNow() + timedelta(seconds=settings.ENTRY_TIMEOUT_SEC),
-                              output_field=DateTimeField())
+    later = ExpressionWrapper(
+        DatabaseNow() + timedelta(seconds=settings.ENTRY_TIMEOUT_SEC), output_field=DateTimeField()
+    )
     return Coalesce(F("cancel_after"), later)
 
 
-def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: int,
-                  recheck_sec: Sequence[int]) -> Decision | str:
+def _from_pending(
+    trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: int, recheck_sec: Sequence[int]
+) -> Decision | str:
     if snap.status == s.FILLED or (snap.status in s.ENDED_UNFILLED_OR_PARTIAL and snap.executed_qty > 0):
         return _open(trade, snap, now, OPENED)
     if snap.status in s.ENDED_UNFILLED_OR_PARTIAL:
@@ -167,8 +175,10 @@ def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: i
         decision = _end(trade, snap, Trade.Status.FAILED, NOT_FOUND_REASON, FAILED)
         decision.changes["cancel_sent_at"] = None  # its deadline sends one cancel after this inference (the backstop)
         # Binance can answer -2013 for minutes for an order that exists: look again on the schedule.
-        decision.changes |= {"not_found_rechecks": 0,
-                             "not_found_recheck_at": now + timedelta(seconds=recheck_sec[0]) if recheck_sec else None}
+        decision.changes |= {
+            "not_found_rechecks": 0,
+            "not_found_recheck_at": now + timedelta(seconds=recheck_sec[0]) if recheck_sec else None,
+        }
         # Only if the placement state is still what this decision read: a placement claimed meanwhile (the order
         # on its way to Binance) must not be failed by an answer from before it was sent.
         decision.condition &= Q(exchange_status=trade.exchange_status)
@@ -178,8 +188,13 @@ def _from_pending(trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: i
         changes = _exchange_facts(trade, snap) | {"filled_qty": snap.executed_qty}
         if snap.avg_price is not None:
             changes["entry_price"] = snap.avg_price
-        return Decision(PROGRESS, Trade.Status.PENDING, changes,
-                        condition=_monotonic(snap) & Q(filled_qty__lt=snap.executed_qty), payload=_payload(snap))
+        return Decision(
+            PROGRESS,
+            Trade.Status.PENDING,
+            changes,
+            condition=_monotonic(snap) & Q(filled_qty__lt=snap.executed_qty),
+            payload=_payload(snap),
+        )
     facts = _exchange_facts(trade, snap)
     if any(getattr(trade, name) != value for name, value in facts.items()):
         return Decision(NOTED, Trade.Status.PENDING, facts, condition=_monotonic(snap), audited=False)
@@ -202,16 +217,22 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
         decision.payload = _correction_payload(trade, snap)
         return decision
     if snap.is_working:
-        if snap.update_time is not None and snap.update_time == trade.exchange_update_time \
-                and trade.exchange_status in s.ENDED:
+        if (
+            snap.update_time is not None
+            and snap.update_time == trade.exchange_update_time
+            and trade.exchange_status in s.ENDED
+        ):
             # Same millisecond as the end we applied (Binance stamps NEW and EXPIRED of an IOC/GTX order alike):
             # an ended order never works again. (The same NEW we had recorded before a -2013 or a manual mark is
             # not stale: that order is still resting.)
             return STALE
         changes = _exchange_facts(trade, snap) | {
-            "status": Trade.Status.PENDING, "status_reason": "", "filled_qty": snap.executed_qty,
+            "status": Trade.Status.PENDING,
+            "status_reason": "",
+            "filled_qty": snap.executed_qty,
             # A live order we had given up on: it keeps or gets a deadline, and the sweep may send its cancel anew.
-            "cancel_after": deadline_if_reopened(), "cancel_sent_at": None,
+            "cancel_after": deadline_if_reopened(),
+            "cancel_sent_at": None,
         }
         if snap.avg_price is not None:
             changes["entry_price"] = snap.avg_price

@@ -58,6 +58,7 @@ def gateway(account: Account, client=None, *, priority: str = egress.RECONCILE):
 
 # --- THE rule ---------------------------------------------------------------------------------------------------------
 
+
 def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -> str:
     """Make the state change Binance's view of this trade's order calls for (rules.py), compare-and-set, with one
     audit event. `order`: a REST order dict, a WebSocket ORDER_TRADE_UPDATE (or its `o`), or an OrderSnapshot.
@@ -72,19 +73,25 @@ def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -
         # A -2013 is judged against the grace on the database's clock (placed_at is taken on it): a worker whose own
         # clock jumped ahead must not skip the grace and fail a live order.
         now = db_now() if snap.status == NOT_FOUND else timezone.now()
-        decision = rules.decide(trade, snap, now, grace_sec=grace,
-                                recheck_sec=settings.NOT_FOUND_RECHECK_SEC)
+        decision = rules.decide(trade, snap, now, grace_sec=grace, recheck_sec=settings.NOT_FOUND_RECHECK_SEC)
         if isinstance(decision, str):
             if decision == rules.NEEDS_OPERATOR:
-                flag_for_operator(trade, reason=f"Binance says {snap.status} for an order seen before", source=source,
-                                  actor=actor)
+                flag_for_operator(
+                    trade, reason=f"Binance says {snap.status} for an order seen before", source=source, actor=actor
+                )
             logger.debug("trade %s: %s from %s (%s)", trade.pk, decision, source, snap.status)
             return decision
         if _write(trade, decision, source, actor):
             logger.info(
                 "trade %s %s: account=%s client_order_id=%s source=%s exchange=%s filled=%s status=%s",
-                trade.pk, decision.result, trade.account_id, trade.client_order_id, source, snap.status,
-                trade.filled_qty, trade.status,
+                trade.pk,
+                decision.result,
+                trade.account_id,
+                trade.client_order_id,
+                source,
+                snap.status,
+                trade.filled_qty,
+                trade.status,
             )
             return decision.result
         trade.refresh_from_db()
@@ -96,8 +103,13 @@ def apply_order_snapshot(trade: Trade, order, source: str, *, actor: str = "") -
 def _write(trade: Trade, decision: rules.Decision, source: str, actor: str) -> bool:
     if decision.audited:
         updated = Trade.objects.compare_and_set(
-            {"pk": trade.pk}, expected_status=decision.expected_status, changes=decision.changes, source=source,
-            condition=decision.condition, payload=decision.payload, actor=actor,
+            {"pk": trade.pk},
+            expected_status=decision.expected_status,
+            changes=decision.changes,
+            source=source,
+            condition=decision.condition,
+            payload=decision.payload,
+            actor=actor,
         )
         if updated is None:
             return False
@@ -117,21 +129,33 @@ def _write(trade: Trade, decision: rules.Decision, source: str, actor: str) -> b
 def flag_for_operator(trade: Trade, *, reason: str, source: str, actor: str = "") -> bool:
     """Mark a trade as needing a person (once), with the reason in its audit trail. Never changes its status."""
     updated = retry_transient_db_errors(Trade.objects.compare_and_set)(
-        {"pk": trade.pk}, expected_status=trade.status, changes={"needs_operator": True}, source=source,
-        condition=Q(needs_operator=False), payload={"flag": "needs_operator", "reason": reason}, actor=actor,
+        {"pk": trade.pk},
+        expected_status=trade.status,
+        changes={"needs_operator": True},
+        source=source,
+        condition=Q(needs_operator=False),
+        payload={"flag": "needs_operator", "reason": reason},
+        actor=actor,
     )
     if updated is None:
         return False
     trade.needs_operator = True
-    logger.warning("trade %s flagged for an operator: account=%s client_order_id=%s reason=%s",
-                   trade.pk, trade.account_id, trade.client_order_id, reason)
+    logger.warning(
+        "trade %s flagged for an operator: account=%s client_order_id=%s reason=%s",
+        trade.pk,
+        trade.account_id,
+        trade.client_order_id,
+        reason,
+    )
     return True
 
 
 # --- Pending reconcile ------------------------------------------------------------------------------------------------
 
-def reconcile_pending(account: Account, *, reason: str = "manual", deep: bool = False, client=None,
-                      actor: str = "") -> dict:
+
+def reconcile_pending(
+    account: Account, *, reason: str = "manual", deep: bool = False, client=None, actor: str = ""
+) -> dict:
     """Bring every pending trade of the account in line with Binance's order state (the seed's
     `_reconcile_pending_with_binance`). `deep`: the pending trades older than RECONCILE_MAX_AGE_SEC instead.
 
@@ -221,9 +245,16 @@ def _recheck_not_found(account: Account, client, report: Report) -> None:
             report.weight_used += client.http_calls - calls_before
         result = _apply(trade, order, report, source=Source.RECONCILE)
         if result == rules.REOPENED:
-            logger.warning("trade %s: order found on exchange at re-check %d after it was failed as %r; corrected to "
-                           "%s: account=%s client_order_id=%s", trade.pk, claim.after[0], rules.NOT_FOUND_REASON,
-                           trade.status, trade.account_id, trade.client_order_id)
+            logger.warning(
+                "trade %s: order found on exchange at re-check %d after it was failed as %r; corrected to "
+                "%s: account=%s client_order_id=%s",
+                trade.pk,
+                claim.after[0],
+                rules.NOT_FOUND_REASON,
+                trade.status,
+                trade.account_id,
+                trade.client_order_id,
+            )
 
 
 def _pending_trades(account: Account, *, deep: bool):
@@ -244,8 +275,12 @@ def _pending_trades(account: Account, *, deep: bool):
 def _over_budget(client, report: Report) -> bool:
     if client.used_weight >= settings.RECONCILE_WEIGHT_BUDGET:
         if not report.stopped_early:
-            logger.warning("account %s: used weight %s ≥ budget %s, stopping early",
-                           report.account_id, client.used_weight, settings.RECONCILE_WEIGHT_BUDGET)
+            logger.warning(
+                "account %s: used weight %s ≥ budget %s, stopping early",
+                report.account_id,
+                client.used_weight,
+                settings.RECONCILE_WEIGHT_BUDGET,
+            )
         report.stopped_early = True
         report.retry_after = report.retry_after or 60
         return True
@@ -276,8 +311,9 @@ def _reconcile_symbol_by_open_orders(client, symbol: str, trades: list[Trade], r
     finally:
         report.weight_used += client.http_calls - calls_before
     if not isinstance(orders, list):
-        logger.warning("account %s: openOrders %s answered %.200r; looking each order up", report.account_id, symbol,
-                       orders)
+        logger.warning(
+            "account %s: openOrders %s answered %.200r; looking each order up", report.account_id, symbol, orders
+        )
         return trades
     by_client_id = {o.get("clientOrderId"): o for o in orders if isinstance(o, dict) and o.get("clientOrderId")}
     by_order_id = {o.get("orderId"): o for o in orders if isinstance(o, dict) and o.get("orderId") is not None}
@@ -335,8 +371,9 @@ def _reconcile_by_order(client, trade: Trade, report: Report, *, source: str) ->
         return
     except LookupError:
         report.needs_operator += 1
-        flag_for_operator(trade, reason="neither a client order id nor an order id to look up", source=source,
-                          actor=report.actor)
+        flag_for_operator(
+            trade, reason="neither a client order id nor an order id to look up", source=source, actor=report.actor
+        )
         return
     finally:
         report.weight_used += client.http_calls - calls_before  # weight 1 each; none without an order reference
@@ -373,6 +410,7 @@ def _apply(trade: Trade, order, report: Report, *, source: str) -> str | None:
 
 # --- Position sync --------------------------------------------------------------------------------------------------
 
+
 def sync_positions_with_binance(account: Account, *, reason: str = "beat", client=None, actor: str = "") -> dict:
     """Reconcile pending trades first (so fills they reveal count), then DB open trades vs Binance's positions
     (positions.py). One lease covers both."""
@@ -387,6 +425,7 @@ def sync_positions_with_binance(account: Account, *, reason: str = "beat", clien
 
 
 # --- Retention ------------------------------------------------------------------------------------------------------
+
 
 def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 5000) -> int:
     """Delete ReconcileRun rows older than RECONCILE_RUN_RETENTION_DAYS, in batches (one run per account per minute
@@ -403,6 +442,7 @@ def prune_reconcile_runs(*, older_than_days: int | None = None, batch: int = 500
 
 
 # --- Cancel and verify ------------------------------------------------------------------------------------------------
+
 
 def cancel_trade_order(trade: Trade, *, client=None, actor: str = "") -> dict:
     """Ask Binance to cancel the trade's order and apply its answer. -2011 (the order is not open: it may have just
@@ -447,27 +487,37 @@ def verify_after_cancel(trade: Trade, *, client=None, actor: str = "", resend_ca
                 except ExchangeError as exc:
                     logger.warning("trade %s: cancel sent again after verification failed: %s", trade.pk, exc)
                 else:
-                    logger.info("trade %s: still %s on Binance after a cancel; cancel sent again", trade.pk,
-                                snap.status)
+                    logger.info(
+                        "trade %s: still %s on Binance after a cancel; cancel sent again", trade.pk, snap.status
+                    )
     except LookupError:
-        flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY,
-                          actor=actor)
+        flag_for_operator(trade, reason="cannot verify: no order reference", source=Source.CANCEL_VERIFY, actor=actor)
         return {"trade_id": trade.pk, "result": rules.NEEDS_OPERATOR, "still_working": False, "status": trade.status}
     stream_guard.MissDetector(trade.account_id).observe(trade, result, Source.CANCEL_VERIFY)
     return {
-        "trade_id": trade.pk, "result": result, "exchange_status": snap.status,
-        "still_working": snap.is_working, "status": trade.status, "cancel_resent": cancel_resent,
+        "trade_id": trade.pk,
+        "result": result,
+        "exchange_status": snap.status,
+        "still_working": snap.is_working,
+        "status": trade.status,
+        "cancel_resent": cancel_resent,
     }
 
 
 # --- The bot's entry flow -------------------------------------------------------------------------------------------
 
-def create_pending_trade(account: Account, symbol: str, side: str, quantity, price=None, *,
-                         client_order_id: str | None = None) -> Trade:
+
+def create_pending_trade(
+    account: Account, symbol: str, side: str, quantity, price=None, *, client_order_id: str | None = None
+) -> Trade:
     """The first step of opening a position: a pending trade with a client order id Binance will carry (a fresh one
     when none, or "", is given)."""
     trade = Trade(
-        account=account, symbol=symbol.upper(), side=side.upper(), quantity=quantity, price=price,
+        account=account,
+        symbol=symbol.upper(),
+        side=side.upper(),
+        quantity=quantity,
+        price=price,
         client_order_id=client_order_id or new_client_order_id(),
     )
     trade.full_clean(exclude=["account"])
@@ -475,8 +525,9 @@ def create_pending_trade(account: Account, symbol: str, side: str, quantity, pri
     return trade
 
 
-def get_or_create_pending_trade(account: Account, symbol: str, side: str, quantity, price=None, *,
-                                client_order_id: str | None = None) -> tuple[Trade, bool]:
+def get_or_create_pending_trade(
+    account: Account, symbol: str, side: str, quantity, price=None, *, client_order_id: str | None = None
+) -> tuple[Trade, bool]:
     """create_pending_trade, idempotent on the client order id: asked again for the same order under the same id (a
     redelivered task, a caller's retry), it returns the trade the first call created, as (trade, False). The same id
     with another symbol, side, quantity or price is a caller's bug: ValueError, never the other trade. An empty id
@@ -527,17 +578,31 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
         with gateway(trade.account, client, priority=egress.ORDER) as client:
             order = _send_entry(trade, client)
     except _ModeUnknown as exc:  # nothing was sent: a definite no
-        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
-            trade.symbol, trade.client_order_id, exc.code, f"not sent: position mode unknown ({exc})"), Source.PLACE)
+        result = apply_order_snapshot(
+            trade,
+            OrderSnapshot.rejected_on_placement(
+                trade.symbol, trade.client_order_id, exc.code, f"not sent: position mode unknown ({exc})"
+            ),
+            Source.PLACE,
+        )
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except RateLimited as exc:  # refused before execution: a definite no
-        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
-            trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status or 'not sent'})"),
-            Source.PLACE)
+        result = apply_order_snapshot(
+            trade,
+            OrderSnapshot.rejected_on_placement(
+                trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status or 'not sent'})"
+            ),
+            Source.PLACE,
+        )
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except ClockSkew as exc:  # -1021 twice (the gateway re-synced and resent once): not executed, a definite no
-        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
-            trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"), Source.PLACE)
+        result = apply_order_snapshot(
+            trade,
+            OrderSnapshot.rejected_on_placement(
+                trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"
+            ),
+            Source.PLACE,
+        )
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     except TransientExchangeError as exc:
         logger.warning("trade %s: placement outcome unknown (%s); stays pending for reconcile", trade.pk, exc)
@@ -546,8 +611,13 @@ def place_entry_order(trade: Trade, *, client=None, deadline_sec: float | None =
         if exc.code in DUPLICATE_CLIENT_ORDER_ID_CODES or exc.execution_unknown:
             logger.warning("trade %s: placement answered %s; stays pending for reconcile", trade.pk, exc)
             return {"trade_id": trade.pk, "outcome": "unknown"}
-        result = apply_order_snapshot(trade, OrderSnapshot.rejected_on_placement(
-            trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"), Source.PLACE)
+        result = apply_order_snapshot(
+            trade,
+            OrderSnapshot.rejected_on_placement(
+                trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"
+            ),
+            Source.PLACE,
+        )
         return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
     result = apply_order_snapshot(trade, order, Source.PLACE)
     return {"trade_id": trade.pk, "outcome": "placed", "result": result, "status": trade.status}
@@ -576,22 +646,38 @@ def _send_entry(trade: Trade, client) -> dict:
             break  # the mode did not change: the refusal stands
         try:
             return client.place_order(
-                trade.symbol, trade.side, trade.quantity, order_type="LIMIT" if trade.price else "MARKET",
-                price=trade.price, client_order_id=trade.client_order_id,
+                trade.symbol,
+                trade.side,
+                trade.quantity,
+                order_type="LIMIT" if trade.price else "MARKET",
+                price=trade.price,
+                client_order_id=trade.client_order_id,
                 position_side=None if side == Trade.PositionSide.BOTH else side,
             )
         except ExchangeError as exc:
             if exc.code != POSITION_SIDE_MISMATCH or attempt > 0:
                 raise
-            logger.warning("trade %s: Binance refused positionSide %s (-4061); re-reading the position mode",
-                           trade.pk, side)
+            logger.warning(
+                "trade %s: Binance refused positionSide %s (-4061); re-reading the position mode", trade.pk, side
+            )
             refused = exc
     raise refused
 
 
 __all__ = [
-    "apply_order_snapshot", "reconcile_pending", "sync_positions_with_binance", "verify_after_cancel",
-    "cancel_trade_order", "flag_for_operator", "create_pending_trade", "get_or_create_pending_trade",
-    "awaits_placement", "place_entry_order", "fetch_order", "prune_reconcile_runs", "gateway",
-    "cancel_overdue_entries", "cancel_entry_at_deadline",
+    "apply_order_snapshot",
+    "reconcile_pending",
+    "sync_positions_with_binance",
+    "verify_after_cancel",
+    "cancel_trade_order",
+    "flag_for_operator",
+    "create_pending_trade",
+    "get_or_create_pending_trade",
+    "awaits_placement",
+    "place_entry_order",
+    "fetch_order",
+    "prune_reconcile_runs",
+    "gateway",
+    "cancel_overdue_entries",
+    "cancel_entry_at_deadline",
 ]

@@ -68,8 +68,11 @@ class StreamWindow:
 
     @classmethod
     def load(cls, account_id: int) -> StreamWindow:
-        row = (AccountSyncState.objects.filter(account_id=account_id)
-               .values_list("stream_state", "stream_state_at", "stream_heartbeat_at").first())
+        row = (
+            AccountSyncState.objects.filter(account_id=account_id)
+            .values_list("stream_state", "stream_state_at", "stream_heartbeat_at")
+            .first()
+        )
         if row is None or row[0] != CONNECTED:
             return cls()
         return cls(row[1], row[2])
@@ -110,25 +113,38 @@ def record_miss(trade: Trade, *, source: str, connected_since: datetime, now: da
     """Keep the miss, say so once, and mark the stream deaf once USER_STREAM_DEAF_AFTER misses fell within an hour."""
     now = now or timezone.now()
     StreamMiss.objects.create(
-        account_id=trade.account_id, trade=trade, detected_at=now, source=source,
-        exchange_status=trade.exchange_status, exchange_update_time=trade.exchange_update_time,
+        account_id=trade.account_id,
+        trade=trade,
+        detected_at=now,
+        source=source,
+        exchange_status=trade.exchange_status,
+        exchange_update_time=trade.exchange_update_time,
         connected_since=connected_since,
     )
     age = (now - _from_ms(trade.exchange_update_time)).total_seconds()
     logger.warning(
         "user_stream missed_event account=%s trade=%s client_order_id=%s exchange_status=%s age_s=%.1f "
         "connected_since=%s found_by=%s: the socket was connected and never delivered this order change",
-        trade.account_id, trade.pk, trade.client_order_id, trade.exchange_status, age, connected_since.isoformat(),
+        trade.account_id,
+        trade.pk,
+        trade.client_order_id,
+        trade.exchange_status,
+        age,
+        connected_since.isoformat(),
         source,
     )
     recent = StreamMiss.objects.filter(account_id=trade.account_id, detected_at__gt=now - DEAF_WINDOW).count()
     if recent < settings.USER_STREAM_DEAF_AFTER:
         return
     if AccountSyncState.objects.filter(account_id=trade.account_id, stream_deaf_since__isnull=True).update(
-            stream_deaf_since=now):
-        logger.error("user_stream deaf account=%s misses_last_hour=%d: the connected socket is not delivering order "
-                     "events; the stream reconnects it (fills are still found by the REST reconcile)",
-                     trade.account_id, recent)
+        stream_deaf_since=now
+    ):
+        logger.error(
+            "user_stream deaf account=%s misses_last_hour=%d: the connected socket is not delivering order "
+            "events; the stream reconnects it (fills are still found by the REST reconcile)",
+            trade.account_id,
+            recent,
+        )
 
 
 def clear_deaf_after_reconnect(account_id: int, *, reconcile_started_at: datetime) -> bool:
@@ -136,11 +152,13 @@ def clear_deaf_after_reconnect(account_id: int, *, reconcile_started_at: datetim
     mark. (Its connection was made after the mark: the stream process reconnects a deaf stream, and a reconcile
     asked for by an older connection that runs this late is followed by the reconnect's own.)"""
     cleared = AccountSyncState.objects.filter(
-        account_id=account_id, stream_deaf_since__lt=reconcile_started_at,
+        account_id=account_id,
+        stream_deaf_since__lt=reconcile_started_at,
     ).update(stream_deaf_since=None)
     if cleared:
-        logger.info("user_stream deaf_cleared account=%s: reconnected, and its reconcile found no missed event",
-                    account_id)
+        logger.info(
+            "user_stream deaf_cleared account=%s: reconnected, and its reconcile found no missed event", account_id
+        )
     return bool(cleared)
 
 

@@ -45,8 +45,9 @@ class ExchangeTask(Task):
     max_retries = 6
     acks_late = True
 
-    def retry(self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None,
-              **options):
+    def retry(
+        self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None, **options
+    ):
         if isinstance(exc, RateLimited):
             countdown = max(countdown or 0, exc.retry_after + random.uniform(0, 1))
         if countdown is not None and eta is None:
@@ -99,7 +100,7 @@ def _retry_if_unfinished(task, report, reason):
     if report.get("skipped"):
         raise task.retry(countdown=1 + random.uniform(0, 1), max_retries=SKIPPED_MAX_RETRIES)
     if report.get("errors"):  # some look-ups failed (5xx, timeouts): the check asked for has not happened yet
-        raise task.retry(countdown=min(2 ** task.request.retries, 60) * random.uniform(0.5, 1.0))
+        raise task.retry(countdown=min(2**task.request.retries, 60) * random.uniform(0.5, 1.0))
     return report
 
 
@@ -119,14 +120,20 @@ def reconcile_all_accounts(deep=False):
     ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
     not_due = {} if deep else audit.audit_not_due(ids)
     if not_due:
-        logger.info("reconcile beat: %d of %d accounts left to their next audit (%s): %s", len(not_due), len(ids),
-                    audit.STREAM_HEALTHY, ",".join(str(pk) for pk in sorted(not_due)[:50]))
+        logger.info(
+            "reconcile beat: %d of %d accounts left to their next audit (%s): %s",
+            len(not_due),
+            len(ids),
+            audit.STREAM_HEALTHY,
+            ",".join(str(pk) for pk in sorted(not_due)[:50]),
+        )
     sent = 0
     for account_id in ids:
         if account_id in not_due:
             continue
         reconcile_account.apply_async(
-            (account_id,), {"reason": "deep" if deep else "beat", "deep": deep},
+            (account_id,),
+            {"reason": "deep" if deep else "beat", "deep": deep},
             expires=None if deep else BEAT_EXPIRES_SEC,
         )
         sent += 1
@@ -174,7 +181,7 @@ CANCEL_MAX_RETRIES = 3  # transient exchange errors (5xx, timeouts, 429); databa
 def _backoff(retries: int) -> float:
     """Exponential backoff with full jitter, from CANCEL_RETRY_BASE_SEC, capped at a minute."""
     base = settings.CANCEL_RETRY_BASE_SEC
-    return min(base * 2 ** retries, 60) * random.uniform(0.5, 1.0)
+    return min(base * 2**retries, 60) * random.uniform(0.5, 1.0)
 
 
 def db_retry_limit() -> int:
@@ -184,7 +191,7 @@ def db_retry_limit() -> int:
     base = max(settings.CANCEL_RETRY_BASE_SEC, 0.01)
     waited, retries = 0.0, 0
     while waited < settings.CANCEL_DB_RETRY_SEC:
-        waited += 0.5 * min(base * 2 ** retries, 60)
+        waited += 0.5 * min(base * 2**retries, 60)
         retries += 1
     return retries
 
@@ -193,11 +200,13 @@ def _retry_db_error(task, exc, what: str):
     """Retry `task` after a database error with backoff, up to db_retry_limit(); then re-raise it."""
     limit = db_retry_limit()
     if task.request.retries >= limit:
-        logger.error("%s: database unavailable for %d retries (%s: %s); giving up", what, limit,
-                     type(exc).__name__, exc)
+        logger.error(
+            "%s: database unavailable for %d retries (%s: %s); giving up", what, limit, type(exc).__name__, exc
+        )
         raise exc
-    logger.warning("%s: database unavailable (%s: %s); retry %d/%d", what, type(exc).__name__, exc,
-                   task.request.retries + 1, limit)
+    logger.warning(
+        "%s: database unavailable (%s: %s); retry %d/%d", what, type(exc).__name__, exc, task.request.retries + 1, limit
+    )
     return task.retry(exc=exc, countdown=_backoff(task.request.retries), max_retries=limit)
 
 
@@ -214,16 +223,21 @@ def cancel_order(self, trade_id, actor=""):
     except DB_UNAVAILABLE_ERRORS as exc:
         if self.request.retries < db_retry_limit():
             raise _retry_db_error(self, exc, f"trade {trade_id} cancel")
-        logger.warning("trade %s: cancel failed after retries (%s: %s); verifying anyway",
-                       trade_id, type(exc).__name__, exc)
+        logger.warning(
+            "trade %s: cancel failed after retries (%s: %s); verifying anyway", trade_id, type(exc).__name__, exc
+        )
         return {"trade_id": trade_id, "outcome": "error", "error": str(exc)}
     except TransientExchangeError as exc:
         if self.request.retries < CANCEL_MAX_RETRIES:
             countdown = getattr(exc, "retry_after", 0) or _backoff(self.request.retries)
-            raise self.retry(exc=exc, countdown=capped_countdown(countdown, what=f"trade {trade_id} cancel retry"),
-                             max_retries=CANCEL_MAX_RETRIES)
-        logger.warning("trade %s: cancel failed after retries (%s: %s); verifying anyway",
-                       trade_id, type(exc).__name__, exc)
+            raise self.retry(
+                exc=exc,
+                countdown=capped_countdown(countdown, what=f"trade {trade_id} cancel retry"),
+                max_retries=CANCEL_MAX_RETRIES,
+            )
+        logger.warning(
+            "trade %s: cancel failed after retries (%s: %s); verifying anyway", trade_id, type(exc).__name__, exc
+        )
         return {"trade_id": trade_id, "outcome": "error", "error": str(exc)}
     except ExchangeError as exc:
         logger.warning("trade %s: cancel refused (%s); verifying anyway", trade_id, exc)
@@ -251,7 +265,9 @@ def verify_cancel(self, trade_id, actor=""):
         if self.request.retries < self.max_retries:
             raise  # ExchangeTask's autoretry_for: backoff, Retry-After
         return _give_up_verifying(
-            trade_id, trade, f"cancel not verified after {self.max_retries + 1} tries: {type(exc).__name__}: {exc}",
+            trade_id,
+            trade,
+            f"cancel not verified after {self.max_retries + 1} tries: {type(exc).__name__}: {exc}",
             actor,
         )
     except ExchangeError as exc:
@@ -260,7 +276,9 @@ def verify_cancel(self, trade_id, actor=""):
         if self.request.retries + 1 < tries:
             raise self.retry(countdown=_backoff(self.request.retries), max_retries=tries)
         _give_up_verifying(
-            trade_id, trade, f"still {report['exchange_status']} on Binance after cancel and {tries} verifications",
+            trade_id,
+            trade,
+            f"still {report['exchange_status']} on Binance after cancel and {tries} verifications",
             actor,
         )
     return report
@@ -287,6 +305,7 @@ def cancel_and_verify(trade_id, actor=""):
 
 # --- the bot's entry flow ------------------------------------------------------------------------------------------
 
+
 @shared_task(bind=True)
 def open_position(self, account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None):
     """Create the pending trade, then place it once the row is committed. Returns the trade id.
@@ -301,8 +320,9 @@ def open_position(self, account_id, symbol, side, quantity, price=None, timeout_
         # Called directly (no task id): None, and a fresh one is generated.
         client_order_id = client_order_id_for(self.request.id) if self.request.id else None
     account = Account.objects.get(pk=account_id, is_active=True)
-    trade = open_position_now(account, symbol, side, quantity, price, timeout_sec=timeout_sec,
-                              client_order_id=client_order_id)
+    trade = open_position_now(
+        account, symbol, side, quantity, price, timeout_sec=timeout_sec, client_order_id=client_order_id
+    )
     return trade.pk
 
 

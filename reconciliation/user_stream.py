@@ -44,6 +44,12 @@ from .stream.messages import Outcome, classify, excerpt, handle_message
 from .stream.runner import UserStreamRunner, run_user_stream
 
 __all__ = [
-    "AccountStream", "Outcome", "StreamConfig", "UserStreamRunner", "classify", "excerpt", "handle_message",
+    "AccountStream",
+    "Outcome",
+    "StreamConfig",
+    "UserStreamRunner",
+    "classify",
+    "excerpt",
+    "handle_message",
     "run_user_stream",
 ]

@@ -2,6 +2,7 @@
 
 Prints ``sandbox listening on http://HOST:PORT`` (flushed) once it accepts connections.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9900, help="0 picks a free port")
     parser.add_argument("--weight-limit", type=int, default=2400, help="REQUEST_WEIGHT per minute per source IP")
-    parser.add_argument("--clock-offset-ms", type=int, default=0,
-                        help="the sandbox clock runs this far from the host's (negative: behind); reset() restores it")
+    parser.add_argument(
+        "--clock-offset-ms",
+        type=int,
+        default=0,
+        help="the sandbox clock runs this far from the host's (negative: behind); reset() restores it",
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)

@@ -3,6 +3,7 @@
 Every method returns the decoded JSON answer and raises ``SandboxControlError`` on a non-2xx answer.
 Orders are picked by ``api_key`` + ``symbol`` + (``order_id`` or ``client_order_id``).
 """
+
 from __future__ import annotations
 
 import requests
@@ -32,8 +33,9 @@ class SandboxControl:
         self.session = requests.Session()
 
     def _call(self, method: str, path: str, payload: dict | None = None, params: dict | None = None):
-        response = self.session.request(method, f"{self.base_url}/_sandbox{path}", json=payload, params=params,
-                                        timeout=self.timeout)
+        response = self.session.request(
+            method, f"{self.base_url}/_sandbox{path}", json=payload, params=params, timeout=self.timeout
+        )
         try:
             body = response.json()
         except ValueError:
@@ -84,8 +86,9 @@ class SandboxControl:
         return self._call("POST", "/ban_time_scale", {"scale": float(scale)})
 
     # --- accounts, prices, orders ------------------------------------------------------------------------
-    def create_account(self, api_key: str | None = None, api_secret: str | None = None,
-                       balance: str = "100000") -> dict:
+    def create_account(
+        self, api_key: str | None = None, api_secret: str | None = None, balance: str = "100000"
+    ) -> dict:
         """-> {"api_key", "api_secret", "balance"}; missing key/secret are generated."""
         payload = {"balance": str(balance)}
         if api_key is not None:
@@ -99,8 +102,9 @@ class SandboxControl:
         orders the new price crosses, at their limit price."""
         return self._call("POST", "/price", {"symbol": symbol, "price": str(price), "fill_crossed": fill_crossed})
 
-    def fill_order(self, api_key: str, symbol: str, *, order_id=None, client_order_id=None, qty=None,
-                   price=None) -> dict:
+    def fill_order(
+        self, api_key: str, symbol: str, *, order_id=None, client_order_id=None, qty=None, price=None
+    ) -> dict:
         """Fill an open order fully, or by `qty` (partial; a multiple of the symbol's step, as on Binance); price
         defaults to the order's (LIMIT) or symbol's."""
         payload = _order_ref(api_key, symbol, order_id, client_order_id)
@@ -114,8 +118,9 @@ class SandboxControl:
         """Cancel as the exchange would (e.g. an operator on the web UI): emits CANCELED."""
         return self._call("POST", "/orders/cancel", _order_ref(api_key, symbol, order_id, client_order_id))
 
-    def expire_order(self, api_key: str, symbol: str, *, order_id=None, client_order_id=None,
-                     status: str = "EXPIRED") -> dict:
+    def expire_order(
+        self, api_key: str, symbol: str, *, order_id=None, client_order_id=None, status: str = "EXPIRED"
+    ) -> dict:
         """EXPIRED (or EXPIRED_IN_MATCH) with whatever it filled so far."""
         payload = _order_ref(api_key, symbol, order_id, client_order_id)
         payload["status"] = status
@@ -126,20 +131,39 @@ class SandboxControl:
         params = {k: str(v) for k, v in _order_ref(api_key, symbol, order_id, client_order_id).items()}
         return self._call("GET", "/orders", params=params)
 
-    def bulk_orders(self, api_key: str, symbol: str, count: int, *, side: str = "BUY", type: str = "LIMIT",
-                    quantity=None, price=None, status: str = "NEW", client_order_id_prefix: str = "bulk-") -> dict:
+    def bulk_orders(
+        self,
+        api_key: str,
+        symbol: str,
+        count: int,
+        *,
+        side: str = "BUY",
+        type: str = "LIMIT",
+        quantity=None,
+        price=None,
+        status: str = "NEW",
+        client_order_id_prefix: str = "bulk-",
+    ) -> dict:
         """Put `count` orders on the book at once (no auth, no events); clientOrderId = prefix + orderId.
         -> {"count", "first_order_id", "last_order_id", "client_order_id_prefix"}."""
-        payload = {"api_key": api_key, "symbol": symbol, "count": int(count), "side": side, "type": type,
-                   "status": status, "client_order_id_prefix": client_order_id_prefix}
+        payload = {
+            "api_key": api_key,
+            "symbol": symbol,
+            "count": int(count),
+            "side": side,
+            "type": type,
+            "status": status,
+            "client_order_id_prefix": client_order_id_prefix,
+        }
         if quantity is not None:
             payload["quantity"] = str(quantity)
         if price is not None:
             payload["price"] = str(price)
         return self._call("POST", "/orders/bulk", payload)
 
-    def hide_order(self, api_key: str, symbol: str, *, order_id=None, client_order_id=None,
-                   seconds: float = 60) -> dict:
+    def hide_order(
+        self, api_key: str, symbol: str, *, order_id=None, client_order_id=None, seconds: float = 60
+    ) -> dict:
         """Binance's -2013 for an order that exists: for `seconds` (sandbox clock) GET order answers -2013 and
         allOrders/openOrders leave the order out; it still rests on the book and can fill (events are sent)."""
         payload = _order_ref(api_key, symbol, order_id, client_order_id)
@@ -154,12 +178,22 @@ class SandboxControl:
         """A margin call on the account's open positions: MARGIN_CALL on the stream. -> the event."""
         return self._call("POST", "/margin_call", {"api_key": api_key})
 
-    def algo_order(self, api_key: str, symbol: str, *, quantity, trigger_price, side: str = "SELL",
-                   type: str = "STOP_MARKET") -> dict:
+    def algo_order(
+        self, api_key: str, symbol: str, *, quantity, trigger_price, side: str = "SELL", type: str = "STOP_MARKET"
+    ) -> dict:
         """A conditional order placed in Binance's Algo service (ALGO_UPDATE NEW on the stream). -> the event."""
-        return self._call("POST", "/algo_orders", {"api_key": api_key, "symbol": symbol, "side": side,
-                                                   "quantity": str(quantity), "trigger_price": str(trigger_price),
-                                                   "type": type})
+        return self._call(
+            "POST",
+            "/algo_orders",
+            {
+                "api_key": api_key,
+                "symbol": symbol,
+                "side": side,
+                "quantity": str(quantity),
+                "trigger_price": str(trigger_price),
+                "type": type,
+            },
+        )
 
     def positions(self, api_key: str) -> dict:
         """{"balance": "...", "positions": [non-zero positions in /fapi/v3/positionRisk shape]}."""
@@ -170,8 +204,9 @@ class SandboxControl:
         (the rows as they are now, whatever happens meanwhile)."""
         return self._call("POST", "/positions/lag", {"api_key": api_key, "count": int(count), "mode": mode})
 
-    def autoclose(self, api_key: str, symbol: str, kind: str = "liquidation", *, position_side: str = "BOTH",
-                  qty=None, price=None) -> dict:
+    def autoclose(
+        self, api_key: str, symbol: str, kind: str = "liquidation", *, position_side: str = "BOTH", qty=None, price=None
+    ) -> dict:
         """Binance closes the position, or `qty` of it, itself: kind "liquidation" (client id autoclose-…), "adl"
         (adl_autoclose) or "settlement" (settlement_autoclose-…), at `price` (default the symbol's). -> the order."""
         payload = {"api_key": api_key, "symbol": symbol, "kind": kind, "position_side": position_side}
@@ -224,8 +259,15 @@ class SandboxControl:
         return self._call("POST", "/events/resume", {"api_key": api_key})
 
     # --- faults --------------------------------------------------------------------------------------------
-    def inject_fault(self, path: str, kind: str, count: int = 1, method: str | None = None,
-                     hang_sec: float | None = None, retry_after: int | None = None) -> dict:
+    def inject_fault(
+        self,
+        path: str,
+        kind: str,
+        count: int = 1,
+        method: str | None = None,
+        hang_sec: float | None = None,
+        retry_after: int | None = None,
+    ) -> dict:
         """Next `count` requests on `path` (and `method`, if given) fail. kind: "408" (Binance's backend timeout, not
         executed), "408_placed" (executed, then the same 408), "500", "502", "503",
         "503_unknown_placed" (the request IS executed, then 503 "Unknown error..."), "429", "418",
@@ -247,8 +289,7 @@ class SandboxControl:
         """GET /fapi/v1/order answers -2013 for orders younger than `ms` (sandbox clock); 0 turns it off."""
         return self._call("POST", "/not_found_window", {"ms": int(ms)})
 
-    def arm_cancel_race(self, api_key: str, symbol: str | None = None, *, order_id=None,
-                        client_order_id=None) -> dict:
+    def arm_cancel_race(self, api_key: str, symbol: str | None = None, *, order_id=None, client_order_id=None) -> dict:
         """The next cancel of that order (or, with no order given, the account's next cancel) loses the race:
         the order fills fully first, then the cancel answers -2011."""
         if order_id is None and client_order_id is None:

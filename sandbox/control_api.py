@@ -2,6 +2,7 @@
 
 Every handler answers JSON; errors are ``{"error": "..."}`` with 400/403/404/409.
 """
+
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
@@ -35,26 +36,43 @@ class ControlApi:
 
     def routes(self) -> list:
         r = [
-            ("GET", "/health", self.health), ("POST", "/reset", self.reset),
-            ("POST", "/accounts", self.create_account), ("POST", "/price", self.set_price),
-            ("POST", "/orders/fill", self.fill), ("POST", "/orders/cancel", self.cancel),
-            ("POST", "/orders/expire", self.expire), ("GET", "/orders", self.get_order),
-            ("POST", "/orders/bulk", self.bulk_orders), ("GET", "/positions", self.positions),
-            ("GET", "/listen_keys", self.listen_keys), ("POST", "/ws/drop", self.drop_connections),
+            ("GET", "/health", self.health),
+            ("POST", "/reset", self.reset),
+            ("POST", "/accounts", self.create_account),
+            ("POST", "/price", self.set_price),
+            ("POST", "/orders/fill", self.fill),
+            ("POST", "/orders/cancel", self.cancel),
+            ("POST", "/orders/expire", self.expire),
+            ("GET", "/orders", self.get_order),
+            ("POST", "/orders/bulk", self.bulk_orders),
+            ("GET", "/positions", self.positions),
+            ("GET", "/listen_keys", self.listen_keys),
+            ("POST", "/ws/drop", self.drop_connections),
             ("POST", "/ws/push", self.push_raw),
-            ("POST", "/listen_keys/expire", self.expire_listen_key), ("POST", "/events/pause", self.pause),
-            ("POST", "/events/resume", self.resume), ("POST", "/faults", self.add_fault),
-            ("GET", "/faults", self.list_faults), ("DELETE", "/faults", self.clear_faults),
-            ("POST", "/not_found_window", self.not_found_window), ("POST", "/cancel_race", self.cancel_race),
-            ("POST", "/clock/advance", self.advance_clock), ("GET", "/clock", self.clock),
-            ("POST", "/clock/offset", self.set_clock_offset), ("POST", "/orders/hide", self.hide_order),
-            ("POST", "/leverage", self.set_leverage), ("POST", "/margin_call", self.margin_call),
+            ("POST", "/listen_keys/expire", self.expire_listen_key),
+            ("POST", "/events/pause", self.pause),
+            ("POST", "/events/resume", self.resume),
+            ("POST", "/faults", self.add_fault),
+            ("GET", "/faults", self.list_faults),
+            ("DELETE", "/faults", self.clear_faults),
+            ("POST", "/not_found_window", self.not_found_window),
+            ("POST", "/cancel_race", self.cancel_race),
+            ("POST", "/clock/advance", self.advance_clock),
+            ("GET", "/clock", self.clock),
+            ("POST", "/clock/offset", self.set_clock_offset),
+            ("POST", "/orders/hide", self.hide_order),
+            ("POST", "/leverage", self.set_leverage),
+            ("POST", "/margin_call", self.margin_call),
             ("POST", "/algo_orders", self.algo_order),
-            ("GET", "/stats", self.stats), ("POST", "/stats/reset", self.reset_stats),
+            ("GET", "/stats", self.stats),
+            ("POST", "/stats/reset", self.reset_stats),
             ("POST", "/weight_limit", self.weight_limit),
             ("POST", "/ban_time_scale", self.ban_time_scale),
-            ("POST", "/positions/lag", self.lag_positions), ("POST", "/positions/autoclose", self.autoclose),
-            ("POST", "/algo_orders/trigger", self.trigger_algo), ("GET", "/algo_orders", self.get_algo), ("POST", "/position_mode", self.position_mode),
+            ("POST", "/positions/lag", self.lag_positions),
+            ("POST", "/positions/autoclose", self.autoclose),
+            ("POST", "/algo_orders/trigger", self.trigger_algo),
+            ("GET", "/algo_orders", self.get_algo),
+            ("POST", "/position_mode", self.position_mode),
         ]
         return [web.route(method, PREFIX + path, self._wrap(fn)) for method, path, fn in r]
 
@@ -74,6 +92,7 @@ class ControlApi:
                 return _error(404, str(err))
             except ApiError as err:
                 return _error(err.status if err.status != 400 else 409, f"{err.code} {err.msg}")
+
         return handler
 
     # --- helpers --------------------------------------------------------------------------------------
@@ -104,15 +123,24 @@ class ControlApi:
         return self.engine.create_account(data.get("api_key"), data.get("api_secret"), balance).public()
 
     def set_price(self, data):
-        filled = self.engine.set_price(data["symbol"], _dec(data["price"], "price"),
-                                       fill_crossed=bool(data.get("fill_crossed", False)))
-        return {"symbol": data["symbol"], "price": str(self.engine.symbols[data["symbol"]].price),
-                "filled": [o.to_binance() for o in filled]}
+        filled = self.engine.set_price(
+            data["symbol"], _dec(data["price"], "price"), fill_crossed=bool(data.get("fill_crossed", False))
+        )
+        return {
+            "symbol": data["symbol"],
+            "price": str(self.engine.symbols[data["symbol"]].price),
+            "filled": [o.to_binance() for o in filled],
+        }
 
     def fill(self, data):
         account, order = self._order(data)
-        self.engine.fill(account, order, qty=_dec(data.get("qty"), "qty"), price=_dec(data.get("price"), "price"),
-                         maker=order.type == "LIMIT")
+        self.engine.fill(
+            account,
+            order,
+            qty=_dec(data.get("qty"), "qty"),
+            price=_dec(data.get("price"), "price"),
+            maker=order.type == "LIMIT",
+        )
         return order.to_binance()
 
     def cancel(self, data):
@@ -143,8 +171,20 @@ class ControlApi:
         now = engine.now()
         first = engine.next_order_id
         for i in range(count):
-            order = Order(engine.next_order_id, account.api_key, sym, f"{prefix}{engine.next_order_id}", side,
-                          type_, "GTC", qty, price if type_ == "LIMIT" else ZERO, False, now, now)
+            order = Order(
+                engine.next_order_id,
+                account.api_key,
+                sym,
+                f"{prefix}{engine.next_order_id}",
+                side,
+                type_,
+                "GTC",
+                qty,
+                price if type_ == "LIMIT" else ZERO,
+                False,
+                now,
+                now,
+            )
             if status == "FILLED":
                 order.status, order.executed_qty, order.cum_quote = "FILLED", qty, qty * price
             elif status != "NEW":
@@ -152,14 +192,21 @@ class ControlApi:
             engine.next_order_id += 1
             account.orders[order.order_id] = order
             account.by_client_id[order.client_order_id] = order
-        return {"count": count, "first_order_id": first, "last_order_id": engine.next_order_id - 1,
-                "client_order_id_prefix": prefix}
+        return {
+            "count": count,
+            "first_order_id": first,
+            "last_order_id": engine.next_order_id - 1,
+            "client_order_id_prefix": prefix,
+        }
 
     def positions(self, data):
         account = self._account(data)
-        return {"balance": str(account.balance),
-                "dual_side_position": account.dual_side, "lag_reads": account.lag_reads,
-                "positions": [p.risk_v3() for p in account.positions.values() if p.amount]}
+        return {
+            "balance": str(account.balance),
+            "dual_side_position": account.dual_side,
+            "lag_reads": account.lag_reads,
+            "positions": [p.risk_v3() for p in account.positions.values() if p.amount],
+        }
 
     def lag_positions(self, data):
         """The next `count` positionRisk reads of the account lag: mode "omit" (no rows) or "stale" (as now)."""
@@ -173,8 +220,14 @@ class ControlApi:
         kind = str(data.get("kind", "liquidation"))
         if kind not in ("liquidation", "adl", "settlement"):
             raise ValueError("kind must be liquidation, adl or settlement")
-        order = self.engine.autoclose(account, data["symbol"], kind, str(data.get("position_side", "BOTH")),
-                                      qty=_dec(data.get("qty"), "qty"), price=_dec(data.get("price"), "price"))
+        order = self.engine.autoclose(
+            account,
+            data["symbol"],
+            kind,
+            str(data.get("position_side", "BOTH")),
+            qty=_dec(data.get("qty"), "qty"),
+            price=_dec(data.get("price"), "price"),
+        )
         return order.to_binance()
 
     def trigger_algo(self, data):
@@ -198,11 +251,14 @@ class ControlApi:
         account = self._account(data)
         now = self.engine.now()
         active = account.listen_key is not None and account.listen_key_expires > now
-        return {"listen_key": account.listen_key if active else None,
-                "expires_at": account.listen_key_expires if active else None,
-                "connections": self.ex.hub.count(account.api_key), "events_paused": account.events_paused,
-                "subscriptions": self.ex.hub.subscriptions(account.api_key),
-                "peers": self.ex.hub.peers(account.api_key)}
+        return {
+            "listen_key": account.listen_key if active else None,
+            "expires_at": account.listen_key_expires if active else None,
+            "connections": self.ex.hub.count(account.api_key),
+            "events_paused": account.events_paused,
+            "subscriptions": self.ex.hub.subscriptions(account.api_key),
+            "peers": self.ex.hub.peers(account.api_key),
+        }
 
     def drop_connections(self, data):
         return {"dropped": self.ex.hub.drop(self._account(data).api_key)}
@@ -222,8 +278,14 @@ class ControlApi:
         return {"events_paused": False}
 
     def add_fault(self, data):
-        fault = self.ex.faults.add(data["path"], str(data["kind"]), int(data.get("count", 1)), data.get("method"),
-                                   data.get("hang_sec"), data.get("retry_after"))
+        fault = self.ex.faults.add(
+            data["path"],
+            str(data["kind"]),
+            int(data.get("count", 1)),
+            data.get("method"),
+            data.get("hang_sec"),
+            data.get("retry_after"),
+        )
         return fault.public()
 
     def list_faults(self, data):
@@ -269,10 +331,14 @@ class ControlApi:
         return self.engine.margin_call(self._account(data))
 
     def algo_order(self, data):
-        return self.engine.algo_order(self._account(data), symbol=data["symbol"], side=data.get("side", "SELL"),
-                                      quantity=_dec(data["quantity"], "quantity"),
-                                      trigger_price=_dec(data["trigger_price"], "trigger_price"),
-                                      order_type=data.get("type", "STOP_MARKET"))
+        return self.engine.algo_order(
+            self._account(data),
+            symbol=data["symbol"],
+            side=data.get("side", "SELL"),
+            quantity=_dec(data["quantity"], "quantity"),
+            trigger_price=_dec(data["trigger_price"], "trigger_price"),
+            order_type=data.get("type", "STOP_MARKET"),
+        )
 
     def clock(self, data):
         return {"server_time": self.engine.now(), "offset_ms": self.engine.clock_offset_ms}
@@ -281,8 +347,13 @@ class ControlApi:
         now = self.engine.now()
         limiter = self.ex.limiter
         used = {ip: limiter.used(ip, now) for ip in limiter.windows}
-        return {**self.ex.stats.public(), "used_weight_1m": used, "weight_limit": limiter.limit,
-                "ip_weight_limits": dict(limiter.ip_limits), "bans": limiter.bans()}
+        return {
+            **self.ex.stats.public(),
+            "used_weight_1m": used,
+            "weight_limit": limiter.limit,
+            "ip_weight_limits": dict(limiter.ip_limits),
+            "bans": limiter.bans(),
+        }
 
     def reset_stats(self, data):
         self.ex.stats.reset()

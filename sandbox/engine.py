@@ -3,22 +3,36 @@
 Pure Python, no I/O: the REST/WebSocket/control layers call it, and it reports user-data events through
 ``on_event(account, event)`` and listenKey ends through ``on_listen_key_gone(account, key, expired)``.
 """
+
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Callable
 
 from . import events
-from .errors import ORDER_NOT_FOUND, UNKNOWN_ORDER, ApiError, LISTEN_KEY_MISSING
-from .models import (CONDITIONAL_TYPES, MAKER_FEE, TAKER_FEE, ZERO, Account, AlgoOrder, Fill, Order, Position,
-                     default_symbols, random_id)
+from .errors import LISTEN_KEY_MISSING, ORDER_NOT_FOUND, UNKNOWN_ORDER, ApiError
+from .models import (
+    CONDITIONAL_TYPES,
+    MAKER_FEE,
+    TAKER_FEE,
+    ZERO,
+    Account,
+    AlgoOrder,
+    Fill,
+    Order,
+    Position,
+    default_symbols,
+    random_id,
+)
 
 DAY_MS = 86_400_000
 LISTEN_KEY_TTL_MS = 60 * 60 * 1000
-ARCHIVE_AFTER_MS = 3 * DAY_MS        # CANCELED/EXPIRED with no fill vanish from queries after 3 days
-QUERY_WINDOW_MS = 7 * DAY_MS         # allOrders / userTrades: startTime..endTime must be < 7 days
+ARCHIVE_AFTER_MS = 3 * DAY_MS  # CANCELED/EXPIRED with no fill vanish from queries after 3 days
+QUERY_WINDOW_MS = 7 * DAY_MS  # allOrders / userTrades: startTime..endTime must be < 7 days
+
+
 def closes_hedge_side(side: str, position_side: str) -> bool:
     """Hedge mode: BUY opens LONG and closes SHORT; SELL opens SHORT and closes LONG."""
     return (side == "SELL") == (position_side == "LONG")
@@ -40,7 +54,7 @@ class Engine:
         self.symbols = default_symbols()
         self.accounts: dict[str, Account] = {}
         self.listen_keys: dict[str, Account] = {}
-        self.next_order_id = 4_000_000_001   # past int32 on purpose, as Binance's ids are
+        self.next_order_id = 4_000_000_001  # past int32 on purpose, as Binance's ids are
         self.next_trade_id = 700_000_001
         self.next_algo_id = 3_000_000_001
         self.not_found_window_ms = 0
@@ -59,8 +73,9 @@ class Engine:
         return self.now()
 
     # --- accounts and symbols ----------------------------------------------------------------------
-    def create_account(self, api_key: str | None = None, api_secret: str | None = None,
-                       balance: str = "100000") -> Account:
+    def create_account(
+        self, api_key: str | None = None, api_secret: str | None = None, balance: str = "100000"
+    ) -> Account:
         api_key = api_key or random_id(64)
         if api_key in self.accounts:
             raise ApiError(-1, f"account {api_key} exists", 409)
@@ -81,11 +96,24 @@ class Engine:
             raise ApiError(-1121, "Invalid symbol.") from None
 
     # --- orders ------------------------------------------------------------------------------------
-    def place_order(self, account: Account, *, symbol: str, side: str, type: str, quantity: Decimal,
-                    price: Decimal | None, time_in_force: str | None, client_order_id: str | None,
-                    reduce_only: bool, price_match: str = "NONE", stp_mode: str = "EXPIRE_MAKER",
-                    good_till_date: int = 0, position_side: str | None = None,
-                    fill_price: Decimal | None = None) -> Order:
+    def place_order(
+        self,
+        account: Account,
+        *,
+        symbol: str,
+        side: str,
+        type: str,
+        quantity: Decimal,
+        price: Decimal | None,
+        time_in_force: str | None,
+        client_order_id: str | None,
+        reduce_only: bool,
+        price_match: str = "NONE",
+        stp_mode: str = "EXPIRE_MAKER",
+        good_till_date: int = 0,
+        position_side: str | None = None,
+        fill_price: Decimal | None = None,
+    ) -> Order:
         sym = self.symbol(symbol)
         position_side = self._check_position_side(account, position_side, reduce_only)
         if client_order_id is None:
@@ -101,12 +129,13 @@ class Engine:
             self._check_price(sym, price)
             notional = price * quantity
         else:
-            if price is not None:       # (a timeInForce sent with MARKET is ignored)
+            if price is not None:  # (a timeInForce sent with MARKET is ignored)
                 raise ApiError(-1106, "Parameter 'price' sent when not required.")
             price, time_in_force, notional = ZERO, "GTC", sym.price * quantity
         if notional < sym.min_notional and not reduce_only:
-            raise ApiError(-4164, f"Order's notional must be no smaller than {sym.min_notional} "
-                                  "(unless you choose reduce only).")
+            raise ApiError(
+                -4164, f"Order's notional must be no smaller than {sym.min_notional} (unless you choose reduce only)."
+            )
         existing = account.by_client_id.get(client_order_id)
         if existing is not None and existing.is_open:
             raise ApiError(-4116, "ClientOrderId is duplicated.")
@@ -122,9 +151,24 @@ class Engine:
             if pos is None or abs(pos.amount) < quantity:
                 raise ApiError(-2022, "ReduceOnly Order is rejected.")
         now = self.now()
-        order = Order(self.next_order_id, account.api_key, sym, client_order_id, side, type, time_in_force,
-                      quantity, price, reduce_only, now, now, price_match=price_match, stp_mode=stp_mode,
-                      good_till_date=good_till_date, position_side=position_side)
+        order = Order(
+            self.next_order_id,
+            account.api_key,
+            sym,
+            client_order_id,
+            side,
+            type,
+            time_in_force,
+            quantity,
+            price,
+            reduce_only,
+            now,
+            now,
+            price_match=price_match,
+            stp_mode=stp_mode,
+            good_till_date=good_till_date,
+            position_side=position_side,
+        )
         self.next_order_id += 1
         account.orders[order.order_id] = order
         account.by_client_id[client_order_id] = order
@@ -217,8 +261,9 @@ class Engine:
         if (price - sym.min_price) % sym.tick:
             raise ApiError(-4014, "Price not increased by tick size.")
 
-    def find_order(self, account: Account, symbol: str, order_id: int | None = None,
-                   client_order_id: str | None = None) -> Order | None:
+    def find_order(
+        self, account: Account, symbol: str, order_id: int | None = None, client_order_id: str | None = None
+    ) -> Order | None:
         """The true state of an order (no archival rule, no not-found window): for the control API."""
         if order_id is not None:
             order = account.orders.get(int(order_id))
@@ -231,16 +276,19 @@ class Engine:
         return order
 
     def is_archived(self, order: Order, now: int) -> bool:
-        return (order.status in ARCHIVABLE and not order.executed_qty
-                and now - order.update_time > ARCHIVE_AFTER_MS)
+        return order.status in ARCHIVABLE and not order.executed_qty and now - order.update_time > ARCHIVE_AFTER_MS
 
     def query_order(self, account: Account, symbol: str, order_id, client_order_id) -> Order:
         """GET /fapi/v1/order: Binance's view, with the archival rule and the eventual-consistency window."""
         self.symbol(symbol)
         order = self.find_order(account, symbol, order_id, client_order_id)
         now = self.now()
-        if (order is None or self.is_archived(order, now) or self.is_hidden(order, now)
-                or (self.not_found_window_ms and now - order.time < self.not_found_window_ms)):
+        if (
+            order is None
+            or self.is_archived(order, now)
+            or self.is_hidden(order, now)
+            or (self.not_found_window_ms and now - order.time < self.not_found_window_ms)
+        ):
             raise ApiError(*ORDER_NOT_FOUND)
         return order
 
@@ -272,26 +320,44 @@ class Engine:
         if symbol is not None:
             self.symbol(symbol)
         now = self.now()
-        return [o for o in account.orders.values() if o.is_open and (symbol is None or o.symbol.symbol == symbol)
-                and not self.is_hidden(o, now)]
+        return [
+            o
+            for o in account.orders.values()
+            if o.is_open and (symbol is None or o.symbol.symbol == symbol) and not self.is_hidden(o, now)
+        ]
 
-    def all_orders(self, account: Account, symbol: str, order_id: int | None, start: int | None,
-                   end: int | None, limit: int) -> list[Order]:
+    def all_orders(
+        self, account: Account, symbol: str, order_id: int | None, start: int | None, end: int | None, limit: int
+    ) -> list[Order]:
         self.symbol(symbol)
         now = self.now()
         from_start = start is not None
         start, end = self._window(start, end, now, default_recent=order_id is None)
-        rows = [o for o in account.orders.values()
-                if o.symbol.symbol == symbol and not self.is_archived(o, now) and not self.is_hidden(o, now)
-                and (order_id is None or o.order_id >= order_id)
-                and (start is None or o.time >= start) and (end is None or o.time <= end)]
+        rows = [
+            o
+            for o in account.orders.values()
+            if o.symbol.symbol == symbol
+            and not self.is_archived(o, now)
+            and not self.is_hidden(o, now)
+            and (order_id is None or o.order_id >= order_id)
+            and (start is None or o.time >= start)
+            and (end is None or o.time <= end)
+        ]
         # orderId or startTime given: oldest first from there; otherwise the most recent `limit`.
         if order_id is not None or from_start:
             return rows[:limit]
         return rows[-limit:]
 
-    def user_trades(self, account: Account, symbol: str, order_id: int | None, start: int | None,
-                    end: int | None, from_id: int | None, limit: int) -> list[Fill]:
+    def user_trades(
+        self,
+        account: Account,
+        symbol: str,
+        order_id: int | None,
+        start: int | None,
+        end: int | None,
+        from_id: int | None,
+        limit: int,
+    ) -> list[Fill]:
         self.symbol(symbol)
         now = self.now()
         if from_id is not None and (start is not None or end is not None):
@@ -302,9 +368,14 @@ class Engine:
             return rows[:limit]
         from_start = start is not None
         start, end = self._window(start, end, now, default_recent=order_id is None)
-        rows = [f for f in account.fills if f.order.symbol.symbol == symbol
-                and (order_id is None or f.order.order_id == order_id)
-                and (start is None or f.time >= start) and (end is None or f.time <= end)]
+        rows = [
+            f
+            for f in account.fills
+            if f.order.symbol.symbol == symbol
+            and (order_id is None or f.order.order_id == order_id)
+            and (start is None or f.time >= start)
+            and (end is None or f.time <= end)
+        ]
         return rows[:limit] if from_start else rows[-limit:]
 
     def _window(self, start, end, now, default_recent: bool):
@@ -321,8 +392,15 @@ class Engine:
         return (now - QUERY_WINDOW_MS + 1, None) if default_recent else (None, None)
 
     # --- order life cycle (also driven by the control API) ------------------------------------------
-    def fill(self, account: Account, order: Order, qty: Decimal | None = None, price: Decimal | None = None,
-             maker: bool = True, exec_type: str = "TRADE") -> Order:
+    def fill(
+        self,
+        account: Account,
+        order: Order,
+        qty: Decimal | None = None,
+        price: Decimal | None = None,
+        maker: bool = True,
+        exec_type: str = "TRADE",
+    ) -> Order:
         if not order.is_open:
             raise ApiError(-2011, f"order {order.order_id} is {order.status}", 409)
         remaining = order.orig_qty - order.executed_qty
@@ -332,8 +410,9 @@ class Engine:
         if qty % order.symbol.step:
             # Binance matches in whole lots (LOT_SIZE stepSize): a fill off the step cannot happen, and every answer
             # (executedQty, positionAmt, l/z on the stream) would round it away while the position kept it.
-            raise ApiError(-1, f"fill qty {qty} is not a multiple of {order.symbol.symbol}'s step "
-                               f"{order.symbol.step}", 400)
+            raise ApiError(
+                -1, f"fill qty {qty} is not a multiple of {order.symbol.symbol}'s step {order.symbol.step}", 400
+            )
         if price is None:
             price = order.price if order.type == "LIMIT" else order.symbol.price
         price = Decimal(price)
@@ -360,10 +439,10 @@ class Engine:
             pos = account.positions[(sym.symbol, order.position_side)] = Position(sym, side=order.position_side)
         signed = qty if order.side == "BUY" else -qty
         amount, realized = pos.amount, ZERO
-        if amount == 0 or (amount > 0) == (signed > 0):        # open or increase: weighted average entry
+        if amount == 0 or (amount > 0) == (signed > 0):  # open or increase: weighted average entry
             new_amount = amount + signed
             pos.entry_price = (abs(amount) * pos.entry_price + qty * price) / abs(new_amount)
-        else:                                                   # reduce, close or flip
+        else:  # reduce, close or flip
             closed = min(abs(amount), qty)
             realized = (price - pos.entry_price) * closed * (1 if amount > 0 else -1)
             new_amount = amount + signed
@@ -375,8 +454,15 @@ class Engine:
         pos.update_time = now
         return realized
 
-    def autoclose(self, account: Account, symbol: str, kind: str, position_side: str = "BOTH",
-                  qty: Decimal | None = None, price: Decimal | None = None) -> Order:
+    def autoclose(
+        self,
+        account: Account,
+        symbol: str,
+        kind: str,
+        position_side: str = "BOTH",
+        qty: Decimal | None = None,
+        price: Decimal | None = None,
+    ) -> Order:
         """Binance closing (part of) a position itself. User Data Streams, Event Order Update: a liquidation
         order's client order id starts "autoclose-" (order type LIQUIDATION, execution type CALCULATED), an ADL's
         is "adl_autoclose", a delisting/delivery settlement's starts "settlement_autoclose-"; each is pushed NEW,
@@ -395,20 +481,44 @@ class Engine:
             "settlement": (f"settlement_autoclose-{now}", "MARKET", "TRADE"),
         }[kind]
         side = "SELL" if pos.amount > 0 else "BUY"
-        order = Order(self.next_order_id, account.api_key, sym, client_id, side, type_, "IOC", qty, ZERO, True,
-                      now, now, position_side=position_side)
+        order = Order(
+            self.next_order_id,
+            account.api_key,
+            sym,
+            client_id,
+            side,
+            type_,
+            "IOC",
+            qty,
+            ZERO,
+            True,
+            now,
+            now,
+            position_side=position_side,
+        )
         self.next_order_id += 1
         account.orders[order.order_id] = order
-        account.by_client_id.setdefault(client_id, order)   # "adl_autoclose" repeats: the first keeps the name
+        account.by_client_id.setdefault(client_id, order)  # "adl_autoclose" repeats: the first keeps the name
         self._emit_order(account, order, "NEW")
-        return self.fill(account, order, price=sym.price if price is None else price, maker=False,
-                         exec_type=exec_type)
+        return self.fill(account, order, price=sym.price if price is None else price, maker=False, exec_type=exec_type)
 
     # --- the Algo Service (conditional orders; USDⓈ-M "New Algo Order", "Event: Algo Order Update") -----------
-    def place_algo_order(self, account: Account, *, symbol: str, side: str, type: str, quantity: Decimal | None,
-                         trigger_price: Decimal | None, price: Decimal | None, time_in_force: str | None,
-                         client_algo_id: str | None, reduce_only: bool, close_position: bool,
-                         position_side: str | None) -> AlgoOrder:
+    def place_algo_order(
+        self,
+        account: Account,
+        *,
+        symbol: str,
+        side: str,
+        type: str,
+        quantity: Decimal | None,
+        trigger_price: Decimal | None,
+        price: Decimal | None,
+        time_in_force: str | None,
+        client_algo_id: str | None,
+        reduce_only: bool,
+        close_position: bool,
+        position_side: str | None,
+    ) -> AlgoOrder:
         sym = self.symbol(symbol)
         if type not in CONDITIONAL_TYPES:
             raise ApiError(-1116, "Invalid orderType.")
@@ -440,9 +550,22 @@ class Engine:
         if any(a.client_algo_id == client_algo_id and a.status == "NEW" for a in account.algo_orders.values()):
             raise ApiError(-4116, "ClientOrderId is duplicated.")
         now = self.now()
-        algo = AlgoOrder(self.next_algo_id, sym, client_algo_id, side, type, position_side, quantity,
-                         trigger_price or ZERO, price or ZERO, time_in_force or "GTC", reduce_only, close_position,
-                         now, now)
+        algo = AlgoOrder(
+            self.next_algo_id,
+            sym,
+            client_algo_id,
+            side,
+            type,
+            position_side,
+            quantity,
+            trigger_price or ZERO,
+            price or ZERO,
+            time_in_force or "GTC",
+            reduce_only,
+            close_position,
+            now,
+            now,
+        )
         self.next_algo_id += 1
         account.algo_orders[algo.algo_id] = algo
         self._emit_algo(account, algo)
@@ -452,8 +575,7 @@ class Engine:
         if algo_id is not None:
             algo = account.algo_orders.get(int(algo_id))
         elif client_algo_id is not None:
-            algo = next((a for a in reversed(account.algo_orders.values()) if a.client_algo_id == client_algo_id),
-                        None)
+            algo = next((a for a in reversed(account.algo_orders.values()) if a.client_algo_id == client_algo_id), None)
         else:
             raise ApiError(-1102, "Param 'clientAlgoId' or 'algoId' must be sent, but both were empty/null!")
         if algo is None:
@@ -486,13 +608,19 @@ class Engine:
             if qty <= 0:
                 raise ApiError(-2022, "ReduceOnly Order is rejected.")
             order = self.place_order(
-                account, symbol=algo.symbol.symbol, side=algo.side, type="MARKET" if market else "LIMIT",
-                quantity=qty, price=None if market else algo.price, time_in_force=None if market else
-                algo.time_in_force, client_order_id=None,
+                account,
+                symbol=algo.symbol.symbol,
+                side=algo.side,
+                type="MARKET" if market else "LIMIT",
+                quantity=qty,
+                price=None if market else algo.price,
+                time_in_force=None if market else algo.time_in_force,
+                client_order_id=None,
                 # hedge mode: a close is reduce-only by its side and reduceOnly cannot be sent
                 reduce_only=(algo.reduce_only or algo.close_position) and algo.position_side == "BOTH",
                 position_side=None if algo.position_side == "BOTH" else algo.position_side,
-                fill_price=price)
+                fill_price=price,
+            )
         except ApiError as err:
             algo.status, algo.update_time = "REJECTED", self.now()
             self._emit_algo(account, algo)
@@ -524,9 +652,15 @@ class Engine:
         if fill_crossed:
             for account in self.accounts.values():
                 for order in list(account.orders.values()):
-                    if (order.is_open and order.symbol is sym and order.type == "LIMIT"
-                            and ((order.side == "BUY" and sym.price <= order.price)
-                                 or (order.side == "SELL" and sym.price >= order.price))):
+                    if (
+                        order.is_open
+                        and order.symbol is sym
+                        and order.type == "LIMIT"
+                        and (
+                            (order.side == "BUY" and sym.price <= order.price)
+                            or (order.side == "SELL" and sym.price >= order.price)
+                        )
+                    ):
                         filled.append(self.fill(account, order, maker=True))
         return filled
 
@@ -542,8 +676,11 @@ class Engine:
         return account.listen_key
 
     def listen_key_keepalive(self, account: Account, key: str | None) -> str:
-        if (account.listen_key is None or account.listen_key_expires <= self.now()
-                or (key is not None and key != account.listen_key)):
+        if (
+            account.listen_key is None
+            or account.listen_key_expires <= self.now()
+            or (key is not None and key != account.listen_key)
+        ):
             raise ApiError(*LISTEN_KEY_MISSING)
         account.listen_key_expires = self.now() + LISTEN_KEY_TTL_MS
         return account.listen_key
@@ -594,14 +731,25 @@ class Engine:
         self._emit(account, event)
         return event
 
-    def algo_order(self, account: Account, *, symbol: str, side: str, quantity, trigger_price,
-                   order_type: str = "STOP_MARKET") -> dict:
+    def algo_order(
+        self, account: Account, *, symbol: str, side: str, quantity, trigger_price, order_type: str = "STOP_MARKET"
+    ) -> dict:
         """A conditional order placed in the Algo service (as `POST /fapi/v1/algoOrder` would) -> its ALGO_UPDATE
         (NEW), which the stream carries too. The control API's short way to see the event arrive and be read."""
         algo = self.place_algo_order(
-            account, symbol=symbol, side=side, type=order_type, quantity=Decimal(str(quantity)),
-            trigger_price=Decimal(str(trigger_price)), price=None, time_in_force=None, client_algo_id=None,
-            reduce_only=False, close_position=False, position_side=None)
+            account,
+            symbol=symbol,
+            side=side,
+            type=order_type,
+            quantity=Decimal(str(quantity)),
+            trigger_price=Decimal(str(trigger_price)),
+            price=None,
+            time_in_force=None,
+            client_algo_id=None,
+            reduce_only=False,
+            close_position=False,
+            position_side=None,
+        )
         return events.algo_update(algo, algo.update_time)
 
     # --- events -------------------------------------------------------------------------------------
@@ -610,10 +758,9 @@ class Engine:
             self.on_event(account, event)
 
     def _emit_order(self, account: Account, order: Order, exec_type: str, fill: Fill | None = None) -> None:
-        if not account.events_paused:      # paused: lost for good, as events during a Binance outage are
+        if not account.events_paused:  # paused: lost for good, as events during a Binance outage are
             self.on_event(account, events.order_trade_update(order, exec_type, fill, self.now()))
 
     def _emit_account(self, account: Account, position: Position, now: int) -> None:
         if not account.events_paused:
             self.on_event(account, events.account_update(account, position, now))
-

@@ -14,16 +14,17 @@ Sourced from Binance's USDⓈ-M Futures "General Info" → "LIMITS" (and the spo
 Binance does not publish its escalation ladder: here each ban of an IP doubles the previous one, 2 min, 4 min, …,
 capped at 3 days. `ban_time_scale` (control API) shrinks every ban for tests; the default, 1.0, is Binance's.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
 MINUTE_MS = 60_000
-STRIKES_BEFORE_BAN = 3        # over-limit requests answered 429 in one minute; the next ones get 418
-BAN_MS = 2 * MINUTE_MS        # Binance's shortest IP ban
-MAX_BAN_MS = 3 * 24 * 3600 * 1000   # and its longest
-ORDER_LIMITS = ((10_000, 300, "10S"), (MINUTE_MS, 1200, "1M"))   # (interval ms, limit, header suffix)
+STRIKES_BEFORE_BAN = 3  # over-limit requests answered 429 in one minute; the next ones get 418
+BAN_MS = 2 * MINUTE_MS  # Binance's shortest IP ban
+MAX_BAN_MS = 3 * 24 * 3600 * 1000  # and its longest
+ORDER_LIMITS = ((10_000, 300, "10S"), (MINUTE_MS, 1200, "1M"))  # (interval ms, limit, header suffix)
 FAULT_KINDS = frozenset({"408", "408_placed", "500", "502", "503", "503_unknown_placed", "429", "418", "hang"})
 
 
@@ -38,7 +39,7 @@ class _Window:
     used: int = 0
     strikes: int = 0
     banned_until: int = 0
-    bans: int = 0             # how many times this IP was banned: the next ban lasts longer
+    bans: int = 0  # how many times this IP was banned: the next ban lasts longer
 
 
 class WeightLimiter:
@@ -94,7 +95,7 @@ class OrderLimiter:
     """ORDERS per account (API key), in fixed windows like the weight's."""
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], tuple[int, int]] = {}   # (api key, suffix) -> (window number, count)
+        self.counts: dict[tuple[str, str], tuple[int, int]] = {}  # (api key, suffix) -> (window number, count)
 
     def reset(self) -> None:
         self.counts.clear()
@@ -124,22 +125,41 @@ class Fault:
     retry_after: int | None = None  # 429/418: the Retry-After to send instead of the realistic one
 
     def public(self) -> dict:
-        return {"path": self.path, "kind": self.kind, "count": self.count, "method": self.method,
-                "hang_sec": self.hang_sec, "retry_after": self.retry_after}
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "count": self.count,
+            "method": self.method,
+            "hang_sec": self.hang_sec,
+            "retry_after": self.retry_after,
+        }
 
 
 class Faults:
     def __init__(self) -> None:
         self.rules: list[Fault] = []
 
-    def add(self, path: str, kind: str, count: int = 1, method: str | None = None,
-            hang_sec: float | None = None, retry_after: int | None = None) -> Fault:
+    def add(
+        self,
+        path: str,
+        kind: str,
+        count: int = 1,
+        method: str | None = None,
+        hang_sec: float | None = None,
+        retry_after: int | None = None,
+    ) -> Fault:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
         if kind == "hang" and not hang_sec:
             raise ValueError("fault kind 'hang' needs hang_sec")
-        fault = Fault(path, kind, int(count), method.upper() if method else None, hang_sec,
-                      None if retry_after is None else int(retry_after))
+        fault = Fault(
+            path,
+            kind,
+            int(count),
+            method.upper() if method else None,
+            hang_sec,
+            None if retry_after is None else int(retry_after),
+        )
         self.rules.append(fault)
         return fault
 
@@ -156,9 +176,9 @@ class Faults:
 
 @dataclass
 class Stats:
-    requests: dict[str, int] = field(default_factory=dict)   # "GET /fapi/v1/order" -> count
-    weight: dict[str, int] = field(default_factory=dict)     # same key -> weight charged
-    statuses: dict[str, int] = field(default_factory=dict)   # "200" -> count
+    requests: dict[str, int] = field(default_factory=dict)  # "GET /fapi/v1/order" -> count
+    weight: dict[str, int] = field(default_factory=dict)  # same key -> weight charged
+    statuses: dict[str, int] = field(default_factory=dict)  # "200" -> count
     by_api_key: dict[str, int] = field(default_factory=dict)  # X-MBX-APIKEY -> requests (tests isolate by key)
 
     def record(self, endpoint: str, weight: int, status: int, api_key: str = "") -> None:
@@ -176,6 +196,11 @@ class Stats:
         self.by_api_key.clear()
 
     def public(self) -> dict:
-        return {"requests": dict(self.requests), "weight": dict(self.weight), "statuses": dict(self.statuses),
-                "requests_by_api_key": dict(self.by_api_key),
-                "total_requests": sum(self.requests.values()), "total_weight": sum(self.weight.values())}
+        return {
+            "requests": dict(self.requests),
+            "weight": dict(self.weight),
+            "statuses": dict(self.statuses),
+            "requests_by_api_key": dict(self.by_api_key),
+            "total_requests": sum(self.requests.values()),
+            "total_weight": sum(self.weight.values()),
+        }

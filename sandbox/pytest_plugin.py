@@ -2,6 +2,7 @@
 
 Load with ``pytest_plugins = ["sandbox.pytest_plugin"]`` in a conftest.py, or ``-p sandbox.pytest_plugin``.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@
 One aiohttp handler takes every /fapi request and dispatches on (method, path) from ROUTES, so the common
 work (fault injection, weight, X-MBX-APIKEY, HMAC signature, timestamp window) lives in one place.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,9 @@ def _int(params: dict, name: str, required: bool = False) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise ApiError(-1100, f"Illegal characters found in parameter '{name}'; "
-                              "legal range is '^[0-9]{1,20}$'.") from None
+        raise ApiError(
+            -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
+        ) from None
 
 
 def _decimal(params: dict, name: str) -> Decimal | None:
@@ -75,10 +77,16 @@ def server_time(ex, account, params):
 
 def exchange_info(ex, account, params):
     return {
-        "timezone": "UTC", "serverTime": ex.engine.now(), "futuresType": "U_MARGINED",
+        "timezone": "UTC",
+        "serverTime": ex.engine.now(),
+        "futuresType": "U_MARGINED",
         "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-             "limit": ex.limiter.limit_for(ex.client_ip)},
+            {
+                "rateLimitType": "REQUEST_WEIGHT",
+                "interval": "MINUTE",
+                "intervalNum": 1,
+                "limit": ex.limiter.limit_for(ex.client_ip),
+            },
             {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": ORDER_LIMITS[1][1]},
             {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": ORDER_LIMITS[0][1]},
         ],
@@ -95,8 +103,9 @@ def new_order(ex, account, params):
     type_ = _required(params, "type")
     if type_ in CONDITIONAL_TYPES:
         # Change log 2025-11 / New Order (TRADE): conditional types moved to the Algo Service (New Algo Order).
-        raise ApiError(-4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints "
-                              "instead.")
+        raise ApiError(
+            -4120, "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead."
+        )
     if type_ not in ("LIMIT", "MARKET"):
         raise ApiError(-1116, "Invalid orderType.")
     quantity = _decimal(params, "quantity")
@@ -115,11 +124,20 @@ def new_order(ex, account, params):
     if client_id == "":
         raise ApiError(-1118, "New client order ID was empty.")
     order = ex.engine.place_order(
-        account, symbol=_required(params, "symbol"), side=side, type=type_, quantity=quantity,
-        price=_decimal(params, "price"), time_in_force=tif, client_order_id=client_id,
-        reduce_only=reduce_only == "true", price_match=params.get("priceMatch", "NONE"),
+        account,
+        symbol=_required(params, "symbol"),
+        side=side,
+        type=type_,
+        quantity=quantity,
+        price=_decimal(params, "price"),
+        time_in_force=tif,
+        client_order_id=client_id,
+        reduce_only=reduce_only == "true",
+        price_match=params.get("priceMatch", "NONE"),
         stp_mode=params.get("selfTradePreventionMode", "EXPIRE_MAKER"),
-        good_till_date=_int(params, "goodTillDate") or 0, position_side=params.get("positionSide"))
+        good_till_date=_int(params, "goodTillDate") or 0,
+        position_side=params.get("positionSide"),
+    )
     answer = order.to_binance_ack()
     if resp_type == "ACK":
         # ACK (the default) answers as the order was accepted: NEW, nothing executed yet — also for MARKET.
@@ -128,13 +146,15 @@ def new_order(ex, account, params):
 
 
 def query_order(ex, account, params):
-    return ex.engine.query_order(account, _required(params, "symbol"), _int(params, "orderId"),
-                                 params.get("origClientOrderId")).to_binance()
+    return ex.engine.query_order(
+        account, _required(params, "symbol"), _int(params, "orderId"), params.get("origClientOrderId")
+    ).to_binance()
 
 
 def cancel_order(ex, account, params):
-    return ex.engine.cancel_order(account, _required(params, "symbol"), _int(params, "orderId"),
-                                  params.get("origClientOrderId")).to_binance_ack()
+    return ex.engine.cancel_order(
+        account, _required(params, "symbol"), _int(params, "orderId"), params.get("origClientOrderId")
+    ).to_binance_ack()
 
 
 def open_orders(ex, account, params):
@@ -142,15 +162,27 @@ def open_orders(ex, account, params):
 
 
 def all_orders(ex, account, params):
-    rows = ex.engine.all_orders(account, _required(params, "symbol"), _int(params, "orderId"),
-                                _int(params, "startTime"), _int(params, "endTime"), _limit(params))
+    rows = ex.engine.all_orders(
+        account,
+        _required(params, "symbol"),
+        _int(params, "orderId"),
+        _int(params, "startTime"),
+        _int(params, "endTime"),
+        _limit(params),
+    )
     return [o.to_binance_all_orders() for o in rows]
 
 
 def user_trades(ex, account, params):
-    rows = ex.engine.user_trades(account, _required(params, "symbol"), _int(params, "orderId"),
-                                 _int(params, "startTime"), _int(params, "endTime"), _int(params, "fromId"),
-                                 _limit(params))
+    rows = ex.engine.user_trades(
+        account,
+        _required(params, "symbol"),
+        _int(params, "orderId"),
+        _int(params, "startTime"),
+        _int(params, "endTime"),
+        _int(params, "fromId"),
+        _limit(params),
+    )
     return [f.to_binance() for f in rows]
 
 
@@ -164,6 +196,7 @@ def _positions(ex, account, params):
 def position_risk_v2(ex, account, params):
     """v2: every symbol (one row each in one-way mode), zero positions included."""
     from .models import Position
+
     symbol = _positions(ex, account, params)
     sides = ("LONG", "SHORT") if account.dual_side else ("BOTH",)
     rows = []
@@ -213,11 +246,19 @@ def new_algo_order(ex, account, params):
     if client_id == "":
         raise ApiError(-1118, "New client order ID was empty.")
     return ex.engine.place_algo_order(
-        account, symbol=_required(params, "symbol"), side=side, type=_required(params, "type"),
-        quantity=_decimal(params, "quantity"), trigger_price=_decimal(params, "triggerPrice"),
-        price=_decimal(params, "price"), time_in_force=tif, client_algo_id=client_id,
-        reduce_only=flags["reduceOnly"], close_position=flags["closePosition"],
-        position_side=params.get("positionSide")).to_binance()
+        account,
+        symbol=_required(params, "symbol"),
+        side=side,
+        type=_required(params, "type"),
+        quantity=_decimal(params, "quantity"),
+        trigger_price=_decimal(params, "triggerPrice"),
+        price=_decimal(params, "price"),
+        time_in_force=tif,
+        client_algo_id=client_id,
+        reduce_only=flags["reduceOnly"],
+        close_position=flags["closePosition"],
+        position_side=params.get("positionSide"),
+    ).to_binance()
 
 
 def query_algo_order(ex, account, params):
@@ -274,7 +315,7 @@ def _split_signature(raw: str) -> tuple[str, str] | None:
     i = raw.rfind("signature=")
     if i < 0 or (i > 0 and raw[i - 1] != "&"):
         return None
-    return raw[:max(i - 1, 0)], raw[i + 10:]
+    return raw[: max(i - 1, 0)], raw[i + 10 :]
 
 
 def _check_signature(account, query: str, body: str) -> None:
@@ -294,7 +335,8 @@ def _check_signature(account, query: str, body: str) -> None:
     # python-binance signs the raw values but sends a form-encoded body: accept the decoded form too.
     decoded = unquote_plus(payload)
     if decoded != payload and hmac.compare_digest(
-            hmac.new(secret, decoded.encode(), hashlib.sha256).hexdigest(), signature):
+        hmac.new(secret, decoded.encode(), hashlib.sha256).hexdigest(), signature
+    ):
         return
     raise ApiError(*INVALID_SIGNATURE)
 
@@ -322,8 +364,10 @@ def _check_timestamp(ex, params: dict) -> None:
 # while waiting for a response from the backend server"; the body carries -1007 TIMEOUT ("…execution status
 # unknown", error codes page). The order may or may not have been made: kind "408" (not made) and "408_placed"
 # (made) answer exactly alike, which is the point.
-TIMEOUT_408 = {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; "
-                                     "execution status unknown."}
+TIMEOUT_408 = {
+    "code": -1007,
+    "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
+}
 
 
 def _fault_response(ex, fault, now: int) -> web.Response:
@@ -333,18 +377,31 @@ def _fault_response(ex, fault, now: int) -> web.Response:
     if kind == "500":
         return _json(500, {"code": -1000, "msg": "An unknown error occured while processing the request."})
     if kind == "502":
-        return web.Response(status=502, text="<html><body><h1>502 Bad Gateway</h1></body></html>",
-                            content_type="text/html")
+        return web.Response(
+            status=502, text="<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html"
+        )
     if kind == "503":
         return _json(503, {"code": -1008, "msg": "Service Unavailable."})
     if kind == "429":
         retry = fault.retry_after if fault.retry_after is not None else 60 - (now // 1000) % 60
-        return _json(429, {"code": -1003, "msg": f"Too many requests; current limit is {ex.limiter.limit} "
-                           "requests per minute. Please use the websocket for live updates to avoid polling the API."},
-                     {"Retry-After": str(retry)})
-    return _json(418, {"code": -1003, "msg": f"Way too many requests; IP banned until {now + 120000}. "
-                       "Please use the websocket for live updates to avoid bans."},
-                 {"Retry-After": str(fault.retry_after if fault.retry_after is not None else 120)})
+        return _json(
+            429,
+            {
+                "code": -1003,
+                "msg": f"Too many requests; current limit is {ex.limiter.limit} "
+                "requests per minute. Please use the websocket for live updates to avoid polling the API.",
+            },
+            {"Retry-After": str(retry)},
+        )
+    return _json(
+        418,
+        {
+            "code": -1003,
+            "msg": f"Way too many requests; IP banned until {now + 120000}. "
+            "Please use the websocket for live updates to avoid bans.",
+        },
+        {"Retry-After": str(fault.retry_after if fault.retry_after is not None else 120)},
+    )
 
 
 UNKNOWN_503 = {"code": -1000, "msg": "Unknown error, please check your request or try again later."}
@@ -371,9 +428,9 @@ def make_handler(ex):
         unknown_after = None
         if fault is not None:
             if fault.kind == "hang":
-                await asyncio.sleep(fault.hang_sec)   # then served normally: the client has given up by now
+                await asyncio.sleep(fault.hang_sec)  # then served normally: the client has given up by now
             elif fault.kind in EXECUTED_THEN:
-                unknown_after = EXECUTED_THEN[fault.kind]   # executed, then answered "execution status unknown"
+                unknown_after = EXECUTED_THEN[fault.kind]  # executed, then answered "execution status unknown"
             else:
                 stats.record(endpoint, 0, int(fault.kind), request.headers.get("X-MBX-APIKEY", ""))
                 return _fault_response(ex, fault, engine.now())
@@ -381,7 +438,7 @@ def make_handler(ex):
         query = request.rel_url.raw_query_string
         params = dict(parse_qsl(body)) if body else {}
         if query:
-            params.update(parse_qsl(query))           # the query string wins, as on Binance
+            params.update(parse_qsl(query))  # the query string wins, as on Binance
         if handler is open_orders and not params.get("symbol"):
             weight = 40
         api_key = request.headers.get("X-MBX-APIKEY")
@@ -394,11 +451,19 @@ def make_handler(ex):
             if limited:
                 headers["Retry-After"] = str(retry)
                 if limited == 429:
-                    raise ApiError(-1003, f"Too many requests; current limit is {limiter.limit_for(client_ip)} "
-                                   "requests per minute. Please use the websocket for live updates to avoid polling "
-                                   "the API.", 429)
-                raise ApiError(-1003, f"Way too many requests; IP banned until {now + retry * 1000}. Please use "
-                               "the websocket for live updates to avoid bans.", 418)
+                    raise ApiError(
+                        -1003,
+                        f"Too many requests; current limit is {limiter.limit_for(client_ip)} "
+                        "requests per minute. Please use the websocket for live updates to avoid polling "
+                        "the API.",
+                        429,
+                    )
+                raise ApiError(
+                    -1003,
+                    f"Way too many requests; IP banned until {now + retry * 1000}. Please use "
+                    "the websocket for live updates to avoid bans.",
+                    418,
+                )
             account = None
             if security != NONE:
                 if not api_key:
@@ -414,8 +479,12 @@ def make_handler(ex):
                 headers.update(counts)
                 if over is not None:
                     limit, interval_ms, name = over
-                    raise ApiError(-1015, f"Too many new orders; current limit is {limit} orders per {name}.", 429,
-                                   {"Retry-After": str(math.ceil((interval_ms - now % interval_ms) / 1000))})
+                    raise ApiError(
+                        -1015,
+                        f"Too many new orders; current limit is {limit} orders per {name}.",
+                        429,
+                        {"Retry-After": str(math.ceil((interval_ms - now % interval_ms) / 1000))},
+                    )
             ex.client_ip = client_ip
             result = handler(ex, account, params)
             status, payload = 200, result

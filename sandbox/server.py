@@ -1,4 +1,5 @@
 """The aiohttp application: Binance REST, the user-data WebSocket and the control API in one process."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ from .limits import Faults, OrderLimiter, Stats, WeightLimiter
 from .rest import make_handler
 from .ws import Hub
 
-CHECK_INTERVAL_SEC = 0.1   # listenKey expiry and 24 h connection limit
+CHECK_INTERVAL_SEC = 0.1  # listenKey expiry and 24 h connection limit
 
 
 class Exchange:
@@ -22,7 +23,7 @@ class Exchange:
         self.engine = Engine(clock_offset_ms)
         self.limiter = WeightLimiter(weight_limit)
         self.orders = OrderLimiter()
-        self.client_ip = ""          # the source address of the request being handled (exchangeInfo's limits)
+        self.client_ip = ""  # the source address of the request being handled (exchangeInfo's limits)
         self.faults = Faults()
         self.stats = Stats()
         self.hub = Hub(self.engine)

@@ -1,4 +1,5 @@
 """``running_sandbox(**opts)``: run ``python -m sandbox --port 0`` as a subprocess for tests and benchmarks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,8 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class SandboxHandle:
-    rest_url: str            # "http://127.0.0.1:PORT": clients append /fapi/v1/...
-    ws_url: str              # "ws://127.0.0.1:PORT": the user stream is {ws_url}/private/ws?listenKey=...
+    rest_url: str  # "http://127.0.0.1:PORT": clients append /fapi/v1/...
+    ws_url: str  # "ws://127.0.0.1:PORT": the user stream is {ws_url}/private/ws?listenKey=...
     control: SandboxControl
     process: subprocess.Popen
 
@@ -30,9 +31,15 @@ class SandboxHandle:
 
 
 @contextlib.contextmanager
-def running_sandbox(host: str = "127.0.0.1", weight_limit: int | None = None, start_timeout: float = 15.0,
-                    stop_timeout: float = 5.0, extra_args: list[str] | None = None, python: str | None = None,
-                    clock_offset_ms: int | None = None):
+def running_sandbox(
+    host: str = "127.0.0.1",
+    weight_limit: int | None = None,
+    start_timeout: float = 15.0,
+    stop_timeout: float = 5.0,
+    extra_args: list[str] | None = None,
+    python: str | None = None,
+    clock_offset_ms: int | None = None,
+):
     """Start the sandbox in its own process (its own GIL), yield a SandboxHandle, then stop it
     (SIGTERM, then kill if it has not exited within stop_timeout). clock_offset_ms: the sandbox clock runs that far
     from this host's (negative: behind), also after control.reset()."""

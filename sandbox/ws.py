@@ -8,6 +8,7 @@ ALGO_UPDATE, ACCOUNT_CONFIG_UPDATE, MARGIN_CALL, …) reach it. The root ``/ws/<
 
 Each connection has a queue and one writer task, so events go out in the order the engine made them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ from aiohttp import WSMsgType, web
 from . import events
 
 log = logging.getLogger(__name__)
-CONNECTION_MAX_MS = 24 * 60 * 60 * 1000   # Binance closes a user-data connection after 24 hours
+CONNECTION_MAX_MS = 24 * 60 * 60 * 1000  # Binance closes a user-data connection after 24 hours
 _CLOSE = object()
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -39,7 +40,7 @@ def event_type(raw: str):
     """The `e` of a raw frame, or None when it is not a JSON object with one (a malformed frame pushed on purpose)."""
     try:
         event = json.loads(raw)
-    except (ValueError, RecursionError):   # RecursionError: nested deeper than json parses
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json parses
         return None
     kind = event.get("e") if isinstance(event, dict) else None
     return kind if isinstance(kind, str) else None
@@ -59,7 +60,7 @@ class Connection:
 class Hub:
     def __init__(self, engine) -> None:
         self.engine = engine
-        self.connections: dict[str, set[Connection]] = {}   # api_key -> live connections
+        self.connections: dict[str, set[Connection]] = {}  # api_key -> live connections
         engine.on_event = self.publish
         engine.on_listen_key_gone = self.listen_key_gone
 
@@ -79,8 +80,11 @@ class Hub:
         """Send `raw` text as is to the account's live connections (duplicates, stale or malformed frames): to
         those subscribed to its event type, or to all of them when it has none (a malformed frame)."""
         kind = event_type(raw)
-        conns = [c for c in self.connections.get(account.api_key, ())
-                 if c.listen_key == account.listen_key and (kind is None or kind in c.events)]
+        conns = [
+            c
+            for c in self.connections.get(account.api_key, ())
+            if c.listen_key == account.listen_key and (kind is None or kind in c.events)
+        ]
         for conn in conns:
             conn.queue.put_nowait(raw)
         return len(conns)
@@ -130,8 +134,9 @@ class Hub:
             return web.json_response({"code": -1125, "msg": "This listenKey does not exist."}, status=400)
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        conn = Connection(account.api_key, key, self.engine.now(), ws, request,
-                          parse_events(request.query.get("events")))
+        conn = Connection(
+            account.api_key, key, self.engine.now(), ws, request, parse_events(request.query.get("events"))
+        )
         self.connections.setdefault(account.api_key, set()).add(conn)
         writer = asyncio.ensure_future(self._write(conn))
         try:
@@ -157,6 +162,6 @@ class Hub:
                 await conn.ws.send_str(item)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
-        except Exception:   # never let a writer die silently with the socket open
+        except Exception:  # never let a writer die silently with the socket open
             log.exception("user-data writer failed")
             await conn.ws.close()

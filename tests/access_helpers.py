@@ -28,9 +28,15 @@ def logged_in(role: str) -> Client:
     client = Client(enforce_csrf_checks=True)
     login_url = reverse("admin:login")
     client.get(login_url)
-    response = client.post(login_url, {"username": user.get_username(), "password": PASSWORD,
-                                       "csrfmiddlewaretoken": client.cookies["csrftoken"].value,
-                                       "next": reverse("admin:index")})
+    response = client.post(
+        login_url,
+        {
+            "username": user.get_username(),
+            "password": PASSWORD,
+            "csrfmiddlewaretoken": client.cookies["csrftoken"].value,
+            "next": reverse("admin:index"),
+        },
+    )
     assert response.status_code == 302, f"login as {role} failed"
     client.user = user
     return client

@@ -21,9 +21,13 @@ def place(trade, **overrides) -> dict:
     """Place the trade's order on the (sandbox) exchange as the bot would, with its client order id."""
     with BinanceFuturesClient.for_account(trade.account) as client:
         return client.place_order(
-            trade.symbol, trade.side, trade.quantity,
-            order_type="LIMIT" if trade.price else "MARKET", price=trade.price,
-            client_order_id=trade.client_order_id, **overrides,
+            trade.symbol,
+            trade.side,
+            trade.quantity,
+            order_type="LIMIT" if trade.price else "MARKET",
+            price=trade.price,
+            client_order_id=trade.client_order_id,
+            **overrides,
         )
 
 
@@ -31,14 +35,44 @@ def as_ws(order: dict) -> dict:
     """The ORDER_TRADE_UPDATE event Binance pushes for this REST order state (field names from Binance's docs). A place
     or cancel answer has no avgPrice (Binance 2026-07): the event's `ap` is then "0", as before any fill."""
     return {
-        "e": "ORDER_TRADE_UPDATE", "E": order["updateTime"], "T": order["updateTime"],
+        "e": "ORDER_TRADE_UPDATE",
+        "E": order["updateTime"],
+        "T": order["updateTime"],
         "o": {
-            "s": order["symbol"], "c": order["clientOrderId"], "S": order["side"], "o": order["type"],
-            "f": order.get("timeInForce", "GTC"), "q": order["origQty"], "p": order["price"], "ap": order.get("avgPrice", "0"),
-            "sp": "0", "x": "TRADE", "X": order["status"], "i": order["orderId"], "l": "0",
-            "z": order["executedQty"], "L": "0", "n": "0", "N": "USDT", "T": order["updateTime"], "t": 0,
-            "b": "0", "a": "0", "m": False, "R": False, "wt": "CONTRACT_PRICE", "ot": order["type"], "ps": "BOTH",
-            "cp": False, "rp": "0", "pP": False, "si": 0, "ss": 0, "V": "NONE", "pm": "NONE", "gtd": 0,
+            "s": order["symbol"],
+            "c": order["clientOrderId"],
+            "S": order["side"],
+            "o": order["type"],
+            "f": order.get("timeInForce", "GTC"),
+            "q": order["origQty"],
+            "p": order["price"],
+            "ap": order.get("avgPrice", "0"),
+            "sp": "0",
+            "x": "TRADE",
+            "X": order["status"],
+            "i": order["orderId"],
+            "l": "0",
+            "z": order["executedQty"],
+            "L": "0",
+            "n": "0",
+            "N": "USDT",
+            "T": order["updateTime"],
+            "t": 0,
+            "b": "0",
+            "a": "0",
+            "m": False,
+            "R": False,
+            "wt": "CONTRACT_PRICE",
+            "ot": order["type"],
+            "ps": "BOTH",
+            "cp": False,
+            "rp": "0",
+            "pP": False,
+            "si": 0,
+            "ss": 0,
+            "V": "NONE",
+            "pm": "NONE",
+            "gtd": 0,
         },
     }
 

@@ -26,8 +26,10 @@ STOP_DEADLINE_SEC = 30
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("DATABASE_URL", "sqlite").split(":", 1)[0] not in ("sqlite", ""),
-                       reason="make run's smoke test runs in the zero-setup pass (SQLite + filesystem broker)"),
+    pytest.mark.skipif(
+        os.environ.get("DATABASE_URL", "sqlite").split(":", 1)[0] not in ("sqlite", ""),
+        reason="make run's smoke test runs in the zero-setup pass (SQLite + filesystem broker)",
+    ),
 ]
 
 
@@ -78,8 +80,14 @@ def test_make_run_plays_the_story_and_stops_cleanly(tmp_path):
     env |= {"TRADEOPS_VAR_DIR": str(var), "SANDBOX_PORT": str(sandbox_port), "WEB_PORT": str(web_port)}
     log_path = tmp_path / "make-run.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(["make", "--no-print-directory", "run", f"VENV={sys.prefix}"], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["make", "--no-print-directory", "run", f"VENV={sys.prefix}"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def log_tail():
         return "\n".join(log_path.read_text(errors="replace").splitlines()[-60:])
@@ -97,8 +105,11 @@ def test_make_run_plays_the_story_and_stops_cleanly(tmp_path):
         story = json.loads(story_file.read_text())
         assert story["ok"], f"{story}\n{log_tail()}"
         assert [c["title"] for c in story["chapters"]] == [
-            "a fill during a WebSocket gap", "a cancel that loses the race to a fill",
-            "a partial fill, then the entry cancel", "a fill lost while the bot crashed"]
+            "a fill during a WebSocket gap",
+            "a cancel that loses the race to a fill",
+            "a partial fill, then the entry cancel",
+            "a fill lost while the bot crashed",
+        ]
         found_by = {c["title"]: c["found_by"] for c in story["chapters"]}
         # Neither the REST wait nor the stream saw that fill: only a reconcile can have found it (beat's, normally).
         assert found_by["a fill lost while the bot crashed"].startswith("reconcile"), found_by
@@ -108,7 +119,8 @@ def test_make_run_plays_the_story_and_stops_cleanly(tmp_path):
         api_key = db.execute("SELECT api_key FROM trades_account WHERE name = 'demo'").fetchone()[0]
         trades = db.execute(
             "SELECT t.symbol, t.client_order_id, t.status, t.filled_qty, t.entry_price FROM trades_trade t "
-            "JOIN trades_account a ON a.id = t.account_id WHERE a.name = 'demo' ORDER BY t.id").fetchall()
+            "JOIN trades_account a ON a.id = t.account_id WHERE a.name = 'demo' ORDER BY t.id"
+        ).fetchall()
         db.close()
         assert len(trades) == 4
         control = SandboxControl(f"http://127.0.0.1:{sandbox_port}")

@@ -46,8 +46,12 @@ def systemd_units() -> dict[str, configparser.ConfigParser]:
 
 def test_the_systemd_units_run_the_procfile_processes_and_restart_them_on_their_own():
     units = systemd_units()
-    expected = {"web": "tradeops-web.service", "worker": "tradeops-worker@.service", "beat": "tradeops-beat.service",
-                "stream": "tradeops-stream.service"}
+    expected = {
+        "web": "tradeops-web.service",
+        "worker": "tradeops-worker@.service",
+        "beat": "tradeops-beat.service",
+        "stream": "tradeops-stream.service",
+    }
     assert set(units) == set(expected.values())
     for name, command in processes("Procfile").items():
         unit = units[expected[name]]

@@ -240,9 +240,13 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=150)
 # it, once per window); a longer wait (a 418 ban's Retry-After, a long entry timeout) is taken in hops of at most
 # this. Never under half the window (the e2e tests' compressed clocks). None: no limit (the filesystem broker).
 CELERY_MAX_COUNTDOWN_SEC = (
-    max(CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] - CELERY_TASK_TIME_LIMIT - 30,
-        CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] // 2, 1)
-    if "visibility_timeout" in CELERY_BROKER_TRANSPORT_OPTIONS else None
+    max(
+        CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] - CELERY_TASK_TIME_LIMIT - 30,
+        CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] // 2,
+        1,
+    )
+    if "visibility_timeout" in CELERY_BROKER_TRANSPORT_OPTIONS
+    else None
 )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

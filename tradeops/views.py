@@ -46,15 +46,22 @@ def check_broker():
 def check_beat():
     from django_celery_beat.models import PeriodicTask
 
-    tasks = [t for t in PeriodicTask.objects.filter(task=RECONCILE_TASK, enabled=True).select_related("interval")
-             if t.interval is not None and "deep" not in (t.kwargs or "")]
+    tasks = [
+        t
+        for t in PeriodicTask.objects.filter(task=RECONCILE_TASK, enabled=True).select_related("interval")
+        if t.interval is not None and "deep" not in (t.kwargs or "")
+    ]
     if not tasks:
         return False, {"error": f"no enabled interval schedule for {RECONCILE_TASK}"}
     task = min(tasks, key=lambda t: t.interval.schedule.run_every)
     interval = task.interval.schedule.run_every.total_seconds()
     max_age = settings.HEALTH_BEAT_MAX_AGE_SEC or 3 * interval
-    details = {"schedule": task.name, "every_sec": interval, "max_age_sec": max_age,
-               "last_run_at": task.last_run_at.isoformat() if task.last_run_at else None}
+    details = {
+        "schedule": task.name,
+        "every_sec": interval,
+        "max_age_sec": max_age,
+        "last_run_at": task.last_run_at.isoformat() if task.last_run_at else None,
+    }
     if task.last_run_at is None:
         return False, details | {"error": "never ran"}
     age = (timezone.now() - task.last_run_at).total_seconds()
@@ -78,13 +85,15 @@ def check_user_streams():
         since = state.stream_state_at if state else None
         beat = state.stream_heartbeat_at if state else None
         alive = beat is not None and now - beat < heartbeat_max_age  # a killed process leaves "connected" behind
-        ok = alive and (current == "connected"
-                        or (current in ("connecting", "reconnecting") and since and now - since < grace))
+        ok = alive and (
+            current == "connected" or (current in ("connecting", "reconnecting") and since and now - since < grace)
+        )
         deaf = state.stream_deaf_since if state else None  # connected, but missing events (stream_guard.py)
         ok = ok and deaf is None
         healthy &= bool(ok)
         details[account.name] = {
-            "state": current or "none", "since": since.isoformat() if since else None,
+            "state": current or "none",
+            "since": since.isoformat() if since else None,
             "last_event_at": state.stream_last_event_at.isoformat() if state and state.stream_last_event_at else None,
             "heartbeat_at": beat.isoformat() if beat else None,
             "deaf_since": deaf.isoformat() if deaf else None,
@@ -102,20 +111,30 @@ def check_workers():
 
     now, max_age = timezone.now(), settings.HEALTH_WORKER_MAX_AGE_SEC
     seen = recent_worker_heartbeats(within_sec=max(max_age, 3600))
-    details = {"max_age_sec": max_age, "heartbeat_every_sec": HEARTBEAT_EVERY_SEC,
-               "last_seen_at": seen[0].seen_at.isoformat() if seen else None}
+    details = {
+        "max_age_sec": max_age,
+        "heartbeat_every_sec": HEARTBEAT_EVERY_SEC,
+        "last_seen_at": seen[0].seen_at.isoformat() if seen else None,
+    }
     if not seen:
         return False, details | {"error": "no worker has run the heartbeat task in the last hour"}
     age = (now - seen[0].seen_at).total_seconds()
-    details |= {"age_sec": round(age, 1),
-                "workers": sorted(h.hostname for h in seen if (now - h.seen_at).total_seconds() <= max_age)}
+    details |= {
+        "age_sec": round(age, 1),
+        "workers": sorted(h.hostname for h in seen if (now - h.seen_at).total_seconds() <= max_age),
+    }
     if age > max_age:
         return False, details | {"error": f"no worker has run the heartbeat task for {age:.0f} s"}
     return True, details
 
 
-CHECKS = {"database": check_database, "broker": check_broker, "beat": check_beat, "user_stream": check_user_streams,
-          "workers": check_workers}
+CHECKS = {
+    "database": check_database,
+    "broker": check_broker,
+    "beat": check_beat,
+    "user_stream": check_user_streams,
+    "workers": check_workers,
+}
 
 
 # Who sees what (the details name every account, the schedules and the errors):
@@ -125,6 +144,7 @@ CHECKS = {"database": check_database, "broker": check_broker, "beat": check_beat
 # - /metrics: with METRICS_TOKEN set, only with that bearer token (401 otherwise); without one, open, for a
 #   Prometheus on a private network (keep it off the internet at the proxy).
 # The header only, never `?token=`: a query string ends up in proxy and access logs.
+
 
 def has_metrics_token(request) -> bool:
     """The request carries `Authorization: Bearer <METRICS_TOKEN>` (compared in constant time); never true while no
@@ -174,8 +194,11 @@ def metrics(request):
     from reconciliation.metrics import build_registry
 
     if settings.METRICS_TOKEN and not has_metrics_token(request):
-        response = HttpResponse("401 Unauthorized: /metrics needs Authorization: Bearer <METRICS_TOKEN>\n",
-                                status=401, content_type="text/plain")
+        response = HttpResponse(
+            "401 Unauthorized: /metrics needs Authorization: Bearer <METRICS_TOKEN>\n",
+            status=401,
+            content_type="text/plain",
+        )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     global _registry

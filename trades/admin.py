@@ -52,6 +52,7 @@ def actor_of(request) -> str:
 
 # --- Accounts ---------------------------------------------------------------------------------------------------------
 
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Audit and history: looked at, never edited, added or deleted from the admin."""
 
@@ -127,8 +128,18 @@ def _report_summary(report: dict) -> str:
         return "—"
     if report.get("skipped"):
         return "skipped: another reconcile of this account is running"
-    keys = ["checked", "opened", "progress", "cancelled", "failed", "corrected", "rechecked", "missed_events",
-            "needs_operator", "errors"]
+    keys = [
+        "checked",
+        "opened",
+        "progress",
+        "cancelled",
+        "failed",
+        "corrected",
+        "rechecked",
+        "missed_events",
+        "needs_operator",
+        "errors",
+    ]
     parts = [f"{key} {report[key]}" for key in keys if report.get(key)]
     parts += [f"{key} {value}" for key, value in (report.get("extra") or {}).items() if value]
     weight = f"; weight {report['weight_used']}" if "weight_used" in report else ""  # Binance request weight spent
@@ -145,10 +156,28 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     form = AccountForm
     # What a user without the change permission (observers, operators) sees on an account's page. Django renders
     # every field of a view-only page read-only, from the model: "api_secret" there would be the decrypted secret.
-    VIEW_ONLY_FIELDS = ["name", "masked_api_key", "api_secret_status", "is_active", "use_testnet", "position_mode",
-                        "created_at", "updated_at"]
-    list_display = ["name", "masked_api_key", "is_active", "use_testnet", "position_mode", "last_reconcile",
-                    "last_result", "stream", "stream_last_event", "used_weight"]
+    VIEW_ONLY_FIELDS = [
+        "name",
+        "masked_api_key",
+        "api_secret_status",
+        "is_active",
+        "use_testnet",
+        "position_mode",
+        "created_at",
+        "updated_at",
+    ]
+    list_display = [
+        "name",
+        "masked_api_key",
+        "is_active",
+        "use_testnet",
+        "position_mode",
+        "last_reconcile",
+        "last_result",
+        "stream",
+        "stream_last_event",
+        "used_weight",
+    ]
     # Learned from Binance (GET /fapi/v1/positionSide/dual), never typed in.
     readonly_fields = ["position_mode"]
     list_filter = ["is_active", "use_testnet"]
@@ -180,8 +209,10 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         readonly = list(super().get_readonly_fields(request, obj))
         if "api_secret" in readonly or "api_key" in readonly:  # a read-only field renders the model's value
-            raise ImproperlyConfigured("AccountAdmin: api_secret and api_key are never read-only fields; show "
-                                       "api_secret_status / masked_api_key instead")
+            raise ImproperlyConfigured(
+                "AccountAdmin: api_secret and api_key are never read-only fields; show "
+                "api_secret_status / masked_api_key instead"
+            )
         return readonly
 
     @admin.display(description="last reconcile")
@@ -201,8 +232,10 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
             return "not running"
         since = f" for {timesince(state.stream_state_at, timezone.now())}" if state.stream_state_at else ""
         if state.stream_deaf_since:  # connected, but REST keeps finding order changes it never delivered
-            return f"DEAF (missing events) for {timesince(state.stream_deaf_since, timezone.now())}; " \
-                   f"{state.stream_state}{since}"
+            return (
+                f"DEAF (missing events) for {timesince(state.stream_deaf_since, timezone.now())}; "
+                f"{state.stream_state}{since}"
+            )
         return f"{state.stream_state}{since}"
 
     @admin.display(description="last stream event")
@@ -231,18 +264,25 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
 
     @admin.action(description="Reconcile now (pending trades vs Binance)", permissions=["fix"])
     def reconcile_now(self, request, queryset):
-        self._run_for_accounts(request, queryset, "reconcile",
-                               lambda account: services.reconcile_pending(account, reason="admin",
-                                                                          actor=actor_of(request)))
+        self._run_for_accounts(
+            request,
+            queryset,
+            "reconcile",
+            lambda account: services.reconcile_pending(account, reason="admin", actor=actor_of(request)),
+        )
 
     @admin.action(description="Sync positions now", permissions=["fix"])
     def sync_positions_now(self, request, queryset):
-        self._run_for_accounts(request, queryset, "position sync",
-                               lambda account: services.sync_positions_with_binance(account, reason="admin",
-                                                                                    actor=actor_of(request)))
+        self._run_for_accounts(
+            request,
+            queryset,
+            "position sync",
+            lambda account: services.sync_positions_with_binance(account, reason="admin", actor=actor_of(request)),
+        )
 
 
 # --- Trades -----------------------------------------------------------------------------------------------------------
+
 
 class TradeEventInline(admin.TabularInline):
     model = TradeEvent
@@ -292,27 +332,44 @@ class NeedsOperatorFilter(admin.SimpleListFilter):
 
 class ManualMarkForm(forms.Form):
     status = forms.ChoiceField(
-        choices=[(s, s) for s in operator_services.MANUAL_STATUSES], widget=forms.RadioSelect,
+        choices=[(s, s) for s in operator_services.MANUAL_STATUSES],
+        widget=forms.RadioSelect,
         initial=Trade.Status.FAILED,
     )
     reason = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=500,
         help_text="Why, for the audit trail. Binance is asked first: a trade it shows filled or still working is "
-                  "refused.",
+        "refused.",
     )
 
 
 class ManualCloseForm(forms.Form):
     reason = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}), max_length=500,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=500,
         help_text="Why, for the audit trail (e.g. which order closed it). Binance's position is asked first.",
     )
 
 
 @admin.register(Trade)
 class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
-    list_display = ["id", "account", "client_order_id", "symbol", "side", "position_side", "quantity", "filled_qty",
-                    "closed_qty", "price", "status", "status_reason", "needs_operator", "age"]
+    list_display = [
+        "id",
+        "account",
+        "client_order_id",
+        "symbol",
+        "side",
+        "position_side",
+        "quantity",
+        "filled_qty",
+        "closed_qty",
+        "price",
+        "status",
+        "status_reason",
+        "needs_operator",
+        "age",
+    ]
     list_filter = [StalePendingFilter, NeedsOperatorFilter, "status", "position_side", "account", "symbol"]
     search_fields = ["client_order_id", "=entry_order_id"]
     date_hierarchy = "created_at"
@@ -341,8 +398,11 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
         results = operator_services.verify_trades_on_binance(trades, actor=actor_of(request))
         context = {
             **self.admin_site.each_context(request),
-            "title": "Verified on Binance", "opts": self.model._meta, "results": results,
-            "truncated": queryset.count() > len(trades), "limit": MAX_TRADES_PER_ACTION,
+            "title": "Verified on Binance",
+            "opts": self.model._meta,
+            "results": results,
+            "truncated": queryset.count() > len(trades),
+            "limit": MAX_TRADES_PER_ACTION,
         }
         return TemplateResponse(request, "admin/trades/trade/verify_result.html", context)
 
@@ -357,20 +417,31 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
             self.log_change(request, trade, "cancel and verify requested")
             queued.append(trade.pk)
         if queued:
-            self.message_user(request, f"Cancel and verify queued for trade(s) {_ids(queued)}; the result appears "
-                                       "in each trade's events.", messages.SUCCESS)
+            self.message_user(
+                request,
+                f"Cancel and verify queued for trade(s) {_ids(queued)}; the result appears in each trade's events.",
+                messages.SUCCESS,
+            )
         if skipped:
             self.message_user(request, f"Not pending, not cancelled: {_ids(skipped)}", messages.WARNING)
 
     @admin.action(description="Mark failed/cancelled manually…", permissions=["fix"])
     def mark_manually(self, request, queryset):
         def mark(trade, data):
-            operator_services.mark_trade_manually(trade, status=data["status"], reason=data["reason"],
-                                                  actor=actor_of(request))
+            operator_services.mark_trade_manually(
+                trade, status=data["status"], reason=data["reason"], actor=actor_of(request)
+            )
             return f"marked {trade.status}"
 
-        return self._for_each_with_reason(request, queryset, ManualMarkForm, mark, verb="marked",
-                                          title="Mark trades failed or cancelled by hand", action="mark_manually")
+        return self._for_each_with_reason(
+            request,
+            queryset,
+            ManualMarkForm,
+            mark,
+            verb="marked",
+            title="Mark trades failed or cancelled by hand",
+            action="mark_manually",
+        )
 
     @admin.action(description="Close open trades by hand…", permissions=["fix"])
     def close_manually(self, request, queryset):
@@ -379,8 +450,15 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
             self.log_change(request, trade, f"closed by hand: {data['reason']}")
             return "closed"
 
-        return self._for_each_with_reason(request, queryset, ManualCloseForm, close, verb="closed",
-                                          title="Close open trades by hand", action="close_manually")
+        return self._for_each_with_reason(
+            request,
+            queryset,
+            ManualCloseForm,
+            close,
+            verb="closed",
+            title="Close open trades by hand",
+            action="close_manually",
+        )
 
     def _for_each_with_reason(self, request, queryset, form_class, run, *, verb, title, action):
         """An action with a confirm-with-a-reason step (admin/trades/trade/<action>.html): the form first; once it
@@ -399,7 +477,11 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
             return None
         context = {
             **self.admin_site.each_context(request),
-            "title": title, "opts": self.model._meta, "trades": trades, "form": form, "action": action,
+            "title": title,
+            "opts": self.model._meta,
+            "trades": trades,
+            "form": form,
+            "action": action,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, f"admin/trades/trade/{action}.html", context)

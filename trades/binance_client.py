@@ -63,7 +63,6 @@ from urllib.parse import urlsplit
 import requests
 from binance.client import Client
 from binance.exceptions import BinanceAPIException, BinanceRequestException
-
 from requests.adapters import HTTPAdapter
 
 from trades import egress
@@ -113,21 +112,38 @@ USER_TRADES_MAX_WINDOW_MS = ALL_ORDERS_MAX_WINDOW_MS
 # IP request weight per route (USDⓈ-M REST docs, "Request Weight" of each endpoint). A new order weighs 0 on the IP
 # (it counts on the account's ORDERS limits instead); openOrders weighs 40 without a symbol; unknown routes 1.
 ROUTE_WEIGHTS = {
-    ("POST", "order"): 0, ("GET", "order"): 1, ("DELETE", "order"): 1, ("GET", "openOrders"): 1,
-    ("GET", "allOrders"): 5, ("GET", "userTrades"): 5, ("GET", "positionRisk"): 5, ("GET", "time"): 1,
-    ("GET", "exchangeInfo"): 1, ("POST", "listenKey"): 1, ("PUT", "listenKey"): 1, ("DELETE", "listenKey"): 1,
-    ("GET", "positionSide/dual"): 30, ("POST", "positionSide/dual"): 1,
-    ("POST", "algoOrder"): 0, ("GET", "algoOrder"): 1, ("DELETE", "algoOrder"): 1,
+    ("POST", "order"): 0,
+    ("GET", "order"): 1,
+    ("DELETE", "order"): 1,
+    ("GET", "openOrders"): 1,
+    ("GET", "allOrders"): 5,
+    ("GET", "userTrades"): 5,
+    ("GET", "positionRisk"): 5,
+    ("GET", "time"): 1,
+    ("GET", "exchangeInfo"): 1,
+    ("POST", "listenKey"): 1,
+    ("PUT", "listenKey"): 1,
+    ("DELETE", "listenKey"): 1,
+    ("GET", "positionSide/dual"): 30,
+    ("POST", "positionSide/dual"): 1,
+    ("POST", "algoOrder"): 0,
+    ("GET", "algoOrder"): 1,
+    ("DELETE", "algoOrder"): 1,
 }
 ORDERS_OPEN_NO_SYMBOL_WEIGHT = 40
 BUDGET_UNAVAILABLE_RETRY_SEC = 5.0  # the budget store did not answer: try again this much later
 CODE_TOO_MANY_ORDERS = -1015  # 429 for the account's ORDERS limits ("General Info" → LIMITS: counted per account)
 # Routes whose priority is fixed by what they do, whatever the gateway's: placements and cancels go first, then the
 # user stream's listenKey upkeep.
-ROUTE_PRIORITIES = {("POST", "order"): egress.ORDER, ("DELETE", "order"): egress.ORDER,
-                    ("POST", "algoOrder"): egress.ORDER, ("DELETE", "algoOrder"): egress.ORDER,
-                    ("POST", "listenKey"): egress.KEEPALIVE, ("PUT", "listenKey"): egress.KEEPALIVE,
-                    ("DELETE", "listenKey"): egress.KEEPALIVE}
+ROUTE_PRIORITIES = {
+    ("POST", "order"): egress.ORDER,
+    ("DELETE", "order"): egress.ORDER,
+    ("POST", "algoOrder"): egress.ORDER,
+    ("DELETE", "algoOrder"): egress.ORDER,
+    ("POST", "listenKey"): egress.KEEPALIVE,
+    ("PUT", "listenKey"): egress.KEEPALIVE,
+    ("DELETE", "listenKey"): egress.KEEPALIVE,
+}
 
 
 class _SourceAddressAdapter(HTTPAdapter):
@@ -354,7 +370,10 @@ class BinanceFuturesClient:
         ``/fapi/v1/order`` refuses since 2025-12 (-4120). When triggered it places an ordinary order whose orderId
         is the algo order's ``actualOrderId``."""
         params: dict[str, Any] = {
-            "algoType": "CONDITIONAL", "symbol": symbol, "side": side.upper(), "type": order_type.upper(),
+            "algoType": "CONDITIONAL",
+            "symbol": symbol,
+            "side": side.upper(),
+            "type": order_type.upper(),
             "triggerPrice": _decimal_str(trigger_price, "trigger_price"),
             "clientAlgoId": client_algo_id or new_client_order_id(),
         }
@@ -401,9 +420,7 @@ class BinanceFuturesClient:
         """GET /fapi/v1/openOrders (weight 1 with a symbol, 40 without)."""
         return self._call("get", "openOrders", {"symbol": symbol} if symbol else {})
 
-    def get_all_orders(
-        self, symbol: str, start_time: int | None = None, end_time: int | None = None
-    ) -> list[dict]:
+    def get_all_orders(self, symbol: str, start_time: int | None = None, end_time: int | None = None) -> list[dict]:
         """Every order of ``symbol`` created in [start_time, end_time] (ms), sorted by orderId.
 
         GET /fapi/v1/allOrders (weight 5 per page) returns at most 1000 orders and refuses spans of 7 days or more.
@@ -451,8 +468,9 @@ class BinanceFuturesClient:
     def _unusable_answer(self, endpoint: str, answer: Any) -> ExchangeUnavailable:
         """A 2xx whose JSON is not the shape Binance answers with: someone in between answered."""
         status = getattr(self._client.response, "status_code", None)
-        error = ExchangeUnavailable(None, f"unusable answer: {self._scrub(str(answer)[:120])}", status,
-                                    endpoint=endpoint)
+        error = ExchangeUnavailable(
+            None, f"unusable answer: {self._scrub(str(answer)[:120])}", status, endpoint=endpoint
+        )
         logger.warning("binance %s %s", self.account_label, error)
         return error
 
@@ -559,7 +577,6 @@ class BinanceFuturesClient:
         """PUT /fapi/v1/listenKey; every < 60 min. -1125 (or a 404 at the gateway) → ListenKeyExpired."""
         self._call("put", "listenKey", {"listenKey": listen_key}, signed=False)
 
-
     # ------------------------------------------------------------------ time
 
     def exchange_time_ms(self) -> int:
@@ -586,8 +603,12 @@ class BinanceFuturesClient:
         try:
             self.sync_time()
         except TransientExchangeError as exc:  # the call itself will say whether the exchange answers
-            logger.warning("binance %s clock sync failed, using offset %d ms: %s", self.account_label,
-                           EXCHANGE_CLOCK.offset_ms(self.rest_url), exc)
+            logger.warning(
+                "binance %s clock sync failed, using offset %d ms: %s",
+                self.account_label,
+                EXCHANGE_CLOCK.offset_ms(self.rest_url),
+                exc,
+            )
 
     # ------------------------------------------------------------------ the one HTTP path
 
@@ -707,8 +728,12 @@ class BinanceFuturesClient:
         try:
             info = self._call_once("get", "exchangeInfo", {}, signed=False, version=1, force_params=False)
         except ExchangeError as exc:
-            logger.warning("binance %s exchangeInfo unavailable, assuming %d weight/min: %s", self.account_label,
-                           egress.DEFAULT_WEIGHT_LIMIT, exc)
+            logger.warning(
+                "binance %s exchangeInfo unavailable, assuming %d weight/min: %s",
+                self.account_label,
+                egress.DEFAULT_WEIGHT_LIMIT,
+                exc,
+            )
             return egress.DEFAULT_WEIGHT_LIMIT
         limit = egress.weight_limit_from_exchange_info(info) or egress.DEFAULT_WEIGHT_LIMIT
         egress.EXCHANGE_LIMITS.record(self.rest_url, limit)
@@ -727,17 +752,25 @@ class BinanceFuturesClient:
             # Fail closed: without the fleet's count, sending could take the IP past its limit (and a ban is for
             # every account on it); nothing is sent and the caller retries, as after a 429.
             logger.warning("binance %s %s: weight budget unavailable, not sent: %s", self.account_label, endpoint, exc)
-            raise RateLimited(None, f"not sent: the weight budget of {self.egress} is unavailable", None,
-                              endpoint=endpoint, retry_after=BUDGET_UNAVAILABLE_RETRY_SEC) from None
+            raise RateLimited(
+                None,
+                f"not sent: the weight budget of {self.egress} is unavailable",
+                None,
+                endpoint=endpoint,
+                retry_after=BUDGET_UNAVAILABLE_RETRY_SEC,
+            ) from None
         if refusal is None:
             return
         if refusal.reason == "limited":
-            message = (f"not sent: {self.egress} is {'banned' if refusal.banned else 'rate limited'} for "
-                       f"{refusal.retry_after:.1f}s more (seen by this fleet)")
+            message = (
+                f"not sent: {self.egress} is {'banned' if refusal.banned else 'rate limited'} for "
+                f"{refusal.retry_after:.1f}s more (seen by this fleet)"
+            )
         else:
             message = f"not sent: {self.egress} has used {priority}'s share ({cap}) of this minute's weight"
-        error = RateLimited(None, message, None, endpoint=endpoint, retry_after=max(refusal.retry_after, 0.001),
-                            banned=refusal.banned)
+        error = RateLimited(
+            None, message, None, endpoint=endpoint, retry_after=max(refusal.retry_after, 0.001), banned=refusal.banned
+        )
         logger.warning("binance %s %s: %s", self.account_label, endpoint, message)
         raise error
 
@@ -746,10 +779,14 @@ class BinanceFuturesClient:
         try:
             self._shared_budget().mark_limited(self.egress, until, error.banned)
         except Exception as exc:  # noqa: BLE001 — the 429/418 itself still surfaces to the caller
-            logger.error("binance %s could not share %s on %s: %s", self.account_label, error.status, self.egress,
-                         exc)
-        logger.warning("binance %s %s on %s: every caller waits %.0fs", self.account_label, error.status,
-                       self.egress, error.retry_after)
+            logger.error("binance %s could not share %s on %s: %s", self.account_label, error.status, self.egress, exc)
+        logger.warning(
+            "binance %s %s on %s: every caller waits %.0fs",
+            self.account_label,
+            error.status,
+            self.egress,
+            error.retry_after,
+        )
 
     def _error_from_response(self, response: requests.Response | None, method: str, endpoint: str) -> ExchangeError:
         return error_from_response(

@@ -5,7 +5,7 @@ import functools
 import logging
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from django.db import InterfaceError, OperationalError, connection
 from django.db.models.functions import Now
@@ -54,7 +54,11 @@ def retry_transient_db_errors(func=None, *, tries: int = 3, base_delay: float = 
                     delay = base_delay * (2 ** (attempt - 1)) * (1 + random.random())
                     logger.warning(
                         "transient DB error %s in %s (attempt %d/%d), retrying in %.2fs",
-                        code, fn.__qualname__, attempt, tries, delay,
+                        code,
+                        fn.__qualname__,
+                        attempt,
+                        tries,
+                        delay,
                     )
                     time.sleep(delay)
             raise AssertionError("unreachable")
@@ -77,8 +81,8 @@ def db_now() -> datetime:
     Deadlines and grace periods that several processes compare are measured on it."""
     if connection.vendor == "sqlite":
         # In-process: its clock is this process's (and its NOW has only milliseconds).
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     with connection.cursor() as cursor:
         cursor.execute("SELECT UTC_TIMESTAMP(6)" if connection.vendor == "mysql" else "SELECT CURRENT_TIMESTAMP")
         value = cursor.fetchone()[0]
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -25,6 +25,7 @@ always uses the same one (its id modulo their number), and each has its own budg
 
 Knows Binance's rules, not models: takes account ids and egress names.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_WEIGHT_LIMIT = 2400          # Binance's USDⓈ-M REQUEST_WEIGHT per minute, when exchangeInfo is unknown
-LIMITS_TTL_SEC = 3600.0              # how long exchangeInfo's rateLimits are trusted
+DEFAULT_WEIGHT_LIMIT = 2400  # Binance's USDⓈ-M REQUEST_WEIGHT per minute, when exchangeInfo is unknown
+LIMITS_TTL_SEC = 3600.0  # how long exchangeInfo's rateLimits are trusted
 MINUTE_MS = 60_000
 
 ORDER, VERIFY, KEEPALIVE, RECONCILE, DEEP, POSITIONS = "order", "verify", "keepalive", "reconcile", "deep", "positions"
@@ -50,7 +51,7 @@ class Refusal:
 
     retry_after: float
     banned: bool
-    reason: str            # "limited" (a 429 or 418 seen on this egress) or "budget" (the priority's share is used)
+    reason: str  # "limited" (a 429 or 418 seen on this egress) or "budget" (the priority's share is used)
 
 
 class WeightBudget(ABC):
@@ -152,22 +153,25 @@ class RedisBudget(WeightBudget):
 
 # --- SQLite (one host, zero setup) --------------------------------------------------------------------------------
 
+
 class SqliteBudget(WeightBudget):
     def __init__(self, path: str) -> None:
         self.path = path
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._local = threading.local()
         with self._tx() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS weight (egress TEXT, minute INTEGER, used INTEGER, "
-                       "PRIMARY KEY (egress, minute))")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS weight (egress TEXT, minute INTEGER, used INTEGER, "
+                "PRIMARY KEY (egress, minute))"
+            )
             db.execute("CREATE TABLE IF NOT EXISTS limited (egress TEXT PRIMARY KEY, until_ms INTEGER, banned INTEGER)")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():   # never share a connection over fork
+        if db is None or getattr(self._local, "pid", None) != os.getpid():  # never share a connection over fork
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")   # a count lost in a power cut is harmless, an fsync per call not
+            db.execute("PRAGMA synchronous=NORMAL")  # a count lost in a power cut is harmless, an fsync per call not
             self._local.db, self._local.pid = db, os.getpid()
         return db
 
@@ -176,7 +180,7 @@ class SqliteBudget(WeightBudget):
             self.db = db
 
         def __enter__(self):
-            self.db.execute("BEGIN IMMEDIATE")   # one writer at a time, across processes
+            self.db.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
             return self.db
 
         def __exit__(self, exc_type, *rest):
@@ -195,25 +199,36 @@ class SqliteBudget(WeightBudget):
             used = row[0] if row else 0
             if weight > 0 and used + weight > cap:
                 return Refusal(_remaining_window_sec(now_ms), False, "budget")
-            db.execute("INSERT INTO weight VALUES (?, ?, ?) ON CONFLICT (egress, minute) DO UPDATE SET used=used+?",
-                       (egress, minute, weight, weight))
+            db.execute(
+                "INSERT INTO weight VALUES (?, ?, ?) ON CONFLICT (egress, minute) DO UPDATE SET used=used+?",
+                (egress, minute, weight, weight),
+            )
             db.execute("DELETE FROM weight WHERE minute < ?", (minute - 1,))
         return None
 
     def record_used(self, egress, used, now_ms):
         with self._tx() as db:
-            db.execute("INSERT INTO weight VALUES (?, ?, ?) ON CONFLICT (egress, minute) "
-                       "DO UPDATE SET used=max(used, excluded.used)", (egress, _window(now_ms), int(used)))
+            db.execute(
+                "INSERT INTO weight VALUES (?, ?, ?) ON CONFLICT (egress, minute) "
+                "DO UPDATE SET used=max(used, excluded.used)",
+                (egress, _window(now_ms), int(used)),
+            )
 
     def mark_limited(self, egress, until_ms, banned):
         with self._tx() as db:
-            db.execute("INSERT INTO limited VALUES (?, ?, ?) ON CONFLICT (egress) DO UPDATE SET "
-                       "banned=CASE WHEN excluded.until_ms > until_ms THEN excluded.banned ELSE banned END, "
-                       "until_ms=max(until_ms, excluded.until_ms)", (egress, int(until_ms), int(banned)))
+            db.execute(
+                "INSERT INTO limited VALUES (?, ?, ?) ON CONFLICT (egress) DO UPDATE SET "
+                "banned=CASE WHEN excluded.until_ms > until_ms THEN excluded.banned ELSE banned END, "
+                "until_ms=max(until_ms, excluded.until_ms)",
+                (egress, int(until_ms), int(banned)),
+            )
 
     def used(self, egress, now_ms):
-        row = self._db().execute("SELECT used FROM weight WHERE egress=? AND minute=?",
-                                 (egress, _window(now_ms))).fetchone()
+        row = (
+            self._db()
+            .execute("SELECT used FROM weight WHERE egress=? AND minute=?", (egress, _window(now_ms)))
+            .fetchone()
+        )
         return row[0] if row else 0
 
     def clear(self):
@@ -248,7 +263,7 @@ def shared_budget() -> WeightBudget:
             if url.startswith(("redis://", "rediss://", "unix://")):
                 budget = RedisBudget(url, _setting("BINANCE_BUDGET_PREFIX", "tradeops:egress"))
             elif url.startswith("sqlite:///"):
-                budget = SqliteBudget(url[len("sqlite:///"):])
+                budget = SqliteBudget(url[len("sqlite:///") :])
             else:
                 raise ValueError(f"BINANCE_BUDGET_URL: redis://… or sqlite:///path, not {url!r}")
             _budgets[url] = budget
@@ -260,8 +275,8 @@ class ExchangeLimits:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._limits: dict[str, tuple[int, float]] = {}   # rest_url -> (limit, time.monotonic() learnt)
-        self.assumed: int | None = None    # tests: the limit of every exchange not learnt yet, without asking
+        self._limits: dict[str, tuple[int, float]] = {}  # rest_url -> (limit, time.monotonic() learnt)
+        self.assumed: int | None = None  # tests: the limit of every exchange not learnt yet, without asking
 
     def get(self, rest_url: str) -> int | None:
         """The limit when known and fresh, else None (the caller fetches it)."""
@@ -287,8 +302,12 @@ EXCHANGE_LIMITS = ExchangeLimits()
 def weight_limit_from_exchange_info(info: Any) -> int | None:
     """The 1-minute REQUEST_WEIGHT limit in an exchangeInfo answer, or None."""
     for limit in (info or {}).get("rateLimits", []) if isinstance(info, dict) else []:
-        if (isinstance(limit, dict) and limit.get("rateLimitType") == "REQUEST_WEIGHT"
-                and limit.get("interval") == "MINUTE" and limit.get("intervalNum") == 1):
+        if (
+            isinstance(limit, dict)
+            and limit.get("rateLimitType") == "REQUEST_WEIGHT"
+            and limit.get("interval") == "MINUTE"
+            and limit.get("intervalNum") == 1
+        ):
             try:
                 return int(limit["limit"])
             except (KeyError, TypeError, ValueError):

@@ -13,7 +13,9 @@ def _fernet_for(keys: str) -> MultiFernet:
     try:
         return MultiFernet([Fernet(key.strip().encode()) for key in keys.split(",") if key.strip()])
     except (ValueError, TypeError) as exc:
-        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEY is not a valid Fernet key (32 url-safe base64 bytes).") from exc
+        raise ImproperlyConfigured(
+            "FIELD_ENCRYPTION_KEY is not a valid Fernet key (32 url-safe base64 bytes)."
+        ) from exc
 
 
 def fernet() -> MultiFernet:

@@ -36,8 +36,11 @@ class Account(models.Model):
     use_testnet = models.BooleanField(default=False, help_text="Talk to Binance's futures testnet URLs.")
     # Learned from Binance (GET /fapi/v1/positionSide/dual), never typed in: the admin shows it read-only.
     dual_side_position = models.BooleanField(
-        null=True, blank=True, editable=False,
-        help_text="Hedge mode on Binance (LONG and SHORT positions per symbol); empty until first read.")
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Hedge mode on Binance (LONG and SHORT positions per symbol); empty until first read.",
+    )
     position_mode_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -132,11 +135,18 @@ class TradeQuerySet(models.QuerySet):
             logger.exception("trade fill failed: account=%s %s source=%s", lookup.get("account_id"), log_ref, source)
             raise
         if trade is None:
-            logger.info("trade fill no-op (not pending): account=%s %s source=%s", lookup["account_id"], log_ref, source)
+            logger.info(
+                "trade fill no-op (not pending): account=%s %s source=%s", lookup["account_id"], log_ref, source
+            )
             return False
         logger.info(
             "trade filled: account=%s %s source=%s trade=%s qty=%s avg_price=%s",
-            lookup["account_id"], log_ref, source, trade.pk, filled_qty, avg_price,
+            lookup["account_id"],
+            log_ref,
+            source,
+            trade.pk,
+            filled_qty,
+            avg_price,
         )
         return True
 
@@ -144,7 +154,10 @@ class TradeQuerySet(models.QuerySet):
         """pending → open for the trade with this client order id. True only for the call that made the change."""
         return self._fill_pending(
             {"account_id": account_id, "client_order_id": client_order_id},
-            order_id=order_id, filled_qty=filled_qty, avg_price=avg_price, source=source,
+            order_id=order_id,
+            filled_qty=filled_qty,
+            avg_price=avg_price,
+            source=source,
             log_ref=f"client_order_id={client_order_id}",
         )
 
@@ -156,19 +169,28 @@ class TradeQuerySet(models.QuerySet):
         """
         log_ref = f"entry_order_id={entry_order_id}"
         candidates = list(
-            self.filter(account_id=account_id, entry_order_id=entry_order_id, status=Trade.Status.PENDING)
-            .values_list("pk", flat=True)[:2]
+            self.filter(account_id=account_id, entry_order_id=entry_order_id, status=Trade.Status.PENDING).values_list(
+                "pk", flat=True
+            )[:2]
         )
         if len(candidates) > 1:
-            logger.error("trade fill refused: account=%s %s source=%s matches several pending trades",
-                         account_id, log_ref, source)
+            logger.error(
+                "trade fill refused: account=%s %s source=%s matches several pending trades",
+                account_id,
+                log_ref,
+                source,
+            )
             return False
         if not candidates:
             logger.info("trade fill no-op (no pending trade): account=%s %s source=%s", account_id, log_ref, source)
             return False
         return self._fill_pending(
             {"pk": candidates[0], "account_id": account_id},
-            order_id=None, filled_qty=filled_qty, avg_price=avg_price, source=source, log_ref=log_ref,
+            order_id=None,
+            filled_qty=filled_qty,
+            avg_price=avg_price,
+            source=source,
+            log_ref=log_ref,
         )
 
 
@@ -193,8 +215,11 @@ class Trade(models.Model):
     symbol = models.CharField(max_length=32)
     side = models.CharField(max_length=4, choices=Side.choices)
     position_side = models.CharField(
-        max_length=5, choices=PositionSide.choices, default=PositionSide.BOTH,
-        help_text="Binance's positionSide of the entry: BOTH in one-way mode, LONG / SHORT in hedge mode.")
+        max_length=5,
+        choices=PositionSide.choices,
+        default=PositionSide.BOTH,
+        help_text="Binance's positionSide of the entry: BOTH in one-way mode, LONG / SHORT in hedge mode.",
+    )
     quantity = models.DecimalField(**MONEY)
     price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Limit price; empty for market orders.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -216,12 +241,14 @@ class Trade(models.Model):
         null=True, blank=True, help_text="When the entry order was sent to Binance (the not-found grace runs from it)."
     )
     cancel_after = models.DateTimeField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text="The entry's deadline (the database's clock): a pending trade still pending after it is cancelled "
-                  "and verified by the deadline sweep, whatever happened to its countdown message.",
+        "and verified by the deadline sweep, whatever happened to its countdown message.",
     )
     cancel_sent_at = models.DateTimeField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text="When the deadline's cancel was last sent (by the countdown or the sweep, whichever claimed it).",
     )
     opened_at = models.DateTimeField(null=True, blank=True)
@@ -229,13 +256,20 @@ class Trade(models.Model):
     exit_price = models.DecimalField(**MONEY, null=True, blank=True, help_text="Average closing price, if known.")
     realized_pnl = models.DecimalField(**MONEY, null=True, blank=True, help_text="From Binance's userTrades.")
     closed_qty = models.DecimalField(
-        **MONEY, default=Decimal("0"), help_text="Closed by exits so far; the open quantity is filled − closed.")
+        **MONEY, default=Decimal("0"), help_text="Closed by exits so far; the open quantity is filled − closed."
+    )
     exit_fill_id = models.BigIntegerField(
-        null=True, blank=True, editable=False,
-        help_text="Binance userTrades id of the last exit fill applied (fills are applied once, in id order).")
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Binance userTrades id of the last exit fill applied (fills are applied once, in id order).",
+    )
     position_gone_at = models.DateTimeField(
-        null=True, blank=True, editable=False,
-        help_text="First position read that found no position for the trade; a second read confirms the close.")
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="First position read that found no position for the trade; a second read confirms the close.",
+    )
     needs_operator = models.BooleanField(
         default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
     )
@@ -245,8 +279,9 @@ class Trade(models.Model):
         default=0, help_text="Look-ups made since the trade was failed as not found on exchange."
     )
     not_found_recheck_at = models.DateTimeField(
-        null=True, blank=True, help_text="When a trade failed as not found on exchange is looked up again; "
-        "empty: never again."
+        null=True,
+        blank=True,
+        help_text="When a trade failed as not found on exchange is looked up again; empty: never again.",
     )
 
     objects = TradeQuerySet.as_manager()
@@ -280,7 +315,9 @@ class Trade(models.Model):
         return self.open_qty if self.side == Trade.Side.BUY else -self.open_qty
 
     def __str__(self):
-        return f"{self.symbol} {self.side} {self.quantity} [{self.status}] {self.client_order_id or self.entry_order_id}"
+        return (
+            f"{self.symbol} {self.side} {self.quantity} [{self.status}] {self.client_order_id or self.entry_order_id}"
+        )
 
 
 class TradeEvent(models.Model):

@@ -37,8 +37,7 @@ class ChangePermissionActionsMixin:
         if self.has_change_permission(request):
             return actions
         # An action that declares no permission of its own is for users who may change schedules only.
-        return {name: action for name, action in actions.items()
-                if getattr(action[0], "allowed_permissions", None)}
+        return {name: action for name, action in actions.items() if getattr(action[0], "allowed_permissions", None)}
 
 
 class PeriodicTaskAdmin(ChangePermissionActionsMixin, beat_admin.PeriodicTaskAdmin):
@@ -66,9 +65,13 @@ class ClockedScheduleAdmin(ChangePermissionActionsMixin, beat_admin.ClockedSched
 
 def register(site=admin.site) -> None:
     """Replace django-celery-beat's registrations on `site` with the ones above."""
-    for model, model_admin in ((PeriodicTask, PeriodicTaskAdmin), (IntervalSchedule, IntervalScheduleAdmin),
-                               (CrontabSchedule, CrontabScheduleAdmin), (SolarSchedule, SolarScheduleAdmin),
-                               (ClockedSchedule, ClockedScheduleAdmin)):
+    for model, model_admin in (
+        (PeriodicTask, PeriodicTaskAdmin),
+        (IntervalSchedule, IntervalScheduleAdmin),
+        (CrontabSchedule, CrontabScheduleAdmin),
+        (SolarSchedule, SolarScheduleAdmin),
+        (ClockedSchedule, ClockedScheduleAdmin),
+    ):
         if site.is_registered(model):
             site.unregister(model)
         site.register(model, model_admin)

@@ -6,64 +6,141 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('trades', '0002_close_and_flag_fields'),
+        ("trades", "0002_close_and_flag_fields"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AccountSyncState',
+            name="AccountSyncState",
             fields=[
-                ('account', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='sync_state', serialize=False, to='trades.account')),
-                ('lease_owner', models.CharField(blank=True, default='', max_length=64)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('last_reconcile_at', models.DateTimeField(blank=True, null=True)),
-                ('last_reconcile_report', models.JSONField(blank=True, default=dict)),
-                ('last_position_sync_at', models.DateTimeField(blank=True, null=True)),
-                ('used_weight', models.PositiveIntegerField(default=0, help_text='Binance X-MBX-USED-WEIGHT-1M last seen.')),
-                ('stream_state', models.CharField(blank=True, default='', max_length=32)),
-                ('stream_state_at', models.DateTimeField(blank=True, null=True)),
-                ('stream_last_event_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "account",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="sync_state",
+                        serialize=False,
+                        to="trades.account",
+                    ),
+                ),
+                ("lease_owner", models.CharField(blank=True, default="", max_length=64)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("last_reconcile_at", models.DateTimeField(blank=True, null=True)),
+                ("last_reconcile_report", models.JSONField(blank=True, default=dict)),
+                ("last_position_sync_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "used_weight",
+                    models.PositiveIntegerField(default=0, help_text="Binance X-MBX-USED-WEIGHT-1M last seen."),
+                ),
+                ("stream_state", models.CharField(blank=True, default="", max_length=32)),
+                ("stream_state_at", models.DateTimeField(blank=True, null=True)),
+                ("stream_last_event_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='OrphanPosition',
+            name="OrphanPosition",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('symbol', models.CharField(max_length=32)),
-                ('quantity', models.DecimalField(decimal_places=10, help_text='Unexplained signed quantity (positive long, negative short).', max_digits=28)),
-                ('exchange_position', models.DecimalField(decimal_places=10, help_text='The whole exchange position when last seen.', max_digits=28)),
-                ('entry_price', models.DecimalField(blank=True, decimal_places=10, max_digits=28, null=True)),
-                ('status', models.CharField(choices=[('open', 'open'), ('resolved', 'resolved (explained again)'), ('recovered', 'recovered as a trade'), ('dismissed', 'dismissed')], default='open', max_length=16)),
-                ('first_seen_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_seen_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('note', models.CharField(blank=True, default='', max_length=255)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='orphan_positions', to='trades.account')),
-                ('trade', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='trades.trade')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("symbol", models.CharField(max_length=32)),
+                (
+                    "quantity",
+                    models.DecimalField(
+                        decimal_places=10,
+                        help_text="Unexplained signed quantity (positive long, negative short).",
+                        max_digits=28,
+                    ),
+                ),
+                (
+                    "exchange_position",
+                    models.DecimalField(
+                        decimal_places=10, help_text="The whole exchange position when last seen.", max_digits=28
+                    ),
+                ),
+                ("entry_price", models.DecimalField(blank=True, decimal_places=10, max_digits=28, null=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("open", "open"),
+                            ("resolved", "resolved (explained again)"),
+                            ("recovered", "recovered as a trade"),
+                            ("dismissed", "dismissed"),
+                        ],
+                        default="open",
+                        max_length=16,
+                    ),
+                ),
+                ("first_seen_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("last_seen_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("note", models.CharField(blank=True, default="", max_length=255)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="orphan_positions",
+                        to="trades.account",
+                    ),
+                ),
+                (
+                    "trade",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="trades.trade",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-last_seen_at'],
-                'indexes': [models.Index(fields=['account', 'symbol', 'status'], name='orphan_account_symbol_status')],
+                "ordering": ["-last_seen_at"],
+                "indexes": [models.Index(fields=["account", "symbol", "status"], name="orphan_account_symbol_status")],
             },
         ),
         migrations.CreateModel(
-            name='ReconcileRun',
+            name="ReconcileRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('pending', 'pending trades'), ('deep', 'pending trades, all ages'), ('positions', 'positions')], max_length=16)),
-                ('reason', models.CharField(help_text='beat, ws_connect, admin, cancel, command, …', max_length=32)),
-                ('outcome', models.CharField(choices=[('ok', 'ok'), ('partial', 'stopped early (weight budget)'), ('skipped', 'skipped: busy'), ('error', 'error')], max_length=16)),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('duration_ms', models.PositiveIntegerField(default=0)),
-                ('report', models.JSONField(blank=True, default=dict)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='reconcile_runs', to='trades.account')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending trades"),
+                            ("deep", "pending trades, all ages"),
+                            ("positions", "positions"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("reason", models.CharField(help_text="beat, ws_connect, admin, cancel, command, …", max_length=32)),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("ok", "ok"),
+                            ("partial", "stopped early (weight budget)"),
+                            ("skipped", "skipped: busy"),
+                            ("error", "error"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("duration_ms", models.PositiveIntegerField(default=0)),
+                ("report", models.JSONField(blank=True, default=dict)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="reconcile_runs", to="trades.account"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-started_at'],
-                'indexes': [models.Index(fields=['account', 'started_at'], name='reconcilerun_account_started')],
+                "ordering": ["-started_at"],
+                "indexes": [models.Index(fields=["account", "started_at"], name="reconcilerun_account_started")],
             },
         ),
     ]

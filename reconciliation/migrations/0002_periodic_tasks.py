@@ -9,8 +9,13 @@ SCHEDULES = [
     # name, task, every (seconds), kwargs, expires (seconds)
     ("reconcile pending trades (all accounts)", "reconciliation.tasks.reconcile_all_accounts", 60, {}, 55),
     ("sync positions (all accounts)", "reconciliation.tasks.sync_all_positions", 300, {}, 290),
-    ("deep reconcile of old pending trades (all accounts)", "reconciliation.tasks.reconcile_all_accounts", 3600,
-     {"deep": True}, 3500),
+    (
+        "deep reconcile of old pending trades (all accounts)",
+        "reconciliation.tasks.reconcile_all_accounts",
+        3600,
+        {"deep": True},
+        3500,
+    ),
 ]
 
 
@@ -22,7 +27,12 @@ def create_schedules(apps, schema_editor):
             continue
         interval, _ = IntervalSchedule.objects.get_or_create(every=every, period="seconds")
         PeriodicTask.objects.create(
-            name=name, task=task, interval=interval, kwargs=json.dumps(kwargs), expire_seconds=expires, enabled=True,
+            name=name,
+            task=task,
+            interval=interval,
+            kwargs=json.dumps(kwargs),
+            expire_seconds=expires,
+            enabled=True,
         )
 
 

@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reconciliation', '0002_periodic_tasks'),
+        ("reconciliation", "0002_periodic_tasks"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='accountsyncstate',
-            name='stream_heartbeat_at',
-            field=models.DateTimeField(blank=True, help_text='Written by a live stream process every account refresh; a killed process leaves its last state behind, so health trusts that state only while this is fresh.', null=True),
+            model_name="accountsyncstate",
+            name="stream_heartbeat_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="Written by a live stream process every account refresh; a killed process leaves its last state behind, so health trusts that state only while this is fresh.",
+                null=True,
+            ),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reconciliation', '0003_stream_heartbeat'),
-        ('trades', '0004_operator_groups'),
+        ("reconciliation", "0003_stream_heartbeat"),
+        ("trades", "0004_operator_groups"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='reconcilerun',
-            index=models.Index(fields=['started_at'], name='reconcilerun_started'),
+            model_name="reconcilerun",
+            index=models.Index(fields=["started_at"], name="reconcilerun_started"),
         ),
     ]

@@ -10,8 +10,13 @@ def create_schedule(apps, schema_editor):
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     if not PeriodicTask.objects.filter(name=NAME).exists():
         interval, _ = IntervalSchedule.objects.get_or_create(every=86400, period="seconds")
-        PeriodicTask.objects.create(name=NAME, task="reconciliation.tasks.prune_reconcile_runs", interval=interval,
-                                    expire_seconds=3600, enabled=True)
+        PeriodicTask.objects.create(
+            name=NAME,
+            task="reconciliation.tasks.prune_reconcile_runs",
+            interval=interval,
+            expire_seconds=3600,
+            enabled=True,
+        )
 
 
 def remove_schedule(apps, schema_editor):

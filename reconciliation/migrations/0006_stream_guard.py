@@ -6,33 +6,58 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reconciliation', '0005_prune_schedule'),
-        ('trades', '0008_not_found_recheck'),
+        ("reconciliation", "0005_prune_schedule"),
+        ("trades", "0008_not_found_recheck"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='accountsyncstate',
-            name='stream_deaf_since',
-            field=models.DateTimeField(blank=True, help_text="Set when REST look-ups found USER_STREAM_DEAF_AFTER order changes within an hour that the connected socket never delivered (stream_guard.py); the stream process then reconnects, and the reconnect's reconcile clears it.", null=True),
+            model_name="accountsyncstate",
+            name="stream_deaf_since",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="Set when REST look-ups found USER_STREAM_DEAF_AFTER order changes within an hour that the connected socket never delivered (stream_guard.py); the stream process then reconnects, and the reconnect's reconcile clears it.",
+                null=True,
+            ),
         ),
         migrations.CreateModel(
-            name='StreamMiss',
+            name="StreamMiss",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('detected_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('source', models.CharField(help_text='The path that found it: reconcile, cancel_verify, admin.', max_length=32)),
-                ('exchange_status', models.CharField(max_length=24)),
-                ('exchange_update_time', models.BigIntegerField(help_text='Binance updateTime (ms) of the change.')),
-                ('connected_since', models.DateTimeField(help_text='When the socket that should have delivered it connected.')),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='stream_misses', to='trades.account')),
-                ('trade', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='trades.trade')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("detected_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "source",
+                    models.CharField(
+                        help_text="The path that found it: reconcile, cancel_verify, admin.", max_length=32
+                    ),
+                ),
+                ("exchange_status", models.CharField(max_length=24)),
+                ("exchange_update_time", models.BigIntegerField(help_text="Binance updateTime (ms) of the change.")),
+                (
+                    "connected_since",
+                    models.DateTimeField(help_text="When the socket that should have delivered it connected."),
+                ),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="stream_misses", to="trades.account"
+                    ),
+                ),
+                (
+                    "trade",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="trades.trade",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-detected_at'],
-                'indexes': [models.Index(fields=['account', 'detected_at'], name='streammiss_account_detected')],
+                "ordering": ["-detected_at"],
+                "indexes": [models.Index(fields=["account", "detected_at"], name="streammiss_account_detected")],
             },
         ),
     ]

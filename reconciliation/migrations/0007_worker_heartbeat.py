@@ -12,8 +12,9 @@ def create_schedule(apps, schema_editor):
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     if not PeriodicTask.objects.filter(name=NAME).exists():
         interval, _ = IntervalSchedule.objects.get_or_create(every=15, period="seconds")
-        PeriodicTask.objects.create(name=NAME, task="reconciliation.tasks.worker_heartbeat", interval=interval,
-                                    expire_seconds=14, enabled=True)
+        PeriodicTask.objects.create(
+            name=NAME, task="reconciliation.tasks.worker_heartbeat", interval=interval, expire_seconds=14, enabled=True
+        )
 
 
 def remove_schedule(apps, schema_editor):

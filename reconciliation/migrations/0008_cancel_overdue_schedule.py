@@ -13,8 +13,13 @@ def create_schedule(apps, schema_editor):
     if not PeriodicTask.objects.filter(name=NAME).exists():
         interval, _ = IntervalSchedule.objects.get_or_create(every=EVERY_SEC, period="seconds")
         # Expires before the next one is due: a sweep that waited that long is superseded by the next.
-        PeriodicTask.objects.create(name=NAME, task="reconciliation.tasks.cancel_overdue_entries", interval=interval,
-                                    expire_seconds=EVERY_SEC - 1, enabled=True)
+        PeriodicTask.objects.create(
+            name=NAME,
+            task="reconciliation.tasks.cancel_overdue_entries",
+            interval=interval,
+            expire_seconds=EVERY_SEC - 1,
+            enabled=True,
+        )
 
 
 def remove_schedule(apps, schema_editor):

@@ -4,15 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reconciliation', '0008_cancel_overdue_schedule'),
+        ("reconciliation", "0008_cancel_overdue_schedule"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='orphanposition',
-            name='position_side',
-            field=models.CharField(choices=[('BOTH', 'BOTH (one-way mode)'), ('LONG', 'LONG (hedge mode)'), ('SHORT', 'SHORT (hedge mode)')], default='BOTH', max_length=5),
+            model_name="orphanposition",
+            name="position_side",
+            field=models.CharField(
+                choices=[
+                    ("BOTH", "BOTH (one-way mode)"),
+                    ("LONG", "LONG (hedge mode)"),
+                    ("SHORT", "SHORT (hedge mode)"),
+                ],
+                default="BOTH",
+                max_length=5,
+            ),
         ),
     ]

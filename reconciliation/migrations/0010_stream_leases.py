@@ -6,30 +6,46 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('reconciliation', '0009_orphan_position_side'),
-        ('trades', '0009_position_side_and_partial_closes'),
+        ("reconciliation", "0009_orphan_position_side"),
+        ("trades", "0009_position_side_and_partial_closes"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='StreamLease',
+            name="StreamLease",
             fields=[
-                ('account', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='stream_lease', serialize=False, to='trades.account')),
-                ('holder', models.CharField(blank=True, db_index=True, default='', max_length=64)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('claimed_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "account",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="stream_lease",
+                        serialize=False,
+                        to="trades.account",
+                    ),
+                ),
+                ("holder", models.CharField(blank=True, db_index=True, default="", max_length=64)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("claimed_at", models.DateTimeField(blank=True, null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='StreamProcess',
+            name="StreamProcess",
             fields=[
-                ('holder', models.CharField(help_text='host:pid:random, unique per process run.', max_length=64, primary_key=True, serialize=False)),
-                ('host', models.CharField(blank=True, default='', max_length=255)),
-                ('pid', models.PositiveIntegerField(default=0)),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('expires_at', models.DateTimeField(db_index=True)),
+                (
+                    "holder",
+                    models.CharField(
+                        help_text="host:pid:random, unique per process run.",
+                        max_length=64,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("host", models.CharField(blank=True, default="", max_length=255)),
+                ("pid", models.PositiveIntegerField(default=0)),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("expires_at", models.DateTimeField(db_index=True)),
             ],
         ),
     ]

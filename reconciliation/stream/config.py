@@ -35,7 +35,6 @@ from dataclasses import dataclass, fields, replace
 
 from django.conf import settings
 
-
 # Event types the stream acts on: always subscribed, whatever USER_STREAM_EVENTS says.
 REQUIRED_EVENTS = ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired")
 # ALGO_ORDER_UPDATE: the subscription name of the Algo service's updates (their frames say "e": "ALGO_UPDATE").

@@ -66,17 +66,28 @@ def listen_key_client(account: Account, timeout: float) -> BinanceFuturesClient:
     """The account's gateway for listenKey calls, with a short timeout (a slow keepalive must not hold the stream).
     The caller closes it."""
     with BinanceFuturesClient.for_account(account) as defaults:  # only for its URL, timeout and label
-        return BinanceFuturesClient(account.api_key, account.api_secret, rest_url=defaults.rest_url,
-                                    timeout=min(defaults.timeout, timeout), account_label=defaults.account_label,
-                                    source_address=defaults.source_address)
+        return BinanceFuturesClient(
+            account.api_key,
+            account.api_secret,
+            rest_url=defaults.rest_url,
+            timeout=min(defaults.timeout, timeout),
+            account_label=defaults.account_label,
+            source_address=defaults.source_address,
+        )
 
 
 class AccountStream:
     """Runs until stop(); never raises out of run(). Counters (`connects`, `outcomes`) are for tests and the bench."""
 
-    def __init__(self, account: Account, *, config: StreamConfig, executor: Executor,
-                 enqueue_reconcile: Callable[[int, str], object],
-                 enqueue_position_sync: Callable[[int, str], object]) -> None:
+    def __init__(
+        self,
+        account: Account,
+        *,
+        config: StreamConfig,
+        executor: Executor,
+        enqueue_reconcile: Callable[[int, str], object],
+        enqueue_position_sync: Callable[[int, str], object],
+    ) -> None:
         self.account = account
         self.account_id = account.pk
         self.label = f"{account.pk}/{account.name}"
@@ -110,9 +121,13 @@ class AccountStream:
         mark unless it is deaf too. A connection made after the mark is left alone (one reconnect per mark)."""
         if self._ws is None or self._connected_wall is None or marked_at <= self._connected_wall:
             return False
-        logger.warning("user_stream event=deaf account=%s marked_at=%s connected_at=%s: the socket is connected but "
-                       "missing order events; reconnecting", self.label, marked_at.isoformat(),
-                       self._connected_wall.isoformat())
+        logger.warning(
+            "user_stream event=deaf account=%s marked_at=%s connected_at=%s: the socket is connected but "
+            "missing order events; reconnecting",
+            self.label,
+            marked_at.isoformat(),
+            self._connected_wall.isoformat(),
+        )
         self._end("deaf")
         return True
 
@@ -140,8 +155,13 @@ class AccountStream:
         try:
             await self._blocking(fn, *args)
         except Exception as exc:  # noqa: BLE001 — TimeoutError included
-            logger.error("user_stream %s_failed account=%s: %s: %s", what, self.label, type(exc).__name__,
-                         str(exc)[:200] or f"no answer within {self.config.db_call_timeout_sec:g}s")
+            logger.error(
+                "user_stream %s_failed account=%s: %s: %s",
+                what,
+                self.label,
+                type(exc).__name__,
+                str(exc)[:200] or f"no answer within {self.config.db_call_timeout_sec:g}s",
+            )
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
@@ -167,8 +187,15 @@ class AccountStream:
                 planned = reason in PLANNED and failures <= 1
                 delay = 0.0 if planned else self.config.backoff_delay(max(failures, 1))
                 log = logger.info if planned else logger.warning
-                log("user_stream event=%s account=%s reason=%s connected_for_s=%.1f failures=%d retry_in_s=%.2f",
-                    "disconnected" if connected_at else "connect_failed", self.label, reason, lived, failures, delay)
+                log(
+                    "user_stream event=%s account=%s reason=%s connected_for_s=%.1f failures=%d retry_in_s=%.2f",
+                    "disconnected" if connected_at else "connect_failed",
+                    self.label,
+                    reason,
+                    lived,
+                    failures,
+                    delay,
+                )
                 await self._call("state", record_state, self.account_id, RECONNECTING)
                 await self._sleep(delay)
         except asyncio.CancelledError:
@@ -188,21 +215,39 @@ class AccountStream:
         cfg = self.config
         # The socket leaves from the account's egress address, like its REST calls (BINANCE_SOURCE_ADDRESSES).
         bind = {"local_addr": (client.source_address, 0)} if client.source_address else {}
-        async with connect(url, open_timeout=cfg.open_timeout_sec, ping_interval=cfg.ping_interval_sec,
-                           ping_timeout=cfg.ping_timeout_sec, close_timeout=1, max_size=2 ** 20, **bind) as ws:
+        async with connect(
+            url,
+            open_timeout=cfg.open_timeout_sec,
+            ping_interval=cfg.ping_interval_sec,
+            ping_timeout=cfg.ping_timeout_sec,
+            close_timeout=1,
+            max_size=2**20,
+            **bind,
+        ) as ws:
             self._ws = ws
             self._connected_at = time.monotonic()
             self._connected_wall = timezone.now()
             self.connects += 1
             gap_ms = round((self._connected_at - disconnected_at) * 1000) if disconnected_at else None
-            logger.info("user_stream event=%s account=%s reason=%s gap_ms=%s", "connected" if self.connects == 1
-                        else "reconnected", self.label, previous_reason, gap_ms)
+            logger.info(
+                "user_stream event=%s account=%s reason=%s gap_ms=%s",
+                "connected" if self.connects == 1 else "reconnected",
+                self.label,
+                previous_reason,
+                gap_ms,
+            )
             if self._stopping:  # stop() came while connecting
                 return "stop"
             # Live now: whatever filled before this instant the reconcile finds; anything later arrives here.
             connection = self.connects
-            self._spawn(self._enqueue("enqueue_reconcile", self.enqueue_reconcile, "ws_connect",
-                                      superseded=lambda: self.connects != connection))  # a newer one sends its own
+            self._spawn(
+                self._enqueue(
+                    "enqueue_reconcile",
+                    self.enqueue_reconcile,
+                    "ws_connect",
+                    superseded=lambda: self.connects != connection,
+                )
+            )  # a newer one sends its own
             # Positions may have changed in the gap too (a stop-loss closed one, its ACCOUNT_UPDATE lost).
             self._schedule_position_sync("ws_connect")
             self._spawn(self._call("state", record_state, self.account_id, CONNECTED))
@@ -232,17 +277,26 @@ class AccountStream:
             snap = outcome.snapshot
             try:
                 outcome = await self._blocking(
-                    messages.apply_order_event, self.account_id, snap, enqueue_reconcile=self.enqueue_reconcile,
-                    tries=self.config.db_tries, retry_delay=self.config.db_retry_delay_sec,
+                    messages.apply_order_event,
+                    self.account_id,
+                    snap,
+                    enqueue_reconcile=self.enqueue_reconcile,
+                    tries=self.config.db_tries,
+                    retry_delay=self.config.db_retry_delay_sec,
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Waiting on would freeze this account: no reads, so no notice that its socket died, no reconnect,
                 # no reconcile, and "connected" in the health check. The thread may still finish: harmless, the rule
                 # is idempotent.
-                logger.error("user_stream db_timeout account=%s order_id=%s client_order_id=%s status=%s: not applied "
-                             "within %gs; reconnecting (its reconcile fetches the order from Binance)", self.label,
-                             snap.order_id, messages.printable(snap.client_order_id), snap.status,
-                             self.config.db_call_timeout_sec)
+                logger.error(
+                    "user_stream db_timeout account=%s order_id=%s client_order_id=%s status=%s: not applied "
+                    "within %gs; reconnecting (its reconcile fetches the order from Binance)",
+                    self.label,
+                    snap.order_id,
+                    messages.printable(snap.client_order_id),
+                    snap.status,
+                    self.config.db_call_timeout_sec,
+                )
                 self._end(DB_TIMEOUT)
                 outcome = messages.Outcome(DB_TIMEOUT)
         elif outcome.kind == messages.POSITIONS:
@@ -266,9 +320,13 @@ class AccountStream:
             give_up_at = extended_at + cfg.listen_key_validity_sec - cfg.listen_key_margin_sec
             await asyncio.sleep(max(0.0, min(wait, give_up_at - time.monotonic())))
             if failures and time.monotonic() >= give_up_at:
-                logger.error("user_stream keepalive_gave_up account=%s failures=%d last_success_s_ago=%.0f: the "
-                             "listenKey is about to lapse; reconnecting with a new one", self.label, failures,
-                             time.monotonic() - extended_at)
+                logger.error(
+                    "user_stream keepalive_gave_up account=%s failures=%d last_success_s_ago=%.0f: the "
+                    "listenKey is about to lapse; reconnecting with a new one",
+                    self.label,
+                    failures,
+                    time.monotonic() - extended_at,
+                )
                 self._end("keepalive_failed")
                 return
             attempt_at = time.monotonic()
@@ -282,14 +340,18 @@ class AccountStream:
                 wait = cfg.backoff_delay(failures)
                 if isinstance(exc, RateLimited):
                     wait = max(wait, exc.retry_after)
-                logger.warning("user_stream keepalive_failed account=%s attempt=%d retry_in_s=%.2f key_lapses_in_s="
-                               "%.0f: %s: %s", self.label, failures, wait,
-                               extended_at + cfg.listen_key_validity_sec - time.monotonic(), type(exc).__name__,
-                               str(exc)[:200])
+                logger.warning(
+                    "user_stream keepalive_failed account=%s attempt=%d retry_in_s=%.2f key_lapses_in_s=%.0f: %s: %s",
+                    self.label,
+                    failures,
+                    wait,
+                    extended_at + cfg.listen_key_validity_sec - time.monotonic(),
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
                 continue
             if failures:
-                logger.info("user_stream keepalive_recovered account=%s after %d failed attempts", self.label,
-                            failures)
+                logger.info("user_stream keepalive_recovered account=%s after %d failed attempts", self.label, failures)
             failures, wait, extended_at = 0, cfg.keepalive_sec, attempt_at
 
     def _schedule_position_sync(self, reason: str) -> None:
@@ -317,19 +379,33 @@ class AccountStream:
             except Exception as exc:  # noqa: BLE001 — the broker away, above all; TimeoutError included
                 failures += 1
                 delay = self.config.backoff_delay(failures)
-                logger.error("user_stream %s_failed account=%s reason=%s attempt=%d retry_in_s=%.2f: %s: %s", what,
-                             self.label, reason, failures, delay, type(exc).__name__,
-                             str(exc)[:200] or f"no answer within {self.config.db_call_timeout_sec:g}s")
+                logger.error(
+                    "user_stream %s_failed account=%s reason=%s attempt=%d retry_in_s=%.2f: %s: %s",
+                    what,
+                    self.label,
+                    reason,
+                    failures,
+                    delay,
+                    type(exc).__name__,
+                    str(exc)[:200] or f"no answer within {self.config.db_call_timeout_sec:g}s",
+                )
             else:
                 if failures:
-                    logger.info("user_stream %s_sent account=%s reason=%s attempt=%d", what, self.label, reason,
-                                failures + 1)
+                    logger.info(
+                        "user_stream %s_sent account=%s reason=%s attempt=%d", what, self.label, reason, failures + 1
+                    )
                 return
             await self._sleep(delay)
             if self._stopping or superseded():
-                logger.warning("user_stream %s_abandoned account=%s reason=%s: %s", what, self.label, reason,
-                               "the stream stopped; the periodic task covers it" if self._stopping
-                               else "superseded by a newer one")
+                logger.warning(
+                    "user_stream %s_abandoned account=%s reason=%s: %s",
+                    what,
+                    self.label,
+                    reason,
+                    "the stream stopped; the periodic task covers it"
+                    if self._stopping
+                    else "superseded by a newer one",
+                )
                 return
 
     async def _sleep(self, seconds: float) -> None:
@@ -342,8 +418,10 @@ class AccountStream:
         DELETEd: that would close every socket on it, the bot's own included (see the module docstring)."""
         if self._position_sync is not None and not self._position_sync.done():
             self._position_sync.cancel()
-            logger.info("user_stream position_sync_dropped account=%s: stopping; the periodic position sync covers it",
-                        self.label)
+            logger.info(
+                "user_stream position_sync_dropped account=%s: stopping; the periodic position sync covers it",
+                self.label,
+            )
         self._listen_key = None
         if client is not None:
             client.close()

@@ -25,10 +25,17 @@ ORDER_TRADE_UPDATE = "ORDER_TRADE_UPDATE"
 ACCOUNT_UPDATE = "ACCOUNT_UPDATE"
 LISTEN_KEY_EXPIRED = "listenKeyExpired"
 # Binance pushes these too; nothing here needs them (TRADE_LITE repeats what ORDER_TRADE_UPDATE says).
-IGNORED_EVENTS = frozenset({
-    "TRADE_LITE", "ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL", "STRATEGY_UPDATE", "GRID_UPDATE",
-    "CONDITIONAL_ORDER_TRIGGER_REJECT", "ALGO_UPDATE",
-})
+IGNORED_EVENTS = frozenset(
+    {
+        "TRADE_LITE",
+        "ACCOUNT_CONFIG_UPDATE",
+        "MARGIN_CALL",
+        "STRATEGY_UPDATE",
+        "GRID_UPDATE",
+        "CONDITIONAL_ORDER_TRIGGER_REJECT",
+        "ALGO_UPDATE",
+    }
+)
 
 EXCERPT_CHARS = 200
 # listenKeys and API keys are long runs of letters and digits: never let one into a log line.
@@ -142,26 +149,50 @@ def apply_order_event(
         try:
             trade = find_trade(account_id, snap)
             if trade is None:
-                logger.info("user_stream not_ours account=%s symbol=%s order_id=%s client_order_id=%s status=%s",
-                            account_id, printable(snap.symbol), snap.order_id, printable(snap.client_order_id),
-                            snap.status)
+                logger.info(
+                    "user_stream not_ours account=%s symbol=%s order_id=%s client_order_id=%s status=%s",
+                    account_id,
+                    printable(snap.symbol),
+                    snap.order_id,
+                    printable(snap.client_order_id),
+                    snap.status,
+                )
                 return Outcome(NO_TRADE)
             result = services.apply_order_snapshot(trade, snap, TradeEvent.Source.WS)
             return Outcome(APPLIED, result)
         except (SnapshotMismatch, InvalidSnapshot) as exc:
-            logger.warning("user_stream mismatch account=%s order_id=%s client_order_id=%s: %s",
-                           account_id, snap.order_id, printable(snap.client_order_id), printable(exc, 200))
+            logger.warning(
+                "user_stream mismatch account=%s order_id=%s client_order_id=%s: %s",
+                account_id,
+                snap.order_id,
+                printable(snap.client_order_id),
+                printable(exc, 200),
+            )
             return Outcome(MISMATCH)
         except Exception as exc:  # noqa: BLE001 — DB errors above all; never lose the fill over any of them
             if attempt < tries:
-                logger.warning("user_stream apply_failed account=%s order_id=%s attempt=%d/%d: %s: %s",
-                               account_id, snap.order_id, attempt, tries, type(exc).__name__, str(exc)[:200])
+                logger.warning(
+                    "user_stream apply_failed account=%s order_id=%s attempt=%d/%d: %s: %s",
+                    account_id,
+                    snap.order_id,
+                    attempt,
+                    tries,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                )
                 time.sleep(retry_delay * 2 ** (attempt - 1))
                 continue
-            logger.error("user_stream apply_gave_up account=%s order_id=%s client_order_id=%s status=%s "
-                         "after %d tries (%s: %s); enqueueing a reconcile of the account",
-                         account_id, snap.order_id, printable(snap.client_order_id), snap.status, tries,
-                         type(exc).__name__, str(exc)[:200])
+            logger.error(
+                "user_stream apply_gave_up account=%s order_id=%s client_order_id=%s status=%s "
+                "after %d tries (%s: %s); enqueueing a reconcile of the account",
+                account_id,
+                snap.order_id,
+                printable(snap.client_order_id),
+                snap.status,
+                tries,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
         finally:
             recycle_connections()
     try:
@@ -171,8 +202,14 @@ def apply_order_event(
     return Outcome(DB_FAILED)
 
 
-def handle_message(account_id, raw, *, enqueue_reconcile: Callable[[int, str], object] | None = None,
-                   tries: int = 3, retry_delay: float = 0.05) -> Outcome:
+def handle_message(
+    account_id,
+    raw,
+    *,
+    enqueue_reconcile: Callable[[int, str], object] | None = None,
+    tries: int = 3,
+    retry_delay: float = 0.05,
+) -> Outcome:
     """The whole path of one message, synchronously: classify it and, for an order update, apply it. Never raises.
 
     Position syncs and reconnects are the stream's business: the outcome (POSITIONS, EXPIRED) tells the caller."""
@@ -180,14 +217,20 @@ def handle_message(account_id, raw, *, enqueue_reconcile: Callable[[int, str], o
         outcome = classify(account_id, raw)
         if outcome.kind != ORDER:
             return outcome
-        return apply_order_event(account_id, outcome.snapshot, tries=tries, retry_delay=retry_delay,
-                                 enqueue_reconcile=enqueue_reconcile or enqueue_reconcile_task)
+        return apply_order_event(
+            account_id,
+            outcome.snapshot,
+            tries=tries,
+            retry_delay=retry_delay,
+            enqueue_reconcile=enqueue_reconcile or enqueue_reconcile_task,
+        )
     except Exception:  # noqa: BLE001 — the contract is "never raises"
         logger.exception("user_stream handler_error account=%s excerpt=%s", account_id, excerpt(raw))
         return Outcome(ERROR)
 
 
 # --- default side effects: Celery tasks (imported late: the stream process needs no worker code at import) -----------
+
 
 def enqueue_reconcile_task(account_id: int, reason: str) -> None:
     from ..tasks import reconcile_account

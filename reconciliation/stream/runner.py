@@ -27,9 +27,14 @@ class UserStreamRunner:
     enqueue_reconcile(account_id, reason) / enqueue_position_sync(account_id, reason) default to the Celery tasks;
     tests and the benchmark pass callables that do the work in-process."""
 
-    def __init__(self, *, account_names: list[str] | None = None, config: StreamConfig | None = None,
-                 enqueue_reconcile: Callable[[int, str], object] | None = None,
-                 enqueue_position_sync: Callable[[int, str], object] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        account_names: list[str] | None = None,
+        config: StreamConfig | None = None,
+        enqueue_reconcile: Callable[[int, str], object] | None = None,
+        enqueue_position_sync: Callable[[int, str], object] | None = None,
+    ) -> None:
         self.account_names = list(account_names or []) or None
         self.config = config or StreamConfig.from_settings()
         self.enqueue_reconcile = enqueue_reconcile or messages.enqueue_reconcile_task
@@ -61,10 +66,16 @@ class UserStreamRunner:
         if self._stop_requested:
             self._stop.set()
         self._executor = ThreadPoolExecutor(max_workers=self.config.threads, thread_name_prefix="user-stream")
-        logger.info("user_stream event=start accounts=%s", ",".join(self.account_names) if self.account_names
-                    else "all active")
-        logger.info("user_stream event=holder holder=%s takeover_s=%g lease_s=%g renew_s=%g", self.holder,
-                    self.config.takeover_sec, self.config.lease_sec, self.config.renew_sec)
+        logger.info(
+            "user_stream event=start accounts=%s", ",".join(self.account_names) if self.account_names else "all active"
+        )
+        logger.info(
+            "user_stream event=holder holder=%s takeover_s=%g lease_s=%g renew_s=%g",
+            self.holder,
+            self.config.takeover_sec,
+            self.config.lease_sec,
+            self.config.renew_sec,
+        )
         next_refresh = 0.0
         try:
             while not self._stop.is_set():
@@ -83,15 +94,18 @@ class UserStreamRunner:
                 wait = min(self.config.renew_sec, max(0.0, next_refresh - time.monotonic()))
                 try:
                     await asyncio.wait_for(self._stop.wait(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             await self._stop_streams(list(self._tasks), timeout=self.config.shutdown_sec)
             try:  # the others take over at once instead of after the leases expire
                 await asyncio.wait_for(blocking(self._executor, shards.leave, self.holder), self.config.shutdown_sec)
             except Exception:  # noqa: BLE001 — then the leases simply expire
-                logger.warning("user_stream leave_failed holder=%s: the leases expire within %gs", self.holder,
-                               self.config.lease_sec)
+                logger.warning(
+                    "user_stream leave_failed holder=%s: the leases expire within %gs",
+                    self.holder,
+                    self.config.lease_sec,
+                )
             self._executor.shutdown(wait=False, cancel_futures=True)
             logger.info("user_stream event=exit")
 
@@ -112,26 +126,48 @@ class UserStreamRunner:
         started = time.monotonic()
         timeout = self.config.lease_sec if not self._tasks else max(0.1, self._lease_valid_until - started)
         plan = await asyncio.wait_for(
-            blocking(self._executor, shards.coordinate, self.holder, set(self._accounts),
-                     lease_sec=self.config.lease_sec, stale_sec=self.config.stale_sec), timeout)
+            blocking(
+                self._executor,
+                shards.coordinate,
+                self.holder,
+                set(self._accounts),
+                lease_sec=self.config.lease_sec,
+                stale_sec=self.config.stale_sec,
+            ),
+            timeout,
+        )
         self._lease_valid_until = started + self.config.lease_sec - self.config.renew_sec
         lost = [pk for pk in self._tasks if pk not in plan.held and pk not in plan.surplus]
         for pk in lost:
-            logger.warning("user_stream event=lease_lost account=%s holder=%s: closing the socket",
-                           self.streams[pk].label, self.holder)
+            logger.warning(
+                "user_stream event=lease_lost account=%s holder=%s: closing the socket",
+                self.streams[pk].label,
+                self.holder,
+            )
         surplus = [pk for pk in plan.surplus if pk in self._tasks]
         for pk in surplus:
-            logger.info("user_stream event=lease_released account=%s share=%d processes=%d",
-                        self.streams[pk].label, plan.share, plan.processes)
+            logger.info(
+                "user_stream event=lease_released account=%s share=%d processes=%d",
+                self.streams[pk].label,
+                plan.share,
+                plan.processes,
+            )
         await self._stop_streams(lost + surplus, timeout=self.config.shutdown_sec)
         if plan.surplus:
             await blocking(self._executor, shards.release, self.holder, plan.surplus)
         for dead in plan.dead:
-            logger.warning("user_stream event=holder_dead holder=%s: a process on this machine that is gone; its "
-                           "leases expired now", dead)
+            logger.warning(
+                "user_stream event=holder_dead holder=%s: a process on this machine that is gone; its "
+                "leases expired now",
+                dead,
+            )
         if plan.claimed:
-            logger.info("user_stream event=leases_claimed accounts=%s share=%d processes=%d",
-                        ",".join(map(str, plan.claimed)), plan.share, plan.processes)
+            logger.info(
+                "user_stream event=leases_claimed accounts=%s share=%d processes=%d",
+                ",".join(map(str, plan.claimed)),
+                plan.share,
+                plan.processes,
+            )
         self.plan, self.held = plan, set(plan.held)
         await self._sync_streams({pk: a for pk, a in self._accounts.items() if pk in plan.held})
 
@@ -139,9 +175,13 @@ class UserStreamRunner:
         """Never stream without a live lease: once the last good pass is too old for the leases to be trusted (the
         database away, a pass hung), close every socket; the next good pass starts them again."""
         if self._tasks and time.monotonic() > self._lease_valid_until:
-            logger.error("user_stream event=leases_unconfirmed holder=%s: no lease renewed for %gs; closing %d "
-                         "sockets before another process may take them", self.holder,
-                         self.config.lease_sec - self.config.renew_sec, len(self._tasks))
+            logger.error(
+                "user_stream event=leases_unconfirmed holder=%s: no lease renewed for %gs; closing %d "
+                "sockets before another process may take them",
+                self.holder,
+                self.config.lease_sec - self.config.renew_sec,
+                len(self._tasks),
+            )
             self.held = set()
             await self._stop_streams(list(self._tasks), timeout=self.config.shutdown_sec)
 
@@ -162,13 +202,18 @@ class UserStreamRunner:
                 self._start(account, wanted[pk])
 
     def _start(self, account, account_fingerprint: str) -> None:
-        stream = AccountStream(account, config=self.config, executor=self._executor,
-                               enqueue_reconcile=self.enqueue_reconcile,
-                               enqueue_position_sync=self.enqueue_position_sync)
+        stream = AccountStream(
+            account,
+            config=self.config,
+            executor=self._executor,
+            enqueue_reconcile=self.enqueue_reconcile,
+            enqueue_position_sync=self.enqueue_position_sync,
+        )
         self.streams[account.pk] = stream
         self._fingerprints[account.pk] = account_fingerprint
         self._tasks[account.pk] = asyncio.get_running_loop().create_task(
-            self._ramped(stream, self._connect_delay()), name=f"user-stream-{account.pk}")
+            self._ramped(stream, self._connect_delay()), name=f"user-stream-{account.pk}"
+        )
 
     def _connect_delay(self) -> float:
         """Seconds until the next free connect slot (at most connects_per_sec new streams start per second)."""
@@ -205,8 +250,9 @@ class UserStreamRunner:
             await asyncio.wait(late, timeout=0.5)
 
 
-def run_user_stream(account_names: list[str] | None = None, *, config: StreamConfig | None = None,
-                    install_signal_handlers: bool = True) -> int:
+def run_user_stream(
+    account_names: list[str] | None = None, *, config: StreamConfig | None = None, install_signal_handlers: bool = True
+) -> int:
     """The process: stream until SIGTERM/SIGINT, then close the sockets (never DELETE a listenKey) and return 0."""
     import signal
 

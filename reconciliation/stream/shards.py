@@ -78,10 +78,17 @@ def expire_dead_neighbours(holder: str) -> list[str]:
     if len(parts) != 4:
         return []
     machine = parts[1]
-    others = set(StreamProcess.objects.exclude(holder=holder).filter(expires_at__gt=DatabaseNow())
-                 .values_list("holder", flat=True))
-    others |= set(StreamLease.objects.exclude(holder__in=["", holder]).filter(expires_at__gt=DatabaseNow())
-                  .values_list("holder", flat=True).distinct())
+    others = set(
+        StreamProcess.objects.exclude(holder=holder)
+        .filter(expires_at__gt=DatabaseNow())
+        .values_list("holder", flat=True)
+    )
+    others |= set(
+        StreamLease.objects.exclude(holder__in=["", holder])
+        .filter(expires_at__gt=DatabaseNow())
+        .values_list("holder", flat=True)
+        .distinct()
+    )
     dead = [other for other in sorted(others) if _dead_here(other, machine)]
     if dead:
         StreamLease.objects.filter(holder__in=dead).update(expires_at=DatabaseNow())
@@ -117,7 +124,8 @@ def heartbeat(holder: str, lease_sec: float) -> list[str]:
     if not StreamProcess.objects.filter(holder=holder).update(expires_at=_in(lease_sec)):
         host, pid = holder.rsplit(":", 3)[0], os.getpid()
         StreamProcess.objects.update_or_create(
-            holder=holder, defaults={"host": host, "pid": pid, "expires_at": db_now() + timedelta(seconds=lease_sec)})
+            holder=holder, defaults={"host": host, "pid": pid, "expires_at": db_now() + timedelta(seconds=lease_sec)}
+        )
     StreamProcess.objects.filter(expires_at__lt=_ago(FORGET_DEAD_AFTER.total_seconds())).delete()
     live = set(StreamProcess.objects.filter(expires_at__gt=DatabaseNow()).values_list("holder", flat=True))
     return sorted(live | {holder})
@@ -145,22 +153,25 @@ def _ensure_rows(account_ids: list[int]) -> None:
                 continue
 
 
-def claim(holder: str, account_ids: list[int], count: int, lease_sec: float, *,
-          stale_sec: float | None = None) -> list[int]:
+def claim(
+    holder: str, account_ids: list[int], count: int, lease_sec: float, *, stale_sec: float | None = None
+) -> list[int]:
     """Claim up to `count` free leases among account_ids (in random order, so processes claiming at once rarely
     collide); the ones this process won."""
     if count <= 0 or not account_ids:
         return []
     _ensure_rows(account_ids)
-    free = list(StreamLease.objects.filter(_free(stale_sec), account_id__in=account_ids)
-                .values_list("account_id", flat=True))
+    free = list(
+        StreamLease.objects.filter(_free(stale_sec), account_id__in=account_ids).values_list("account_id", flat=True)
+    )
     random.shuffle(free)
     won = []
     for pk in free:
         if len(won) >= count:
             break
         if StreamLease.objects.filter(_free(stale_sec), account_id=pk).update(
-                holder=holder, expires_at=_in(lease_sec), claimed_at=DatabaseNow()):
+            holder=holder, expires_at=_in(lease_sec), claimed_at=DatabaseNow()
+        ):
             won.append(pk)
     return won
 
@@ -168,7 +179,8 @@ def claim(holder: str, account_ids: list[int], count: int, lease_sec: float, *,
 def release(holder: str, account_ids) -> int:
     """Let go of these leases (their sockets are closed already): free from now, for another process to claim."""
     return StreamLease.objects.filter(holder=holder, account_id__in=list(account_ids)).update(
-        holder="", expires_at=DatabaseNow(), claimed_at=None)
+        holder="", expires_at=DatabaseNow(), claimed_at=None
+    )
 
 
 def leave(holder: str) -> None:
@@ -205,7 +217,18 @@ def coordinate(holder: str, wanted: set[int], *, lease_sec: float, stale_sec: fl
         free = [pk for pk in wanted if pk not in held]
         claimed = claim(holder, free, share - len(mine), lease_sec)
         if len(mine) + len(claimed) >= share:  # at the share: one more, if nobody under theirs took it in time
-            claimed += claim(holder, [pk for pk in free if pk not in claimed], share + 1 - len(mine) - len(claimed),
-                             lease_sec, stale_sec=stale_sec)
-    return Plan(held=(held | set(claimed)) - set(surplus), share=share, processes=len(live), claimed=claimed,
-                surplus=surplus, dead=dead)
+            claimed += claim(
+                holder,
+                [pk for pk in free if pk not in claimed],
+                share + 1 - len(mine) - len(claimed),
+                lease_sec,
+                stale_sec=stale_sec,
+            )
+    return Plan(
+        held=(held | set(claimed)) - set(surplus),
+        share=share,
+        processes=len(live),
+        claimed=claimed,
+        surplus=surplus,
+        dead=dead,
+    )

@@ -77,8 +77,13 @@ def load_accounts(names: list[str] | None) -> dict[int, Account]:
         except Account.DoesNotExist:  # deleted or disabled in between
             continue
         except UNREADABLE as exc:  # the message names the field and the cause, never a value
-            logger.error("user_stream account_unreadable account=%s/%s: not streaming it: %s: %s", pk, name,
-                         type(exc).__name__, str(exc)[:200])
+            logger.error(
+                "user_stream account_unreadable account=%s/%s: not streaming it: %s: %s",
+                pk,
+                name,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
     return accounts
 
 
@@ -101,5 +106,8 @@ def record_last_event(account_id: int, at: datetime) -> None:
 
 def load_deaf_marks(account_ids: list[int]) -> dict[int, datetime]:
     """Accounts whose stream a reconcile marked deaf (reconciliation/stream_guard.py), and since when."""
-    return dict(AccountSyncState.objects.filter(account_id__in=account_ids, stream_deaf_since__isnull=False)
-                .values_list("account_id", "stream_deaf_since"))
+    return dict(
+        AccountSyncState.objects.filter(account_id__in=account_ids, stream_deaf_since__isnull=False).values_list(
+            "account_id", "stream_deaf_since"
+        )
+    )

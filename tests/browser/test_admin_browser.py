@@ -19,8 +19,10 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
     # Skipped where chromium is missing, except in CI (CI=true), which installs it: there a missing browser fails.
-    pytest.mark.skipif(chromium_path() is None and not os.environ.get("CI"),
-                       reason="needs chromium (apt-get install chromium; .ci/run installs it) — no browser download"),
+    pytest.mark.skipif(
+        chromium_path() is None and not os.environ.get("CI"),
+        reason="needs chromium (apt-get install chromium; .ci/run installs it) — no browser download",
+    ),
 ]
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (requirements-dev.txt)")
@@ -37,13 +39,15 @@ def browser(monkeypatch):
         browser.close()
 
 
-def test_operator_verifies_a_stale_pending_trade_the_exchange_filled(live_server, browser, account, binance,
-                                                                     django_user_model, tmp_path):
+def test_operator_verifies_a_stale_pending_trade_the_exchange_filled(
+    live_server, browser, account, binance, django_user_model, tmp_path
+):
     user = staff_in(django_user_model, "night-operator", OPERATORS)
     user.set_password("correct horse battery")
     user.save()
-    stale = TradeFactory(account=account, symbol="BTCUSDT", price=Decimal("60000"),
-                         created_at=timezone.now() - timedelta(minutes=12))
+    stale = TradeFactory(
+        account=account, symbol="BTCUSDT", price=Decimal("60000"), created_at=timezone.now() - timedelta(minutes=12)
+    )
     place(stale)
     binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=stale.client_order_id)
     fresh = TradeFactory(account=account, symbol="ETHUSDT", price=Decimal("3000"))

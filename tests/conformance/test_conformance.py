@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,15 +34,28 @@ from reconciliation.stream.connection import stream_url
 from tests.helpers import wait_for
 from trades.binance_client import BinanceFuturesClient
 from trades.exceptions import OrderNotFound
-from trades.models import Trade
 
 DOCUMENTS = Path(__file__).parent / "documents"
-REST = ["query_order", "open_orders", "all_orders", "new_order", "cancel_order", "position_risk_v3", "user_trades",
-        "listen_key", "server_time", "error"]
+REST = [
+    "query_order",
+    "open_orders",
+    "all_orders",
+    "new_order",
+    "cancel_order",
+    "position_risk_v3",
+    "user_trades",
+    "listen_key",
+    "server_time",
+    "error",
+]
 EVENTS = {  # document → what the stream's classify must make of it
-    "order_trade_update": messages.ORDER, "account_update": messages.POSITIONS,
-    "listen_key_expired": messages.EXPIRED, "trade_lite": messages.IGNORED,
-    "account_config_update": messages.IGNORED, "margin_call": messages.IGNORED, "algo_update": messages.IGNORED,
+    "order_trade_update": messages.ORDER,
+    "account_update": messages.POSITIONS,
+    "listen_key_expired": messages.EXPIRED,
+    "trade_lite": messages.IGNORED,
+    "account_config_update": messages.IGNORED,
+    "margin_call": messages.IGNORED,
+    "algo_update": messages.IGNORED,
 }
 
 
@@ -104,11 +117,15 @@ def test_every_document_names_its_source_and_is_covered():
 
 # --- the product reads every document ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, status, avg_price", [
-    ("query_order", "FILLED", Decimal("61250.40")),
-    ("new_order", "NEW", None),                   # no avgPrice since 2026-07
-    ("cancel_order", "CANCELED", None),           # idem: the later look-up prices the fill (rules.PRICED)
-])
+
+@pytest.mark.parametrize(
+    "name, status, avg_price",
+    [
+        ("query_order", "FILLED", Decimal("61250.40")),
+        ("new_order", "NEW", None),  # no avgPrice since 2026-07
+        ("cancel_order", "CANCELED", None),  # idem: the later look-up prices the fill (rules.PRICED)
+    ],
+)
 def test_order_snapshot_parses_the_rest_answers(name, status, avg_price):
     snap = OrderSnapshot.parse(body(name))
     assert (snap.status, snap.avg_price) == (status, avg_price)
@@ -127,7 +144,11 @@ def test_order_snapshot_parses_the_order_event_whole_and_its_o():
     whole, inner = OrderSnapshot.parse(event), OrderSnapshot.parse(event["o"])
     assert whole == inner
     assert (whole.status, whole.executed_qty, whole.avg_price, whole.order_id) == (
-        "PARTIALLY_FILLED", Decimal("0.004"), Decimal("61250.40000"), 8389765590123456)
+        "PARTIALLY_FILLED",
+        Decimal("0.004"),
+        Decimal("61250.40000"),
+        8389765590123456,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EVENTS))
@@ -141,7 +162,7 @@ def test_position_and_user_trade_readers_take_binances_rows(canned_binance):
     client = SimpleNamespace(get_positions=lambda: body("position_risk_v3"))
     assert exchange_positions(client) == {("ETHUSDT", "BOTH"): (Decimal("-0.500"), Decimal("3010.25"))}
     gateway, _ = canned_binance
-    fills = gateway.get_user_trades_since("ETHUSDT", int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() * 1000))
+    fills = gateway.get_user_trades_since("ETHUSDT", int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000))
     assert [f["id"] for f in fills] == sorted(row["id"] for row in body("user_trades"))
     # What the exit rule reads of each fill: Decimal strings, an int id and time, a side and a position side.
     qty = sum(Decimal(f["qty"]) for f in fills)
@@ -171,8 +192,9 @@ def canned_binance():
         def _answer(self):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             path = self.path.split("?", 1)[0]
-            status, payload = state["order"] if (self.command, path) == ("GET", "/fapi/v1/order") else answers[
-                (self.command, path)]
+            status, payload = (
+                state["order"] if (self.command, path) == ("GET", "/fapi/v1/order") else answers[(self.command, path)]
+            )
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -188,8 +210,9 @@ def canned_binance():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    gateway = BinanceFuturesClient("conformance-key", "conformance-secret",
-                                   rest_url=f"http://127.0.0.1:{server.server_address[1]}")
+    gateway = BinanceFuturesClient(
+        "conformance-key", "conformance-secret", rest_url=f"http://127.0.0.1:{server.server_address[1]}"
+    )
     yield gateway, state
     gateway.close()
     server.shutdown()
@@ -201,7 +224,8 @@ def test_the_gateway_takes_every_rest_document(canned_binance):
     assert isinstance(gateway.sync_time(), int)
     assert gateway.create_listen_key() == body("listen_key")["listenKey"]
     assert gateway.place_order("BTCUSDT", "BUY", "0.010", price="60000", client_order_id="tradeops-0c4e11") == body(
-        "new_order")
+        "new_order"
+    )
     assert gateway.cancel_order("BTCUSDT", client_order_id="tradeops-0c4e11") == body("cancel_order")
     assert gateway.get_order("BTCUSDT", 8389765590123456) == body("query_order")
     assert gateway.get_open_orders("ETHUSDT") == body("open_orders")
@@ -216,6 +240,7 @@ def test_the_gateway_takes_every_rest_document(canned_binance):
 
 # --- the sandbox emits Binance's shapes --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def sandbox_gateway(exchange):
     account = exchange.control.create_account()
@@ -227,8 +252,12 @@ def sandbox_gateway(exchange):
 def test_the_sandbox_answers_in_binances_shapes(exchange, sandbox_gateway):
     gateway, account = sandbox_gateway
     assert_conforms(requests.get(f"{exchange.rest_url}/fapi/v1/time", timeout=5).json(), "server_time")
-    assert_conforms(requests.post(f"{exchange.rest_url}/fapi/v1/listenKey", timeout=5,
-                                  headers={"X-MBX-APIKEY": account["api_key"]}).json(), "listen_key")
+    assert_conforms(
+        requests.post(
+            f"{exchange.rest_url}/fapi/v1/listenKey", timeout=5, headers={"X-MBX-APIKEY": account["api_key"]}
+        ).json(),
+        "listen_key",
+    )
     placed = gateway.place_order("BTCUSDT", "BUY", "0.010", price="50000", client_order_id="conf-1")
     assert_conforms(placed, "new_order")
     assert_conforms(gateway.get_open_orders("BTCUSDT"), "open_orders")
@@ -238,8 +267,10 @@ def test_the_sandbox_answers_in_binances_shapes(exchange, sandbox_gateway):
     assert_conforms(gateway.get_all_orders("BTCUSDT"), "all_orders")
     assert_conforms(gateway.get_positions(), "position_risk_v3")
     assert_conforms(gateway.get_user_trades("BTCUSDT"), "user_trades")
-    assert all(len(rows) for rows in (gateway.get_all_orders("BTCUSDT"), gateway.get_positions(),
-                                      gateway.get_user_trades("BTCUSDT")))     # no vacuous list comparisons
+    assert all(
+        len(rows)
+        for rows in (gateway.get_all_orders("BTCUSDT"), gateway.get_positions(), gateway.get_user_trades("BTCUSDT"))
+    )  # no vacuous list comparisons
     with pytest.raises(OrderNotFound):
         gateway._call("get", "order", {"symbol": "BTCUSDT", "orderId": 1})
     assert_conforms(gateway._client.response.json(), "error")

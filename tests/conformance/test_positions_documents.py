@@ -20,8 +20,18 @@ def hedged_engine():
     account = engine.create_account("k", "s")
     engine.set_position_mode(account, True)
     for side, ps in (("BUY", "LONG"), ("SELL", "SHORT")):
-        engine.place_order(account, symbol="BTCUSDT", side=side, type="MARKET", quantity=Decimal("0.010"), price=None,
-                           time_in_force=None, client_order_id=None, reduce_only=False, position_side=ps)
+        engine.place_order(
+            account,
+            symbol="BTCUSDT",
+            side=side,
+            type="MARKET",
+            quantity=Decimal("0.010"),
+            price=None,
+            time_in_force=None,
+            client_order_id=None,
+            reduce_only=False,
+            position_side=ps,
+        )
     return engine, account, seen
 
 
@@ -41,10 +51,20 @@ def test_user_trades_rows():
 
 def test_algo_order_and_algo_update():
     engine, account, seen = hedged_engine()
-    algo = engine.place_algo_order(account, symbol="BTCUSDT", side="SELL", type="TAKE_PROFIT_MARKET",
-                                   quantity=Decimal("0.005"), trigger_price=Decimal("62000"), price=None,
-                                   time_in_force=None, client_algo_id="tp-1", reduce_only=False, close_position=False,
-                                   position_side="LONG")
+    algo = engine.place_algo_order(
+        account,
+        symbol="BTCUSDT",
+        side="SELL",
+        type="TAKE_PROFIT_MARKET",
+        quantity=Decimal("0.005"),
+        trigger_price=Decimal("62000"),
+        price=None,
+        time_in_force=None,
+        client_algo_id="tp-1",
+        reduce_only=False,
+        close_position=False,
+        position_side="LONG",
+    )
     assert set(algo.to_binance()) == set(document("algoOrder.json")["example"])
     update = events.algo_update(algo, 0)
     documented = document("ALGO_UPDATE.json")["example"]

@@ -63,23 +63,38 @@ class E2E:
         self.accounts.append(account)
         self.wait_streaming(account)
         for kind in (ReconcileRun.Kind.PENDING, ReconcileRun.Kind.POSITIONS):
-            wait_for(lambda kind=kind: ReconcileRun.objects.filter(account=account, reason="ws_connect", kind=kind)
-                     .exclude(outcome=ReconcileRun.Outcome.SKIPPED).exists(),
-                     timeout=30, message=f"the stream's first {kind} run for {account.name}")
+            wait_for(
+                lambda kind=kind: (
+                    ReconcileRun.objects.filter(account=account, reason="ws_connect", kind=kind)
+                    .exclude(outcome=ReconcileRun.Outcome.SKIPPED)
+                    .exists()
+                ),
+                timeout=30,
+                message=f"the stream's first {kind} run for {account.name}",
+            )
         return account
 
     def wait_streaming(self, account, timeout=20):
         """The user stream has a live connection for the account (it polls for new accounts)."""
-        wait_for(lambda: self.control.listen_keys(account.api_key)["connections"] >= 1, timeout=timeout,
-                 message=f"stream connected for {account.name}")
+        wait_for(
+            lambda: self.control.listen_keys(account.api_key)["connections"] >= 1,
+            timeout=timeout,
+            message=f"stream connected for {account.name}",
+        )
 
     def start_beat(self, every=1):
         """celery beat firing reconcile_all_accounts every `every` seconds (the schedule a deployment runs every
         60 s, compressed)."""
         interval, _ = IntervalSchedule.objects.get_or_create(every=every, period="seconds")
         PeriodicTask.objects.update_or_create(
-            name="e2e reconcile", defaults={"task": "reconciliation.tasks.reconcile_all_accounts",
-                                            "interval": interval, "kwargs": json.dumps({}), "enabled": True})
+            name="e2e reconcile",
+            defaults={
+                "task": "reconciliation.tasks.reconcile_all_accounts",
+                "interval": interval,
+                "kwargs": json.dumps({}),
+                "enabled": True,
+            },
+        )
         self.stack.start_beat()
 
     def settle(self, accounts=None, timeout=60):
@@ -89,8 +104,12 @@ class E2E:
         accounts = accounts or self.accounts
         wait_for(lambda: settled(self.control, accounts), timeout=timeout, interval=0.3, message="quiescence")
         for account in accounts:  # a worker may hold the account's lease for a moment: skipped means try again
-            wait_for(lambda account=account: not services.sync_positions_with_binance(account, reason="e2e")["skipped"],
-                     timeout=timeout, interval=0.3, message=f"a position sync of {account.name}")
+            wait_for(
+                lambda account=account: not services.sync_positions_with_binance(account, reason="e2e")["skipped"],
+                timeout=timeout,
+                interval=0.3,
+                message=f"a position sync of {account.name}",
+            )
         wait_for(lambda: settled(self.control, accounts), timeout=timeout, interval=0.3, message="quiescence")
         assert_invariant(self.control, accounts)
 

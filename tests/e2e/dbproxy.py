@@ -24,7 +24,7 @@ class DbProxy:
     def url_host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "DbProxy":
+    def start(self) -> DbProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -72,21 +71,48 @@ class Stack:
     # --- processes -------------------------------------------------------------------------------------------
     def start(self, name: str, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([*prefix, sys.executable, *args], cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [*prefix, sys.executable, *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
     def start_worker(self, name: str, clock_ahead_sec: float | None = None) -> subprocess.Popen:
         """A Celery worker; with clock_ahead_sec its clock runs that far ahead of the host's (libfaketime)."""
         prefix = ("faketime", "-f", f"+{clock_ahead_sec:g}s") if clock_ahead_sec else ()
-        return self.start(name, "-m", "celery", "-A", "tradeops", "worker", "--pool=prefork", "--concurrency=1",
-                          f"--hostname={name}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO",
-                          prefix=prefix)
+        return self.start(
+            name,
+            "-m",
+            "celery",
+            "-A",
+            "tradeops",
+            "worker",
+            "--pool=prefork",
+            "--concurrency=1",
+            f"--hostname={name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel=INFO",
+            prefix=prefix,
+        )
 
     def start_beat(self) -> subprocess.Popen:
-        return self.start("beat", "-m", "celery", "-A", "tradeops", "beat", "--loglevel=INFO",
-                          f"--schedule={self.log_dir / 'beat-schedule'}", "--max-interval=1")
+        return self.start(
+            "beat",
+            "-m",
+            "celery",
+            "-A",
+            "tradeops",
+            "beat",
+            "--loglevel=INFO",
+            f"--schedule={self.log_dir / 'beat-schedule'}",
+            "--max-interval=1",
+        )
 
     def start_stream(self) -> subprocess.Popen:
         return self.start("stream", "manage.py", "run_user_stream")

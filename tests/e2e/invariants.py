@@ -68,8 +68,9 @@ def position_problems(control, account) -> list[str]:
     held = defaultdict(Decimal)
     for trade in Trade.objects.filter(account=account, status__in=[Trade.Status.OPEN, Trade.Status.PENDING]):
         held[(trade.symbol, trade.position_side)] += trade.exposure
-    orphans = {(o.symbol, o.position_side): o.quantity
-               for o in OrphanPosition.objects.filter(account=account, status="open")}
+    orphans = {
+        (o.symbol, o.position_side): o.quantity for o in OrphanPosition.objects.filter(account=account, status="open")
+    }
     problems = []
     for position in control.positions(account.api_key)["positions"]:
         key, amount = (position["symbol"], position["positionSide"]), Decimal(position["positionAmt"])

@@ -56,9 +56,11 @@ def test_f30_view_only_users_never_see_a_secret_and_cannot_change_a_schedule(e2e
     secret, key = account.api_secret, account.api_key
     client = logged_in(role)
 
-    for url in (reverse("admin:trades_account_changelist"),
-                reverse("admin:trades_account_change", args=[account.pk]),
-                reverse("admin:trades_account_history", args=[account.pk])):
+    for url in (
+        reverse("admin:trades_account_changelist"),
+        reverse("admin:trades_account_change", args=[account.pk]),
+        reverse("admin:trades_account_history", args=[account.pk]),
+    ):
         response = client.get(url)
         assert response.status_code == 200, url
         html = response.content.decode()
@@ -74,8 +76,9 @@ def test_f30_view_only_users_never_see_a_secret_and_cannot_change_a_schedule(e2e
     assert all(f'value="{action}"' not in client.get(changelist).content.decode() for action in SCHEDULE_ACTIONS)
 
     for action in SCHEDULE_ACTIONS:
-        post_form(client, changelist, {"action": action, ACTION_CHECKBOX_NAME: [str(s.pk) for s in schedules],
-                                       "index": "0"})
+        post_form(
+            client, changelist, {"action": action, ACTION_CHECKBOX_NAME: [str(s.pk) for s in schedules], "index": "0"}
+        )
     posted = timezone.now()
 
     assert list(PeriodicTask.objects.order_by("pk").values_list("pk", "enabled")) == before
@@ -89,8 +92,11 @@ def test_f36_an_empty_client_order_id_delivered_twice_is_one_trade_and_one_order
     task_id = str(uuid.uuid4())
 
     for _ in range(2):  # the same message twice, as Redis hands it out again after a worker died before its ack
-        tasks.open_position.apply_async((account.pk, "BTCUSDT", "BUY", "0.010", "50000"),
-                                        {"timeout_sec": FAR, "client_order_id": ""}, task_id=task_id)
+        tasks.open_position.apply_async(
+            (account.pk, "BTCUSDT", "BUY", "0.010", "50000"),
+            {"timeout_sec": FAR, "client_order_id": ""},
+            task_id=task_id,
+        )
     wait_for(lambda: deliveries_done(e2e, task_id) >= 2, message="both deliveries run")
     wait_for(lambda: placed({"account": account}), message="the order placed")
 
@@ -107,8 +113,7 @@ def test_f37_ids_that_differ_only_in_case_are_two_trades_and_two_orders(e2e):
     ids = [lower, lower.upper()]
 
     for cid in ids:
-        tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR,
-                                  client_order_id=cid)
+        tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR, client_order_id=cid)
     wait_for(lambda: len(placed({"account": account})) == 2, message="two trades placed")
 
     trades = placed({"account": account})

@@ -28,8 +28,7 @@ def test_f18_the_bots_own_stream_survives_our_shutdown(e2e):
     with BinanceFuturesClient.for_account(account) as bot:
         key = bot.create_listen_key()  # the account's one key: the same our stream uses
     assert key == e2e.control.listen_keys(account.api_key)["listen_key"]
-    with connect(stream_url(e2e.stack.exchange.ws_url, key, ["ORDER_TRADE_UPDATE"]),
-                 open_timeout=5) as bots_socket:
+    with connect(stream_url(e2e.stack.exchange.ws_url, key, ["ORDER_TRADE_UPDATE"]), open_timeout=5) as bots_socket:
         wait_for(lambda: e2e.control.listen_keys(account.api_key)["connections"] == 2, message="both connected")
 
         e2e.stack.stop("stream")  # SIGTERM: a deploy, a restart
@@ -62,8 +61,11 @@ def test_f19_a_worker_2s_ahead_of_binance_still_places_and_cancels(e2e):
         e2e.control.reset_stats()
 
         trade = open_position(e2e, account, timeout_sec=3)  # placed by the drifting worker; nobody fills it
-        wait_for(lambda: status_of(trade) == Trade.Status.CANCELLED, timeout=60,
-                 message="the entry timeout's cancel, verified")
+        wait_for(
+            lambda: status_of(trade) == Trade.Status.CANCELLED,
+            timeout=60,
+            message="the entry timeout's cancel, verified",
+        )
         trade.refresh_from_db()
         assert trade.exchange_status == "CANCELED"
         requests_seen = e2e.control.stats()["requests"]
@@ -76,8 +78,11 @@ def test_f19_a_worker_2s_ahead_of_binance_still_places_and_cancels(e2e):
         for name in ("worker1", "worker2"):
             e2e.stack.start_worker(name)
         for name in ("worker1", "worker2"):
-            wait_for(lambda name=name: e2e.stack.log(name).count("ready.") > readies[name], timeout=60,
-                     message=f"{name} back")
+            wait_for(
+                lambda name=name: e2e.stack.log(name).count("ready.") > readies[name],
+                timeout=60,
+                message=f"{name} back",
+            )
     e2e.settle()
 
 
@@ -113,8 +118,10 @@ def test_f26_a_408_on_placement_is_an_unknown_outcome_resolved_by_client_order_i
     cid = f"e2e-{uuid.uuid4().hex[:20]}"
     tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR, client_order_id=cid)
     trade = wait_for(lambda: Trade.objects.filter(client_order_id=cid).first(), message=f"{cid} created")
-    wait_for(lambda: f"trade {trade.pk}: placement outcome unknown" in e2e.stack.log("worker1") + e2e.stack.log("worker2"),
-             message="the placement answered with an unknown outcome")
+    wait_for(
+        lambda: f"trade {trade.pk}: placement outcome unknown" in e2e.stack.log("worker1") + e2e.stack.log("worker2"),
+        message="the placement answered with an unknown outcome",
+    )
     trade.refresh_from_db()
     assert trade.status == Trade.Status.PENDING, trade.status_reason  # not failed on a 408
     assert e2e.control.stats()["requests"]["POST /fapi/v1/order"] == posts + 1  # and never sent twice

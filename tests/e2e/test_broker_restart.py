@@ -53,14 +53,28 @@ class PrivateRedis:
     def __init__(self, data_dir, log_path):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", str(data_dir), "--dbfilename", "dump.rdb"]
+        self.args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+            "--dbfilename",
+            "dump.rdb",
+        ]
         self.log_path = log_path
         self.proc = None
 
     def start(self):
-        self.proc = subprocess.Popen(self.args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_for(self.ping, timeout=10, message=f"redis-server on {self.port} up")
 
     def ping(self) -> bool:
@@ -116,10 +130,15 @@ def open_position(stack, account, *, timeout_sec):
     """The bot's flow: enqueue open_position; return the trade once its order rests on the exchange."""
     cid = f"e2e-{uuid.uuid4().hex[:20]}"
     with broker(stack) as conn:
-        tasks.open_position.apply_async((account.pk, "BTCUSDT", "BUY", "0.010", "50000"),
-                                        {"timeout_sec": timeout_sec, "client_order_id": cid}, connection=conn)
-    return wait_for(lambda: Trade.objects.filter(client_order_id=cid).exclude(exchange_status__in=["", "PLACING"])
-                    .first(), message=f"{cid} placed")
+        tasks.open_position.apply_async(
+            (account.pk, "BTCUSDT", "BUY", "0.010", "50000"),
+            {"timeout_sec": timeout_sec, "client_order_id": cid},
+            connection=conn,
+        )
+    return wait_for(
+        lambda: Trade.objects.filter(client_order_id=cid).exclude(exchange_status__in=["", "PLACING"]).first(),
+        message=f"{cid} placed",
+    )
 
 
 def countdown_held(stack, trade) -> bool:
@@ -137,9 +156,26 @@ def countdown_held(stack, trade) -> bool:
 def answering(stack, name) -> bool:
     """The worker answers a ping over the broker (its control consumer is back). Asked by the celery CLI with the
     stack's environment: the test process's own control messages would go out through its default broker."""
-    result = subprocess.run([sys.executable, "-m", "celery", "-A", "tradeops", "inspect", "ping", "--timeout", "2",
-                             "--destination", f"{name}@{socket.gethostname()}"],
-                            cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tradeops",
+            "inspect",
+            "ping",
+            "--timeout",
+            "2",
+            "--destination",
+            f"{name}@{socket.gethostname()}",
+        ],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result.returncode == 0
 
 
@@ -163,30 +199,43 @@ def test_f31_redis_restarted_while_a_countdown_is_held_workers_keep_running_and_
     marks = {name: len(stack.log(name)) for name in WORKERS}
 
     def torn_down(name):
-        return stack.procs[name].poll() is not None or "Cannot connect to" in stack.log(name)[marks[name]:]
+        return stack.procs[name].poll() is not None or "Cannot connect to" in stack.log(name)[marks[name] :]
 
     connects = {name: stack.log(name).count("Connected to") for name in WORKERS}
-    stack.redis.restart(while_down=lambda: wait_for(lambda: all(torn_down(name) for name in WORKERS),
-                                                    message="every worker lost its connection to Redis"))
+    stack.redis.restart(
+        while_down=lambda: wait_for(
+            lambda: all(torn_down(name) for name in WORKERS), message="every worker lost its connection to Redis"
+        )
+    )
 
     # Each worker reconnects — or, before the fix, the one holding the countdown has exited on its way there.
-    wait_for(lambda: all(stack.log(name).count("Connected to") > connects[name] or stack.procs[name].poll() is not None
-                         for name in WORKERS), message="the workers reconnected (or died)")
+    wait_for(
+        lambda: all(
+            stack.log(name).count("Connected to") > connects[name] or stack.procs[name].poll() is not None
+            for name in WORKERS
+        ),
+        message="the workers reconnected (or died)",
+    )
     stack.assert_alive(*WORKERS)
     for name in WORKERS:
         wait_for(lambda name=name: answering(stack, name), message=f"{name} answers a ping after the restart")
     with broker(stack) as conn:  # … and the task queue is consumed again
         tasks.reconcile_account.apply_async((account.pk,), {"reason": "after-redis-restart"}, connection=conn)
-    wait_for(lambda: ReconcileRun.objects.filter(account=account, reason="after-redis-restart").exists(),
-             message="a task sent after the restart ran")
+    wait_for(
+        lambda: ReconcileRun.objects.filter(account=account, reason="after-redis-restart").exists(),
+        message="a task sent after the restart ran",
+    )
 
     # The countdown the worker held is gone with its connection (Celery drops the timer entries of a lost
     # connection); the message waits in Redis' unacked hash for the visibility timeout. Only the trade's deadline in
     # the database can cancel it in time.
     sweep = "enabled" if PeriodicTask.objects.filter(task=SWEEP_TASK, enabled=True).exists() else "missing"
-    wait_for(lambda: Trade.objects.get(pk=trade.pk).status == Trade.Status.CANCELLED,
-             timeout=max(deadline + 30 - time.monotonic(), 0.1), interval=0.2,
-             message=f"the entry timeout cancelled it within its deadline + 30 s ({SWEEP_TASK}'s schedule: {sweep})")
+    wait_for(
+        lambda: Trade.objects.get(pk=trade.pk).status == Trade.Status.CANCELLED,
+        timeout=max(deadline + 30 - time.monotonic(), 0.1),
+        interval=0.2,
+        message=f"the entry timeout cancelled it within its deadline + 30 s ({SWEEP_TASK}'s schedule: {sweep})",
+    )
     assert Trade.objects.get(pk=trade.pk).exchange_status == "CANCELED"
     stack.assert_alive(*WORKERS)
     e2e.settle()

@@ -63,7 +63,10 @@ class PrivateRedis:
         log = open(self.log_dir / "redis.log", "ab")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_for(self.ping, timeout=20, message="private redis up")
 
     def client(self) -> redis.Redis:
@@ -93,8 +96,13 @@ class PrivateRedis:
 class DeadlineStack(Stack):
     def __init__(self, exchange, log_dir, *, broker_url: str, database_url: str):
         super().__init__(exchange, log_dir)
-        self.env.update({"CELERY_BROKER_URL": broker_url, "DATABASE_URL": database_url,
-                         "PENDING_NOT_FOUND_GRACE_SEC": str(GRACE_SEC)})
+        self.env.update(
+            {
+                "CELERY_BROKER_URL": broker_url,
+                "DATABASE_URL": database_url,
+                "PENDING_NOT_FOUND_GRACE_SEC": str(GRACE_SEC),
+            }
+        )
         self.workers = {"worker1": {}, "worker2": {}}
         self.readies: dict[str, int] = {}
 
@@ -102,19 +110,37 @@ class DeadlineStack(Stack):
         """A worker; `clock`: its clock's offset under libfaketime (e.g. "+5m"), for this process only."""
         self.workers[name] = {"queues": queues, "clock": clock}
         log = open(self.log_dir / f"{name}.log", "ab")
-        argv = [sys.executable, "-m", "celery", "-A", "tradeops", "worker", "--pool=prefork", "--concurrency=1",
-                f"--hostname={name}@%h", "--without-mingle", "--without-gossip", "--loglevel=INFO", "-Q", queues]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tradeops",
+            "worker",
+            "--pool=prefork",
+            "--concurrency=1",
+            f"--hostname={name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel=INFO",
+            "-Q",
+            queues,
+        ]
         if clock:
             argv = ["faketime", "-f", clock, *argv]
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs[name] = proc
         return proc
 
     def wait_ready(self, *names: str) -> None:
         for name in names:
-            wait_for(lambda name=name: self.log(name).count("ready.") >= self.readies.get(name, 0) + 1, timeout=60,
-                     message=f"{name} ready")
+            wait_for(
+                lambda name=name: self.log(name).count("ready.") >= self.readies.get(name, 0) + 1,
+                timeout=60,
+                message=f"{name} ready",
+            )
             self.readies[name] = self.log(name).count("ready.")
 
     def supervise(self) -> None:
@@ -137,7 +163,9 @@ def deadline_stack(sandbox_server, django_db_setup, tmp_path_factory):
     db = connection.settings_dict
     proxy = DbProxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 3306)).start()
     stack = DeadlineStack(
-        sandbox_server, log_dir, broker_url=broker.url,
+        sandbox_server,
+        log_dir,
+        broker_url=broker.url,
         database_url=f"mysql://{db['USER']}:{db['PASSWORD']}@{proxy.url_host}/{db['NAME']}",
     )
     stack.broker, stack.db = broker, proxy
@@ -173,12 +201,21 @@ class Deadlines:
     def open_position(self, account, *, timeout_sec=FAR, wait_placed=True):
         """The bot's flow (open_position); the trade once its order rests on the exchange."""
         cid = f"e2e-{uuid.uuid4().hex[:20]}"
-        self.enqueue(tasks.open_position, account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=timeout_sec,
-                     client_order_id=cid)
+        self.enqueue(
+            tasks.open_position,
+            account.pk,
+            "BTCUSDT",
+            "BUY",
+            "0.010",
+            "50000",
+            timeout_sec=timeout_sec,
+            client_order_id=cid,
+        )
         if not wait_placed:
             return wait_for(lambda: Trade.objects.filter(client_order_id=cid).first(), message=f"{cid} created")
-        return wait_for(lambda: Trade.objects.filter(client_order_id=cid, exchange_status="NEW").first(),
-                        message=f"{cid} placed")
+        return wait_for(
+            lambda: Trade.objects.filter(client_order_id=cid, exchange_status="NEW").first(), message=f"{cid} placed"
+        )
 
     def order(self, trade) -> dict:
         return self.control.get_order(trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id)
@@ -205,15 +242,23 @@ class Deadlines:
     def hold(self, seconds: float) -> None:
         """Let the fault last `seconds` (its length is the scenario), watching that the workers stay up."""
         until = time.monotonic() + seconds
-        wait_for(lambda: self.stack.assert_alive("worker1", "worker2") or time.monotonic() >= until,
-                 timeout=seconds + 5, interval=0.2, message=f"{seconds}s of the fault")
+        wait_for(
+            lambda: self.stack.assert_alive("worker1", "worker2") or time.monotonic() >= until,
+            timeout=seconds + 5,
+            interval=0.2,
+            message=f"{seconds}s of the fault",
+        )
 
     def settle(self, timeout=60):
         """docs/DESIGN.md "Fault matrix"'s invariant once the fault is over (as the fault matrix checks it)."""
         wait_for(lambda: settled(self.control, self.accounts), timeout=timeout, interval=0.3, message="quiescence")
         for account in self.accounts:
-            wait_for(lambda account=account: not services.sync_positions_with_binance(account, reason="e2e")["skipped"],
-                     timeout=timeout, interval=0.3, message=f"a position sync of {account.name}")
+            wait_for(
+                lambda account=account: not services.sync_positions_with_binance(account, reason="e2e")["skipped"],
+                timeout=timeout,
+                interval=0.3,
+                message=f"a position sync of {account.name}",
+            )
         assert_invariant(self.control, self.accounts)
 
 
@@ -245,8 +290,12 @@ def test_f32_redis_loses_its_data_every_overdue_entry_is_cancelled_within_30s_of
     # it on a Redis restart; supervise() starts it again, as a process supervisor would).
     dl.stack.broker.lose_data()
 
-    wait_for(lambda: dl.stack.supervise() or all(dl.cancelled_on_exchange(t) for t in trades), timeout=75,
-             interval=0.5, message="every overdue entry cancelled")
+    wait_for(
+        lambda: dl.stack.supervise() or all(dl.cancelled_on_exchange(t) for t in trades),
+        timeout=75,
+        interval=0.5,
+        message="every overdue entry cancelled",
+    )
     for trade in trades:
         trade.refresh_from_db()
         cancelled_at = dl.order(trade)["updateTime"] / 1000
@@ -303,11 +352,15 @@ def test_f35_a_worker_clock_5_minutes_ahead_leaves_no_live_order_uncancelled(dl)
     other = dl.open_position(account, timeout_sec=GRACE_SEC + 2)
     dl.enqueue(tasks.reconcile_account, account.pk, reason="e2e", queue="skewed")
     saw_not_found = Q(report__not_found_in_grace__gte=1) | Q(report__failed__gte=1)
-    wait_for(lambda: ReconcileRun.objects.filter(saw_not_found, account=account, reason="e2e").exists(), timeout=30,
-             message="the skewed worker's reconcile met the -2013")
+    wait_for(
+        lambda: ReconcileRun.objects.filter(saw_not_found, account=account, reason="e2e").exists(),
+        timeout=30,
+        message="the skewed worker's reconcile met the -2013",
+    )
 
-    wait_for(lambda: all(dl.cancelled_on_exchange(t) for t in (unknown, other)), timeout=45,
-             message="no live order left")
+    wait_for(
+        lambda: all(dl.cancelled_on_exchange(t) for t in (unknown, other)), timeout=45, message="no live order left"
+    )
     wait_for(lambda: Trade.objects.get(pk=unknown.pk).status == Trade.Status.CANCELLED, message="trade cancelled")
     assert not TradeEvent.objects.filter(trade=unknown, to_status=Trade.Status.FAILED).exists()  # the grace held
     dl.settle()

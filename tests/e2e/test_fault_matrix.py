@@ -35,8 +35,10 @@ def open_position(e2e, account, *, symbol="BTCUSDT", qty="0.010", price="50000",
     """The bot's flow: enqueue open_position; return the trade once its order rests on the exchange."""
     cid = f"e2e-{uuid.uuid4().hex[:20]}"
     tasks.open_position.delay(account.pk, symbol, "BUY", qty, price, timeout_sec=timeout_sec, client_order_id=cid)
-    trade = wait_for(lambda: Trade.objects.filter(client_order_id=cid).exclude(exchange_status__in=["", "PLACING"])
-                     .first(), message=f"{cid} placed")
+    trade = wait_for(
+        lambda: Trade.objects.filter(client_order_id=cid).exclude(exchange_status__in=["", "PLACING"]).first(),
+        message=f"{cid} placed",
+    )
     return trade
 
 
@@ -141,7 +143,9 @@ def test_f6_duplicate_and_out_of_order_events_one_transition_no_regression(e2e):
     trade.refresh_from_db()
     assert (trade.status, trade.filled_qty) == ("open", Decimal("0.010"))
     assert list(TradeEvent.objects.filter(trade=trade).values_list("from_status", "to_status")) == [
-        ("pending", "pending"), ("pending", "open")]
+        ("pending", "pending"),
+        ("pending", "open"),
+    ]
     e2e.settle()
 
 
@@ -151,8 +155,10 @@ def test_f7_not_found_right_after_placing_stays_pending_inside_the_grace_period(
     e2e.control.pause_events(account.api_key)
     e2e.start_beat()
     trade = open_position(e2e, account)
-    wait_for(lambda: ReconcileRun.objects.filter(account=account, report__not_found_in_grace__gte=1).exists(),
-             message="a reconcile saw -2013")
+    wait_for(
+        lambda: ReconcileRun.objects.filter(account=account, report__not_found_in_grace__gte=1).exists(),
+        message="a reconcile saw -2013",
+    )
     fill(e2e, trade)
 
     wait_for(lambda: status_of(trade) == Trade.Status.OPEN, message="opened once visible")
@@ -163,8 +169,14 @@ def test_f7_not_found_right_after_placing_stays_pending_inside_the_grace_period(
 def test_f8_crash_before_place_fails_after_the_grace_period_with_reason(e2e):
     account = e2e.account()
     # The bot created the pending row and died before placing it: Binance never saw the order.
-    trade = Trade.objects.create(account=account, symbol="BTCUSDT", side="BUY", quantity=Decimal("0.010"),
-                                 price=Decimal("50000"), client_order_id=f"e2e-{uuid.uuid4().hex[:20]}")
+    trade = Trade.objects.create(
+        account=account,
+        symbol="BTCUSDT",
+        side="BUY",
+        quantity=Decimal("0.010"),
+        price=Decimal("50000"),
+        client_order_id=f"e2e-{uuid.uuid4().hex[:20]}",
+    )
     e2e.start_beat()
 
     wait_for(lambda: status_of(trade) == Trade.Status.FAILED, message="failed after the grace period")
@@ -209,9 +221,14 @@ def test_f10_lock_wait_timeouts_are_retried_then_the_update_lands(e2e):
     try:
         assert status_of(trade) == Trade.Status.PENDING  # so the reconcile below must wait on the lock
         tasks.reconcile_account.delay(account.pk, reason="e2e")
-        wait_for(lambda: "Lock wait timeout" in e2e.stack.log("worker1") + e2e.stack.log("worker2")
-                 or "transient DB error 1205" in e2e.stack.log("worker1") + e2e.stack.log("worker2"),
-                 timeout=60, message="a lock-wait timeout hit the worker")
+        wait_for(
+            lambda: (
+                "Lock wait timeout" in e2e.stack.log("worker1") + e2e.stack.log("worker2")
+                or "transient DB error 1205" in e2e.stack.log("worker1") + e2e.stack.log("worker2")
+            ),
+            timeout=60,
+            message="a lock-wait timeout hit the worker",
+        )
     finally:
         release.set()
         holder.join()
@@ -277,8 +294,9 @@ def test_f11_workers_restarted_while_the_entry_timeout_counts_down_the_timeout_s
     for name in ("worker1", "worker2"):
         e2e.stack.start_worker(name)
     for name in ("worker1", "worker2"):
-        wait_for(lambda name=name: e2e.stack.log(name).count("ready.") > readies[name], timeout=60,
-                 message=f"{name} back")
+        wait_for(
+            lambda name=name: e2e.stack.log(name).count("ready.") > readies[name], timeout=60, message=f"{name} back"
+        )
 
     # Redis hands the countdown back (at once after a warm shutdown, after the visibility timeout after a crash).
     wait_for(lambda: status_of(trade) == Trade.Status.CANCELLED, timeout=90, message="the entry timeout cancelled it")
@@ -307,9 +325,16 @@ def test_f12_two_reconciles_of_one_account_at_once_one_runs_one_skips(e2e):
 def test_f13_malformed_and_foreign_payloads_are_skipped_and_the_stream_keeps_going(e2e):
     account = e2e.account()
     trade = open_position(e2e, account)
-    for raw in ["not json", "{", "[]", '{"e": "SOMETHING_NEW"}', '{"e": "ORDER_TRADE_UPDATE"}',
-                '{"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "X": "FILLED", "i": 1, "c": "not-ours", '
-                '"z": "1", "ap": "1", "T": 1}}', '{"e": "ORDER_TRADE_UPDATE", "o": {"X": 5}}']:
+    for raw in [
+        "not json",
+        "{",
+        "[]",
+        '{"e": "SOMETHING_NEW"}',
+        '{"e": "ORDER_TRADE_UPDATE"}',
+        '{"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "X": "FILLED", "i": 1, "c": "not-ours", '
+        '"z": "1", "ap": "1", "T": 1}}',
+        '{"e": "ORDER_TRADE_UPDATE", "o": {"X": 5}}',
+    ]:
         e2e.control.push_raw(account.api_key, raw)
 
     fill(e2e, trade)
@@ -325,8 +350,10 @@ def test_f14_exchange_position_with_no_trade_is_reported_as_an_orphan(e2e):
     with BinanceFuturesClient.for_account(account) as client:  # someone traded by hand
         client.place_order("ETHUSDT", "SELL", Decimal("0.5"), order_type="MARKET")
 
-    orphan = wait_for(lambda: OrphanPosition.objects.filter(account=account, symbol="ETHUSDT").first(),
-                      message="orphan reported (ACCOUNT_UPDATE → position sync)")
+    orphan = wait_for(
+        lambda: OrphanPosition.objects.filter(account=account, symbol="ETHUSDT").first(),
+        message="orphan reported (ACCOUNT_UPDATE → position sync)",
+    )
     assert (orphan.quantity, orphan.status) == (Decimal("-0.5"), "open")
     assert not Trade.objects.filter(account=account).exists()  # not recovered: the setting is off
     e2e.settle()
@@ -348,11 +375,14 @@ def test_f16_same_client_order_id_in_two_accounts_each_reconciled_with_its_own_k
     cid = f"e2e-{uuid.uuid4().hex[:20]}"
     for account in (first, second):
         e2e.control.pause_events(account.api_key)
-        tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR,
-                                  client_order_id=cid)
-    a, b = (wait_for(lambda acct=acct: Trade.objects.filter(account=acct, client_order_id=cid,
-                                                            exchange_status="NEW").first(), message="placed")
-            for acct in (first, second))
+        tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR, client_order_id=cid)
+    a, b = (
+        wait_for(
+            lambda acct=acct: Trade.objects.filter(account=acct, client_order_id=cid, exchange_status="NEW").first(),
+            message="placed",
+        )
+        for acct in (first, second)
+    )
     fill(e2e, a)
 
     e2e.start_beat()

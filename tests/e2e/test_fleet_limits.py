@@ -40,13 +40,16 @@ def test_a_429_in_one_worker_pauses_every_process_on_the_ip_until_retry_after(e2
     sent = control.stats()["total_requests"]
     assert 0 < refused_here(second).retry_after <= 6
 
-    tasks.reconcile_account.delay(second.pk, reason="e2e")      # on whichever worker: it must not send either
+    tasks.reconcile_account.delay(second.pk, reason="e2e")  # on whichever worker: it must not send either
     paused = wait_for(lambda: run_of(second, outcome=ReconcileRun.Outcome.PARTIAL), message="the second run waits")
     assert paused.report["http_calls"] == 0 and paused.report["stopped_early"]
-    assert control.stats()["total_requests"] == sent          # nobody sent anything while the IP was limited
+    assert control.stats()["total_requests"] == sent  # nobody sent anything while the IP was limited
 
-    wait_for(lambda: all(status_of(t) == Trade.Status.OPEN for t in trades), timeout=60,
-             message="both accounts reconciled once Retry-After passed (the tasks retried by themselves)")
+    wait_for(
+        lambda: all(status_of(t) == Trade.Status.OPEN for t in trades),
+        timeout=60,
+        message="both accounts reconciled once Retry-After passed (the tasks retried by themselves)",
+    )
     assert control.stats()["statuses"].get("429", 0) == 1 and "418" not in control.stats()["statuses"]
     for account in (first, second):
         control.resume_events(account.api_key)
@@ -63,20 +66,26 @@ def test_a_418_ban_is_honoured_by_the_workers_the_user_stream_and_the_admin(e2e)
     tasks.reconcile_account.delay(first.pk, reason="e2e")
     wait_for(lambda: run_of(first, outcome=ReconcileRun.Outcome.PARTIAL), message="the 418 stops the first run")
     banned_at, sent = time.monotonic(), control.stats()["total_requests"]
-    assert refused_here(second).banned                            # an admin action in this process: not sent
+    assert refused_here(second).banned  # an admin action in this process: not sent
 
     stream_log = len(e2e.stack.log("stream"))
-    control.drop_connections(second.api_key)                      # the stream must reconnect: a listenKey POST
-    wait_for(lambda: "banned" in e2e.stack.log("stream")[stream_log:], timeout=ban_sec,
-             message="the user stream held its listenKey call back")
+    control.drop_connections(second.api_key)  # the stream must reconnect: a listenKey POST
+    wait_for(
+        lambda: "banned" in e2e.stack.log("stream")[stream_log:],
+        timeout=ban_sec,
+        message="the user stream held its listenKey call back",
+    )
     tasks.reconcile_account.delay(second.pk, reason="e2e")
-    paused = wait_for(lambda: run_of(second, outcome=ReconcileRun.Outcome.PARTIAL), timeout=ban_sec,
-                      message="a worker held its reconcile back")
+    paused = wait_for(
+        lambda: run_of(second, outcome=ReconcileRun.Outcome.PARTIAL),
+        timeout=ban_sec,
+        message="a worker held its reconcile back",
+    )
     assert paused.report["http_calls"] == 0
-    if time.monotonic() - banned_at < ban_sec - 1:               # still inside the ban: nobody has sent anything
+    if time.monotonic() - banned_at < ban_sec - 1:  # still inside the ban: nobody has sent anything
         assert control.stats()["total_requests"] == sent
 
-    e2e.wait_streaming(second, timeout=30)                        # after the ban: everyone resumes by themselves
+    e2e.wait_streaming(second, timeout=30)  # after the ban: everyone resumes by themselves
     wait_for(lambda: all(status_of(t) == Trade.Status.OPEN for t in trades), timeout=60, message="reconciled")
     assert control.stats()["statuses"].get("418", 0) == 1
     for account in (first, second):

@@ -21,8 +21,10 @@ def entered(account, side, *, symbol="BTCUSDT", qty="0.010"):
     """The bot's flow with a MARKET entry; the trade once it is open."""
     cid = f"e2e-{uuid.uuid4().hex[:20]}"
     tasks.open_position.delay(account.pk, symbol, side, qty, None, timeout_sec=600, client_order_id=cid)
-    trade = wait_for(lambda: Trade.objects.filter(client_order_id=cid).exclude(status=Trade.Status.PENDING).first(),
-                     message=f"{cid} {side} decided")
+    trade = wait_for(
+        lambda: Trade.objects.filter(client_order_id=cid).exclude(status=Trade.Status.PENDING).first(),
+        message=f"{cid} {side} decided",
+    )
     assert trade.status == Trade.Status.OPEN, f"{trade.status}: {trade.status_reason}"
     return trade
 
@@ -42,13 +44,19 @@ def test_f21_a_lagging_position_read_does_not_close_a_live_trade(e2e):
 
     # Some sync read "nothing" (it may be the stream's, after the fill's ACCOUNT_UPDATE, or ours) and did not close.
     wait_for(lambda: e2e.control.positions(account.api_key)["lag_reads"] == 0, message="the lagging read served")
-    lagged = wait_for(lambda: ReconcileRun.objects.filter(account=account, kind="positions",
-                                                         report__extra__unconfirmed__gte=1).first(),
-                      message="a position sync that saw the position gone")
+    lagged = wait_for(
+        lambda: ReconcileRun.objects.filter(
+            account=account, kind="positions", report__extra__unconfirmed__gte=1
+        ).first(),
+        message="a position sync that saw the position gone",
+    )
     # The read it scheduled POSITION_CONFIRM_SEC later sees the position again.
-    wait_for(lambda: ReconcileRun.objects.filter(account=account, kind="positions", reason="confirm_close",
-                                                 started_at__gt=lagged.started_at).exists(),
-             message="the confirming read")
+    wait_for(
+        lambda: ReconcileRun.objects.filter(
+            account=account, kind="positions", reason="confirm_close", started_at__gt=lagged.started_at
+        ).exists(),
+        message="the confirming read",
+    )
     assert status_of(trade) == Trade.Status.OPEN
     assert not trade.events.filter(to_status=Trade.Status.CLOSED).exists()
     assert Trade.objects.get(pk=trade.pk).position_gone_at is None
@@ -78,8 +86,10 @@ def test_f23_one_way_trades_that_net_out_are_consistent(e2e):
     e2e.settle()
     # Once more, by a worker: nothing gone to confirm, nothing closed.
     tasks.sync_positions.delay(account.pk, reason="e2e_again")
-    wait_for(lambda: ReconcileRun.objects.filter(account=account, kind="positions", reason="e2e_again").exists(),
-             message="a worker's position sync")
+    wait_for(
+        lambda: ReconcileRun.objects.filter(account=account, kind="positions", reason="e2e_again").exists(),
+        message="a worker's position sync",
+    )
     assert {status_of(buy), status_of(sell)} == {Trade.Status.OPEN}
     assert not OrphanPosition.objects.filter(account=account).exists()
     assert not ReconcileRun.objects.filter(account=account, report__extra__unconfirmed__gte=1).exists()
@@ -99,8 +109,11 @@ def test_f24_a_full_liquidation_closes_the_trade_with_the_reason_price_and_pnl(e
     wait_for(lambda: status_of(trade) == Trade.Status.CLOSED, message="closed by the liquidation")
     trade = fresh(trade)
     assert trade.status_reason == "closed by liquidation"
-    assert (trade.exit_price, trade.realized_pnl, trade.closed_qty) == (Decimal("57000"), Decimal("-30"),
-                                                                       Decimal("0.010"))
+    assert (trade.exit_price, trade.realized_pnl, trade.closed_qty) == (
+        Decimal("57000"),
+        Decimal("-30"),
+        Decimal("0.010"),
+    )
     e2e.settle()
     assert not OrphanPosition.objects.filter(account=account).exists()
 
@@ -120,10 +133,9 @@ def test_f24_a_partial_liquidation_then_adl_reduce_then_close_the_trade(e2e):
     wait_for(lambda: status_of(trade) == Trade.Status.CLOSED, message="closed by ADL")
     trade = fresh(trade)
     assert trade.status_reason == "closed by ADL"
-    assert trade.exit_price == Decimal("59800")   # (0.004 × 61000 + 0.006 × 59000) / 0.010
-    assert trade.realized_pnl == Decimal("2")     # short from 60000: −4 + 6
-    assert [e.payload["by_binance"] for e in trade.events.filter(source="position_sync")] == [["liquidation"],
-                                                                                             ["ADL"]]
+    assert trade.exit_price == Decimal("59800")  # (0.004 × 61000 + 0.006 × 59000) / 0.010
+    assert trade.realized_pnl == Decimal("2")  # short from 60000: −4 + 6
+    assert [e.payload["by_binance"] for e in trade.events.filter(source="position_sync")] == [["liquidation"], ["ADL"]]
     e2e.settle()
     assert not OrphanPosition.objects.filter(account=account).exists()
 
@@ -132,8 +144,14 @@ def test_f29_a_take_profit_algo_order_closes_half_a_trade(e2e):
     account = e2e.account()
     trade = entered(account, "BUY")
     with BinanceFuturesClient.for_account(account) as client:  # the exit lives in Binance's Algo Service
-        algo = client.place_algo_order("BTCUSDT", "SELL", "TAKE_PROFIT_MARKET", trigger_price=Decimal("62000"),
-                                       quantity=Decimal("0.005"), reduce_only=True)
+        algo = client.place_algo_order(
+            "BTCUSDT",
+            "SELL",
+            "TAKE_PROFIT_MARKET",
+            trigger_price=Decimal("62000"),
+            quantity=Decimal("0.005"),
+            reduce_only=True,
+        )
 
     e2e.control.trigger_algo_order(account.api_key, algo_id=algo["algoId"], price="62000")
 

@@ -23,14 +23,31 @@ SYMBOLS = {"BTCUSDT": "50000", "ETHUSDT": "3000", "SOLUSDT": "150", "BNBUSDT": "
 # fill on Binance is. (SOLUSDT was 1: its 0.5 fills sat in the sandbox's position while every answer rounded them to
 # "0" — an unexplainable position, the "position invariant on SOLUSDT" of seed 448669121.)
 QTY = {"BTCUSDT": "0.010", "ETHUSDT": "0.100", "SOLUSDT": "2", "BNBUSDT": "0.10"}
-SCENARIOS = ["fill", "fill", "partial_then_timeout", "no_fill_timeout", "cancel_race", "partial_then_expire",
-             "market", "never_placed", "fill_later"]
-FAULTS = ["drop_ws", "pause_events", "expire_listen_key", "http_5xx", "http_hang", "kill_stream", "kill_worker_child",
-          "not_found_window"]
+SCENARIOS = [
+    "fill",
+    "fill",
+    "partial_then_timeout",
+    "no_fill_timeout",
+    "cancel_race",
+    "partial_then_expire",
+    "market",
+    "never_placed",
+    "fill_later",
+]
+FAULTS = [
+    "drop_ws",
+    "pause_events",
+    "expire_listen_key",
+    "http_5xx",
+    "http_hang",
+    "kill_stream",
+    "kill_worker_child",
+    "not_found_window",
+]
 
 
 def on_the_exchange(control, account, symbol: str, cid: str) -> str | None:
-    """"placed" once the exchange's own truth (the control API, which ignores injected faults) has the order and
+    """ "placed" once the exchange's own truth (the control API, which ignores injected faults) has the order and
     the trade has heard of it; "never placed" once the trade ended without it (a placement whose worker process was
     killed before it was sent: the rule fails it after the grace, and the row is one the bot never placed); None
     meanwhile. The trade's exchange_status alone is no proof of placement: a reconcile's -2013 sets it (NOT_FOUND)
@@ -63,16 +80,33 @@ def test_randomized_soak(e2e):
         scenario = rng.choice(SCENARIOS)
         cid = f"soak{seed % 10000}-{i}-{uuid.uuid4().hex[:8]}"
         if scenario == "never_placed":  # the bot died between the row and the order
-            trades.append(Trade.objects.create(account=account, symbol=symbol, side="BUY",
-                                               quantity=Decimal(QTY[symbol]), price=Decimal(SYMBOLS[symbol]),
-                                               client_order_id=cid))
+            trades.append(
+                Trade.objects.create(
+                    account=account,
+                    symbol=symbol,
+                    side="BUY",
+                    quantity=Decimal(QTY[symbol]),
+                    price=Decimal(SYMBOLS[symbol]),
+                    client_order_id=cid,
+                )
+            )
             continue
         timeout = rng.uniform(2, 4) if scenario in ("partial_then_timeout", "no_fill_timeout", "cancel_race") else 600
         price = None if scenario == "market" else SYMBOLS[symbol]
-        tasks.open_position.delay(account.pk, symbol, rng.choice(["BUY", "SELL"]), QTY[symbol], price,
-                                  timeout_sec=timeout, client_order_id=cid)
-        placed = wait_for(lambda a=account, s=symbol, c=cid: on_the_exchange(control, a, s, c), timeout=60,
-                          message=f"{cid} placed (seed {seed})")
+        tasks.open_position.delay(
+            account.pk,
+            symbol,
+            rng.choice(["BUY", "SELL"]),
+            QTY[symbol],
+            price,
+            timeout_sec=timeout,
+            client_order_id=cid,
+        )
+        placed = wait_for(
+            lambda a=account, s=symbol, c=cid: on_the_exchange(control, a, s, c),
+            timeout=60,
+            message=f"{cid} placed (seed {seed})",
+        )
         trades.append(Trade.objects.get(account=account, client_order_id=cid))
         ref = {"client_order_id": cid}
         if placed == "never placed":
@@ -99,8 +133,9 @@ def test_randomized_soak(e2e):
             elif fault == "expire_listen_key":
                 control.expire_listen_key(victim.api_key)
             elif fault == "http_5xx":
-                control.inject_fault("/fapi/v1/order", rng.choice(["500", "502", "503"]), count=rng.randint(1, 3),
-                                     method="GET")
+                control.inject_fault(
+                    "/fapi/v1/order", rng.choice(["500", "502", "503"]), count=rng.randint(1, 3), method="GET"
+                )
             elif fault == "http_hang":
                 control.inject_fault("/fapi/v1/order", "hang", count=1, method="GET", hang_sec=2.5)
             elif fault == "kill_stream" and stream_down_until is None:

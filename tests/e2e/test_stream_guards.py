@@ -41,8 +41,9 @@ FAR = 600  # an entry timeout that does not fire during the test
 @pytest.fixture
 def client(client, django_user_model):
     """/health/'s details are for staff (or the METRICS_TOKEN): read them as a logged-in staff user."""
-    client.force_login(django_user_model.objects.create_user("health-reader", password="pw-for-tests-only",
-                                                             is_staff=True))
+    client.force_login(
+        django_user_model.objects.create_user("health-reader", password="pw-for-tests-only", is_staff=True)
+    )
     return client
 
 
@@ -66,8 +67,10 @@ def open_position(e2e, account, *, placed=True):
     cid = f"e2e-{uuid.uuid4().hex[:20]}"
     tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR, client_order_id=cid)
     sent = ["", "PLACING"] if placed else [""]
-    return wait_for(lambda: Trade.objects.filter(client_order_id=cid).exclude(exchange_status__in=sent).first(),
-                    message=f"{cid} placed")
+    return wait_for(
+        lambda: Trade.objects.filter(client_order_id=cid).exclude(exchange_status__in=sent).first(),
+        message=f"{cid} placed",
+    )
 
 
 def exchange_order(e2e, trade) -> dict:
@@ -77,7 +80,8 @@ def exchange_order(e2e, trade) -> dict:
 def fill(e2e, trade) -> int:
     """Fill the trade's order on the exchange; Binance's updateTime of the fill."""
     return e2e.control.fill_order(trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id)[
-        "updateTime"]
+        "updateTime"
+    ]
 
 
 def sync_state(account) -> AccountSyncState:
@@ -100,8 +104,9 @@ def fills_by(trades, source: str) -> bool:
     return all(TradeEvent.objects.filter(trade=t, to_status="open", source=source).exists() for t in trades)
 
 
-def test_f17_a_connected_stream_that_stays_silent_is_detected_as_deaf_and_reconnected(guards, client,
-                                                                                       admin_client_logged_in):
+def test_f17_a_connected_stream_that_stays_silent_is_detected_as_deaf_and_reconnected(
+    guards, client, admin_client_logged_in
+):
     e2e = guards
     account = e2e.account()
     wait_for(lambda: connection_older_than_the_clock_margin(account), message="a connection older than the margin")
@@ -109,8 +114,13 @@ def test_f17_a_connected_stream_that_stays_silent_is_detected_as_deaf_and_reconn
     e2e.control.pause_events(account.api_key)  # connected, and silent from here on
     last_fill = from_ms(max(fill(e2e, trade) for trade in trades))
     # The stream process lived on after the fills (its heartbeat), and the lag has passed: the socket had its chance.
-    wait_for(lambda: sync_state(account).stream_heartbeat_at > last_fill
-             and timezone.now() > last_fill + timedelta(seconds=LAG_SEC), message="heartbeat and lag past the fills")
+    wait_for(
+        lambda: (
+            sync_state(account).stream_heartbeat_at > last_fill
+            and timezone.now() > last_fill + timedelta(seconds=LAG_SEC)
+        ),
+        message="heartbeat and lag past the fills",
+    )
     assert all(Trade.objects.get(pk=t.pk).status == Trade.Status.PENDING for t in trades)
     ws_connects = ReconcileRun.objects.filter(account=account, reason="ws_connect", kind=ReconcileRun.Kind.PENDING)
     connects_before = ws_connects.count()
@@ -118,8 +128,10 @@ def test_f17_a_connected_stream_that_stays_silent_is_detected_as_deaf_and_reconn
     stream = e2e.stack.procs["stream"].pid
     os.killpg(stream, signal.SIGSTOP)  # hold the stream still while the deaf mark is looked at
     try:
-        report = wait_for(lambda: (r := services.reconcile_pending(account, reason="beat"))["skipped"] is False and r,
-                          message="a reconcile that ran")
+        report = wait_for(
+            lambda: (r := services.reconcile_pending(account, reason="beat"))["skipped"] is False and r,
+            message="a reconcile that ran",
+        )
 
         assert report["opened"] == 3 and report["missed_events"] == 3
         assert fills_by(trades, "reconcile")  # the fills are recorded by REST all the same
@@ -136,10 +148,14 @@ def test_f17_a_connected_stream_that_stays_silent_is_detected_as_deaf_and_reconn
 
     # The stream process notices the mark and reconnects; the reconnect's reconcile finds no miss and clears it.
     wait_for(lambda: "event=deaf" in e2e.stack.log("stream"), message="the stream reconnecting the deaf socket")
-    wait_for(lambda: ws_connects.count() > connects_before and sync_state(account).stream_deaf_since is None,
-             message="the reconnect's reconcile cleared the mark")
-    wait_for(lambda: client.get("/health/").json()["details"]["user_stream"][account.name]["ok"],
-             message="/health/ ok again for the account")
+    wait_for(
+        lambda: ws_connects.count() > connects_before and sync_state(account).stream_deaf_since is None,
+        message="the reconnect's reconcile cleared the mark",
+    )
+    wait_for(
+        lambda: client.get("/health/").json()["details"]["user_stream"][account.name]["ok"],
+        message="/health/ ok again for the account",
+    )
     assert metric(client, "tradeops_user_stream_deaf", account) == 0
     e2e.control.resume_events(account.api_key)
     e2e.settle()
@@ -158,8 +174,10 @@ def test_f17_a_stream_that_delivers_its_fills_is_never_marked_deaf(guards, clien
     # loaded machine a REST pass cannot get to a fill first (which would be no miss either, but proves nothing).
     e2e.start_beat()
     # Past the lag, with the stream alive, two more REST passes over the account find nothing it missed.
-    wait_for(lambda: sync_state(account).stream_heartbeat_at > last_fill + timedelta(seconds=LAG_SEC),
-             message="heartbeat past the lag")
+    wait_for(
+        lambda: sync_state(account).stream_heartbeat_at > last_fill + timedelta(seconds=LAG_SEC),
+        message="heartbeat past the lag",
+    )
     runs = ReconcileRun.objects.filter(account=account, reason="beat").exclude(outcome=ReconcileRun.Outcome.SKIPPED)
     seen = runs.count()
     wait_for(lambda: runs.count() >= seen + 2, message="two more beat reconciles")
@@ -183,17 +201,25 @@ def test_f20_a_2013_that_lasts_fails_the_trade_then_the_recheck_corrects_it_audi
     assert exchange_order(e2e, trade)["status"] == "NEW"  # … and the order exists all along
     e2e.start_beat()
 
-    wait_for(lambda: Trade.objects.filter(pk=trade.pk, status=Trade.Status.FAILED,
-                                          status_reason=rules.NOT_FOUND_REASON).exists(),
-             message="failed as not found past the grace")
+    wait_for(
+        lambda: Trade.objects.filter(
+            pk=trade.pk, status=Trade.Status.FAILED, status_reason=rules.NOT_FOUND_REASON
+        ).exists(),
+        message="failed as not found past the grace",
+    )
     fill(e2e, trade)  # the order fills while we believe it never existed
 
-    wait_for(lambda: Trade.objects.get(pk=trade.pk).status == Trade.Status.OPEN, timeout=60,
-             message="the re-check corrected it")
+    wait_for(
+        lambda: Trade.objects.get(pk=trade.pk).status == Trade.Status.OPEN,
+        timeout=60,
+        message="the re-check corrected it",
+    )
 
     events = list(TradeEvent.objects.filter(trade=trade).order_by("pk"))
     assert [(e.from_status, e.to_status, e.source) for e in events] == [
-        ("pending", "failed", "reconcile"), ("failed", "open", "reconcile")]
+        ("pending", "failed", "reconcile"),
+        ("failed", "open", "reconcile"),
+    ]
     assert rules.NOT_FOUND_REASON in events[1].payload["correction"]
     assert ReconcileRun.objects.filter(account=account, report__rechecked__gte=1, report__corrected=1).exists()
     trade.refresh_from_db()
@@ -212,8 +238,9 @@ def test_a_healthy_stream_is_audited_every_reconcile_audit_sec_and_a_stalled_one
     every time."""
     e2e = guards
     account = e2e.account()
-    audits = ReconcileRun.objects.filter(account=account, kind=ReconcileRun.Kind.PENDING,
-                                         outcome=ReconcileRun.Outcome.OK)
+    audits = ReconcileRun.objects.filter(
+        account=account, kind=ReconcileRun.Kind.PENDING, outcome=ReconcileRun.Outcome.OK
+    )
     beats = audits.filter(reason="beat")
     e2e.start_beat()
 
@@ -227,8 +254,11 @@ def test_a_healthy_stream_is_audited_every_reconcile_audit_sec_and_a_stalled_one
     os.killpg(stream, signal.SIGSTOP)  # the stream process stalls: its "connected" is no longer trusted
     try:
         stalled_at = timezone.now()
-        wait_for(lambda: timezone.now() - sync_state(account).stream_heartbeat_at
-                 > timedelta(seconds=3 * 0.5 + 10), timeout=30, message="the stream's heartbeat stale")
+        wait_for(
+            lambda: timezone.now() - sync_state(account).stream_heartbeat_at > timedelta(seconds=3 * 0.5 + 10),
+            timeout=30,
+            message="the stream's heartbeat stale",
+        )
         stale = beats.filter(started_at__gt=stalled_at + timedelta(seconds=3 * 0.5 + 10))
 
         def close_together():

@@ -75,8 +75,12 @@ def shared_by(control, accounts, count: int) -> bool:
     """Every account streamed once, by `count` holders, each holding its share (n // count or one more)."""
     held = holders(accounts)
     per_holder = [list(held.values()).count(h) for h in set(held.values())]
-    return (len(held) == len(accounts) and len(per_holder) == count and max(per_holder) - min(per_holder) <= 1
-            and streaming(control, accounts))
+    return (
+        len(held) == len(accounts)
+        and len(per_holder) == count
+        and max(per_holder) - min(per_holder) <= 1
+        and streaming(control, accounts)
+    )
 
 
 def stream_sockets(pid: int) -> int:
@@ -97,8 +101,12 @@ def another_machine() -> tuple[str, ...]:
 def kill_and_time_takeover(stack, control, name, orphaned) -> float:
     stack.kill(name)
     killed_at = time.monotonic()
-    wait_for(lambda: streaming(control, orphaned), timeout=TAKEOVER + 10, interval=0.05,
-             message=f"{name}'s accounts streaming again")
+    wait_for(
+        lambda: streaming(control, orphaned),
+        timeout=TAKEOVER + 10,
+        interval=0.05,
+        message=f"{name}'s accounts streaming again",
+    )
     return time.monotonic() - killed_at
 
 
@@ -110,7 +118,10 @@ def test_stream_processes_share_rebalance_and_take_over_killed_ones_accounts(e2e
         accounts = [e2e.account() for _ in range(ACCOUNTS)]
         with ConnectionSampler(control, accounts) as sampler:
             wait_for(lambda: shared_by(control, accounts, 2), message="shared 3/3 by two processes")
-            first, second = holder_of(accounts, stack.procs["stream"].pid), holder_of(accounts, stack.procs["stream2"].pid)
+            first, second = (
+                holder_of(accounts, stack.procs["stream"].pid),
+                holder_of(accounts, stack.procs["stream2"].pid),
+            )
             assert first and second
             assert stream_sockets(pid_of(first)) >= 3 and stream_sockets(pid_of(second)) >= 3
 
@@ -118,30 +129,45 @@ def test_stream_processes_share_rebalance_and_take_over_killed_ones_accounts(e2e
             stack.start("stream3", "manage.py", "run_user_stream", prefix=prefix)
             wait_for(lambda: shared_by(control, accounts, 3), message="rebalanced over three")
             [third] = set(holders(accounts).values()) - {first, second}
-            assert max(list(holders(accounts).values()).count(h) for h in (first, second, third)) \
+            assert (
+                max(list(holders(accounts).values()).count(h) for h in (first, second, third))
                 <= math.ceil(ACCOUNTS / 3) + 1
+            )
 
             # SIGKILL the third (a lost host: only its leases expiring tell): its accounts stream again within the
             # takeover time, and a fill made in the gap is reconciled on takeover.
             orphaned = [a for a in accounts if holders([a]).get(a.pk) == third]
             cid = f"e2e-{uuid.uuid4().hex[:20]}"
-            tasks.open_position.delay(orphaned[0].pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR,
-                                      client_order_id=cid)
-            trade = wait_for(lambda: Trade.objects.filter(client_order_id=cid, exchange_status="NEW").first(),
-                             message="order placed")
+            tasks.open_position.delay(
+                orphaned[0].pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=FAR, client_order_id=cid
+            )
+            trade = wait_for(
+                lambda: Trade.objects.filter(client_order_id=cid, exchange_status="NEW").first(), message="order placed"
+            )
             stack.kill("stream3")
             killed_at = time.monotonic()
-            wait_for(lambda: all(control.listen_keys(a.api_key)["connections"] == 0 for a in orphaned), timeout=5,
-                     message="the killed process's sockets are gone")
+            wait_for(
+                lambda: all(control.listen_keys(a.api_key)["connections"] == 0 for a in orphaned),
+                timeout=5,
+                message="the killed process's sockets are gone",
+            )
             control.fill_order(orphaned[0].api_key, trade.symbol, client_order_id=cid)
-            wait_for(lambda: streaming(control, orphaned), timeout=TAKEOVER + 10, interval=0.05,
-                     message="orphaned accounts streaming again")
+            wait_for(
+                lambda: streaming(control, orphaned),
+                timeout=TAKEOVER + 10,
+                interval=0.05,
+                message="orphaned accounts streaming again",
+            )
             lost_host = time.monotonic() - killed_at
             assert lost_host <= TAKEOVER, f"takeover took {lost_host:.1f}s"
             wait_for(lambda: shared_by(control, accounts, 2), message="shared 3/3 again")
             wait_for(lambda: Trade.objects.get(pk=trade.pk).status == Trade.Status.OPEN, message="gap fill applied")
-            assert ReconcileRun.objects.filter(account=orphaned[0], reason="ws_connect",
-                                               kind=ReconcileRun.Kind.PENDING).count() >= 2
+            assert (
+                ReconcileRun.objects.filter(
+                    account=orphaned[0], reason="ws_connect", kind=ReconcileRun.Kind.PENDING
+                ).count()
+                >= 2
+            )
 
             # SIGKILL the second, on this machine: the first sees its pid gone and takes over at once.
             orphaned = [a for a in accounts if holders([a]).get(a.pk) == second]

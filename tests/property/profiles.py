@@ -20,8 +20,7 @@ _COMMON = {
     # Properties build their rows inside the test body, per example (tests/property/db.py), so pytest-django's
     # function-scoped fixtures are rightly shared by all examples. DB examples are slow-ish: no deadline.
     "deadline": None,
-    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                              HealthCheck.data_too_large],
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
     "print_blob": True,
 }
 settings.register_profile("ci", max_examples=CI_BASE, derandomize=True, database=None, **_COMMON)

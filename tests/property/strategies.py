@@ -54,18 +54,36 @@ class OrderLife:
 
 def rest_order(*, symbol, client_order_id, order_id, quantity, price, status, executed, avg, created, updated):
     return {
-        "orderId": order_id, "symbol": symbol, "status": status, "clientOrderId": client_order_id,
-        "price": str(price), "avgPrice": str(avg) if executed else "0.00000", "origQty": str(quantity),
-        "executedQty": str(executed), "cumQuote": str((avg * executed) if executed else Decimal("0")),
-        "timeInForce": "GTC", "type": "LIMIT", "reduceOnly": False, "closePosition": False, "side": "BUY",
-        "positionSide": "BOTH", "stopPrice": "0", "workingType": "CONTRACT_PRICE", "priceProtect": False,
-        "origType": "LIMIT", "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
-        "time": created, "updateTime": updated,
+        "orderId": order_id,
+        "symbol": symbol,
+        "status": status,
+        "clientOrderId": client_order_id,
+        "price": str(price),
+        "avgPrice": str(avg) if executed else "0.00000",
+        "origQty": str(quantity),
+        "executedQty": str(executed),
+        "cumQuote": str((avg * executed) if executed else Decimal("0")),
+        "timeInForce": "GTC",
+        "type": "LIMIT",
+        "reduceOnly": False,
+        "closePosition": False,
+        "side": "BUY",
+        "positionSide": "BOTH",
+        "stopPrice": "0",
+        "workingType": "CONTRACT_PRICE",
+        "priceProtect": False,
+        "origType": "LIMIT",
+        "priceMatch": "NONE",
+        "selfTradePreventionMode": "NONE",
+        "goodTillDate": 0,
+        "time": created,
+        "updateTime": updated,
     }
 
 
-client_order_ids = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/-", min_size=1,
-                           max_size=36)
+client_order_ids = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/-", min_size=1, max_size=36
+)
 
 
 @st.composite
@@ -110,8 +128,18 @@ def order_lives(draw, *, ends=ENDS, symbol=None, client_order_id=None) -> OrderL
         t += draw(st.integers(1, 3_600_000))
         times.append(t)
     snapshots = tuple(
-        rest_order(symbol=symbol, client_order_id=client_order_id, order_id=order_id, quantity=quantity, price=price,
-                   status=status, executed=executed, avg=avg, created=created, updated=updated)
+        rest_order(
+            symbol=symbol,
+            client_order_id=client_order_id,
+            order_id=order_id,
+            quantity=quantity,
+            price=price,
+            status=status,
+            executed=executed,
+            avg=avg,
+            created=created,
+            updated=updated,
+        )
         for (status, executed, avg), updated in zip(states, times)
     )
     return OrderLife(symbol, client_order_id, order_id, quantity, price, end, snapshots)
@@ -140,24 +168,53 @@ def deliveries(draw, life: OrderLife, *, max_copies: int = 3) -> list[tuple[int,
 # --- Payloads from a confused or hostile peer -----------------------------------------------------------------------
 
 json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40)
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
 )
 json_values = st.recursive(
-    json_scalars, lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
-                                                                                     max_size=4),
+    json_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
 
 # What a field of an order may hold when something went wrong: every JSON type, numbers as floats, huge and
 # negative numbers, exponents, NaN/Infinity (Python's json accepts them), non-ASCII and lone surrogates.
-weird_numbers = st.sampled_from([
-    "", " ", "0", "-0", "-1", "-0.001", "1e400", "-1e400", "1E+17", "99999999999999999", "100000000000000000",
-    "NaN", "sNaN", "-NaN", "Infinity", "-Infinity", "inf", "0x10", "1_000", "1,5", "١٢٣", "0.1.2", "12abc",
-    "9" * 5000, "0." + "0" * 40 + "1", str(2**63), str(2**64), str(-(2**63)),
-]) | st.integers(min_value=-(2**70), max_value=2**70).map(str)
+weird_numbers = st.sampled_from(
+    [
+        "",
+        " ",
+        "0",
+        "-0",
+        "-1",
+        "-0.001",
+        "1e400",
+        "-1e400",
+        "1E+17",
+        "99999999999999999",
+        "100000000000000000",
+        "NaN",
+        "sNaN",
+        "-NaN",
+        "Infinity",
+        "-Infinity",
+        "inf",
+        "0x10",
+        "1_000",
+        "1,5",
+        "١٢٣",
+        "0.1.2",
+        "12abc",
+        "9" * 5000,
+        "0." + "0" * 40 + "1",
+        str(2**63),
+        str(2**64),
+        str(-(2**63)),
+    ]
+) | st.integers(min_value=-(2**70), max_value=2**70).map(str)
 weird_values = (
-    json_scalars | weird_numbers | st.floats() | st.integers(min_value=-(2**80), max_value=2**80)
+    json_scalars
+    | weird_numbers
+    | st.floats()
+    | st.integers(min_value=-(2**80), max_value=2**80)
     | st.sampled_from([2**63 - 1, 2**63, 2**64, -1, 0, True, False, float("nan"), float("inf"), [], {}, [1], {"a": 1}])
     | st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
     | st.text(st.characters(blacklist_categories=()), min_size=1, max_size=8)  # lone surrogates included

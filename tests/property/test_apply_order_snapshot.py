@@ -23,19 +23,29 @@ TRANSITIONS = {rules.OPENED: "open", rules.CANCELLED: "cancelled", rules.FAILED:
 
 def new_trade(life, *, knows_order_id: bool, account=None) -> Trade:
     return TradeFactory(
-        account=account or AccountFactory(), symbol=life.symbol, quantity=life.quantity, price=life.price,
-        client_order_id=life.client_order_id, entry_order_id=life.order_id if knows_order_id else None,
+        account=account or AccountFactory(),
+        symbol=life.symbol,
+        quantity=life.quantity,
+        price=life.price,
+        client_order_id=life.client_order_id,
+        entry_order_id=life.order_id if knows_order_id else None,
     )
 
 
 def status_events(trade) -> list[tuple[str, str]]:
-    return [(e.from_status, e.to_status) for e in TradeEvent.objects.filter(trade=trade).order_by("pk")
-            if e.from_status != e.to_status]
+    return [
+        (e.from_status, e.to_status)
+        for e in TradeEvent.objects.filter(trade=trade).order_by("pk")
+        if e.from_status != e.to_status
+    ]
 
 
 def progress_events(trade) -> list[Decimal]:
-    return list(TradeEvent.objects.filter(trade=trade, from_status="pending", to_status="pending")
-                .order_by("pk").values_list("filled_qty", flat=True))
+    return list(
+        TradeEvent.objects.filter(trade=trade, from_status="pending", to_status="pending")
+        .order_by("pk")
+        .values_list("filled_qty", flat=True)
+    )
 
 
 @settings(max_examples=examples(400))
@@ -91,8 +101,12 @@ def test_any_delivery_of_an_orders_life_ends_in_the_tables_state(data, life, kno
 
 
 @settings(max_examples=examples(200))
-@given(data=st.data(), life=order_lives(), other=order_lives(),
-       how=st.sampled_from(["other_client_order_id", "same_client_id_other_order_id", "other_symbol"]))
+@given(
+    data=st.data(),
+    life=order_lives(),
+    other=order_lives(),
+    how=st.sampled_from(["other_client_order_id", "same_client_id_other_order_id", "other_symbol"]),
+)
 def test_another_orders_snapshot_changes_nothing(data, life, other, how):
     """A snapshot about another order — another client order id; the same client order id with another orderId
     (what another account's order looks like, the trade knowing its own orderId); another symbol — raises

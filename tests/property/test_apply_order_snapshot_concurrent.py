@@ -50,19 +50,28 @@ def deliver(trade_id: int, life, plan, barrier: threading.Barrier, seen: list, e
 @given(data=st.data(), life=order_lives())
 def test_two_paths_at_once_end_in_the_tables_state_with_one_event_per_change(mysql_only, data, life):
     plans = [
-        [(index, shape, data.draw(st.booleans()), data.draw(PAUSES))
-         for index, shape in data.draw(deliveries(life), label=f"path {n}")]
+        [
+            (index, shape, data.draw(st.booleans()), data.draw(PAUSES))
+            for index, shape in data.draw(deliveries(life), label=f"path {n}")
+        ]
         for n in (1, 2)
     ]
     account = AccountFactory()
     try:
-        trade = TradeFactory(account=account, symbol=life.symbol, quantity=life.quantity, price=life.price,
-                             client_order_id=life.client_order_id)
+        trade = TradeFactory(
+            account=account,
+            symbol=life.symbol,
+            quantity=life.quantity,
+            price=life.price,
+            client_order_id=life.client_order_id,
+        )
         barrier = threading.Barrier(2)
         seen: list[list[dict]] = [[], []]
         errors: list[BaseException] = []
-        threads = [threading.Thread(target=deliver, args=(trade.pk, life, plan, barrier, seen[n], errors))
-                   for n, plan in enumerate(plans)]
+        threads = [
+            threading.Thread(target=deliver, args=(trade.pk, life, plan, barrier, seen[n], errors))
+            for n, plan in enumerate(plans)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -83,8 +92,9 @@ def test_two_paths_at_once_end_in_the_tables_state_with_one_event_per_change(mys
         final = Trade.objects.get(pk=trade.pk)
         assert (final.status, final.filled_qty, final.entry_price) == (status, filled_qty, entry_price)
         assert final.exchange_update_time == life.final["updateTime"]
-        events = list(TradeEvent.objects.filter(trade=final).order_by("pk").values_list(
-            "from_status", "to_status", "filled_qty"))
+        events = list(
+            TradeEvent.objects.filter(trade=final).order_by("pk").values_list("from_status", "to_status", "filled_qty")
+        )
         changes = [(f, t) for f, t, _ in events if f != t]
         assert changes == ([] if status == "pending" else [("pending", status)])
         progress = [qty for f, t, qty in events if f == t == "pending"]

@@ -45,8 +45,9 @@ class EngineClient:
 
     def get_user_trades_since(self, symbol, start_time):
         self.http_calls += 1
-        return [f.to_binance() for f in self.engine.user_trades(self.account, symbol, None, start_time, None, None,
-                                                                1000)]
+        return [
+            f.to_binance() for f in self.engine.user_trades(self.account, symbol, None, start_time, None, None, 1000)
+        ]
 
     def get_order(self, symbol, order_id):
         self.http_calls += 1
@@ -60,8 +61,12 @@ def entry(side, qty):
 steps = st.one_of(
     st.tuples(st.just("entry"), st.sampled_from(["BUY", "SELL"]), st.integers(1, 20)),
     st.tuples(st.just("exit"), st.sampled_from(["BOTH", "LONG", "SHORT"]), st.integers(1, 20)),
-    st.tuples(st.just("autoclose"), st.sampled_from(["liquidation", "adl", "settlement"]),
-              st.sampled_from(["BOTH", "LONG", "SHORT"]), st.integers(1, 20)),
+    st.tuples(
+        st.just("autoclose"),
+        st.sampled_from(["liquidation", "adl", "settlement"]),
+        st.sampled_from(["BOTH", "LONG", "SHORT"]),
+        st.integers(1, 20),
+    ),
     st.tuples(st.just("lag"), st.sampled_from(["omit", "stale"]), st.integers(1, 2)),
     st.tuples(st.just("sync")),
 )
@@ -77,13 +82,33 @@ def run_step(engine, acct, account, step, hedge):
     if kind == "entry":
         _, side, n = step
         ps = ("LONG" if side == "BUY" else "SHORT") if hedge else None
-        order = engine.place_order(acct, symbol=SYMBOL, side=side, type="MARKET", quantity=STEP * n, price=None,
-                                   time_in_force=None, client_order_id=None, reduce_only=False, position_side=ps)
+        order = engine.place_order(
+            acct,
+            symbol=SYMBOL,
+            side=side,
+            type="MARKET",
+            quantity=STEP * n,
+            price=None,
+            time_in_force=None,
+            client_order_id=None,
+            reduce_only=False,
+            position_side=ps,
+        )
         now = timezone.now()
         Trade.objects.create(
-            account=account, symbol=SYMBOL, side=side, position_side=ps or "BOTH", quantity=order.orig_qty,
-            filled_qty=order.executed_qty, entry_price=order.avg_price, status=Trade.Status.OPEN,
-            client_order_id=order.client_order_id, entry_order_id=order.order_id, placed_at=now, opened_at=now)
+            account=account,
+            symbol=SYMBOL,
+            side=side,
+            position_side=ps or "BOTH",
+            quantity=order.orig_qty,
+            filled_qty=order.executed_qty,
+            entry_price=order.avg_price,
+            status=Trade.Status.OPEN,
+            client_order_id=order.client_order_id,
+            entry_order_id=order.order_id,
+            placed_at=now,
+            opened_at=now,
+        )
     elif kind == "exit":
         _, ps, n = step
         if (ps == "BOTH") == hedge:
@@ -93,9 +118,18 @@ def run_step(engine, acct, account, step, hedge):
             return
         qty = min(STEP * n, abs(held))
         side = "SELL" if held > 0 else "BUY"
-        engine.place_order(acct, symbol=SYMBOL, side=side, type="MARKET", quantity=qty, price=None,
-                           time_in_force=None, client_order_id=None, reduce_only=not hedge,
-                           position_side=ps if hedge else None)
+        engine.place_order(
+            acct,
+            symbol=SYMBOL,
+            side=side,
+            type="MARKET",
+            quantity=qty,
+            price=None,
+            time_in_force=None,
+            client_order_id=None,
+            reduce_only=not hedge,
+            position_side=ps if hedge else None,
+        )
     elif kind == "autoclose":
         _, how, ps, n = step
         held = position(engine, acct, ps)

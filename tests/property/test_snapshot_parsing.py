@@ -34,8 +34,11 @@ def parse_or_reject(payload):
 
 
 @settings(max_examples=examples(300))
-@given(payload=json_values | weird_values | st.dictionaries(st.sampled_from(REST_FIELDS + WS_FIELDS + ["e", "o"]),
-                                                            weird_values))
+@given(
+    payload=json_values
+    | weird_values
+    | st.dictionaries(st.sampled_from(REST_FIELDS + WS_FIELDS + ["e", "o"]), weird_values)
+)
 @example(payload={"status": [], "symbol": "0"})  # found by the deep profile: TypeError (unhashable), fixed
 @example(payload={"symbol": "BTCUSDT", "status": "NEW", "clientOrderId": "0", "orderId": 2**63})  # found: DB range
 @example(payload={"symbol": "BTCUSDT", "status": "CANCELED", "orderId": ""})  # found (deep): a snapshot with no id
@@ -63,4 +66,7 @@ def test_every_real_shape_parses_to_the_same_snapshot(life, shape):
         snap = parse_or_reject(shaped(order, shape))
         assert snap == OrderSnapshot.from_rest(order)
         assert (snap.status, snap.executed_qty, snap.update_time) == (
-            order["status"], Decimal(order["executedQty"]), order["updateTime"])
+            order["status"],
+            Decimal(order["executedQty"]),
+            order["updateTime"],
+        )

@@ -55,12 +55,25 @@ class Lines(logging.Handler):
 
 
 def account_update(positions: list) -> dict:
-    return {"e": "ACCOUNT_UPDATE", "E": 1_700_000_000_000, "T": 1_700_000_000_000,
-            "a": {"m": "ORDER", "B": [{"a": "USDT", "wb": "1000.5", "cw": "1000.5", "bc": "0"}], "P": positions}}
+    return {
+        "e": "ACCOUNT_UPDATE",
+        "E": 1_700_000_000_000,
+        "T": 1_700_000_000_000,
+        "a": {"m": "ORDER", "B": [{"a": "USDT", "wb": "1000.5", "cw": "1000.5", "bc": "0"}], "P": positions},
+    }
 
 
-POSITION = {"s": "BTCUSDT", "pa": "0.010", "ep": "50000.0", "bep": "50000.0", "cr": "0", "up": "0", "mt": "cross",
-            "iw": "0", "ps": "BOTH"}
+POSITION = {
+    "s": "BTCUSDT",
+    "pa": "0.010",
+    "ep": "50000.0",
+    "bep": "50000.0",
+    "cr": "0",
+    "up": "0",
+    "mt": "cross",
+    "iw": "0",
+    "ps": "BOTH",
+}
 LISTEN_KEY_EXPIRED = {"e": "listenKeyExpired", "E": 1_700_000_000_000, "listenKey": "Zq" * 32}
 
 
@@ -70,8 +83,9 @@ def messages_for(draw, life):
     kind = draw(st.sampled_from(["order", "order", "order", "account", "expired", "json", "junk", "envelope"]))
     if kind in ("order", "envelope"):
         event = as_ws(draw(st.sampled_from(life.snapshots)))
-        how = draw(st.sampled_from(["as_is", "mutate_order", "mutate_event", "foreign_id", "non_ascii_id",
-                                    "float_numbers"]))
+        how = draw(
+            st.sampled_from(["as_is", "mutate_order", "mutate_event", "foreign_id", "non_ascii_id", "float_numbers"])
+        )
         if how == "mutate_order":
             event["o"] = draw(mutated(event["o"], keys=WS_ORDER_FIELDS))
         elif how == "mutate_event":
@@ -87,14 +101,18 @@ def messages_for(draw, life):
         if kind == "envelope":
             event = {"stream": "Zq" * 32, "data": event}
     elif kind == "account":
-        event = draw(mutated(account_update([POSITION] if draw(st.booleans()) else []), keys=["e", "a", "E"])
-                     if draw(st.booleans()) else st.just(account_update(draw(st.lists(
-                         st.one_of(st.just(POSITION), mutated(POSITION)), max_size=3)))))
+        event = draw(
+            mutated(account_update([POSITION] if draw(st.booleans()) else []), keys=["e", "a", "E"])
+            if draw(st.booleans())
+            else st.just(account_update(draw(st.lists(st.one_of(st.just(POSITION), mutated(POSITION)), max_size=3))))
+        )
     elif kind == "expired":
         event = draw(mutated(LISTEN_KEY_EXPIRED)) if draw(st.booleans()) else dict(LISTEN_KEY_EXPIRED)
     elif kind == "json":
-        event = draw(json_values | st.dictionaries(st.sampled_from(["e", "E", "o", "a", "data", "stream"]),
-                                                   json_values | weird_values))
+        event = draw(
+            json_values
+            | st.dictionaries(st.sampled_from(["e", "E", "o", "a", "data", "stream"]), json_values | weird_values)
+        )
     else:
         return draw(st.text(max_size=200) | st.binary(max_size=200))
     text = json.dumps(event, allow_nan=True)
@@ -129,8 +147,7 @@ def check_one_message(raw, *, account, trade, others):
     calls = []
     rows_before = {t.pk: row(t) for t in [trade, *others]}
     with Lines() as lines:
-        outcome = handle_message(account.pk, raw, enqueue_reconcile=lambda *args: calls.append(args),
-                                 retry_delay=0)
+        outcome = handle_message(account.pk, raw, enqueue_reconcile=lambda *args: calls.append(args), retry_delay=0)
 
     assert outcome.kind not in NEVER, f"{outcome}: {[r.getMessage() for r in lines.records]}"
     assert not calls, "a reconcile was enqueued for a message"
@@ -148,20 +165,29 @@ def check_one_message(raw, *, account, trade, others):
         assert outcome.kind == messages.APPLIED and snap is not None, "a trade changed for an invalid payload"
         assert snap.symbol == trade.symbol
         assert snap.client_order_id == trade.client_order_id or (
-            snap.order_id is not None and snap.order_id == trade.entry_order_id)
+            snap.order_id is not None and snap.order_id == trade.entry_order_id
+        )
         assert (after["status"], after["filled_qty"]) == expected_after(snap)
     return outcome
 
 
 @settings(max_examples=examples(500))
-@given(data=st.data(), life=order_lives(client_order_id="tradeops-ab12cd34", symbol="BTCUSDT"),
-       knows_order_id=st.booleans())
+@given(
+    data=st.data(),
+    life=order_lives(client_order_id="tradeops-ab12cd34", symbol="BTCUSDT"),
+    knows_order_id=st.booleans(),
+)
 def test_the_handler_survives_any_message_and_changes_only_what_a_valid_update_says(data, life, knows_order_id):
     with rolled_back():
         account, other_account = AccountFactory(), AccountFactory()
-        trade = TradeFactory(account=account, symbol=life.symbol, quantity=life.quantity, price=life.price,
-                             client_order_id=life.client_order_id,
-                             entry_order_id=life.order_id if knows_order_id else None)
+        trade = TradeFactory(
+            account=account,
+            symbol=life.symbol,
+            quantity=life.quantity,
+            price=life.price,
+            client_order_id=life.client_order_id,
+            entry_order_id=life.order_id if knows_order_id else None,
+        )
         others = [
             TradeFactory(account=other_account, symbol=life.symbol, client_order_id=life.client_order_id),
             TradeFactory(account=account, symbol="ETHUSDT", client_order_id="tradeops-other"),

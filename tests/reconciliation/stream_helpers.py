@@ -12,13 +12,18 @@ from django.db import OperationalError, close_old_connections
 
 from reconciliation import services
 from reconciliation.user_stream import StreamConfig, UserStreamRunner
+from tests.factories import TradeFactory
 from trades.binance_client import BinanceFuturesClient
 from trades.models import Account, Trade
-from tests.factories import TradeFactory
 
 FAST = dict(
-    account_refresh_sec=0.2, backoff_base_sec=0.05, backoff_max_sec=0.5, position_debounce_sec=0.3,
-    last_event_write_sec=0.0, open_timeout_sec=5.0, shutdown_sec=3.0,
+    account_refresh_sec=0.2,
+    backoff_base_sec=0.05,
+    backoff_max_sec=0.5,
+    position_debounce_sec=0.3,
+    last_event_write_sec=0.0,
+    open_timeout_sec=5.0,
+    shutdown_sec=3.0,
 )
 
 
@@ -58,8 +63,7 @@ class Recorder:
 
     def count(self, kind: str, account_id: int | None = None, reason: str | None = None) -> int:
         with self.lock:
-            return sum(1 for k, a, r in self.calls
-                       if k == kind and account_id in (None, a) and reason in (None, r))
+            return sum(1 for k, a, r in self.calls if k == kind and account_id in (None, a) and reason in (None, r))
 
 
 class StreamThread:
@@ -69,7 +73,8 @@ class StreamThread:
         self.recorder = recorder
         self.runner = UserStreamRunner(
             config=StreamConfig.from_settings(**{**FAST, **config}),
-            enqueue_reconcile=recorder.enqueue_reconcile, enqueue_position_sync=recorder.enqueue_position_sync,
+            enqueue_reconcile=recorder.enqueue_reconcile,
+            enqueue_position_sync=recorder.enqueue_position_sync,
         )
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._main, name="stream-test", daemon=True)
@@ -93,9 +98,14 @@ class StreamThread:
 
     def wait_connected(self, account_id: int, connects: int = 1, timeout: float = 10.0) -> None:
         """Until the account's `connects`-th subscribe is live and its ws_connect reconcile has run."""
-        wait_for(lambda: self.connects(account_id) >= connects
-                 and self.recorder.count("reconcile", account_id, "ws_connect") >= connects,
-                 timeout, what=f"account {account_id} connect #{connects}")
+        wait_for(
+            lambda: (
+                self.connects(account_id) >= connects
+                and self.recorder.count("reconcile", account_id, "ws_connect") >= connects
+            ),
+            timeout,
+            what=f"account {account_id} connect #{connects}",
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         self.runner.request_stop()
@@ -105,8 +115,9 @@ class StreamThread:
             raise self.error
 
 
-def new_trade(account: Account, *, symbol: str = "BTCUSDT", qty: str = "0.010", price: str = "50000",
-              **fields) -> Trade:
+def new_trade(
+    account: Account, *, symbol: str = "BTCUSDT", qty: str = "0.010", price: str = "50000", **fields
+) -> Trade:
     """A pending trade whose order is not placed yet."""
     return TradeFactory(account=account, symbol=symbol, quantity=Decimal(qty), price=Decimal(price), **fields)
 
@@ -114,8 +125,9 @@ def new_trade(account: Account, *, symbol: str = "BTCUSDT", qty: str = "0.010", 
 def place(trade: Trade) -> dict:
     """Place the trade's limit order on the sandbox (the bot's placement, without recording the answer)."""
     with BinanceFuturesClient.for_account(trade.account) as client:
-        return client.place_order(trade.symbol, trade.side, trade.quantity, price=trade.price,
-                                  client_order_id=trade.client_order_id)
+        return client.place_order(
+            trade.symbol, trade.side, trade.quantity, price=trade.price, client_order_id=trade.client_order_id
+        )
 
 
 def place_trade(account: Account, **kwargs) -> Trade:

@@ -34,6 +34,7 @@ def hand_made_position(account):
 
 # --- Accounts -----------------------------------------------------------------------------------------------------
 
+
 def test_reconcile_now_runs_at_once_and_is_logged(operator_client, operator, account, binance):
     trade = filled_pending_trade(account, binance)
 
@@ -43,8 +44,7 @@ def test_reconcile_now_runs_at_once_and_is_logged(operator_client, operator, acc
     trade.refresh_from_db()
     assert trade.status == "open"
     run = ReconcileRun.objects.get(account=account)
-    assert (run.reason, run.outcome, run.report["opened"], run.report["actor"]) == ("admin", "ok", 1,
-                                                                                    operator.username)
+    assert (run.reason, run.outcome, run.report["opened"], run.report["actor"]) == ("admin", "ok", 1, operator.username)
     assert trade.events.get(to_status="open").actor == operator.username  # the change, audited with who asked
     entry = LogEntry.objects.get(object_id=str(account.pk))
     assert entry.user == operator and "reconcile (admin): ok: checked 1, opened 1" in entry.get_change_message()
@@ -80,10 +80,15 @@ def test_account_list_shows_sync_and_stream_state(operator_client):
 
     account = AccountFactory(name="desk-a")
     AccountFactory(name="desk-b")  # no sync state yet
-    AccountSyncState.objects.create(account=account, used_weight=42, stream_state="connected",
-                                    stream_state_at=timezone.now(), stream_last_event_at=timezone.now(),
-                                    last_reconcile_at=timezone.now(),
-                                    last_reconcile_report={"outcome": "partial", "checked": 7, "opened": 2})
+    AccountSyncState.objects.create(
+        account=account,
+        used_weight=42,
+        stream_state="connected",
+        stream_state_at=timezone.now(),
+        stream_last_event_at=timezone.now(),
+        last_reconcile_at=timezone.now(),
+        last_reconcile_report={"outcome": "partial", "checked": 7, "opened": 2},
+    )
     page = operator_client.get(ACCOUNTS).content.decode()
     assert "partial: checked 7, opened 2" in page
     assert "connected for" in page and ">42<" in page
@@ -92,10 +97,16 @@ def test_account_list_shows_sync_and_stream_state(operator_client):
 
 # --- Orphans ------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def orphan(db):
-    return OrphanPosition.objects.create(account=AccountFactory(), symbol="SOLUSDT", quantity=Decimal("-3"),
-                                         exchange_position=Decimal("-3"), entry_price=Decimal("150"))
+    return OrphanPosition.objects.create(
+        account=AccountFactory(),
+        symbol="SOLUSDT",
+        quantity=Decimal("-3"),
+        exchange_position=Decimal("-3"),
+        entry_price=Decimal("150"),
+    )
 
 
 def test_recover_as_trade_opens_an_audited_trade(operator_client, operator, orphan):
@@ -104,8 +115,12 @@ def test_recover_as_trade_opens_an_audited_trade(operator_client, operator, orph
     orphan.refresh_from_db()
     assert orphan.status == "recovered" and orphan.note == f"recovered by {operator.username}"
     trade = orphan.trade
-    assert (trade.status, trade.side, trade.filled_qty, trade.entry_price) == ("open", "SELL", Decimal("3"),
-                                                                                Decimal("150"))
+    assert (trade.status, trade.side, trade.filled_qty, trade.entry_price) == (
+        "open",
+        "SELL",
+        Decimal("3"),
+        Decimal("150"),
+    )
     event = trade.events.get()
     assert (event.source, event.to_status, event.actor) == ("admin", "open", operator.username)
     assert LogEntry.objects.filter(object_id=str(orphan.pk), user=operator).exists()
@@ -145,11 +160,13 @@ def test_an_observer_cannot_recover_or_dismiss(observer_client, orphan):
 
 # --- Reconcile runs -----------------------------------------------------------------------------------------------
 
+
 def test_reconcile_runs_are_listed_filterable_and_read_only(operator_client):
     a, b = AccountFactory(), AccountFactory()
     ReconcileRun.objects.create(account=a, kind="pending", reason="beat", outcome="ok", report={"checked": 3})
-    ReconcileRun.objects.create(account=b, kind="pending", reason="ws_connect", outcome="partial",
-                                report={"opened": 1, "weight_used": 5})
+    ReconcileRun.objects.create(
+        account=b, kind="pending", reason="ws_connect", outcome="partial", report={"opened": 1, "weight_used": 5}
+    )
     run = ReconcileRun.objects.create(account=a, kind="positions", reason="admin", outcome="error")
 
     def listed(**query):

@@ -41,8 +41,7 @@ def events(trade):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_filled_opens_with_quantity_price_and_order_id(binance, trade, shape):
     placed = place(trade)
-    binance.control.fill_order(trade.account.api_key, "BTCUSDT", client_order_id=trade.client_order_id,
-                               price="49990.5")
+    binance.control.fill_order(trade.account.api_key, "BTCUSDT", client_order_id=trade.client_order_id, price="49990.5")
 
     assert apply_order_snapshot(trade, shaped(exchange_order(trade), shape), "reconcile") == rules.OPENED
 
@@ -72,8 +71,7 @@ def test_new_then_partial_fills_stay_pending_with_filled_qty_one_event_per_chang
     assert apply_order_snapshot(trade, shaped(exchange_order(trade), shape), "ws") == rules.PROGRESS
 
     trade.refresh_from_db()
-    assert (trade.status, trade.filled_qty, trade.exchange_status) == ("pending", Decimal("0.007"),
-                                                                      "PARTIALLY_FILLED")
+    assert (trade.status, trade.filled_qty, trade.exchange_status) == ("pending", Decimal("0.007"), "PARTIALLY_FILLED")
     assert events(trade) == [("pending", "pending"), ("pending", "pending")]
 
 
@@ -230,13 +228,19 @@ class TestWrongInput:
         assert trade.status == Trade.Status.PENDING
         assert events(trade) == []
 
-    @pytest.mark.parametrize("payload", [
-        {}, {"status": "FILLED"}, {"symbol": "BTCUSDT", "status": "WAT", "clientOrderId": "x"},
-        {"symbol": "BTCUSDT", "status": "FILLED", "clientOrderId": "x", "executedQty": 0.01},  # float: lossy
-        {"symbol": "BTCUSDT", "status": "FILLED", "clientOrderId": "x", "executedQty": "-1"},
-        {"symbol": "BTCUSDT", "status": "FILLED", "clientOrderId": "x", "executedQty": "1e400"},
-        "FILLED", None,
-    ])
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            {},
+            {"status": "FILLED"},
+            {"symbol": "BTCUSDT", "status": "WAT", "clientOrderId": "x"},
+            {"symbol": "BTCUSDT", "status": "FILLED", "clientOrderId": "x", "executedQty": 0.01},  # float: lossy
+            {"symbol": "BTCUSDT", "status": "FILLED", "clientOrderId": "x", "executedQty": "-1"},
+            {"symbol": "BTCUSDT", "status": "FILLED", "clientOrderId": "x", "executedQty": "1e400"},
+            "FILLED",
+            None,
+        ],
+    )
     def test_malformed_payload_raises_invalid_snapshot_and_changes_nothing(self, trade, payload):
         with pytest.raises(InvalidSnapshot):
             apply_order_snapshot(trade, payload, "ws")
@@ -251,8 +255,9 @@ class TestNotFoundAroundPlacement:
     def test_grace_runs_from_the_placement_not_from_the_trades_creation(self, trade, settings):
         settings.PENDING_NOT_FOUND_GRACE_SEC = 120
         now = timezone.now()
-        Trade.objects.filter(pk=trade.pk).update(created_at=now - timedelta(seconds=130), placed_at=now,
-                                                 exchange_status="PLACING")  # sent just now, answer unknown
+        Trade.objects.filter(pk=trade.pk).update(
+            created_at=now - timedelta(seconds=130), placed_at=now, exchange_status="PLACING"
+        )  # sent just now, answer unknown
         trade.refresh_from_db()
         missing = OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id)
 
@@ -269,8 +274,9 @@ class TestNotFoundAroundPlacement:
         trade.refresh_from_db()  # what a reconcile read: never sent, past the grace
         Trade.objects.filter(pk=trade.pk).update(exchange_status="PLACING", placed_at=timezone.now())  # then sent
 
-        result = apply_order_snapshot(trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id),
-                                      "reconcile")
+        result = apply_order_snapshot(
+            trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id), "reconcile"
+        )
 
         assert result == rules.NOT_FOUND_IN_GRACE
         assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
@@ -311,8 +317,9 @@ def test_the_same_new_as_before_a_manual_mark_still_reopens_the_trade(binance, t
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_missing_entry_price_is_filled_by_a_snapshot_of_the_same_quantity_without_an_event(binance, trade, shape):
     placed = place(trade)
-    binance.control.fill_order(trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id,
-                               qty="0.004", price="49000")
+    binance.control.fill_order(
+        trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id, qty="0.004", price="49000"
+    )
     with BinanceFuturesClient.for_account(trade.account) as client:
         answer = client.cancel_order(trade.symbol, client_order_id=trade.client_order_id)  # no avgPrice in it
     assert "avgPrice" not in answer

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.django_db
 def healthy(account, *, audited_ago=60, connected_ago=3600, heartbeat_ago=5, **fields):
     now = timezone.now()
     values = {
-        "stream_state": "connected", "stream_state_at": now - timedelta(seconds=connected_ago),
+        "stream_state": "connected",
+        "stream_state_at": now - timedelta(seconds=connected_ago),
         "stream_heartbeat_at": now - timedelta(seconds=heartbeat_ago),
         "last_reconcile_at": now - timedelta(seconds=audited_ago),
         "last_reconcile_report": {"kind": "pending", "outcome": "ok"},
@@ -33,8 +34,9 @@ def healthy(account, *, audited_ago=60, connected_ago=3600, heartbeat_ago=5, **f
 @pytest.fixture
 def sent(monkeypatch):
     calls = []
-    monkeypatch.setattr(tasks.reconcile_account, "apply_async",
-                        lambda args, kwargs, **opts: calls.append((args[0], kwargs["reason"])))
+    monkeypatch.setattr(
+        tasks.reconcile_account, "apply_async", lambda args, kwargs, **opts: calls.append((args[0], kwargs["reason"]))
+    )
     return calls
 
 
@@ -58,19 +60,23 @@ def test_a_healthy_stream_is_audited_again_once_its_audit_is_older_than_the_inte
     assert sent == [(due.pk, "beat")]
 
 
-@pytest.mark.parametrize("unhealthy", [
-    {"stream_deaf_since": "now"},  # connected, missing events
-    {"heartbeat_ago": 3600},  # the stream process died, "connected" left behind
-    {"stream_state": "reconnecting"},
-    {"stream_state": ""},  # no stream process at all
-    {"connected_ago": 30},  # the socket connected after the last audit: the gap is not covered yet
-    {"last_reconcile_report": {"kind": "pending", "outcome": "partial"}},  # stopped early
-    {"last_reconcile_report": {"kind": "pending", "outcome": "error"}},  # look-ups failed
-    {"last_reconcile_report": {"kind": "deep", "outcome": "ok"}},  # old trades only
-    {"last_reconcile_at": None},
-])
-def test_an_account_without_a_healthy_stream_or_a_good_recent_audit_keeps_the_minute(make_account, sent, settings,
-                                                                                   unhealthy):
+@pytest.mark.parametrize(
+    "unhealthy",
+    [
+        {"stream_deaf_since": "now"},  # connected, missing events
+        {"heartbeat_ago": 3600},  # the stream process died, "connected" left behind
+        {"stream_state": "reconnecting"},
+        {"stream_state": ""},  # no stream process at all
+        {"connected_ago": 30},  # the socket connected after the last audit: the gap is not covered yet
+        {"last_reconcile_report": {"kind": "pending", "outcome": "partial"}},  # stopped early
+        {"last_reconcile_report": {"kind": "pending", "outcome": "error"}},  # look-ups failed
+        {"last_reconcile_report": {"kind": "deep", "outcome": "ok"}},  # old trades only
+        {"last_reconcile_at": None},
+    ],
+)
+def test_an_account_without_a_healthy_stream_or_a_good_recent_audit_keeps_the_minute(
+    make_account, sent, settings, unhealthy
+):
     settings.RECONCILE_AUDIT_SEC = 600
     if unhealthy.get("stream_deaf_since") == "now":
         unhealthy["stream_deaf_since"] = timezone.now() - timedelta(minutes=5)
@@ -81,11 +87,14 @@ def test_an_account_without_a_healthy_stream_or_a_good_recent_audit_keeps_the_mi
     assert sent == [(account.pk, "beat")]
 
 
-@pytest.mark.parametrize("trade_fields", [
-    {"exchange_status": "PLACING"},  # placement outcome unknown: no event will come if it was never created
-    {"exchange_status": ""},  # not sent yet
-    {"status": Trade.Status.FAILED, "exchange_status": "NOT_FOUND", "not_found_recheck_at": "due"},
-])
+@pytest.mark.parametrize(
+    "trade_fields",
+    [
+        {"exchange_status": "PLACING"},  # placement outcome unknown: no event will come if it was never created
+        {"exchange_status": ""},  # not sent yet
+        {"status": Trade.Status.FAILED, "exchange_status": "NOT_FOUND", "not_found_recheck_at": "due"},
+    ],
+)
 def test_what_only_a_look_up_can_settle_keeps_the_minute(make_account, sent, settings, trade_fields):
     settings.RECONCILE_AUDIT_SEC = 600
     account = healthy(make_account())
@@ -128,8 +137,7 @@ def test_a_real_ok_reconcile_after_the_socket_connected_counts_as_the_audit(bina
 
 
 @pytest.mark.parametrize("reason", ["ws_connect", "cancel", "admin", "command"])
-def test_a_reconcile_asked_for_a_reason_runs_on_a_healthy_recently_audited_stream(binance, account, settings,
-                                                                                  reason):
+def test_a_reconcile_asked_for_a_reason_runs_on_a_healthy_recently_audited_stream(binance, account, settings, reason):
     settings.RECONCILE_AUDIT_SEC = 600
     healthy(account)
 

@@ -41,6 +41,7 @@ def overdue(account, **fields):
 
 # --- the deadline is stored with the placement ------------------------------------------------------------------------
 
+
 def test_the_deadline_is_stored_before_the_order_is_sent_and_kept_on_a_redelivery(binance, account, monkeypatch):
     trade = TradeFactory(account=account, symbol="BTCUSDT", quantity=Decimal("0.010"), price=Decimal("50000"))
 
@@ -60,6 +61,7 @@ def test_the_deadline_is_stored_before_the_order_is_sent_and_kept_on_a_redeliver
 
 
 # --- once, between the sweep and the countdown ---------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_the_sweep_sends_each_overdue_pending_entry_once(account, monkeypatch):
@@ -170,6 +172,7 @@ def test_the_sweep_runs_every_15_seconds(db):
 
 # --- cancels ride out database outages -----------------------------------------------------------------------------
 
+
 def flaky_database(monkeypatch, target, name, failures, error=OperationalError(2003, "Can't connect to MySQL")):
     """`target.name` raises `error` on its first `failures` calls (the database away), then works."""
     real, calls = getattr(target, name), []
@@ -184,10 +187,10 @@ def flaky_database(monkeypatch, target, name, failures, error=OperationalError(2
     return calls
 
 
-@pytest.mark.parametrize("error", [OperationalError(2003, "Can't connect to MySQL server"),
-                                   InterfaceError(0, "")])
-def test_an_entry_timeout_during_a_database_outage_cancels_once_it_returns(binance, live_trade, eager, monkeypatch,
-                                                                          error):
+@pytest.mark.parametrize("error", [OperationalError(2003, "Can't connect to MySQL server"), InterfaceError(0, "")])
+def test_an_entry_timeout_during_a_database_outage_cancels_once_it_returns(
+    binance, live_trade, eager, monkeypatch, error
+):
     Trade.objects.filter(pk=live_trade.pk).update(cancel_after=timezone.now())
     calls = flaky_database(monkeypatch, services, "cancel_entry_at_deadline", 8, error)
 
@@ -198,8 +201,7 @@ def test_an_entry_timeout_during_a_database_outage_cancels_once_it_returns(binan
     assert Trade.objects.get(pk=live_trade.pk).status == Trade.Status.CANCELLED
 
 
-def test_a_cancel_during_a_database_outage_is_sent_once_it_returns(binance, live_trade, eager, monkeypatch,
-                                                                  settings):
+def test_a_cancel_during_a_database_outage_is_sent_once_it_returns(binance, live_trade, eager, monkeypatch, settings):
     settings.CANCEL_RESEND_MAX = 0  # the cancel itself, not the verification's re-send, must reach Binance
     calls = flaky_database(monkeypatch, services, "cancel_trade_order", 8)
 
@@ -213,7 +215,7 @@ def test_a_cancel_during_a_database_outage_is_sent_once_it_returns(binance, live
 
 def test_the_database_retries_of_a_cancel_last_about_cancel_db_retry_sec(settings):
     settings.CANCEL_RETRY_BASE_SEC, settings.CANCEL_DB_RETRY_SEC = 1, 600
-    shortest = sum(0.5 * min(2 ** n, 60) for n in range(tasks.db_retry_limit()))
+    shortest = sum(0.5 * min(2**n, 60) for n in range(tasks.db_retry_limit()))
     assert 600 <= shortest < 600 + 30
 
 
@@ -232,6 +234,7 @@ def test_a_verification_that_finds_the_order_still_working_sends_the_cancel_agai
 
 # --- the clock, and the backstop for a wrong "not found" -----------------------------------------------------------
 
+
 def test_a_worker_clock_minutes_ahead_does_not_skip_the_not_found_grace(binance, account, monkeypatch, settings):
     settings.PENDING_NOT_FOUND_GRACE_SEC = 60
     trade = TradeFactory(account=account, symbol="BTCUSDT", quantity=Decimal("0.010"), price=Decimal("50000"))
@@ -240,15 +243,17 @@ def test_a_worker_clock_minutes_ahead_does_not_skip_the_not_found_grace(binance,
     monkeypatch.setattr(services.timezone, "now", lambda: db_now() + timedelta(minutes=5))  # this worker's clock
 
     result = services.apply_order_snapshot(
-        trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id), "reconcile")
+        trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id), "reconcile"
+    )
 
     assert result == rules.NOT_FOUND_IN_GRACE
     assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
 
 
 def fail_as_not_found(trade):
-    Trade.objects.filter(pk=trade.pk).update(status=Trade.Status.FAILED, status_reason=rules.NOT_FOUND_REASON,
-                                             exchange_status="PLACING")
+    Trade.objects.filter(pk=trade.pk).update(
+        status=Trade.Status.FAILED, status_reason=rules.NOT_FOUND_REASON, exchange_status="PLACING"
+    )
     TradeEvent.objects.create(trade=trade, source="reconcile", from_status="pending", to_status="failed")
 
 
@@ -259,13 +264,14 @@ def test_a_trade_wrongly_failed_not_found_is_cancelled_by_the_sweep_and_correcte
     assert services.cancel_overdue_entries(send=tasks.cancel_and_verify)["sent"] == 1
     assert services.cancel_overdue_entries(send=tasks.cancel_and_verify)["sent"] == 0  # once
 
-    order = binance.control.get_order(live_trade.account.api_key, "BTCUSDT",
-                                      client_order_id=live_trade.client_order_id)
+    order = binance.control.get_order(live_trade.account.api_key, "BTCUSDT", client_order_id=live_trade.client_order_id)
     assert order["status"] == "CANCELED"
     trade = Trade.objects.get(pk=live_trade.pk)
     assert (trade.status, trade.status_reason) == (Trade.Status.CANCELLED, "CANCELED on exchange, nothing filled")
     assert list(TradeEvent.objects.filter(trade=trade).values_list("from_status", "to_status")) == [
-        ("pending", "failed"), ("failed", "cancelled")]
+        ("pending", "failed"),
+        ("failed", "cancelled"),
+    ]
 
 
 def test_a_trade_failed_not_found_that_truly_never_existed_stays_failed(binance, account, eager):
@@ -277,16 +283,24 @@ def test_a_trade_failed_not_found_that_truly_never_existed_stays_failed(binance,
     assert requests_made(binance, "DELETE /fapi/v1/order") == 1  # -2011, harmless
     trade.refresh_from_db()
     assert (trade.status, trade.status_reason, trade.needs_operator) == (
-        Trade.Status.FAILED, rules.NOT_FOUND_REASON, False)
+        Trade.Status.FAILED,
+        rules.NOT_FOUND_REASON,
+        False,
+    )
 
 
 def test_failing_a_trade_not_found_makes_its_deadline_send_once_more(binance, account, settings):
     settings.PENDING_NOT_FOUND_GRACE_SEC = 0
-    trade = TradeFactory(account=account, symbol="BTCUSDT", cancel_after=timezone.now() - timedelta(seconds=1),
-                         cancel_sent_at=timezone.now())  # the pending trade's cancel went out already
+    trade = TradeFactory(
+        account=account,
+        symbol="BTCUSDT",
+        cancel_after=timezone.now() - timedelta(seconds=1),
+        cancel_sent_at=timezone.now(),
+    )  # the pending trade's cancel went out already
 
-    services.apply_order_snapshot(trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id),
-                                  "reconcile")
+    services.apply_order_snapshot(
+        trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id), "reconcile"
+    )
 
     trade.refresh_from_db()
     assert (trade.status, trade.cancel_sent_at) == (Trade.Status.FAILED, None)
@@ -297,11 +311,11 @@ def test_a_trade_reopened_by_a_correction_keeps_or_gets_a_deadline(binance, live
     settings.ENTRY_TIMEOUT_SEC = 60
     kept = timezone.now() - timedelta(seconds=30)
     fail_as_not_found(live_trade)
-    Trade.objects.filter(pk=live_trade.pk).update(cancel_after=kept if deadline == "kept" else None,
-                                                  cancel_sent_at=timezone.now())
+    Trade.objects.filter(pk=live_trade.pk).update(
+        cancel_after=kept if deadline == "kept" else None, cancel_sent_at=timezone.now()
+    )
     live_trade.refresh_from_db()
-    order = binance.control.get_order(live_trade.account.api_key, "BTCUSDT",
-                                      client_order_id=live_trade.client_order_id)
+    order = binance.control.get_order(live_trade.account.api_key, "BTCUSDT", client_order_id=live_trade.client_order_id)
 
     assert services.apply_order_snapshot(live_trade, order, "ws") == rules.REOPENED
 

@@ -7,8 +7,8 @@ import pytest
 
 from reconciliation.models import OrphanPosition
 from reconciliation.services import sync_positions_with_binance
-from trades import binance_client
 from tests.helpers import entered
+from trades import binance_client
 from trades.binance_client import BinanceFuturesClient
 from trades.models import Trade
 
@@ -43,12 +43,13 @@ def test_a_partial_liquidation_reduces_the_trade_then_adl_closes_the_rest(binanc
     trade = fresh(trade)
     assert (trade.status, trade.closed_qty, trade.status_reason) == ("closed", Decimal("0.010"), "closed by ADL")
     assert trade.exit_price == Decimal("60200")  # (0.004 × 59000 + 0.006 × 61000) / 0.010
-    assert trade.realized_pnl == Decimal("2")    # −4 + 6
+    assert trade.realized_pnl == Decimal("2")  # −4 + 6
     assert not OrphanPosition.objects.exists()
 
 
-@pytest.mark.parametrize("kind, reason", [("liquidation", "closed by liquidation"),
-                                          ("settlement", "closed by settlement")])
+@pytest.mark.parametrize(
+    "kind, reason", [("liquidation", "closed by liquidation"), ("settlement", "closed by settlement")]
+)
 def test_a_full_close_by_binance_says_so(binance, account, kind, reason, settings):
     settings.POSITION_CONFIRM_SEC = 3600  # closed on the fills' evidence, not on a second read
     trade = entered(account, "SELL")
@@ -125,6 +126,7 @@ def test_user_trades_full_pages_continue_by_from_id(binance, account, monkeypatc
 
 def test_exits_taken_by_a_trade_closed_by_hand_are_not_applied_again(binance, account):
     from reconciliation.positions import close_trade
+
     first, second = entered(account), entered(account)
     with BinanceFuturesClient.for_account(account) as client:
         client.place_order("BTCUSDT", "SELL", Decimal("0.010"), order_type="MARKET", reduce_only=True)
@@ -142,8 +144,14 @@ def test_exits_taken_by_a_trade_closed_by_hand_are_not_applied_again(binance, ac
 def test_a_take_profit_algo_order_closing_half_is_applied_like_any_exit(binance, account):
     trade = entered(account)
     with BinanceFuturesClient.for_account(account) as client:
-        algo = client.place_algo_order("BTCUSDT", "SELL", "TAKE_PROFIT_MARKET", trigger_price=Decimal("62000"),
-                                       quantity=Decimal("0.005"), reduce_only=True)
+        algo = client.place_algo_order(
+            "BTCUSDT",
+            "SELL",
+            "TAKE_PROFIT_MARKET",
+            trigger_price=Decimal("62000"),
+            quantity=Decimal("0.005"),
+            reduce_only=True,
+        )
     assert sync_positions_with_binance(account)["extra"]["in_sync"] == 1  # resting: nothing to apply
     binance.control.trigger_algo_order(account.api_key, algo_id=algo["algoId"], price="62000")
 
@@ -151,7 +159,11 @@ def test_a_take_profit_algo_order_closing_half_is_applied_like_any_exit(binance,
 
     trade = fresh(trade)
     assert (trade.status, trade.closed_qty, trade.exit_price, trade.realized_pnl) == (
-        "open", Decimal("0.005"), Decimal("62000"), Decimal("10"))
+        "open",
+        Decimal("0.005"),
+        Decimal("62000"),
+        Decimal("10"),
+    )
     with BinanceFuturesClient.for_account(account) as client:
         assert client.get_algo_order(algo_id=algo["algoId"])["algoStatus"] == "FINISHED"
 

@@ -8,8 +8,8 @@ from django.utils import timezone
 from reconciliation import leases
 from reconciliation.leases import account_lease
 from reconciliation.models import AccountSyncState
-from trades.db import db_now
 from tests.factories import AccountFactory
+from trades.db import db_now
 
 pytestmark = pytest.mark.django_db
 
@@ -37,7 +37,9 @@ def test_the_expiry_is_written_on_the_database_clock(monkeypatch):
 def test_an_expired_lease_is_taken_whatever_the_callers_clock_says(monkeypatch):
     account = AccountFactory()
     leases.sync_state(account.pk)
-    AccountSyncState.objects.filter(account=account).update(lease_owner="dead", lease_until=db_now() - timedelta(seconds=1))
+    AccountSyncState.objects.filter(account=account).update(
+        lease_owner="dead", lease_until=db_now() - timedelta(seconds=1)
+    )
     monkeypatch.setattr(timezone, "now", lambda: db_now() - timedelta(hours=1))  # by this clock it is still live
     with account_lease(account.pk) as held:
         assert held

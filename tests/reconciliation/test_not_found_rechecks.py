@@ -31,8 +31,9 @@ def _schedule(settings):
 def failed_not_found(account, **fields) -> Trade:
     """A pending trade the rule fails as "not found on exchange" (Binance answered -2013 past the grace)."""
     trade = TradeFactory(account=account, price=Decimal("50000"), **fields)
-    result = apply_order_snapshot(trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id),
-                                  "reconcile")
+    result = apply_order_snapshot(
+        trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id), "reconcile"
+    )
     assert result == rules.FAILED
     trade.refresh_from_db()
     return trade
@@ -239,7 +240,12 @@ def test_due_rechecks_are_one_query_whatever_their_number(binance, account):
 
 
 def test_due_rechecks_are_read_through_their_index(account, mysql_only):
-    plan = Trade.objects.filter(account_id=account.pk, not_found_recheck_at__lte=timezone.now(),
-                                status=Trade.Status.FAILED).order_by("not_found_recheck_at", "pk").explain()
+    plan = (
+        Trade.objects.filter(
+            account_id=account.pk, not_found_recheck_at__lte=timezone.now(), status=Trade.Status.FAILED
+        )
+        .order_by("not_found_recheck_at", "pk")
+        .explain()
+    )
 
     assert "trade_account_nf_recheck" in plan

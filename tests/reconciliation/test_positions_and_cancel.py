@@ -55,7 +55,9 @@ class TestSyncPositions:
         assert trade.realized_pnl == Decimal("10")  # 0.010 × (51000 − 50000)
         assert report["extra"]["closed"] == 1
         assert list(TradeEvent.objects.filter(trade=trade).values_list("to_status", "source")) == [
-            ("open", "reconcile"), ("closed", "position_sync")]
+            ("open", "reconcile"),
+            ("closed", "position_sync"),
+        ]
 
     def test_open_trades_matching_the_position_stay_open(self, binance, account):
         first = opened_trade(binance, account, "0.010")
@@ -64,7 +66,14 @@ class TestSyncPositions:
         report = sync_positions_with_binance(account)
 
         assert set(Trade.objects.filter(pk__in=[first.pk, second.pk]).values_list("status", flat=True)) == {"open"}
-        assert report["extra"] == {"closed": 0, "in_sync": 1, "orphans": 0, "recovered": 0, "unconfirmed": 0, "reduced": 0}
+        assert report["extra"] == {
+            "closed": 0,
+            "in_sync": 1,
+            "orphans": 0,
+            "recovered": 0,
+            "unconfirmed": 0,
+            "reduced": 0,
+        }
         assert not OrphanPosition.objects.exists()
 
     def test_f14_position_no_trade_explains_is_reported_not_recovered_by_default(self, binance, account, settings):
@@ -101,8 +110,12 @@ class TestSyncPositions:
         settings.SYNC_RECOVER_MISSING_POSITIONS = True
         trade = TradeFactory(account=account, price=Decimal("50000"))
         place(trade)
-        fill_in_flight = RaceAtPositionRead(BinanceFuturesClient.for_account(account), before=lambda: (
-            binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)))
+        fill_in_flight = RaceAtPositionRead(
+            BinanceFuturesClient.for_account(account),
+            before=lambda: binance.control.fill_order(
+                account.api_key, "BTCUSDT", client_order_id=trade.client_order_id
+            ),
+        )
 
         # The fill lands after this sync's reconcile step and before the positions read: a gap, seen once.
         assert sync_positions_with_binance(account, client=fill_in_flight)["extra"]["orphans"] == 1
@@ -130,8 +143,9 @@ class TestSyncPositions:
         assert list(Trade.objects.values_list("status", "filled_qty")) == [("open", Decimal("0.010"))]
         assert sync_positions_with_binance(account)["extra"]["in_sync"] == 1
 
-    def test_a_pending_trade_created_during_the_sync_skips_recovery_and_the_sync_completes(self, binance, account,
-                                                                                          settings, monkeypatch):
+    def test_a_pending_trade_created_during_the_sync_skips_recovery_and_the_sync_completes(
+        self, binance, account, settings, monkeypatch
+    ):
         settings.SYNC_RECOVER_MISSING_POSITIONS = True
         with BinanceFuturesClient.for_account(account) as client:
             client.place_order("ETHUSDT", "BUY", Decimal("0.100"), order_type="MARKET")  # by hand
@@ -196,11 +210,15 @@ class TestSyncPositions:
         def fill_and_apply():  # the fill happens, and the stream applies it, just after Binance answered
             binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
             with BinanceFuturesClient.for_account(account) as other:
-                apply_order_snapshot(Trade.objects.get(pk=trade.pk), other.get_order_by_client_order_id(
-                    "BTCUSDT", trade.client_order_id), "ws")
+                apply_order_snapshot(
+                    Trade.objects.get(pk=trade.pk),
+                    other.get_order_by_client_order_id("BTCUSDT", trade.client_order_id),
+                    "ws",
+                )
 
-        report = sync_positions_with_binance(account, client=RaceAtPositionRead(
-            BinanceFuturesClient.for_account(account), after=fill_and_apply))
+        report = sync_positions_with_binance(
+            account, client=RaceAtPositionRead(BinanceFuturesClient.for_account(account), after=fill_and_apply)
+        )
 
         trade.refresh_from_db()
         assert trade.status == Trade.Status.OPEN and report["extra"]["closed"] == 0
@@ -289,14 +307,14 @@ class TestCancelAndVerify:
         assert report["still_working"] is True and report["exchange_status"] == "NEW"
         assert Trade.objects.get(pk=trade.pk).status == Trade.Status.PENDING
 
-
     def test_f25_cancel_answer_opens_without_a_price_and_the_verification_fills_it_in(self, binance, account):
         """Binance's cancel answer has no avgPrice (2026-07): the partial fill opens the trade without an entry
         price; the look-up that follows every cancel carries it, and fills it in without a second event."""
         trade = TradeFactory(account=account, price=Decimal("50000"))
         place(trade)
-        binance.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id, qty="0.004",
-                                   price="49990")
+        binance.control.fill_order(
+            account.api_key, "BTCUSDT", client_order_id=trade.client_order_id, qty="0.004", price="49990"
+        )
 
         assert cancel_trade_order(trade)["result"] == rules.OPENED
         trade.refresh_from_db()
@@ -306,7 +324,8 @@ class TestCancelAndVerify:
         trade.refresh_from_db()
         assert (trade.status, trade.filled_qty, trade.entry_price) == ("open", Decimal("0.004"), Decimal("49990"))
         assert list(TradeEvent.objects.filter(trade=trade).values_list("from_status", "to_status")) == [
-            ("pending", "open")]
+            ("pending", "open")
+        ]
         assert verify_after_cancel(trade)["result"] == rules.IGNORED  # priced once; nothing more to do
 
     @pytest.mark.parametrize("kind", ["408", "408_placed"])
@@ -342,12 +361,12 @@ class TestPlacement:
         with BinanceFuturesClient.for_account(account) as client:
             is_hedge_mode(account, client)  # the account's mode is known: the placements' only call is the order
         until = int(time.time() * 1000) + 60_000
-        budget.mark_limited(f"default@{host}", until, banned=False)    # a reconcile somewhere got a 429
+        budget.mark_limited(f"default@{host}", until, banned=False)  # a reconcile somewhere got a 429
         first = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
-        assert place_entry_order(first)["outcome"] == "placed"           # weight 0: Binance serves it
-        budget.mark_limited(f"default@{host}", until + 1, banned=True)   # then the IP is banned
+        assert place_entry_order(first)["outcome"] == "placed"  # weight 0: Binance serves it
+        budget.mark_limited(f"default@{host}", until + 1, banned=True)  # then the IP is banned
         second = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
-        assert place_entry_order(second)["outcome"] == "rejected"        # nothing sent: a definite no
+        assert place_entry_order(second)["outcome"] == "rejected"  # nothing sent: a definite no
         second.refresh_from_db()
         assert second.status == Trade.Status.FAILED and "rate limited (not sent)" in second.status_reason
         assert binance.control.stats()["requests"]["POST /fapi/v1/order"] == 1
@@ -374,8 +393,9 @@ class TestPlacement:
         assert trade.status == Trade.Status.OPEN
 
     @pytest.mark.parametrize("kind", ["408", "408_placed"])
-    def test_f26_408_on_placement_stays_pending_and_is_resolved_by_client_order_id(self, binance, account, settings,
-                                                                                    kind):
+    def test_f26_408_on_placement_stays_pending_and_is_resolved_by_client_order_id(
+        self, binance, account, settings, kind
+    ):
         binance.control.inject_fault("/fapi/v1/order", kind, count=1, method="POST")
         trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"), Decimal("50000"))
 

@@ -94,7 +94,14 @@ class TestHedgeMode:
         report = sync_positions_with_binance(account)
 
         assert (long.position_side, short.position_side) == ("LONG", "SHORT")
-        assert report["extra"] == {"closed": 0, "in_sync": 2, "orphans": 0, "recovered": 0, "unconfirmed": 0, "reduced": 0}
+        assert report["extra"] == {
+            "closed": 0,
+            "in_sync": 2,
+            "orphans": 0,
+            "recovered": 0,
+            "unconfirmed": 0,
+            "reduced": 0,
+        }
         account.refresh_from_db()
         assert account.dual_side_position is True and account.position_mode_checked_at is not None
 
@@ -124,8 +131,11 @@ class TestHedgeMode:
     def test_a_4061_with_no_mode_change_fails_the_trade_with_binances_reason(self, binance, account, monkeypatch):
         def refuse(self, *args, **kwargs):
             from trades.exceptions import ExchangeError
-            raise ExchangeError(-4061, "Order's position side does not match user's setting.", 400,
-                                endpoint="POST /fapi/v1/order")
+
+            raise ExchangeError(
+                -4061, "Order's position side does not match user's setting.", 400, endpoint="POST /fapi/v1/order"
+            )
+
         monkeypatch.setattr(BinanceFuturesClient, "place_order", refuse)
         trade = create_pending_trade(account, "BTCUSDT", "BUY", Decimal("0.010"))
 

@@ -180,13 +180,22 @@ class TestWeight:
     def test_500_pending_over_5_symbols_cost_at_most_min_n_5s_plus_2(self, binance, account):
         symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
         for symbol in symbols:
-            bulk = binance.control.bulk_orders(account.api_key, symbol, 100, price="1", quantity="10",
-                                               client_order_id_prefix=f"w{symbol}-")
-            Trade.objects.bulk_create([
-                Trade(account=account, symbol=symbol, side="BUY", quantity=Decimal("10"), price=Decimal("1"),
-                      client_order_id=f"w{symbol}-{order_id}")
-                for order_id in range(bulk["first_order_id"], bulk["last_order_id"] + 1)
-            ])
+            bulk = binance.control.bulk_orders(
+                account.api_key, symbol, 100, price="1", quantity="10", client_order_id_prefix=f"w{symbol}-"
+            )
+            Trade.objects.bulk_create(
+                [
+                    Trade(
+                        account=account,
+                        symbol=symbol,
+                        side="BUY",
+                        quantity=Decimal("10"),
+                        price=Decimal("1"),
+                        client_order_id=f"w{symbol}-{order_id}",
+                    )
+                    for order_id in range(bulk["first_order_id"], bulk["last_order_id"] + 1)
+                ]
+            )
         binance.control.reset_stats()
 
         report = reconcile_pending(account)
@@ -225,9 +234,9 @@ class TestWeight:
         assert report["stopped_early"] is True and report["retry_after"] > 0
         assert set(Trade.objects.filter(account=account).values_list("status", flat=True)) == {"pending"}
         sent = binance.control.stats()["total_requests"]
-        again = reconcile_pending(account)           # before Retry-After: stops again without asking Binance
+        again = reconcile_pending(account)  # before Retry-After: stops again without asking Binance
         assert again["stopped_early"] is True and binance.control.stats()["total_requests"] == sent
-        shared_budget().clear()                      # Retry-After has passed
+        shared_budget().clear()  # Retry-After has passed
         assert reconcile_pending(account)["opened"] == 2
 
     def test_f9_server_error_on_one_look_up_is_counted_and_the_rest_go_on(self, binance, account):
@@ -248,14 +257,25 @@ def test_db_queries_do_not_grow_with_the_number_of_pending_trades(binance, accou
     settings.RECONCILE_PAGE_SIZE = 1000
 
     def queries_for(n, symbol):
-        bulk = binance.control.bulk_orders(account.api_key, symbol, n, price="100", quantity="1",
-                                           client_order_id_prefix=f"q{n}-")
-        Trade.objects.bulk_create([
-            Trade(account=account, symbol=symbol, side="BUY", quantity=Decimal("1"), price=Decimal("100"),
-                  client_order_id=f"q{n}-{order_id}", entry_order_id=order_id,
-                  exchange_status="NEW", exchange_update_time=0)
-            for order_id in range(bulk["first_order_id"], bulk["last_order_id"] + 1)
-        ])
+        bulk = binance.control.bulk_orders(
+            account.api_key, symbol, n, price="100", quantity="1", client_order_id_prefix=f"q{n}-"
+        )
+        Trade.objects.bulk_create(
+            [
+                Trade(
+                    account=account,
+                    symbol=symbol,
+                    side="BUY",
+                    quantity=Decimal("1"),
+                    price=Decimal("100"),
+                    client_order_id=f"q{n}-{order_id}",
+                    entry_order_id=order_id,
+                    exchange_status="NEW",
+                    exchange_update_time=0,
+                )
+                for order_id in range(bulk["first_order_id"], bulk["last_order_id"] + 1)
+            ]
+        )
         reconcile_pending(account)  # notes each order's updateTime once
         with CaptureQueriesContext(connection) as ctx:
             report = reconcile_pending(account)
@@ -348,7 +368,8 @@ def test_reconcile_reports_past_the_retention_are_pruned_and_trade_audit_is_kept
     reconcile_pending(account)
     reconcile_pending(account)
     ReconcileRun.objects.filter(pk=ReconcileRun.objects.order_by("pk").first().pk).update(
-        started_at=timezone.now() - timedelta(days=8))
+        started_at=timezone.now() - timedelta(days=8)
+    )
     from reconciliation.services import prune_reconcile_runs
 
     assert prune_reconcile_runs(batch=1) == 1
@@ -410,8 +431,9 @@ class TestOpenOrders:
         assert (trades[0].filled_qty, trades[0].entry_price) == (Decimal("0.004"), Decimal("49999"))
         assert report["progress"] == 1 and report["resting"] == 2 and report["weight_used"] == 1
 
-    def test_an_order_missing_from_open_orders_is_looked_up_and_its_not_found_grace_holds(self, binance, account,
-                                                                                         settings):
+    def test_an_order_missing_from_open_orders_is_looked_up_and_its_not_found_grace_holds(
+        self, binance, account, settings
+    ):
         settings.PENDING_NOT_FOUND_GRACE_SEC = 120
         self.resting(account, binance, 2, "BTCUSDT")
         [hidden] = pending(account)
@@ -455,8 +477,9 @@ class TestOpenOrders:
         assert binance.control.stats()["requests"]["GET /fapi/v1/order"] == 2
         assert report["opened"] == 1 and report["errors"] == 0 and report["weight_used"] == 3
 
-    def test_an_open_orders_answer_that_is_not_a_list_falls_back_to_a_look_up_per_order(self, binance, account,
-                                                                                         monkeypatch):
+    def test_an_open_orders_answer_that_is_not_a_list_falls_back_to_a_look_up_per_order(
+        self, binance, account, monkeypatch
+    ):
         trades = self.resting(account, binance, 2, "BTCUSDT")
         fill(binance, trades[0])
         from trades.binance_client import BinanceFuturesClient

@@ -44,10 +44,14 @@ def no_lag(settings):
 def connected(account, *, since: datetime | None = None, heartbeat: datetime | None = None, state="connected"):
     """The account's sync state as a live stream process leaves it."""
     now = timezone.now()
-    AccountSyncState.objects.update_or_create(account=account, defaults={
-        "stream_state": state, "stream_state_at": since or now - timedelta(minutes=5),
-        "stream_heartbeat_at": heartbeat or now,
-    })
+    AccountSyncState.objects.update_or_create(
+        account=account,
+        defaults={
+            "stream_state": state,
+            "stream_state_at": since or now - timedelta(minutes=5),
+            "stream_heartbeat_at": heartbeat or now,
+        },
+    )
 
 
 def filled_unseen(binance, account, n=1) -> list[Trade]:
@@ -66,11 +70,14 @@ class TestTheEvidence:
     def test_a_change_inside_the_connected_window_older_than_the_lag_is_missed(self):
         assert self.window.missed(ms(self.now - timedelta(seconds=30)), self.now, LAG)
 
-    @pytest.mark.parametrize("what, at, lag", [
-        ("younger than the lag: may still be on its way", timedelta(seconds=-5), LAG),
-        ("before the connection, or within the clock margin after it", timedelta(minutes=-10, seconds=1), LAG),
-        ("after the stream process's last heartbeat", timedelta(seconds=-0.5), timedelta(seconds=0.1)),
-    ])
+    @pytest.mark.parametrize(
+        "what, at, lag",
+        [
+            ("younger than the lag: may still be on its way", timedelta(seconds=-5), LAG),
+            ("before the connection, or within the clock margin after it", timedelta(minutes=-10, seconds=1), LAG),
+            ("after the stream process's last heartbeat", timedelta(seconds=-0.5), timedelta(seconds=0.1)),
+        ],
+    )
     def test_what_is_not_held_against_the_socket(self, what, at, lag):
         assert not self.window.missed(ms(self.now + at), self.now, lag), what
 
@@ -141,8 +148,14 @@ def test_a_change_the_socket_delivered_is_no_miss(binance, account, no_lag):
 
 def test_enough_misses_within_an_hour_mark_the_stream_deaf_once(binance, account, no_lag, caplog):
     connected(account)
-    StreamMiss.objects.create(account=account, detected_at=timezone.now() - timedelta(hours=2), source="reconcile",
-                              exchange_status="FILLED", exchange_update_time=1, connected_since=timezone.now())
+    StreamMiss.objects.create(
+        account=account,
+        detected_at=timezone.now() - timedelta(hours=2),
+        source="reconcile",
+        exchange_status="FILLED",
+        exchange_update_time=1,
+        connected_since=timezone.now(),
+    )
     filled_unseen(binance, account, n=2)
     connected(account, heartbeat=timezone.now())
     services.reconcile_pending(account)
@@ -187,8 +200,11 @@ def test_the_evidence_costs_one_read_per_reconcile_and_none_when_nothing_changed
     connected(account, heartbeat=timezone.now())
 
     def state_reads(queries):
-        return [q for q in queries if q["sql"].startswith("SELECT") and "stream_heartbeat_at" in q["sql"]
-                and "lease_owner" not in q["sql"]]  # the guard's read, not the lease's whole row
+        return [
+            q
+            for q in queries
+            if q["sql"].startswith("SELECT") and "stream_heartbeat_at" in q["sql"] and "lease_owner" not in q["sql"]
+        ]  # the guard's read, not the lease's whole row
 
     with CaptureQueriesContext(connection) as changed:
         assert services.reconcile_pending(account)["missed_events"] == 3
@@ -201,8 +217,13 @@ def test_the_evidence_costs_one_read_per_reconcile_and_none_when_nothing_changed
 
 def test_health_metrics_and_admin_show_a_deaf_stream(binance, account, admin_client_logged_in):
     connected(account)
-    StreamMiss.objects.create(account=account, source="reconcile", exchange_status="FILLED",
-                              exchange_update_time=1, connected_since=timezone.now())
+    StreamMiss.objects.create(
+        account=account,
+        source="reconcile",
+        exchange_status="FILLED",
+        exchange_update_time=1,
+        connected_since=timezone.now(),
+    )
     assert check_user_streams()[0]
 
     AccountSyncState.objects.filter(account=account).update(stream_deaf_since=timezone.now())
@@ -210,10 +231,12 @@ def test_health_metrics_and_admin_show_a_deaf_stream(binance, account, admin_cli
     ok, details = check_user_streams()
     assert not ok and details[account.name]["deaf_since"] and not details[account.name]["ok"]
     families = {f.name: f for f in TradeopsCollector(cache_sec=0).collect()}
-    assert [(s.labels, s.value) for s in families["tradeops_user_stream_missed_events"].samples
-            if s.name.endswith("_total")] == [({"account": account.name}, 1)]
+    assert [
+        (s.labels, s.value) for s in families["tradeops_user_stream_missed_events"].samples if s.name.endswith("_total")
+    ] == [({"account": account.name}, 1)]
     assert [(s.labels, s.value) for s in families["tradeops_user_stream_deaf"].samples] == [
-        ({"account": account.name}, 1)]
+        ({"account": account.name}, 1)
+    ]
     page = admin_client_logged_in.get(reverse("admin:trades_account_changelist")).content.decode()
     assert "DEAF (missing events)" in page
 
@@ -233,11 +256,12 @@ def test_the_stream_process_reconnects_a_stream_marked_deaf_and_its_reconcile_cl
 
         stream.wait_connected(account.pk, connects=2)
         assert list(stream.stream(account.pk).disconnects) == ["deaf"]
-        wait_for(lambda: AccountSyncState.objects.get(account=account).stream_deaf_since is None,
-                 what="the reconnect's reconcile cleared the mark")
+        wait_for(
+            lambda: AccountSyncState.objects.get(account=account).stream_deaf_since is None,
+            what="the reconnect's reconcile cleared the mark",
+        )
         # One reconnect per mark: the new connection is younger than any mark that is left.
-        AccountSyncState.objects.filter(account=account).update(
-            stream_deaf_since=timezone.now() - timedelta(minutes=5))
+        AccountSyncState.objects.filter(account=account).update(stream_deaf_since=timezone.now() - timedelta(minutes=5))
         refreshes = stream.runner.refreshes
         wait_for(lambda: stream.runner.refreshes >= refreshes + 3, what="three account refreshes")
         assert stream.connects(account.pk) == 2

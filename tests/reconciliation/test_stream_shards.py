@@ -5,8 +5,8 @@ USER_STREAM_TAKEOVER_SEC 1.5 s (leases of 0.5 s renewed every 0.15 s)."""
 from __future__ import annotations
 
 import logging
-import os
 import math
+import os
 import threading
 import time
 from datetime import timedelta
@@ -16,9 +16,9 @@ import pytest
 from reconciliation.models import StreamLease, StreamProcess
 from reconciliation.stream import shards
 from reconciliation.stream.connection import AccountStream
+from tests.factories import AccountFactory
 from trades.db import db_now
 from trades.models import Trade
-from tests.factories import AccountFactory
 
 from .stream_helpers import Recorder, StreamThread, place_trade, status_of, wait_for
 
@@ -91,6 +91,7 @@ def crash(thread: StreamThread, monkeypatch) -> None:
 
 # --- the lease rules, on the database ---------------------------------------------------------------------------
 
+
 def test_shares_add_up_to_the_accounts_and_differ_by_at_most_one():
     for processes in range(1, 6):
         live_holders = [f"p{i}" for i in range(processes)]
@@ -132,15 +133,20 @@ def test_a_process_counts_only_the_live_processes_and_leaving_frees_its_leases_a
 
 # --- runners ----------------------------------------------------------------------------------------------------
 
+
 @live
 def test_two_runners_share_the_accounts_and_never_stream_one_twice(binance, make_account, runners):
     accounts = [make_account() for _ in range(5)]
     with ConnectionSampler(binance, accounts) as sampler:
         first, second = runners(), runners()
         # The first may take all five before the second registers; then it hands two or three over.
-        wait_for(lambda: streaming(binance, accounts)
-                 and sorted([len(first.runner.held), len(second.runner.held)]) == [2, 3],
-                 timeout=15, what="every account streamed once, shared 2/3")
+        wait_for(
+            lambda: (
+                streaming(binance, accounts) and sorted([len(first.runner.held), len(second.runner.held)]) == [2, 3]
+            ),
+            timeout=15,
+            what="every account streamed once, shared 2/3",
+        )
         assert first.runner.held.isdisjoint(second.runner.held)
         wait_for(lambda: sampler.samples > 50, timeout=10, what="samples")
     sampler.assert_never_twice()
@@ -148,20 +154,25 @@ def test_two_runners_share_the_accounts_and_never_stream_one_twice(binance, make
 
 @live
 def test_a_crashed_runners_accounts_are_taken_over_and_reconciled_within_the_takeover_time(
-        binance, make_account, runners, monkeypatch):
+    binance, make_account, runners, monkeypatch
+):
     accounts = [make_account() for _ in range(4)]
     recorder = Recorder()
     survivor, doomed = runners(recorder), runners(recorder)
-    wait_for(lambda: streaming(binance, accounts) and len(survivor.runner.held) == len(doomed.runner.held) == 2,
-             timeout=15, what="two accounts each")
+    wait_for(
+        lambda: streaming(binance, accounts) and len(survivor.runner.held) == len(doomed.runner.held) == 2,
+        timeout=15,
+        what="two accounts each",
+    )
     orphaned = [account for account in accounts if account.pk in doomed.runner.held]
     gap_trade = place_trade(orphaned[0])
     with ConnectionSampler(binance, accounts) as sampler:
         crash(doomed, monkeypatch)
         crashed_at = time.monotonic()
         binance.control.fill_order(orphaned[0].api_key, gap_trade.symbol, client_order_id=gap_trade.client_order_id)
-        wait_for(lambda: survivor.runner.held == {account.pk for account in accounts}, timeout=TAKEOVER + 1,
-                 what="takeover")
+        wait_for(
+            lambda: survivor.runner.held == {account.pk for account in accounts}, timeout=TAKEOVER + 1, what="takeover"
+        )
         assert time.monotonic() - crashed_at <= TAKEOVER
         wait_for(lambda: streaming(binance, accounts), timeout=10, what="every account streaming again")
     sampler.assert_never_twice()
@@ -172,17 +183,26 @@ def test_a_crashed_runners_accounts_are_taken_over_and_reconciled_within_the_tak
 
 @live
 def test_a_runner_joining_takes_its_share_and_one_leaving_hands_its_accounts_back_at_once(
-        binance, make_account, runners):
+    binance, make_account, runners
+):
     accounts = [make_account() for _ in range(4)]
     with ConnectionSampler(binance, accounts) as sampler:
         first = runners()
         wait_for(lambda: streaming(binance, accounts) and len(first.runner.held) == 4, timeout=15, what="all on one")
         second = runners()
-        wait_for(lambda: len(first.runner.held) == len(second.runner.held) == 2 and streaming(binance, accounts),
-                 timeout=15, what="rebalanced")
+        wait_for(
+            lambda: len(first.runner.held) == len(second.runner.held) == 2 and streaming(binance, accounts),
+            timeout=15,
+            what="rebalanced",
+        )
         third = runners()
-        wait_for(lambda: sorted(len(t.runner.held) for t in (first, second, third)) == [1, 1, 2]
-                 and streaming(binance, accounts), timeout=15, what="rebalanced over three")
+        wait_for(
+            lambda: (
+                sorted(len(t.runner.held) for t in (first, second, third)) == [1, 1, 2] and streaming(binance, accounts)
+            ),
+            timeout=15,
+            what="rebalanced over three",
+        )
         assert max(len(t.runner.held) for t in (first, second, third)) <= math.ceil(4 / 3) + 1
         second.stop()  # a clean exit releases its leases: no waiting for them to expire
         third.stop()
@@ -195,14 +215,16 @@ def test_a_runner_joining_takes_its_share_and_one_leaving_hands_its_accounts_bac
 
 @live
 def test_a_lost_lease_closes_the_socket_and_it_is_not_reopened_while_another_holds_it(
-        binance, make_account, runners, caplog):
+    binance, make_account, runners, caplog
+):
     account = make_account()
     thread = runners()
     thread.wait_connected(account.pk)
     caplog.set_level(logging.WARNING, logger="reconciliation.user_stream")
     StreamLease.objects.filter(account=account).update(holder="elsewhere", expires_at=db_now() + timedelta(seconds=3))
-    wait_for(lambda: connections(binance, account) == 0 and account.pk not in thread.runner.streams, timeout=2,
-             what="closed")
+    wait_for(
+        lambda: connections(binance, account) == 0 and account.pk not in thread.runner.streams, timeout=2, what="closed"
+    )
     assert "event=lease_lost" in caplog.text
     passes = thread.runner.refreshes
     wait_for(lambda: thread.runner.refreshes >= passes + 3, timeout=5, what="three more passes")
@@ -213,7 +235,8 @@ def test_a_lost_lease_closes_the_socket_and_it_is_not_reopened_while_another_hol
 
 @live
 def test_a_runner_that_cannot_renew_closes_every_socket_before_its_leases_expire(
-        binance, make_account, runners, monkeypatch, caplog):
+    binance, make_account, runners, monkeypatch, caplog
+):
     accounts = [make_account() for _ in range(2)]
     thread = runners()
     wait_for(lambda: streaming(binance, accounts), timeout=10, what="streaming")

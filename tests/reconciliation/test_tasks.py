@@ -27,8 +27,11 @@ from trades.models import Account, Trade, TradeEvent
 def worker():
     """One real worker for the module (starting and stopping one costs seconds), on an empty queue."""
     app.control.purge()
-    with override_settings(CANCEL_RETRY_BASE_SEC=0.05, CANCEL_VERIFY_MAX_TRIES=3, BINANCE_HTTP_TIMEOUT=0.5), start_worker(
-        app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10, loglevel="WARNING"
+    with (
+        override_settings(CANCEL_RETRY_BASE_SEC=0.05, CANCEL_VERIFY_MAX_TRIES=3, BINANCE_HTTP_TIMEOUT=0.5),
+        start_worker(
+            app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10, loglevel="WARNING"
+        ),
     ):
         yield
 
@@ -56,8 +59,9 @@ class TestCancelAndVerifyOnAWorker:
         assert requests_made(binance, "DELETE /fapi/v1/order") == 1
 
     def test_f4_cancel_loses_the_race_verification_opens_the_trade(self, worker, binance, live_trade):
-        binance.control.arm_cancel_race(live_trade.account.api_key, "BTCUSDT",
-                                        client_order_id=live_trade.client_order_id)
+        binance.control.arm_cancel_race(
+            live_trade.account.api_key, "BTCUSDT", client_order_id=live_trade.client_order_id
+        )
 
         tasks.cancel_and_verify.delay(live_trade.pk)
 
@@ -65,8 +69,7 @@ class TestCancelAndVerifyOnAWorker:
         [event] = TradeEvent.objects.filter(trade=live_trade)
         assert (event.source, event.to_status, event.filled_qty) == ("cancel_verify", "open", Decimal("0.010"))
 
-    def test_cancel_erroring_every_time_still_verifies_then_flags_the_working_order(self, worker, binance,
-                                                                                     live_trade):
+    def test_cancel_erroring_every_time_still_verifies_then_flags_the_working_order(self, worker, binance, live_trade):
         binance.control.inject_fault("/fapi/v1/order", "503", count=100, method="DELETE")
 
         tasks.cancel_and_verify.delay(live_trade.pk)
@@ -101,11 +104,14 @@ class TestCancelAndVerifyOnAWorker:
 
     def test_bot_entry_flow_times_out_cancels_and_verifies(self, worker, binance, account):
         # No result backend: a bot that enqueues (rather than calling reconciliation.bot) names its client order id.
-        tasks.open_position.delay(account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=0,
-                                  client_order_id="bot-entry-1")
+        tasks.open_position.delay(
+            account.pk, "BTCUSDT", "BUY", "0.010", "50000", timeout_sec=0, client_order_id="bot-entry-1"
+        )
 
-        trade = wait_for(lambda: Trade.objects.filter(client_order_id="bot-entry-1",
-                                                      status=Trade.Status.CANCELLED).first(), message="cancelled")
+        trade = wait_for(
+            lambda: Trade.objects.filter(client_order_id="bot-entry-1", status=Trade.Status.CANCELLED).first(),
+            message="cancelled",
+        )
         assert trade.entry_order_id is not None
         assert requests_made(binance, "POST /fapi/v1/order") == 1
 
@@ -115,7 +121,8 @@ def test_every_beat_schedule_names_a_registered_task():
     app.loader.import_default_modules()
     schedules = list(PeriodicTask.objects.exclude(task="celery.backend_cleanup"))
     assert {p.name for p in schedules} >= {
-        "reconcile pending trades (all accounts)", "sync positions (all accounts)",
+        "reconcile pending trades (all accounts)",
+        "sync positions (all accounts)",
         "deep reconcile of old pending trades (all accounts)",
     }
     for periodic in schedules:
@@ -135,6 +142,7 @@ def test_reconcile_all_accounts_fans_out_one_task_per_active_account(make_accoun
 
 
 # --- the tasks' own policies, run in-process (eagerly) against the sandbox --------------------------------------------
+
 
 def test_entry_timeout_is_scheduled_even_when_applying_the_placement_answer_fails(binance, account, monkeypatch):
     trade = TradeFactory(account=account, symbol="BTCUSDT", quantity=Decimal("0.010"), price=Decimal("50000"))
@@ -156,13 +164,15 @@ def test_entry_timeout_is_scheduled_even_when_applying_the_placement_answer_fail
 def open_position_delivery(account, task_id, **kwargs):
     """One delivery of the open_position message `task_id`, as a worker runs it (eagerly, in-process)."""
     kwargs = {"price": "50000", "timeout_sec": 60, **kwargs}
-    result = tasks.open_position.apply(args=(account.pk, "BTCUSDT", "BUY", "0.010"), kwargs=kwargs, task_id=task_id,
-                                       throw=True)
+    result = tasks.open_position.apply(
+        args=(account.pk, "BTCUSDT", "BUY", "0.010"), kwargs=kwargs, task_id=task_id, throw=True
+    )
     return result.get()
 
 
 def test_open_position_redelivered_after_placement_opens_one_trade_and_one_order(
-        binance, account, placements, django_capture_on_commit_callbacks):
+    binance, account, placements, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         first = open_position_delivery(account, "a6b1c3d2-0000-4000-8000-000000000001")
     placements.run()
@@ -178,7 +188,8 @@ def test_open_position_redelivered_after_placement_opens_one_trade_and_one_order
 
 
 def test_open_position_redelivered_before_placement_ran_places_it_once(
-        binance, account, placements, django_capture_on_commit_callbacks):
+    binance, account, placements, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         first = open_position_delivery(account, "fixed-id")
     maybe_lost = placements.pop()  # killed between the commit and the enqueue, or the message is still queued
@@ -194,8 +205,9 @@ def test_open_position_redelivered_before_placement_ran_places_it_once(
     assert requests_made(binance, "POST /fapi/v1/order") == 1  # place_entry_order's claim: one order at most
 
 
-def test_open_position_runs_under_other_task_ids_open_other_trades(binance, account, placements,
-                                                                   django_capture_on_commit_callbacks):
+def test_open_position_runs_under_other_task_ids_open_other_trades(
+    binance, account, placements, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         ids = {open_position_delivery(account, "order-1"), open_position_delivery(account, "order-2")}
         tasks.open_position(account.pk, "BTCUSDT", "BUY", "0.010", "50000")  # called directly: no task id
@@ -206,8 +218,9 @@ def test_open_position_runs_under_other_task_ids_open_other_trades(binance, acco
     assert len(placements) == 4
 
 
-def test_open_position_with_the_callers_client_order_id_is_idempotent(binance, account, placements,
-                                                                     django_capture_on_commit_callbacks):
+def test_open_position_with_the_callers_client_order_id_is_idempotent(
+    binance, account, placements, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         first = open_position_delivery(account, "t-1", client_order_id="bot-entry-7")
         again = open_position_delivery(account, "t-2", client_order_id="bot-entry-7", price="50000.00")
@@ -216,8 +229,9 @@ def test_open_position_with_the_callers_client_order_id_is_idempotent(binance, a
     assert Trade.objects.filter(account=account).count() == 1
 
 
-def test_open_position_reusing_a_client_order_id_for_another_order_fails_loudly(binance, account, placements,
-                                                                               django_capture_on_commit_callbacks):
+def test_open_position_reusing_a_client_order_id_for_another_order_fails_loudly(
+    binance, account, placements, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         open_position_delivery(account, "t-1", client_order_id="bot-entry-7")
         with pytest.raises(ValueError, match="bot-entry-7.*already belongs to trade"):
@@ -233,8 +247,9 @@ def eager(monkeypatch):
     monkeypatch.setitem(app.conf, "task_always_eager", True)
 
 
-def test_cancel_whose_trade_lookup_fails_still_runs_the_verification(binance, live_trade, eager, monkeypatch,
-                                                                     settings, caplog):
+def test_cancel_whose_trade_lookup_fails_still_runs_the_verification(
+    binance, live_trade, eager, monkeypatch, settings, caplog
+):
     settings.CANCEL_VERIFY_MAX_TRIES = 2
     settings.CANCEL_DB_RETRY_SEC = 1  # the database "returns" for the verification only: keep the retries few
     real_select_related = Trade.objects.select_related
@@ -288,8 +303,15 @@ def retry_options(monkeypatch, report, *, expires=None, reason="beat") -> dict:
     task = tasks.reconcile_account
     sent = []
     monkeypatch.setattr(task, "apply_async", lambda *args, **options: sent.append(options))
-    task.push_request(id="a-run", args=(1,), kwargs={"reason": reason}, retries=0, called_directly=False,
-                      expires=expires, delivery_info={})
+    task.push_request(
+        id="a-run",
+        args=(1,),
+        kwargs={"reason": reason},
+        retries=0,
+        called_directly=False,
+        expires=expires,
+        delivery_info={},
+    )
     try:
         with pytest.raises(Retry):
             tasks._retry_if_unfinished(task, report, reason)
@@ -308,10 +330,13 @@ def _expiry(expires, now):
     return now + timedelta(seconds=expires)
 
 
-@pytest.mark.parametrize("report", [
-    {"stopped_early": True, "retry_after": 60},  # rate limited: retry after Binance's window
-    {"stopped_early": True, "retry_after": 120},  # banned (418)
-])
+@pytest.mark.parametrize(
+    "report",
+    [
+        {"stopped_early": True, "retry_after": 60},  # rate limited: retry after Binance's window
+        {"stopped_early": True, "retry_after": 120},  # banned (418)
+    ],
+)
 def test_a_beat_runs_retry_is_not_due_after_it_expires(report, monkeypatch):
     now = timezone.now()
     options = retry_options(monkeypatch, report, expires=(now + timedelta(seconds=tasks.BEAT_EXPIRES_SEC)).isoformat())
@@ -407,12 +432,16 @@ class TestCountdownsStayInsideTheVisibilityWindow:
 def test_a_cancel_retry_after_a_long_ban_is_capped(monkeypatch, settings, account):
     settings.CELERY_MAX_COUNTDOWN_SEC = 420
     trade = TradeFactory(account=account)
-    monkeypatch.setattr(services, "cancel_trade_order", lambda trade, actor="": (_ for _ in ()).throw(
-        RateLimited(-1003, "banned", 418, retry_after=7200, banned=True)))
+    monkeypatch.setattr(
+        services,
+        "cancel_trade_order",
+        lambda trade, actor="": (_ for _ in ()).throw(RateLimited(-1003, "banned", 418, retry_after=7200, banned=True)),
+    )
     sent = []
     monkeypatch.setattr(tasks.cancel_order, "apply_async", lambda *args, **opts: sent.append(opts))
-    tasks.cancel_order.push_request(id="c1", args=(trade.pk,), kwargs={}, retries=0, called_directly=False,
-                                    delivery_info={})
+    tasks.cancel_order.push_request(
+        id="c1", args=(trade.pk,), kwargs={}, retries=0, called_directly=False, delivery_info={}
+    )
     try:
         with pytest.raises(Retry):
             tasks.cancel_order.run(trade.pk)

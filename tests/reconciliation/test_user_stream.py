@@ -62,8 +62,9 @@ def start_stream(binance):
 
 
 def fill(exchange, trade, **kwargs):
-    return exchange.control.fill_order(trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id,
-                                       **kwargs)
+    return exchange.control.fill_order(
+        trade.account.api_key, trade.symbol, client_order_id=trade.client_order_id, **kwargs
+    )
 
 
 def events_of(trade, **filters):
@@ -88,6 +89,7 @@ def capture_order_events(exchange, account, action, count: int) -> list[str]:
 
 # --- the live path ----------------------------------------------------------------------------------------------
 
+
 @live
 def test_fill_pushed_over_the_websocket_opens_the_trade(binance, account, start_stream):
     recorder = Recorder(reconcile=False)  # only the WebSocket can open the trades here
@@ -104,7 +106,8 @@ def test_fill_pushed_over_the_websocket_opens_the_trade(binance, account, start_
     first.refresh_from_db()
     assert (first.filled_qty, first.entry_price) == (Decimal("0.010"), Decimal("50000"))
     assert [(e.source, e.to_status) for e in events_of(first, from_status="pending", to_status="open")] == [
-        ("ws", "open")]
+        ("ws", "open")
+    ]
     # The fills' ACCOUNT_UPDATEs ask for a position sync (debounced: see the next test).
     wait_for(lambda: recorder.count("sync_positions", account.pk, "ws_account_update") >= 1)
     state = AccountSyncState.objects.get(account=account)
@@ -114,9 +117,13 @@ def test_fill_pushed_over_the_websocket_opens_the_trade(binance, account, start_
 
 def bare_stream(executor, recorder, name, **config) -> AccountStream:
     """Account 7's stream without a socket: for driving its scheduling and retries directly."""
-    return AccountStream(SimpleNamespace(pk=7, name=name), executor=executor, config=StreamConfig(**config),
-                         enqueue_reconcile=recorder.enqueue_reconcile,
-                         enqueue_position_sync=recorder.enqueue_position_sync)
+    return AccountStream(
+        SimpleNamespace(pk=7, name=name),
+        executor=executor,
+        config=StreamConfig(**config),
+        enqueue_reconcile=recorder.enqueue_reconcile,
+        enqueue_position_sync=recorder.enqueue_position_sync,
+    )
 
 
 def test_account_updates_within_the_debounce_window_make_one_position_sync():
@@ -191,8 +198,14 @@ def test_a_refused_connect_reconcile_is_abandoned_once_a_newer_connection_sent_i
         with ThreadPoolExecutor(2) as executor:
             stream = bare_stream(executor, recorder, "hiccup", backoff_base_sec=0.01, backoff_max_sec=0.01)
             stream.connects = 1
-            retrying = asyncio.create_task(stream._enqueue("enqueue_reconcile", recorder.enqueue_reconcile,
-                                                           "ws_connect", superseded=lambda: stream.connects != 1))
+            retrying = asyncio.create_task(
+                stream._enqueue(
+                    "enqueue_reconcile",
+                    recorder.enqueue_reconcile,
+                    "ws_connect",
+                    superseded=lambda: stream.connects != 1,
+                )
+            )
 
             async def a_few_attempts():
                 while recorder.failures["reconcile"] > 997:
@@ -226,15 +239,18 @@ def test_f2_fill_while_the_stream_is_down_is_reconciled_on_reconnect(binance, ac
     assert stream.stream(account.pk).disconnects[0].startswith("connection_closed_")
     assert stream_recorder.count("reconcile", account.pk, "ws_connect") == 2
     # The position it opened (and any a stop-loss closed in the gap, its ACCOUNT_UPDATE lost) is synced too.
-    wait_for(lambda: stream_recorder.count("sync_positions", account.pk, "ws_connect") == 2,
-             what="the reconnect's position sync")
+    wait_for(
+        lambda: stream_recorder.count("sync_positions", account.pk, "ws_connect") == 2,
+        what="the reconnect's position sync",
+    )
     assert stream_recorder.count("sync_positions", account.pk, "ws_account_update") == 0
 
 
 @live
 @pytest.mark.parametrize("how", ["clock_past_60_min", "expired_now"])
-def test_f3_expired_listen_key_means_new_key_reconnect_and_reconcile(binance, account, start_stream, stream_recorder,
-                                                                      how):
+def test_f3_expired_listen_key_means_new_key_reconnect_and_reconcile(
+    binance, account, start_stream, stream_recorder, how
+):
     stream = start_stream(stream_recorder)
     stream.wait_connected(account.pk)
     old_key = binance.control.listen_keys(account.api_key)["listen_key"]
@@ -256,8 +272,7 @@ def test_f3_expired_listen_key_means_new_key_reconnect_and_reconcile(binance, ac
 
 
 @live
-def test_keepalive_and_proactive_reconnect_before_the_connection_limit(binance, account, start_stream,
-                                                                        stream_recorder):
+def test_keepalive_and_proactive_reconnect_before_the_connection_limit(binance, account, start_stream, stream_recorder):
     binance.control.reset_stats()
     stream = start_stream(stream_recorder, keepalive_sec=0.1, max_connection_sec=1.0)
     stream.wait_connected(account.pk, connects=2, timeout=5)  # the second connect is the proactive one
@@ -267,8 +282,9 @@ def test_keepalive_and_proactive_reconnect_before_the_connection_limit(binance, 
 
 
 @live
-def test_a_hung_db_call_ends_the_connection_and_the_reconnect_reconciles(binance, account, start_stream,
-                                                                         stream_recorder, monkeypatch, caplog):
+def test_a_hung_db_call_ends_the_connection_and_the_reconnect_reconciles(
+    binance, account, start_stream, stream_recorder, monkeypatch, caplog
+):
     """A DB call that never returns (a half-open socket after a failover) must not freeze the account's stream."""
     released = threading.Event()
     real_apply = services.apply_order_snapshot
@@ -301,10 +317,14 @@ def test_a_failed_keepalive_is_retried_on_the_live_connection(binance, account, 
     stream.wait_connected(account.pk)
     key = binance.control.listen_keys(account.api_key)
 
-    wait_for(lambda: binance.control.stats()["requests"].get("PUT /fapi/v1/listenKey", 0) >= 2,
-             what="the failed keepalive and its retry")
-    wait_for(lambda: binance.control.listen_keys(account.api_key)["expires_at"] > key["expires_at"],
-             what="a keepalive that went through")  # extended; the sandbox clock is real time
+    wait_for(
+        lambda: binance.control.stats()["requests"].get("PUT /fapi/v1/listenKey", 0) >= 2,
+        what="the failed keepalive and its retry",
+    )
+    wait_for(
+        lambda: binance.control.listen_keys(account.api_key)["expires_at"] > key["expires_at"],
+        what="a keepalive that went through",
+    )  # extended; the sandbox clock is real time
 
     assert binance.control.stats()["statuses"].get("503") == 1
     assert stream.connects(account.pk) == 1 and list(stream.stream(account.pk).disconnects) == []
@@ -313,12 +333,14 @@ def test_a_failed_keepalive_is_retried_on_the_live_connection(binance, account, 
 
 
 @live
-def test_keepalives_failing_until_the_key_is_about_to_lapse_end_the_connection(binance, account, start_stream,
-                                                                               stream_recorder, caplog):
+def test_keepalives_failing_until_the_key_is_about_to_lapse_end_the_connection(
+    binance, account, start_stream, stream_recorder, caplog
+):
     binance.control.inject_fault("/fapi/v1/listenKey", "503", count=1000, method="PUT")
     with caplog.at_level(logging.INFO, logger="reconciliation.user_stream"):
-        stream = start_stream(stream_recorder, keepalive_sec=0.1, listen_key_validity_sec=1.0,
-                              listen_key_margin_sec=0.4)
+        stream = start_stream(
+            stream_recorder, keepalive_sec=0.1, listen_key_validity_sec=1.0, listen_key_margin_sec=0.4
+        )
         stream.wait_connected(account.pk, connects=2)
         binance.control.clear_faults()
     assert stream.stream(account.pk).disconnects[0] == "keepalive_failed"
@@ -381,8 +403,9 @@ def test_two_accounts_on_one_symbol_only_see_and_apply_their_own_events(binance,
 
 
 @live
-def test_accounts_added_disabled_and_rekeyed_are_picked_up_without_restart(binance, make_account, start_stream,
-                                                                          stream_recorder):
+def test_accounts_added_disabled_and_rekeyed_are_picked_up_without_restart(
+    binance, make_account, start_stream, stream_recorder
+):
     first = make_account()
     stream = start_stream(stream_recorder)
     stream.wait_connected(first.pk)
@@ -405,12 +428,15 @@ def test_accounts_added_disabled_and_rekeyed_are_picked_up_without_restart(binan
 
 
 @live
-def test_an_account_whose_secret_cannot_be_decrypted_is_skipped_and_the_others_stream(binance, make_account,
-                                                                                      start_stream, caplog):
+def test_an_account_whose_secret_cannot_be_decrypted_is_skipped_and_the_others_stream(
+    binance, make_account, start_stream, caplog
+):
     broken, healthy = make_account(), make_account()
     with connection.cursor() as cursor:  # e.g. encrypted under a FIELD_ENCRYPTION_KEY this process does not have
-        cursor.execute(f"UPDATE {Account._meta.db_table} SET api_secret = %s WHERE id = %s",
-                       ["gAAAAABnot-a-token-for-our-key", broken.pk])
+        cursor.execute(
+            f"UPDATE {Account._meta.db_table} SET api_secret = %s WHERE id = %s",
+            ["gAAAAABnot-a-token-for-our-key", broken.pk],
+        )
 
     with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
         stream = start_stream(Recorder(reconcile=False))
@@ -422,8 +448,7 @@ def test_an_account_whose_secret_cannot_be_decrypted_is_skipped_and_the_others_s
     unreadable = [r for r in caplog.records if "account_unreadable" in r.getMessage()]
     assert {r.levelname for r in unreadable} == {"ERROR"}
     assert all(f"account={broken.pk}/{broken.name}" in r.getMessage() for r in unreadable)
-    assert not any(broken.api_secret in r.getMessage() or healthy.api_secret in r.getMessage()
-                   for r in caplog.records)
+    assert not any(broken.api_secret in r.getMessage() or healthy.api_secret in r.getMessage() for r in caplog.records)
 
 
 class Reconnecting(AccountStream):
@@ -447,10 +472,14 @@ def run_reconnecting(account, limit: int) -> Reconnecting:
 
     async def scenario():
         with ThreadPoolExecutor(2) as executor:
-            stream = Reconnecting(account, limit=limit, executor=executor,
-                                  config=StreamConfig(backoff_base_sec=0, backoff_max_sec=0),
-                                  enqueue_reconcile=recorder.enqueue_reconcile,
-                                  enqueue_position_sync=recorder.enqueue_position_sync)
+            stream = Reconnecting(
+                account,
+                limit=limit,
+                executor=executor,
+                config=StreamConfig(backoff_base_sec=0, backoff_max_sec=0),
+                enqueue_reconcile=recorder.enqueue_reconcile,
+                enqueue_position_sync=recorder.enqueue_position_sync,
+            )
             await asyncio.wait_for(stream.run(), 30)
             return stream
 
@@ -486,6 +515,7 @@ def test_every_gateway_the_stream_builds_is_closed(binance, account, monkeypatch
 
 # --- the message path without a socket ---------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_f6_duplicate_and_out_of_order_events_make_one_transition_and_never_regress(binance, account):
     trade = new_trade(account)
@@ -513,7 +543,9 @@ def test_f6_duplicate_and_out_of_order_events_make_one_transition_and_never_regr
     trade.refresh_from_db()
     assert (trade.status, trade.filled_qty) == ("open", Decimal("0.010"))
     assert [(e.from_status, e.to_status) for e in events_of(trade, source="ws")] == [
-        ("pending", "pending"), ("pending", "open")]  # the 0.006 progress, then the fill: once each
+        ("pending", "pending"),
+        ("pending", "open"),
+    ]  # the 0.006 progress, then the fill: once each
     assert recorder.calls == []
 
 
@@ -530,11 +562,23 @@ def test_a_db_error_is_retried_then_a_reconcile_is_enqueued_instead_of_dropping_
 
     monkeypatch.setattr(services, "apply_order_snapshot", broken)
     recorder = Recorder(reconcile=False)
-    event = {"e": "ORDER_TRADE_UPDATE", "E": 1, "o": {"s": trade.symbol, "c": trade.client_order_id, "X": "FILLED",
-                                                      "i": 42, "z": "0.010", "ap": "67000", "T": 1}}
+    event = {
+        "e": "ORDER_TRADE_UPDATE",
+        "E": 1,
+        "o": {
+            "s": trade.symbol,
+            "c": trade.client_order_id,
+            "X": "FILLED",
+            "i": 42,
+            "z": "0.010",
+            "ap": "67000",
+            "T": 1,
+        },
+    }
     with caplog.at_level(logging.WARNING, logger="reconciliation.user_stream"):
-        outcome = handle_message(trade.account_id, json.dumps(event), enqueue_reconcile=recorder.enqueue_reconcile,
-                                 retry_delay=0)
+        outcome = handle_message(
+            trade.account_id, json.dumps(event), enqueue_reconcile=recorder.enqueue_reconcile, retry_delay=0
+        )
     assert outcome.kind == "db_failed" and len(calls) == 3
     assert recorder.calls == [("reconcile", trade.account_id, "ws_db_error")]
     assert [r.levelname for r in caplog.records].count("ERROR") == 1
@@ -561,8 +605,9 @@ def malformed_frames():
 
 
 @live
-def test_f13_malformed_payloads_are_warned_and_skipped_and_good_ones_still_applied(binance, account, start_stream,
-                                                                                 caplog, settings):
+def test_f13_malformed_payloads_are_warned_and_skipped_and_good_ones_still_applied(
+    binance, account, start_stream, caplog, settings
+):
     # Binance delivers only the subscribed event types: one we subscribe to but do not know (a new one an operator
     # added to USER_STREAM_EVENTS) must still be warned and skipped.
     settings.USER_STREAM_EVENTS = "SOMETHING_NEW"
@@ -600,28 +645,43 @@ def test_excerpt_is_short_printable_and_masks_keys():
 
 # --- the process: manage.py run_user_stream, SIGTERM ------------------------------------------------------------
 
+
 def test_run_user_stream_command_streams_the_named_accounts_and_sigterm_closes_keys_and_exits_0(exchange, tmp_path):
     """Its own SQLite file DB (the test database is invisible to another process): migrate, create two accounts,
     stream one of them, SIGTERM."""
     env = {
-        **os.environ, "DJANGO_SETTINGS_MODULE": "tradeops.settings_test", "TRADEOPS_VAR_DIR": str(tmp_path),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'stream.sqlite3'}", "CELERY_BROKER_URL": "memory://",
-        "BINANCE_FUTURES_REST_URL": exchange.rest_url, "BINANCE_FUTURES_WS_URL": exchange.ws_url,
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tradeops.settings_test",
+        "TRADEOPS_VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'stream.sqlite3'}",
+        "CELERY_BROKER_URL": "memory://",
+        "BINANCE_FUTURES_REST_URL": exchange.rest_url,
+        "BINANCE_FUTURES_WS_URL": exchange.ws_url,
     }
     manage = [sys.executable, str(REPO / "manage.py")]
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, timeout=60)
     streamed, other = exchange.control.create_account(), exchange.control.create_account()
-    create = ("from trades.models import Account\n"
-              f"Account.objects.create(name='streamed', api_key='{streamed['api_key']}', "
-              f"api_secret='{streamed['api_secret']}')\n"
-              f"Account.objects.create(name='other', api_key='{other['api_key']}', api_secret='{other['api_secret']}')")
+    create = (
+        "from trades.models import Account\n"
+        f"Account.objects.create(name='streamed', api_key='{streamed['api_key']}', "
+        f"api_secret='{streamed['api_secret']}')\n"
+        f"Account.objects.create(name='other', api_key='{other['api_key']}', api_secret='{other['api_secret']}')"
+    )
     subprocess.run([*manage, "shell", "-c", create], env=env, check=True, timeout=60)
 
-    proc = subprocess.Popen([*manage, "run_user_stream", "--account", "streamed"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*manage, "run_user_stream", "--account", "streamed"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        wait_for(lambda: exchange.control.listen_keys(streamed["api_key"])["connections"] == 1, timeout=15,
-                 what="the subprocess connected")
+        wait_for(
+            lambda: exchange.control.listen_keys(streamed["api_key"])["connections"] == 1,
+            timeout=15,
+            what="the subprocess connected",
+        )
         live = exchange.control.listen_keys(streamed["api_key"])
         assert live["listen_key"] is not None
         assert live["subscriptions"] == [sorted(DEFAULT_EVENTS)]  # &events= named every default type
@@ -655,11 +715,17 @@ def test_config_reads_settings_and_backoff_is_capped_with_jitter(settings):
 def test_user_stream_events_setting_is_parsed_and_keeps_what_the_stream_needs(settings):
     settings.USER_STREAM_EVENTS = "TRADE_LITE, MARGIN_CALL/ORDER_TRADE_UPDATE"
     assert StreamConfig.from_settings().events == (
-        "ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired", "TRADE_LITE", "MARGIN_CALL")
+        "ORDER_TRADE_UPDATE",
+        "ACCOUNT_UPDATE",
+        "listenKeyExpired",
+        "TRADE_LITE",
+        "MARGIN_CALL",
+    )
     assert parse_events("") == ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired")
     assert parse_events(["ALGO_UPDATE"])[-1] == "ALGO_UPDATE"
     assert stream_url("wss://fstream.binance.com", "K", ("ORDER_TRADE_UPDATE", "listenKeyExpired")) == (
-        "wss://fstream.binance.com/private/ws?listenKey=K&events=ORDER_TRADE_UPDATE/listenKeyExpired")
+        "wss://fstream.binance.com/private/ws?listenKey=K&events=ORDER_TRADE_UPDATE/listenKeyExpired"
+    )
 
 
 @live
@@ -667,5 +733,5 @@ def test_the_stream_connects_from_the_accounts_egress_address(binance, account, 
     settings.BINANCE_SOURCE_ADDRESSES = "127.0.0.2"
     stream = start_stream(Recorder(reconcile=False))
     stream.wait_connected(account.pk)
-    assert binance.control.listen_keys(account.api_key)["peers"] == ["127.0.0.2"]     # the WebSocket
-    assert set(binance.control.stats()["used_weight_1m"]) == {"127.0.0.2"}           # and the listenKey POST
+    assert binance.control.listen_keys(account.api_key)["peers"] == ["127.0.0.2"]  # the WebSocket
+    assert set(binance.control.stats()["used_weight_1m"]) == {"127.0.0.2"}  # and the listenKey POST

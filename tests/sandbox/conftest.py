@@ -1,4 +1,5 @@
 """Fixtures for the sandbox's own tests: python-binance clients bound to fresh sandbox accounts."""
+
 from __future__ import annotations
 
 import pytest

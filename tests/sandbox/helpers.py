@@ -1,4 +1,5 @@
 """Helpers for the sandbox tests."""
+
 from __future__ import annotations
 
 import time
@@ -15,8 +16,9 @@ def binance_client(handle, account, **kwargs) -> Client:
 
 
 def limit_buy(client, qty="0.010", price="50000", **kwargs):
-    return client.futures_create_order(symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC",
-                                       quantity=qty, price=price, **kwargs)
+    return client.futures_create_order(
+        symbol="BTCUSDT", side="BUY", type="LIMIT", timeInForce="GTC", quantity=qty, price=price, **kwargs
+    )
 
 
 def sync_clock(client: Client) -> int:

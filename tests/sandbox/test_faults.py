@@ -1,4 +1,5 @@
 """Fault injection through the control API, seen by python-binance's Client."""
+
 from __future__ import annotations
 
 import time
@@ -29,7 +30,7 @@ def test_5xx_for_the_next_n_requests_then_normal(futures_client, exchange, kind)
 
 def test_fault_can_be_limited_to_a_method(futures_client, exchange):
     exchange.control.inject_fault("/fapi/v1/order", "500", method="DELETE")
-    order = limit_buy(futures_client)                                   # POST is not affected
+    order = limit_buy(futures_client)  # POST is not affected
     assert api_error(futures_client.futures_cancel_order, symbol="BTCUSDT", orderId=order["orderId"]).status_code == 500
     assert futures_client.futures_cancel_order(symbol="BTCUSDT", orderId=order["orderId"])["status"] == "CANCELED"
 
@@ -62,6 +63,7 @@ def test_hang_outlasts_the_client_timeout_and_then_executes(exchange, account):
     exchange.control.inject_fault("/fapi/v1/order", "hang", method="POST", hang_sec=1.0)
     with pytest.raises(requests.exceptions.Timeout):
         limit_buy(impatient, newClientOrderId="slow-one")
+
     def placed():
         try:
             return exchange.control.get_order(account["api_key"], "BTCUSDT", client_order_id="slow-one")
@@ -102,8 +104,8 @@ def test_control_api_is_loopback_only_and_reset_wipes(exchange, account, futures
     exchange.control.reset()
     assert exchange.control.stats()["total_requests"] == 0
     fresh = binance_client(exchange, exchange.control.create_account())
-    assert fresh.futures_ping() == {}                          # the fault is gone too
-    err = api_error(futures_client.futures_get_open_orders)            # and so is the old account
+    assert fresh.futures_ping() == {}  # the fault is gone too
+    err = api_error(futures_client.futures_get_open_orders)  # and so is the old account
     assert err.code == -2015
 
 
@@ -111,7 +113,7 @@ def test_control_api_is_loopback_only_and_reset_wipes(exchange, account, futures
 def test_408_on_placement_with_or_without_the_order(futures_client, exchange, account, kind, placed):
     exchange.control.inject_fault("/fapi/v1/order", kind, method="POST")
     err = api_error(limit_buy, futures_client, newClientOrderId="maybe")
-    assert (err.status_code, err.code) == (408, -1007)        # the same answer either way: the outcome is unknown
+    assert (err.status_code, err.code) == (408, -1007)  # the same answer either way: the outcome is unknown
     found = exchange.control.get_order(account["api_key"], "BTCUSDT", client_order_id="maybe") if placed else None
     if placed:
         assert found["status"] == "NEW"
@@ -134,7 +136,7 @@ def test_a_hidden_order_answers_2013_is_left_out_of_lists_and_still_fills(future
     assert api_error(futures_client.futures_get_order, symbol="BTCUSDT", orderId=order["orderId"]).code == -2013
     assert [o["orderId"] for o in futures_client.futures_get_all_orders(symbol="BTCUSDT")] == [seen["orderId"]]
     assert [o["orderId"] for o in futures_client.futures_get_open_orders(symbol="BTCUSDT")] == [seen["orderId"]]
-    exchange.control.fill_order(account["api_key"], "BTCUSDT", order_id=order["orderId"])    # it lives
+    exchange.control.fill_order(account["api_key"], "BTCUSDT", order_id=order["orderId"])  # it lives
     exchange.control.advance_clock(120_001)
     sync_clock(futures_client)
     assert futures_client.futures_get_order(symbol="BTCUSDT", orderId=order["orderId"])["status"] == "FILLED"
@@ -143,18 +145,21 @@ def test_a_hidden_order_answers_2013_is_left_out_of_lists_and_still_fills(future
 
 def test_signed_requests_are_judged_by_the_sandbox_clock(futures_client, exchange):
     """-1021 unless timestamp < serverTime + 1000 and serverTime - timestamp <= recvWindow (Binance's timing rule)."""
-    exchange.control.set_clock_offset(-2000)                      # the exchange 2 s behind this host
+    exchange.control.set_clock_offset(-2000)  # the exchange 2 s behind this host
     err = api_error(futures_client.futures_get_open_orders)
     assert (err.status_code, err.code, err.message) == (
-        400, -1021, "Timestamp for this request was 1000ms ahead of the server's time.")
+        400,
+        -1021,
+        "Timestamp for this request was 1000ms ahead of the server's time.",
+    )
     assert abs(futures_client.futures_time()["serverTime"] - exchange.control.server_time()) < 1000
     assert -2500 < sync_clock(futures_client) < -1500
     assert futures_client.futures_get_open_orders() == []
-    exchange.control.set_clock_offset(30_000)                     # now 30 s ahead: our stamps are too old
+    exchange.control.set_clock_offset(30_000)  # now 30 s ahead: our stamps are too old
     err = api_error(futures_client.futures_get_open_orders)
     assert (err.code, err.message) == (-1021, "Timestamp for this request is outside of the recvWindow.")
     sync_clock(futures_client)
     assert futures_client.futures_get_open_orders() == []
-    assert exchange.control.stats()["weight"]["GET /fapi/v1/time"] == 3          # weight 1 each
+    assert exchange.control.stats()["weight"]["GET /fapi/v1/time"] == 3  # weight 1 each
     exchange.control.reset()
     assert abs(exchange.control.server_time() - time.time() * 1000) < 1000

@@ -1,4 +1,5 @@
 """The sandbox's positions: hedge mode (positionSide/dual, LONG/SHORT rows, -4061) and lagging positionRisk reads."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,8 +34,8 @@ def test_one_way_by_default_and_position_side_must_match_the_mode(futures_client
 def test_hedge_mode_long_and_short_rows_per_symbol(futures_client, exchange, account):
     futures_client.futures_change_position_mode(dualSidePosition="true")
     assert futures_client.futures_get_position_mode() == {"dualSidePosition": True}
-    assert api_error(market, futures_client, "BUY").code == -4061                        # missing
-    assert api_error(market, futures_client, "BUY", positionSide="BOTH").code == -4061   # wrong
+    assert api_error(market, futures_client, "BUY").code == -4061  # missing
+    assert api_error(market, futures_client, "BUY", positionSide="BOTH").code == -4061  # wrong
     assert api_error(market, futures_client, "BUY", positionSide="LONG", reduceOnly="true").code == -1106
     long = market(futures_client, "BUY", positionSide="LONG")
     market(futures_client, "SELL", positionSide="SHORT")
@@ -64,12 +65,17 @@ def test_lagging_reads(futures_client, exchange, account, mode):
     lagging = {} if mode == "omit" else {("BTCUSDT", "BOTH"): "0.010"}
     assert rows(futures_client) == lagging
     assert rows(futures_client) == lagging
-    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.015"}   # caught up
+    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.015"}  # caught up
 
 
-@pytest.mark.parametrize("kind, prefix, order_type", [
-    ("liquidation", "autoclose-", "LIQUIDATION"), ("adl", "adl_autoclose", "MARKET"),
-    ("settlement", "settlement_autoclose-", "MARKET")])
+@pytest.mark.parametrize(
+    "kind, prefix, order_type",
+    [
+        ("liquidation", "autoclose-", "LIQUIDATION"),
+        ("adl", "adl_autoclose", "MARKET"),
+        ("settlement", "settlement_autoclose-", "MARKET"),
+    ],
+)
 def test_binance_closes_positions_itself(futures_client, exchange, account, kind, prefix, order_type):
     market(futures_client, "BUY")
     order = exchange.control.autoclose(account["api_key"], "BTCUSDT", kind, qty="0.004", price="59000")
@@ -77,29 +83,56 @@ def test_binance_closes_positions_itself(futures_client, exchange, account, kind
     assert (order["side"], order["status"], order["reduceOnly"]) == ("SELL", "FILLED", True)
     assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.006"}
     last = futures_client.futures_account_trades(symbol="BTCUSDT")[-1]
-    assert (last["orderId"], last["side"], last["qty"], last["price"]) == (order["orderId"], "SELL", "0.004", "59000.00")
+    assert (last["orderId"], last["side"], last["qty"], last["price"]) == (
+        order["orderId"],
+        "SELL",
+        "0.004",
+        "59000.00",
+    )
     assert last["realizedPnl"] == "-4.00000000"
-    exchange.control.autoclose(account["api_key"], "BTCUSDT", kind)   # the rest
+    exchange.control.autoclose(account["api_key"], "BTCUSDT", kind)  # the rest
     assert rows(futures_client) == {}
 
 
 def test_user_trades_from_id_cannot_be_combined_with_a_time(futures_client):
     market(futures_client, "BUY")
-    assert api_error(futures_client.futures_account_trades, symbol="BTCUSDT", fromId=1,
-                     startTime=1).code == -1128
+    assert api_error(futures_client.futures_account_trades, symbol="BTCUSDT", fromId=1, startTime=1).code == -1128
 
 
 def test_conditional_orders_live_in_the_algo_service(futures_client, exchange, account):
     market(futures_client, "BUY")
     # (python-binance 1.0.37 routes these types to algoOrder by itself; the raw endpoint refuses them.)
-    error = api_error(futures_client._request_futures_api, "post", "order", True, data={
-        "symbol": "BTCUSDT", "side": "SELL", "type": "TAKE_PROFIT_MARKET", "stopPrice": "62000", "quantity": "0.005"})
+    error = api_error(
+        futures_client._request_futures_api,
+        "post",
+        "order",
+        True,
+        data={
+            "symbol": "BTCUSDT",
+            "side": "SELL",
+            "type": "TAKE_PROFIT_MARKET",
+            "stopPrice": "62000",
+            "quantity": "0.005",
+        },
+    )
     assert error.code == -4120
-    algo = futures_client._request_futures_api("post", "algoOrder", True, data={
-        "algoType": "CONDITIONAL", "symbol": "BTCUSDT", "side": "SELL", "type": "TAKE_PROFIT_MARKET",
-        "triggerPrice": "62000", "quantity": "0.005", "reduceOnly": "true", "clientAlgoId": "tp-1"})
+    algo = futures_client._request_futures_api(
+        "post",
+        "algoOrder",
+        True,
+        data={
+            "algoType": "CONDITIONAL",
+            "symbol": "BTCUSDT",
+            "side": "SELL",
+            "type": "TAKE_PROFIT_MARKET",
+            "triggerPrice": "62000",
+            "quantity": "0.005",
+            "reduceOnly": "true",
+            "clientAlgoId": "tp-1",
+        },
+    )
     assert (algo["algoStatus"], algo["clientAlgoId"], algo["actualOrderId"]) == ("NEW", "tp-1", "")
-    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.010"}   # resting outside the matching engine
+    assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.010"}  # resting outside the matching engine
 
     done = exchange.control.trigger_algo_order(account["api_key"], client_algo_id="tp-1", price="62000")
 
@@ -107,11 +140,21 @@ def test_conditional_orders_live_in_the_algo_service(futures_client, exchange, a
     assert rows(futures_client) == {("BTCUSDT", "BOTH"): "0.005"}
     last = futures_client.futures_account_trades(symbol="BTCUSDT")[-1]
     assert (str(last["orderId"]), last["qty"], last["price"], last["realizedPnl"]) == (
-        done["actualOrderId"], "0.005", "62000.00", "10.00000000")
+        done["actualOrderId"],
+        "0.005",
+        "62000.00",
+        "10.00000000",
+    )
     queried = futures_client._request_futures_api("get", "algoOrder", True, data={"algoId": done["algoId"]})
     assert queried["algoStatus"] == "FINISHED"
-    error = api_error(futures_client._request_futures_api, "delete", "algoOrder", True, force_params=True,
-                      data={"algoId": done["algoId"]})
+    error = api_error(
+        futures_client._request_futures_api,
+        "delete",
+        "algoOrder",
+        True,
+        force_params=True,
+        data={"algoId": done["algoId"]},
+    )
     assert error.code == -2011
 
 
@@ -119,15 +162,35 @@ def test_algo_updates_on_the_stream(exchange, account):
     """ALGO_UPDATE NEW, TRIGGERING, TRIGGERED (with the order's id) and FINISHED, in that order."""
     from sandbox import events
     from sandbox.engine import Engine
+
     engine, seen = Engine(), []
     engine.on_event = lambda acct, event: seen.append(event)
     acct = engine.create_account("k", "s")
-    engine.place_order(acct, symbol="BTCUSDT", side="BUY", type="MARKET", quantity=__import__("decimal").Decimal(
-        "0.010"), price=None, time_in_force=None, client_order_id=None, reduce_only=False)
-    algo = engine.place_algo_order(acct, symbol="BTCUSDT", side="SELL", type="STOP_MARKET", quantity=None,
-                                   trigger_price=__import__("decimal").Decimal("58000"), price=None,
-                                   time_in_force=None, client_algo_id="sl-1", reduce_only=False, close_position=True,
-                                   position_side=None)
+    engine.place_order(
+        acct,
+        symbol="BTCUSDT",
+        side="BUY",
+        type="MARKET",
+        quantity=__import__("decimal").Decimal("0.010"),
+        price=None,
+        time_in_force=None,
+        client_order_id=None,
+        reduce_only=False,
+    )
+    algo = engine.place_algo_order(
+        acct,
+        symbol="BTCUSDT",
+        side="SELL",
+        type="STOP_MARKET",
+        quantity=None,
+        trigger_price=__import__("decimal").Decimal("58000"),
+        price=None,
+        time_in_force=None,
+        client_algo_id="sl-1",
+        reduce_only=False,
+        close_position=True,
+        position_side=None,
+    )
     engine.trigger_algo_order(acct, algo)
     algo_events = [e["o"] for e in seen if e["e"] == "ALGO_UPDATE"]
     assert [e["X"] for e in algo_events] == ["NEW", "TRIGGERING", "TRIGGERED", "FINISHED"]

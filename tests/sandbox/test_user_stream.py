@@ -1,4 +1,5 @@
 """The user-data WebSocket, read with the `websockets` library."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,15 @@ from tests.helpers import wait_for
 from .helpers import binance_client, limit_buy
 
 ORDER_KEYS = set("s c S o f q p ap sp x X i l z L N n T t b a m R wt ot ps cp rp pP si ss V pm gtd".split())
-ALL_EVENTS = ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired", "TRADE_LITE", "ALGO_UPDATE",
-              "ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL")
+ALL_EVENTS = (
+    "ORDER_TRADE_UPDATE",
+    "ACCOUNT_UPDATE",
+    "listenKeyExpired",
+    "TRADE_LITE",
+    "ALGO_UPDATE",
+    "ACCOUNT_CONFIG_UPDATE",
+    "MARGIN_CALL",
+)
 
 
 def recv_json(ws, timeout: float = 5.0) -> dict:
@@ -64,7 +72,12 @@ def test_order_trade_update_and_account_update_on_fill(futures_client, exchange,
         assert set(update["a"]["B"][0]) == {"a", "wb", "cw", "bc"}
         trade = recv_json(ws)["o"]
         assert (trade["x"], trade["X"], trade["l"], trade["z"], trade["L"]) == (
-            "TRADE", "PARTIALLY_FILLED", "0.004", "0.004", "50000.00")
+            "TRADE",
+            "PARTIALLY_FILLED",
+            "0.004",
+            "0.004",
+            "50000.00",
+        )
         assert trade["t"] > 0 and trade["m"] is True
         exchange.control.fill_order(account["api_key"], "BTCUSDT", order_id=order["orderId"])
         final = recv_until(ws, lambda e: e["e"] == "ORDER_TRADE_UPDATE")["o"]
@@ -80,7 +93,9 @@ def test_cancel_and_expire_events(futures_client, exchange, account):
         exchange.control.expire_order(account["api_key"], "BTCUSDT", order_id=second["orderId"])
         events = [recv_json(ws)["o"] for _ in range(4)]
         assert [(e["i"], e["x"], e["X"]) for e in events[2:]] == [
-            (first["orderId"], "CANCELED", "CANCELED"), (second["orderId"], "EXPIRED", "EXPIRED")]
+            (first["orderId"], "CANCELED", "CANCELED"),
+            (second["orderId"], "EXPIRED", "EXPIRED"),
+        ]
 
 
 def test_unknown_listen_key_is_refused(exchange):
@@ -97,7 +112,7 @@ def test_drop_cuts_the_connection(futures_client, exchange, account):
         with pytest.raises(ConnectionClosed):
             recv_json(ws)
     connected(exchange, account["api_key"], 0)
-    with stream(exchange, key) as ws:           # the key itself is still valid: reconnecting works
+    with stream(exchange, key) as ws:  # the key itself is still valid: reconnecting works
         connected(exchange, account["api_key"])
 
 
@@ -130,7 +145,7 @@ def test_connection_closed_after_24_hours(futures_client, exchange, account):
     key = futures_client.futures_stream_get_listen_key()
     with stream(exchange, key) as ws:
         connected(exchange, account["api_key"])
-        for _ in range(24):                       # keep the key alive while a day passes
+        for _ in range(24):  # keep the key alive while a day passes
             exchange.control.advance_clock(60 * 60 * 1000 - 1000)
             futures_client.futures_stream_keepalive(key)
         exchange.control.advance_clock(24 * 1000 + 1)
@@ -154,6 +169,7 @@ def test_paused_events_are_lost(futures_client, exchange, account):
 
 def test_other_accounts_events_never_arrive(futures_client, exchange, account):
     from .helpers import binance_client
+
     other = binance_client(exchange, exchange.control.create_account())
     key = futures_client.futures_stream_get_listen_key()
     with stream(exchange, key) as ws:
@@ -174,7 +190,7 @@ def test_without_events_the_socket_is_accepted_and_silent(futures_client, exchan
         recv_until(hearing, lambda e: e["e"] == "ORDER_TRADE_UPDATE" and e["o"]["X"] == "FILLED")
         exchange.control.push_raw(account["api_key"], '{"e":"ORDER_TRADE_UPDATE","o":{}}')
         recv_until(hearing, lambda e: e["e"] == "ORDER_TRADE_UPDATE" and e["o"] == {})
-        with pytest.raises(TimeoutError):      # everything above went out before the raw frame: nothing came
+        with pytest.raises(TimeoutError):  # everything above went out before the raw frame: nothing came
             deaf.recv(timeout=0.3)
 
 
@@ -184,8 +200,8 @@ def test_only_the_listed_event_types_arrive(futures_client, exchange, account):
         connected(exchange, account["api_key"])
         order = limit_buy(futures_client, newClientOrderId="lite-1")
         exchange.control.fill_order(account["api_key"], "BTCUSDT", order_id=order["orderId"], qty="0.004")
-        exchange.control.set_leverage(account["api_key"], "BTCUSDT", 10)      # not subscribed: never arrives
-        exchange.control.expire_listen_key(account["api_key"])                # nor listenKeyExpired
+        exchange.control.set_leverage(account["api_key"], "BTCUSDT", 10)  # not subscribed: never arrives
+        exchange.control.expire_listen_key(account["api_key"])  # nor listenKeyExpired
         received = []
         with pytest.raises(ConnectionClosed):
             while True:
@@ -194,7 +210,13 @@ def test_only_the_listed_event_types_arrive(futures_client, exchange, account):
     lite = received[1]
     assert set(lite) == {"e", "E", "T", "s", "q", "p", "m", "c", "S", "L", "l", "t", "i"}
     assert (lite["s"], lite["c"], lite["i"], lite["l"], lite["L"], lite["q"]) == (
-        "BTCUSDT", "lite-1", order["orderId"], "0.004", "50000.00", "0.010")
+        "BTCUSDT",
+        "lite-1",
+        order["orderId"],
+        "0.004",
+        "50000.00",
+        "0.010",
+    )
     assert lite["t"] == received[2]["o"]["t"] and lite["m"] is True
 
 
@@ -215,7 +237,10 @@ def test_account_config_margin_call_and_algo_events(futures_client, exchange, ac
         exchange.control.algo_order(account["api_key"], "ETHUSDT", quantity="0.100", trigger_price="2800")
         algo = recv_json(ws)
         assert algo["e"] == "ALGO_UPDATE" and (algo["o"]["s"], algo["o"]["X"], algo["o"]["tp"]) == (
-            "ETHUSDT", "NEW", "2800.00")
+            "ETHUSDT",
+            "NEW",
+            "2800.00",
+        )
 
 
 def test_the_retired_root_route_is_gone(futures_client, exchange):

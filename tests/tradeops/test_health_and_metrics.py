@@ -18,7 +18,9 @@ RECONCILE_SCHEDULE = "reconcile pending trades (all accounts)"
 def beat_ran():
     def at(ago_sec: float):
         PeriodicTask.objects.filter(name=RECONCILE_SCHEDULE).update(
-            last_run_at=timezone.now() - timedelta(seconds=ago_sec))
+            last_run_at=timezone.now() - timedelta(seconds=ago_sec)
+        )
+
     at(10)
     return at
 
@@ -31,8 +33,13 @@ def worker_ran():
 
 def stream(account, state, ago_sec=5, heartbeat_ago_sec=5):
     AccountSyncState.objects.update_or_create(
-        account=account, defaults={"stream_state": state, "stream_state_at": timezone.now() - timedelta(seconds=ago_sec),
-                                   "stream_heartbeat_at": timezone.now() - timedelta(seconds=heartbeat_ago_sec)})
+        account=account,
+        defaults={
+            "stream_state": state,
+            "stream_state_at": timezone.now() - timedelta(seconds=ago_sec),
+            "stream_heartbeat_at": timezone.now() - timedelta(seconds=heartbeat_ago_sec),
+        },
+    )
 
 
 def test_healthy(admin_client_logged_in, beat_ran):  # details: staff only (see test_health_and_metrics_access.py)
@@ -51,11 +58,19 @@ def test_healthy(admin_client_logged_in, beat_ran):  # details: staff only (see 
     assert body["details"]["beat"]["max_age_sec"] == 180
 
 
-@pytest.mark.parametrize("problem, check", [
-    ("beat never ran", "beat"), ("beat stale", "beat"), ("beat disabled", "beat"),
-    ("stream missing", "user_stream"), ("stream reconnecting too long", "user_stream"),
-    ("stream stopped", "user_stream"), ("stream process dead", "user_stream"), ("broker down", "broker"),
-])
+@pytest.mark.parametrize(
+    "problem, check",
+    [
+        ("beat never ran", "beat"),
+        ("beat stale", "beat"),
+        ("beat disabled", "beat"),
+        ("stream missing", "user_stream"),
+        ("stream reconnecting too long", "user_stream"),
+        ("stream stopped", "user_stream"),
+        ("stream process dead", "user_stream"),
+        ("broker down", "broker"),
+    ],
+)
 def test_unhealthy(client, beat_ran, settings, problem, check):
     account = AccountFactory(name="desk")
     stream(account, "connected")
@@ -100,8 +115,13 @@ def test_metrics(client, settings):
     ReconcileRun.objects.create(account=desk, kind="pending", reason="ws_connect", outcome="ok", duration_ms=700)
     ReconcileRun.objects.create(account=desk, kind="positions", reason="ws_connect", outcome="ok", duration_ms=90)
     ReconcileRun.objects.create(account=desk, kind="pending", reason="beat", outcome="skipped")
-    AccountSyncState.objects.create(account=desk, used_weight=37, stream_state="connected",
-                                    stream_state_at=timezone.now(), last_reconcile_at=timezone.now())
+    AccountSyncState.objects.create(
+        account=desk,
+        used_weight=37,
+        stream_state="connected",
+        stream_state_at=timezone.now(),
+        last_reconcile_at=timezone.now(),
+    )
     TradeFactory(account=desk, created_at=timezone.now() - timedelta(minutes=10))
     TradeFactory(account=desk, needs_operator=True)
     TradeEventFactory(source="reconcile", from_status="pending", to_status="open")
@@ -126,6 +146,7 @@ def test_metrics(client, settings):
         "tradeops_trades_needing_operator 1.0",
     ]:
         assert line in text, line
-    oldest = next(line for line in text.splitlines()
-                  if line.startswith('tradeops_oldest_pending_age_seconds{account="desk"}'))
+    oldest = next(
+        line for line in text.splitlines() if line.startswith('tradeops_oldest_pending_age_seconds{account="desk"}')
+    )
     assert 590 < float(oldest.split()[-1]) < 700

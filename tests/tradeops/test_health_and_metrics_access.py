@@ -18,8 +18,13 @@ ACCOUNT = "desk-with-a-telling-name"
 @pytest.fixture
 def account():
     account = AccountFactory(name=ACCOUNT)
-    AccountSyncState.objects.create(account=account, stream_state="connected", stream_state_at=timezone.now(),
-                                    stream_heartbeat_at=timezone.now(), used_weight=5)
+    AccountSyncState.objects.create(
+        account=account,
+        stream_state="connected",
+        stream_state_at=timezone.now(),
+        stream_heartbeat_at=timezone.now(),
+        used_weight=5,
+    )
     return account
 
 

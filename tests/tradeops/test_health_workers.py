@@ -27,8 +27,9 @@ def workers_check(client):
 
 
 def seen(hostname, ago_sec):
-    WorkerHeartbeat.objects.update_or_create(hostname=hostname,
-                                             defaults={"seen_at": timezone.now() - timedelta(seconds=ago_sec)})
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname, defaults={"seen_at": timezone.now() - timedelta(seconds=ago_sec)}
+    )
 
 
 @pytest.mark.django_db
@@ -71,8 +72,9 @@ def test_beat_sends_the_heartbeat_every_15_s_and_a_late_one_expires():
 def test_a_real_worker_running_the_heartbeat_makes_the_check_ok(client):
     assert workers_check(client)[0] == "error"
     app.control.purge()
-    with start_worker(app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10,
-                      loglevel="WARNING"):
+    with start_worker(
+        app, pool="solo", concurrency=1, perform_ping_check=False, shutdown_timeout=10, loglevel="WARNING"
+    ):
         tasks.worker_heartbeat.delay()
         wait_for(lambda: WorkerHeartbeat.objects.exists(), timeout=30, message="the worker ran the heartbeat")
 

@@ -19,10 +19,15 @@ def test_a_message_file_appears_only_once_complete(tmp_path, monkeypatch):
         real_replace(src, dst)
 
     monkeypatch.setattr(kombu_filesystem.os, "replace", spy)
-    options = {"data_folder_in": folders["queue"], "data_folder_out": folders["queue"],
-               "processed_folder": folders["processed"], "control_folder": folders["control"]}
-    with Connection("filesystem://", transport="tradeops.kombu_filesystem:Transport",
-                    transport_options=options) as connection:
+    options = {
+        "data_folder_in": folders["queue"],
+        "data_folder_out": folders["queue"],
+        "processed_folder": folders["processed"],
+        "control_folder": folders["control"],
+    }
+    with Connection(
+        "filesystem://", transport="tradeops.kombu_filesystem:Transport", transport_options=options
+    ) as connection:
         queue = connection.SimpleQueue("q")
         queue.put({"trade_id": 1})
         assert queue.get(timeout=2).payload == {"trade_id": 1}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from kombu import Connection
 
 from tests.helpers import wait_for
@@ -24,8 +23,11 @@ from tradeops.celery import app
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.worker, pytest.mark.timeout(120),
-              pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server on PATH")]
+pytestmark = [
+    pytest.mark.worker,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server on PATH"),
+]
 
 
 def free_port() -> int:
@@ -35,9 +37,24 @@ def free_port() -> int:
 
 
 def start_redis(port: int, data_dir: Path, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(data_dir)],
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     client = redis.Redis(port=port)
     wait_for(lambda: _pings(client), message=f"redis-server on {port}")
     return proc
@@ -55,13 +72,34 @@ def test_a_worker_holding_a_countdown_survives_a_redis_restart_and_consumes_agai
     url = f"redis://127.0.0.1:{port}/0"
     server = start_redis(port, tmp_path, tmp_path / "redis.log")
     log = tmp_path / "worker.log"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tradeops.settings_test", "CELERY_BROKER_URL": url,
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.sqlite3'}", "TRADEOPS_VAR_DIR": str(tmp_path / "var"),
-           "PYTHONUNBUFFERED": "1"}
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tradeops", "worker", "--pool=prefork",
-                               "--concurrency=1", "--without-mingle", "--without-gossip", "--loglevel=INFO"],
-                              cwd=REPO, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tradeops.settings_test",
+        "CELERY_BROKER_URL": url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.sqlite3'}",
+        "TRADEOPS_VAR_DIR": str(tmp_path / "var"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tradeops",
+            "worker",
+            "--pool=prefork",
+            "--concurrency=1",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel=INFO",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     text = lambda: log.read_text(errors="replace")  # noqa: E731 — read the worker's log afresh each poll
     try:
         wait_for(lambda: "ready." in text(), timeout=60, message="worker ready")
@@ -73,12 +111,17 @@ def test_a_worker_holding_a_countdown_survives_a_redis_restart_and_consumes_agai
         redis.Redis(port=port).shutdown(nosave=True)
         server.wait(timeout=15)
         # Down until the worker has torn its connection down and failed to reconnect (or died doing so).
-        wait_for(lambda: worker.poll() is not None or "Cannot connect to" in text()[mark:],
-                 message="the worker noticed Redis was gone")
+        wait_for(
+            lambda: worker.poll() is not None or "Cannot connect to" in text()[mark:],
+            message="the worker noticed Redis was gone",
+        )
         server = start_redis(port, tmp_path, tmp_path / "redis.log")
 
-        wait_for(lambda: worker.poll() is not None or "Connected to" in text()[mark:], timeout=30,
-                 message="the worker reconnected (or died)")
+        wait_for(
+            lambda: worker.poll() is not None or "Connected to" in text()[mark:],
+            timeout=30,
+            message="the worker reconnected (or died)",
+        )
         assert worker.poll() is None, f"the worker died:\n{text()[-3000:]}"
         with Connection(url) as conn:
             app.send_task("celery.accumulate", args=("after the restart",), connection=conn)

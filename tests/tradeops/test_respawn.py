@@ -38,8 +38,14 @@ def respawn(tmp_path, mode, **popen):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     log = tmp_path / f"{mode}.runs"
-    proc = subprocess.Popen([sys.executable, "-m", "tradeops.respawn", sys.executable, str(script), str(log), mode],
-                            cwd=REPO, env={**os.environ, **FAST}, stderr=subprocess.PIPE, text=True, **popen)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tradeops.respawn", sys.executable, str(script), str(log), mode],
+        cwd=REPO,
+        env={**os.environ, **FAST},
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
     return proc, log
 
 
@@ -84,12 +90,20 @@ def test_under_honcho_one_process_exiting_leaves_the_others_running(tmp_path):
     procfile = tmp_path / "Procfile"
     procfile.write_text(f"crashes: {wrapped} {crash} crash\nserves: {wrapped} {serve} serve\n")
     env = {**os.environ, **FAST, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
-    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", str(procfile), "-d", str(REPO)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-f", str(procfile), "-d", str(REPO)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        wait_for(lambda: runs(serve) and len(runs(crash)) >= 3, timeout=30,
-                 message="one process crashed (and was started again) three times")
+        wait_for(
+            lambda: runs(serve) and len(runs(crash)) >= 3,
+            timeout=30,
+            message="one process crashed (and was started again) three times",
+        )
         assert honcho.poll() is None, honcho.stdout.read()
         [pid] = runs(serve)
         os.kill(int(pid), 0)  # the other one still runs, never restarted

@@ -6,9 +6,15 @@ from django.core.exceptions import ImproperlyConfigured
 from tradeops.settings import _delays
 
 
-@pytest.mark.parametrize("text, delays", [
-    ("300,1800,7200,86400", (300, 1800, 7200, 86400)), (" 2, 4 ", (2, 4)), ("", ()), ("60,", (60,)),
-])
+@pytest.mark.parametrize(
+    "text, delays",
+    [
+        ("300,1800,7200,86400", (300, 1800, 7200, 86400)),
+        (" 2, 4 ", (2, 4)),
+        ("", ()),
+        ("60,", (60,)),
+    ],
+)
 def test_a_delay_schedule_is_comma_separated_whole_seconds(monkeypatch, text, delays):
     monkeypatch.setenv("A_SCHEDULE", text)
 

@@ -70,11 +70,19 @@ def test_staff_without_permissions_cannot_see_accounts(client, django_user_model
     assert client.get(reverse("admin:trades_account_changelist")).status_code == 403
 
 
-
 def test_trades_show_position_side_closed_quantity_and_the_close_reason(admin_client_logged_in):
     from decimal import Decimal
-    TradeFactory(symbol="BTCUSDT", side="SELL", position_side="SHORT", status="open", quantity=Decimal("0.010"),
-                 filled_qty=Decimal("0.010"), closed_qty=Decimal("0.004"), status_reason="partly closed by liquidation")
+
+    TradeFactory(
+        symbol="BTCUSDT",
+        side="SELL",
+        position_side="SHORT",
+        status="open",
+        quantity=Decimal("0.010"),
+        filled_qty=Decimal("0.010"),
+        closed_qty=Decimal("0.004"),
+        status_reason="partly closed by liquidation",
+    )
     listing = admin_client_logged_in.get(reverse("admin:trades_trade_changelist")).content.decode()
     assert "SHORT (hedge mode)" in listing and "0.0040000000" in listing and "partly closed by liquidation" in listing
     filtered = admin_client_logged_in.get(reverse("admin:trades_trade_changelist"), {"position_side": "LONG"})
@@ -83,8 +91,10 @@ def test_trades_show_position_side_closed_quantity_and_the_close_reason(admin_cl
 
 def test_accounts_show_the_position_mode_binance_reported_and_nobody_types_it_in(admin_client_logged_in):
     account = Account.objects.create(name="desk", api_key="k", api_secret="s")
-    assert "not read from Binance yet" in admin_client_logged_in.get(
-        reverse("admin:trades_account_changelist")).content.decode()
+    assert (
+        "not read from Binance yet"
+        in admin_client_logged_in.get(reverse("admin:trades_account_changelist")).content.decode()
+    )
     Account.objects.filter(pk=account.pk).update(dual_side_position=True)
     page = admin_client_logged_in.get(reverse("admin:trades_account_change", args=[account.pk])).content.decode()
     assert "hedge (LONG / SHORT)" in page and 'name="dual_side_position"' not in page

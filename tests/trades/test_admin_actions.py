@@ -44,6 +44,7 @@ def fill(binance, trade, qty=None):
 
 # --- Verify on Binance --------------------------------------------------------------------------------------------
 
+
 def test_verify_on_binance_applies_the_fill_and_shows_both_sides(operator_client, operator, placed, binance):
     trade = placed()
     fill(binance, trade)
@@ -56,7 +57,12 @@ def test_verify_on_binance_applies_the_fill_and_shows_both_sides(operator_client
     trade.refresh_from_db()
     assert (trade.status, trade.filled_qty, trade.entry_price) == ("open", Decimal("0.010"), Decimal("60000"))
     event = trade.events.get()
-    assert (event.source, event.from_status, event.to_status, event.actor) == ("admin", "pending", "open", operator.username)
+    assert (event.source, event.from_status, event.to_status, event.actor) == (
+        "admin",
+        "pending",
+        "open",
+        operator.username,
+    )
 
 
 def test_verify_on_binance_reports_an_unreachable_exchange_and_changes_nothing(operator_client, placed, binance):
@@ -88,8 +94,10 @@ def test_an_observer_can_look_but_not_verify(observer_client, placed, binance):
 
 # --- Cancel and verify --------------------------------------------------------------------------------------------
 
-def test_cancel_and_verify_is_enqueued_after_commit(operator_client, operator, monkeypatch,
-                                                    django_capture_on_commit_callbacks):
+
+def test_cancel_and_verify_is_enqueued_after_commit(
+    operator_client, operator, monkeypatch, django_capture_on_commit_callbacks
+):
     sent = []
     monkeypatch.setattr(tasks.cancel_and_verify, "delay", lambda *args: sent.append(args))
     pending, opened = TradeFactory(), TradeFactory(status=Trade.Status.OPEN)
@@ -126,6 +134,7 @@ def test_an_observer_cannot_cancel(observer_client, monkeypatch, django_capture_
 
 # --- Mark failed/cancelled manually -------------------------------------------------------------------------------
 
+
 def test_mark_manually_asks_for_a_reason_first(operator_client, account):
     trade = TradeFactory(account=account)
 
@@ -139,14 +148,21 @@ def test_mark_manually_asks_for_a_reason_first(operator_client, account):
     assert trade.status == "pending" and not trade.events.exists()
 
 
-def test_mark_manually_refuses_an_order_sent_moments_ago_that_binance_does_not_show_yet(operator_client, account,
-                                                                                          settings):
+def test_mark_manually_refuses_an_order_sent_moments_ago_that_binance_does_not_show_yet(
+    operator_client, account, settings
+):
     settings.PENDING_NOT_FOUND_GRACE_SEC = 120
-    trade = TradeFactory(account=account, symbol="BTCUSDT", created_at=timezone.now() - timedelta(hours=1),
-                         exchange_status="PLACING", placed_at=timezone.now())  # sent just now, answer unknown
+    trade = TradeFactory(
+        account=account,
+        symbol="BTCUSDT",
+        created_at=timezone.now() - timedelta(hours=1),
+        exchange_status="PLACING",
+        placed_at=timezone.now(),
+    )  # sent just now, answer unknown
 
-    response = run_action(operator_client, CHANGELIST, "mark_manually", [trade], apply="1", status="failed",
-                          reason="looks stuck")
+    response = run_action(
+        operator_client, CHANGELIST, "mark_manually", [trade], apply="1", status="failed", reason="looks stuck"
+    )
 
     assert response.status_code == 302
     assert "Binance may not show it yet" in " ".join(str(m) for m in response.wsgi_request._messages)
@@ -157,16 +173,27 @@ def test_mark_manually_refuses_an_order_sent_moments_ago_that_binance_does_not_s
 def test_mark_manually_marks_an_order_binance_never_saw(operator_client, operator, account):
     trade = TradeFactory(account=account, symbol="BTCUSDT")  # never placed: Binance answers -2013
 
-    response = run_action(operator_client, CHANGELIST, "mark_manually", [trade], apply="1", status="failed",
-                          reason="bot crashed before placing; checked with the desk")
+    response = run_action(
+        operator_client,
+        CHANGELIST,
+        "mark_manually",
+        [trade],
+        apply="1",
+        status="failed",
+        reason="bot crashed before placing; checked with the desk",
+    )
 
     assert response.status_code == 302
     trade.refresh_from_db()
     assert trade.status == "failed"
     assert trade.status_reason.startswith(f"marked failed by {operator.username}: bot crashed")
     event = trade.events.get()
-    assert (event.source, event.from_status, event.to_status, event.actor) == ("admin", "pending", "failed",
-                                                                               operator.username)
+    assert (event.source, event.from_status, event.to_status, event.actor) == (
+        "admin",
+        "pending",
+        "failed",
+        operator.username,
+    )
     assert event.payload["reason"] == "bot crashed before placing; checked with the desk"
     assert event.payload["exchange_status"] == "NOT_FOUND"
 
@@ -191,14 +218,19 @@ def test_mark_manually_refuses_unless_binance_confirms_nothing_to_lose(operator_
     elif binance_says == "unreachable":
         binance.control.inject_fault("/fapi/v1/order", "503", count=3, method="GET")
 
-    response = run_action(operator_client, CHANGELIST, "mark_manually", [trade], apply="1", status="failed",
-                          reason="looks stuck")
+    response = run_action(
+        operator_client, CHANGELIST, "mark_manually", [trade], apply="1", status="failed", reason="looks stuck"
+    )
 
     assert response.status_code == 302
     message = " ".join(str(m) for m in response.wsgi_request._messages)
     assert f"Trade {trade.pk} not marked" in message
-    expected = {"partial fill": "Verify on Binance", "filled": "Verify on Binance", "working": "Cancel and verify",
-                "unreachable": "could not be asked"}[binance_says]
+    expected = {
+        "partial fill": "Verify on Binance",
+        "filled": "Verify on Binance",
+        "working": "Cancel and verify",
+        "unreachable": "could not be asked",
+    }[binance_says]
     assert expected in message
     trade.refresh_from_db()
     assert trade.status == "pending" and not trade.events.exists()
@@ -212,6 +244,7 @@ def test_an_observer_cannot_mark(observer_client, account):
 
 
 # --- Close by hand --------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def two_open_one_closed_on_binance(placed, binance, account):
@@ -229,17 +262,26 @@ def two_open_one_closed_on_binance(placed, binance, account):
     return Trade.objects.get(pk=first.pk), Trade.objects.get(pk=second.pk)
 
 
-def test_close_manually_closes_the_trade_binance_no_longer_holds(operator_client, operator, account,
-                                                                  two_open_one_closed_on_binance):
+def test_close_manually_closes_the_trade_binance_no_longer_holds(
+    operator_client, operator, account, two_open_one_closed_on_binance
+):
     first, second = two_open_one_closed_on_binance
 
-    response = run_action(operator_client, CHANGELIST, "close_manually", [first], apply="1",
-                          reason="the 10:02 reduce-only sell closed this one")
+    response = run_action(
+        operator_client,
+        CHANGELIST,
+        "close_manually",
+        [first],
+        apply="1",
+        reason="the 10:02 reduce-only sell closed this one",
+    )
 
     assert response.status_code == 302
     first.refresh_from_db()
-    assert (first.status, first.status_reason) == ("closed", f"closed by {operator.username}: the 10:02 reduce-only "
-                                                             "sell closed this one")
+    assert (first.status, first.status_reason) == (
+        "closed",
+        f"closed by {operator.username}: the 10:02 reduce-only sell closed this one",
+    )
     event = first.events.get(to_status="closed")
     assert (event.source, event.from_status, event.actor) == ("admin", "open", operator.username)
     assert Trade.objects.get(pk=second.pk).status == "open"
@@ -247,8 +289,9 @@ def test_close_manually_closes_the_trade_binance_no_longer_holds(operator_client
     assert report["extra"]["in_sync"] == 1 and OrphanPosition.objects.get().status == "resolved"
 
 
-def test_close_manually_refuses_what_would_take_the_books_away_from_binance(operator_client, account, binance,
-                                                                            two_open_one_closed_on_binance):
+def test_close_manually_refuses_what_would_take_the_books_away_from_binance(
+    operator_client, account, binance, two_open_one_closed_on_binance
+):
     first, second = two_open_one_closed_on_binance
     run_action(operator_client, CHANGELIST, "close_manually", [first], apply="1", reason="this one")
 
@@ -292,6 +335,7 @@ def test_an_observer_cannot_close(observer_client, two_open_one_closed_on_binanc
 
 
 # --- Filters ------------------------------------------------------------------------------------------------------
+
 
 def test_stale_pending_filter(operator_client):
     now = timezone.now()

@@ -70,8 +70,11 @@ def test_changing_an_account_leaves_no_secret_in_the_history(account):
     client = logged_in("superuser")
     new_secret, new_key = "brand-new-secret-0f9e8d7c6b5a4321", "NEWKEY1234567890abcdefNEWKEYEND"
 
-    response = post_form(client, pages(account)["change"],
-                         {"name": "desk", "api_key": new_key, "api_secret": new_secret, "is_active": "on"})
+    response = post_form(
+        client,
+        pages(account)["change"],
+        {"name": "desk", "api_key": new_key, "api_secret": new_secret, "is_active": "on"},
+    )
 
     assert response.status_code == 302
     account.refresh_from_db()
@@ -89,8 +92,9 @@ def test_changing_an_account_leaves_no_secret_in_the_history(account):
 def test_saving_with_empty_key_and_secret_keeps_both_and_logs_no_change_to_them(account):
     client = logged_in("superuser")
 
-    response = post_form(client, pages(account)["change"],
-                         {"name": "desk-renamed", "api_key": "", "api_secret": "", "is_active": "on"})
+    response = post_form(
+        client, pages(account)["change"], {"name": "desk-renamed", "api_key": "", "api_secret": "", "is_active": "on"}
+    )
 
     assert response.status_code == 302
     account.refresh_from_db()
@@ -101,8 +105,9 @@ def test_saving_with_empty_key_and_secret_keeps_both_and_logs_no_change_to_them(
 
 def test_a_new_account_needs_a_key_and_a_secret():
     client = logged_in("superuser")
-    response = post_form(client, reverse("admin:trades_account_add"),
-                         {"name": "new", "api_key": "", "api_secret": "", "is_active": "on"})
+    response = post_form(
+        client, reverse("admin:trades_account_add"), {"name": "new", "api_key": "", "api_secret": "", "is_active": "on"}
+    )
     assert response.status_code == 200
     assert not Account.objects.filter(name="new").exists()
 
@@ -110,8 +115,11 @@ def test_a_new_account_needs_a_key_and_a_secret():
 @pytest.mark.parametrize("role", ["observer", "operator"])
 def test_view_only_users_cannot_change_an_account(role, account):
     client = logged_in(role)
-    response = post_form(client, pages(account)["change"],
-                         {"name": "renamed", "api_key": "x" * 20, "api_secret": "stolen", "is_active": "on"})
+    response = post_form(
+        client,
+        pages(account)["change"],
+        {"name": "renamed", "api_key": "x" * 20, "api_secret": "stolen", "is_active": "on"},
+    )
     assert response.status_code == 403
     account.refresh_from_db()
     assert (account.name, account.api_key, account.api_secret) == ("desk", KEY, SECRET)

@@ -21,10 +21,9 @@ from types import SimpleNamespace
 import pytest
 
 from tests.helpers import NoBudget, wait_for
-from trades.egress import EXCHANGE_LIMITS, shared_budget
 from trades.binance_client import (
-    EXCHANGE_CLOCK,
     ALL_ORDERS_MAX_WINDOW_MS,
+    EXCHANGE_CLOCK,
     TRANSIENT_ERRORS,
     BinanceFuturesClient,
     ClockSkew,
@@ -35,6 +34,7 @@ from trades.binance_client import (
     RateLimited,
     UnknownOrder,
 )
+from trades.egress import EXCHANGE_LIMITS, shared_budget
 
 SYMBOL = "BTCUSDT"
 PRICE = Decimal("50000.0")  # below the sandbox's 60000: a LIMIT BUY rests on the book
@@ -205,8 +205,7 @@ def test_418_is_rate_limited_banned(gateway, exchange):
     assert (caught.value.status, caught.value.banned, caught.value.retry_after) == (418, True, 120)
 
 
-def test_past_binances_limit_a_429_stops_every_gateway_on_the_ip_without_sending(gateway, exchange, account,
-                                                                                 settings):
+def test_past_binances_limit_a_429_stops_every_gateway_on_the_ip_without_sending(gateway, exchange, account, settings):
     settings.BINANCE_WEIGHT_LIMIT = 100_000  # our budget believes there is room; Binance (limit 11) disagrees
     exchange.control.set_weight_limit(11)
     gateway.get_all_orders(SYMBOL)  # weight 5, after GET /fapi/v1/time (1): the first signed call syncs the clock
@@ -216,29 +215,29 @@ def test_past_binances_limit_a_429_stops_every_gateway_on_the_ip_without_sending
     assert caught.value.status == 429 and not caught.value.banned
     assert 0 < caught.value.retry_after <= 60
     sent = exchange.control.stats()["total_requests"]
-    with make_gateway(exchange, exchange.control.create_account()) as other:   # another account on the same IP
+    with make_gateway(exchange, exchange.control.create_account()) as other:  # another account on the same IP
         for call in (gateway.get_open_orders, other.get_open_orders, other.get_positions):
             with pytest.raises(RateLimited) as caught:
                 call(*([SYMBOL] if call != other.get_positions else []))
-            assert caught.value.status is None and 0 < caught.value.retry_after <= 60   # refused here, not sent
+            assert caught.value.status is None and 0 < caught.value.retry_after <= 60  # refused here, not sent
         assert exchange.control.stats()["total_requests"] == sent
         other.place_order(SYMBOL, "BUY", QTY, price=PRICE)  # weight 0 on the IP: Binance serves it after a 429
-    assert exchange.control.stats()["statuses"].get("418", 0) == 0       # so Binance never had a reason to ban
+    assert exchange.control.stats()["statuses"].get("418", 0) == 0  # so Binance never had a reason to ban
 
 
 def test_the_gateway_keeps_under_the_limit_exchange_info_publishes(gateway, exchange):
-    EXCHANGE_LIMITS.reset()                              # as in production: nothing assumed, learnt from Binance
+    EXCHANGE_LIMITS.reset()  # as in production: nothing assumed, learnt from Binance
     exchange.control.set_weight_limit(11)
-    assert gateway.weight_limit() == 11                  # learnt from GET /fapi/v1/exchangeInfo (rateLimits)
-    gateway.get_all_orders(SYMBOL)                       # 1 + 1 + 5 = 7 of reconcile's 80 %: 8
+    assert gateway.weight_limit() == 11  # learnt from GET /fapi/v1/exchangeInfo (rateLimits)
+    gateway.get_all_orders(SYMBOL)  # 1 + 1 + 5 = 7 of reconcile's 80 %: 8
     with pytest.raises(RateLimited) as caught:
-        gateway.get_all_orders(SYMBOL)                   # would make 12: refused before sending
+        gateway.get_all_orders(SYMBOL)  # would make 12: refused before sending
     assert caught.value.status is None and not caught.value.banned
-    placed = gateway.place_order(SYMBOL, "BUY", QTY, price=PRICE)   # weight 0 on the IP
-    gateway.get_open_orders(SYMBOL)                                 # 8: reconcile's share is used up
+    placed = gateway.place_order(SYMBOL, "BUY", QTY, price=PRICE)  # weight 0 on the IP
+    gateway.get_open_orders(SYMBOL)  # 8: reconcile's share is used up
     with pytest.raises(RateLimited):
         gateway.get_open_orders(SYMBOL)
-    gateway.cancel_order(SYMBOL, order_id=placed["orderId"])        # 9: cancels may use the whole budget
+    gateway.cancel_order(SYMBOL, order_id=placed["orderId"])  # 9: cancels may use the whole budget
     assert exchange.control.stats()["statuses"].get("429", 0) == 0
 
 
@@ -289,9 +288,7 @@ def test_503_service_unavailable_on_placement_is_a_plain_failure(gateway, exchan
 
 
 @pytest.mark.parametrize("client_order_id", ["t-unknown", None])
-def test_503_unknown_error_on_placement_is_execution_unknown_and_the_order_exists(
-    gateway, exchange, client_order_id
-):
+def test_503_unknown_error_on_placement_is_execution_unknown_and_the_order_exists(gateway, exchange, client_order_id):
     exchange.control.inject_fault("/fapi/v1/order", "503_unknown_placed", method="POST")
     with pytest.raises(ExchangeUnavailable) as caught:
         place_resting(gateway, client_order_id=client_order_id)
@@ -531,8 +528,15 @@ def test_keys_never_appear_in_logs_exceptions_or_reprs(exchange, caplog):
     attempt(wrong_secret.get_open_orders)  # -1022 signature invalid
 
     assert [type(e) for e in errors] == [
-        UnknownOrder, RateLimited, ExchangeUnavailable, ExchangeUnavailable, ExchangeUnavailable,
-        ListenKeyExpired, ExchangeError, ClockSkew, ExchangeError,
+        UnknownOrder,
+        RateLimited,
+        ExchangeUnavailable,
+        ExchangeUnavailable,
+        ExchangeUnavailable,
+        ListenKeyExpired,
+        ExchangeError,
+        ClockSkew,
+        ExchangeError,
     ]
     texts = [caplog.text, repr(gateway), repr(wrong_secret)]
     for error in errors:
@@ -550,11 +554,16 @@ def test_exceptions_survive_pickle_and_celery_style_reconstruction(gateway, exch
         gateway.get_order(SYMBOL, 1)
     clone = pickle.loads(pickle.dumps(caught.value))
     assert (clone.code, clone.status, clone.retry_after, clone.endpoint) == (
-        -1003, 429, caught.value.retry_after, "GET /fapi/v1/order"
+        -1003,
+        429,
+        caught.value.retry_after,
+        "GET /fapi/v1/order",
     )
     rebuilt = type(caught.value)(*caught.value.args)  # what Celery's JSON result backend does
     assert (rebuilt.code, rebuilt.message, rebuilt.status) == (
-        caught.value.code, caught.value.message, caught.value.status
+        caught.value.code,
+        caught.value.message,
+        caught.value.status,
     )
     assert str(OrderNotFound(-2013, "Order does not exist.", 400)) == "Order does not exist. (code=-2013, status=400)"
 
@@ -665,14 +674,17 @@ def test_retry_after_without_a_seconds_header(canned_gateway):
 # --------------------------------------------------------------------------- HTTP 408
 
 
-@pytest.mark.parametrize("body", [
-    b'{"code": -1007, "msg": "Timeout waiting for response from backend server."}',
-    b'{"code": -2013, "msg": "Order does not exist."}',
-    b'{"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}',
-    b'{"code": -1111, "msg": "Precision is over the maximum defined for this asset."}',
-    b"<html>Request Timeout</html>",
-    b"",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"code": -1007, "msg": "Timeout waiting for response from backend server."}',
+        b'{"code": -2013, "msg": "Order does not exist."}',
+        b'{"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."}',
+        b'{"code": -1111, "msg": "Precision is over the maximum defined for this asset."}',
+        b"<html>Request Timeout</html>",
+        b"",
+    ],
+)
 def test_408_is_outcome_unknown_for_order_changes_whatever_its_body_says(body):
     import requests
     from requests.structures import CaseInsensitiveDict

@@ -1,4 +1,5 @@
 """The fleet-wide weight budget per egress IP (trades/egress.py) and the egress pool, against the per-IP sandbox."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from trades.exceptions import RateLimited
 
 REPO = Path(__file__).resolve().parents[2]
 SYMBOL = "BTCUSDT"
-NOW = 1_800_000_000_000          # on a minute boundary
+NOW = 1_800_000_000_000  # on a minute boundary
 
 
 def stores(tmp_path):
@@ -35,13 +36,13 @@ def test_a_store_counts_per_egress_and_minute_and_refuses_past_the_cap(tmp_path)
         assert budget.acquire("a", 5, 10, NOW + 1) is None
         refusal = budget.acquire("a", 1, 10, NOW + 2)
         assert refusal is not None and refusal.reason == "budget" and not refusal.banned
-        assert refusal.retry_after == pytest.approx(59.998)          # until the minute rolls
-        assert budget.acquire("a", 0, 10, NOW + 3) is None           # weight 0 (a new order) always passes
-        assert budget.acquire("b", 10, 10, NOW) is None              # another egress: its own count
-        assert budget.acquire("a", 10, 10, NOW + 60_000) is None     # a new minute: a fresh count
-        budget.record_used("b", 3, NOW)                              # Binance says less: keep ours
+        assert refusal.retry_after == pytest.approx(59.998)  # until the minute rolls
+        assert budget.acquire("a", 0, 10, NOW + 3) is None  # weight 0 (a new order) always passes
+        assert budget.acquire("b", 10, 10, NOW) is None  # another egress: its own count
+        assert budget.acquire("a", 10, 10, NOW + 60_000) is None  # a new minute: a fresh count
+        budget.record_used("b", 3, NOW)  # Binance says less: keep ours
         assert budget.used("b", NOW) == 10
-        budget.record_used("b", 40, NOW)                             # Binance says more (someone else's traffic)
+        budget.record_used("b", 40, NOW)  # Binance says more (someone else's traffic)
         assert budget.used("b", NOW) == 40
         budget.clear()
 
@@ -50,20 +51,21 @@ def test_a_429_or_418_mark_stops_everyone_until_it_ends_and_the_longest_wins(tmp
     for budget in stores(tmp_path):
         budget.clear()
         budget.mark_limited("a", NOW + 120_000, banned=True)
-        budget.mark_limited("a", NOW + 30_000, banned=False)         # a shorter 429 later does not shorten the ban
-        refusal = budget.acquire("a", 0, 2400, NOW)                   # banned: even a new order is held back
+        budget.mark_limited("a", NOW + 30_000, banned=False)  # a shorter 429 later does not shorten the ban
+        refusal = budget.acquire("a", 0, 2400, NOW)  # banned: even a new order is held back
         assert (refusal.reason, refusal.banned, refusal.retry_after) == ("limited", True, 120.0)
-        assert budget.acquire("b", 1, 2400, NOW) is None              # only that egress
-        assert budget.acquire("a", 1, 2400, NOW + 120_000) is None    # over: sending again
+        assert budget.acquire("b", 1, 2400, NOW) is None  # only that egress
+        assert budget.acquire("a", 1, 2400, NOW + 120_000) is None  # over: sending again
         budget.mark_limited("c", NOW + 30_000, banned=False)
         assert budget.acquire("c", 1, 2400, NOW).reason == "limited"
-        assert budget.acquire("c", 0, 2400, NOW) is None              # a new order weighs 0: a 429 does not stop it
+        assert budget.acquire("c", 0, 2400, NOW) is None  # a new order weighs 0: a 429 does not stop it
         budget.clear()
 
 
 def test_priorities_share_the_budget_orders_first():
-    assert [egress.PRIORITY_SHARES[p] for p in ("order", "verify", "keepalive", "reconcile", "deep", "positions")] \
-        == sorted(egress.PRIORITY_SHARES.values(), reverse=True)
+    assert [
+        egress.PRIORITY_SHARES[p] for p in ("order", "verify", "keepalive", "reconcile", "deep", "positions")
+    ] == sorted(egress.PRIORITY_SHARES.values(), reverse=True)
     with pytest.raises(ValueError):
         BinanceFuturesClient("k" * 64, "s" * 64, priority="urgent")
 
@@ -73,8 +75,9 @@ def test_under_pressure_each_priority_stops_at_its_share(exchange, settings):
     account = exchange.control.create_account()
 
     def client(priority):
-        return BinanceFuturesClient(account["api_key"], account["api_secret"], rest_url=exchange.rest_url,
-                                    priority=priority)
+        return BinanceFuturesClient(
+            account["api_key"], account["api_secret"], rest_url=exchange.rest_url, priority=priority
+        )
 
     budget = egress.shared_budget()
     stopped_at = {}
@@ -88,13 +91,13 @@ def test_under_pressure_each_priority_stops_at_its_share(exchange, settings):
                     break
             stopped_at[priority] = budget.used(gateway.egress, gateway.exchange_time_ms())
     assert stopped_at == {"positions": 60, "reconcile": 80, "verify": 95}
-    assert exchange.control.stats()["statuses"] == {"200": 95}        # nothing refused was sent
+    assert exchange.control.stats()["statuses"] == {"200": 95}  # nothing refused was sent
 
 
 def test_an_accounts_order_rate_limit_does_not_stop_the_other_accounts_on_the_ip(exchange):
     busy, quiet = exchange.control.create_account(), exchange.control.create_account()
     with BinanceFuturesClient(busy["api_key"], busy["api_secret"], rest_url=exchange.rest_url) as gateway:
-        for _ in range(700):                      # 300 orders per 10 s per account (exchangeInfo.rateLimits)
+        for _ in range(700):  # 300 orders per 10 s per account (exchangeInfo.rateLimits)
             try:
                 gateway.place_order(SYMBOL, "BUY", "0.010", price="1000")
             except RateLimited as exc:
@@ -103,14 +106,18 @@ def test_an_accounts_order_rate_limit_does_not_stop_the_other_accounts_on_the_ip
         else:
             pytest.fail("the account's ORDERS limit never answered 429")
     with BinanceFuturesClient(quiet["api_key"], quiet["api_secret"], rest_url=exchange.rest_url) as other:
-        other.get_open_orders(SYMBOL)             # the IP is not limited: only that account's orders are
+        other.get_open_orders(SYMBOL)  # the IP is not limited: only that account's orders are
 
 
 def test_without_its_budget_store_the_gateway_sends_nothing(exchange):
     account = exchange.control.create_account()
-    unreachable = egress.RedisBudget("redis://127.0.0.1:1/0", "nowhere")    # nothing listens on port 1
-    with BinanceFuturesClient(account["api_key"], account["api_secret"], rest_url=exchange.rest_url,
-                              budget=unreachable) as gateway, pytest.raises(RateLimited) as caught:
+    unreachable = egress.RedisBudget("redis://127.0.0.1:1/0", "nowhere")  # nothing listens on port 1
+    with (
+        BinanceFuturesClient(
+            account["api_key"], account["api_secret"], rest_url=exchange.rest_url, budget=unreachable
+        ) as gateway,
+        pytest.raises(RateLimited) as caught,
+    ):
         gateway.place_order(SYMBOL, "BUY", "0.010", price="1000")
     assert caught.value.status is None and caught.value.retry_after == 5
     assert exchange.control.stats()["total_requests"] == 0
@@ -118,12 +125,17 @@ def test_without_its_budget_store_the_gateway_sends_nothing(exchange):
 
 # --- egress pools ------------------------------------------------------------------------------------------------
 
+
 def test_accounts_are_spread_over_the_source_addresses_stably_by_id(settings):
     settings.BINANCE_SOURCE_ADDRESSES = "127.0.0.2, 127.0.0.3"
-    assert [egress.source_address_for(pk) for pk in (1, 2, 3, 4)] == ["127.0.0.3", "127.0.0.2", "127.0.0.3",
-                                                                      "127.0.0.2"]
+    assert [egress.source_address_for(pk) for pk in (1, 2, 3, 4)] == [
+        "127.0.0.3",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.2",
+    ]
     settings.BINANCE_SOURCE_ADDRESSES = ""
-    assert egress.source_address_for(1) is None                      # the default route
+    assert egress.source_address_for(1) is None  # the default route
 
 
 def test_each_source_address_is_seen_by_binance_and_has_its_own_budget(binance, make_account, settings):
@@ -137,13 +149,13 @@ def test_each_source_address_is_seen_by_binance_and_has_its_own_budget(binance, 
         with pytest.raises(RateLimited) as caught:
             near.get_open_orders(SYMBOL)
         assert caught.value.status == 429
-        with pytest.raises(RateLimited) as caught:                    # held back on this address
+        with pytest.raises(RateLimited) as caught:  # held back on this address
             near.get_open_orders(SYMBOL)
         assert caught.value.status is None
     with BinanceFuturesClient.for_account(by_address["127.0.0.3"]) as far:
-        far.get_open_orders(SYMBOL)                                   # the other address is not limited
+        far.get_open_orders(SYMBOL)  # the other address is not limited
     used = binance.control.stats()["used_weight_1m"]
-    assert set(used) == {"127.0.0.2", "127.0.0.3"}                    # Binance saw both, and nothing else
+    assert set(used) == {"127.0.0.2", "127.0.0.3"}  # Binance saw both, and nothing else
 
 
 # --- the budget is shared between processes ------------------------------------------------------------------------
@@ -169,9 +181,22 @@ def call_in_another_process(exchange, account) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     done = subprocess.run(
-        [sys.executable, "-c", CALL_ONCE, egress.budget_url(), django_settings.BINANCE_BUDGET_PREFIX,
-         account["api_key"], account["api_secret"], exchange.rest_url],
-        capture_output=True, text=True, timeout=60, env=env, cwd=str(REPO))
+        [
+            sys.executable,
+            "-c",
+            CALL_ONCE,
+            egress.budget_url(),
+            django_settings.BINANCE_BUDGET_PREFIX,
+            account["api_key"],
+            account["api_secret"],
+            exchange.rest_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(REPO),
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -181,7 +206,8 @@ def test_a_429_seen_by_one_process_stops_another_until_retry_after_without_it_se
     exchange.control.inject_fault("/fapi/v1/openOrders", "429", retry_after=3)
     first = call_in_another_process(exchange, account)
     assert first["status"] == 429
-    def sent_by_this_account() -> int:   # the sandbox is shared by the session: count this key's requests only
+
+    def sent_by_this_account() -> int:  # the sandbox is shared by the session: count this key's requests only
         return exchange.control.stats()["requests_by_api_key"].get(account["api_key"], 0)
 
     sent = sent_by_this_account()
@@ -189,8 +215,11 @@ def test_a_429_seen_by_one_process_stops_another_until_retry_after_without_it_se
     second = call_in_another_process(exchange, account)
     assert second["status"] is None and 0 < second["retry_after"] <= 3 and not second["banned"]
     assert second["http_calls"] == 0 and sent_by_this_account() == sent
-    wait_for(lambda: call_in_another_process(exchange, account)["status"] == 200, timeout=20,
-             message="served again once Retry-After has passed")
+    wait_for(
+        lambda: call_in_another_process(exchange, account)["status"] == 200,
+        timeout=20,
+        message="served again once Retry-After has passed",
+    )
 
 
 def test_a_418_ban_seen_by_one_process_is_honoured_by_the_others(exchange):

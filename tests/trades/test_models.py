@@ -30,7 +30,9 @@ class TestGetPendingRecent:
         TradeFactory(account=other, created_at=now)  # another account
 
         assert Trade.objects.get_pending_recent(account.pk, limit=50, max_age_sec=3600) == [
-            newest, middle, oldest_inside
+            newest,
+            middle,
+            oldest_inside,
         ]
         assert Trade.objects.get_pending_recent(account.pk, limit=2, max_age_sec=3600) == [newest, middle]
         assert Trade.objects.get_pending_recent(account.pk, limit=50, max_age_sec=15) == [newest]
@@ -83,11 +85,13 @@ class TestUpdatePendingToFilled:
 
     def test_unknown_client_order_id_is_false(self):
         account = AccountFactory()
-        assert Trade.objects.update_pending_to_filled(
-            account.pk, "nobody", order_id=1, filled_qty="1", avg_price="1", source="ws"
-        ) is False
+        assert (
+            Trade.objects.update_pending_to_filled(
+                account.pk, "nobody", order_id=1, filled_qty="1", avg_price="1", source="ws"
+            )
+            is False
+        )
         assert not TradeEvent.objects.exists()
-
 
     @pytest.mark.parametrize("field", ["filled_qty", "avg_price"])
     def test_a_float_is_refused_money_is_never_rounded_on_the_way_in(self, field):
@@ -112,9 +116,12 @@ class TestUpdatePendingByEntryOrderId:
 
     def test_never_touches_a_trade_that_is_not_pending(self):
         trade = TradeFactory(entry_order_id=556, status=Trade.Status.CANCELLED)
-        assert Trade.objects.update_pending_by_entry_order_id(
-            trade.account_id, 556, filled_qty="1", avg_price="1", source="ws"
-        ) is False
+        assert (
+            Trade.objects.update_pending_by_entry_order_id(
+                trade.account_id, 556, filled_qty="1", avg_price="1", source="ws"
+            )
+            is False
+        )
         trade.refresh_from_db()
         assert trade.status == Trade.Status.CANCELLED
         assert not TradeEvent.objects.exists()
@@ -124,9 +131,12 @@ class TestUpdatePendingByEntryOrderId:
         first = TradeFactory(entry_order_id=777, symbol="BTCUSDT")
         second = TradeFactory(account=first.account, entry_order_id=777, symbol="ETHUSDT")
 
-        assert Trade.objects.update_pending_by_entry_order_id(
-            first.account_id, 777, filled_qty="1", avg_price="1", source="ws"
-        ) is False
+        assert (
+            Trade.objects.update_pending_by_entry_order_id(
+                first.account_id, 777, filled_qty="1", avg_price="1", source="ws"
+            )
+            is False
+        )
 
         assert set(Trade.objects.filter(pk__in=[first.pk, second.pk]).values_list("status", flat=True)) == {"pending"}
         assert "matches several pending trades" in caplog.text
@@ -228,7 +238,6 @@ class TestDecimals:
         assert trade.entry_price == Decimal(price)
         assert isinstance(trade.filled_qty, Decimal)
 
-
     def test_full_precision_on_mysql(self, mysql_only):
         self.test_round_trip_exact("123456789.12345678", "99999999.99999999")
 
@@ -260,8 +269,10 @@ class TestClientOrderId:
         with pytest.raises(IntegrityError), transaction.atomic():
             TradeFactory(account=trade.account, client_order_id=trade.client_order_id)
 
-    @pytest.mark.parametrize("value,ok", [("abc.DEF:/_-09", True), ("x" * 36, True), ("x" * 37, False),
-                                          ("has space", False), ("ünïcode", False)])
+    @pytest.mark.parametrize(
+        "value,ok",
+        [("abc.DEF:/_-09", True), ("x" * 36, True), ("x" * 37, False), ("has space", False), ("ünïcode", False)],
+    )
     def test_binance_charset(self, value, ok):
         from django.core.exceptions import ValidationError
 
@@ -276,9 +287,12 @@ class TestClientOrderId:
 @pytest.mark.parametrize(
     "query,index",
     [
-        (lambda account: Trade.objects.filter(account=account, status="pending",
-                                              created_at__gte=timezone.now() - timedelta(days=1))
-         .order_by("-created_at", "-pk")[:50], "trade_account_status_created"),
+        (
+            lambda account: Trade.objects.filter(
+                account=account, status="pending", created_at__gte=timezone.now() - timedelta(days=1)
+            ).order_by("-created_at", "-pk")[:50],
+            "trade_account_status_created",
+        ),
         (lambda account: Trade.objects.filter(account=account, entry_order_id=123), "trade_account_entry_order"),
     ],
     ids=["get_pending_recent", "by_entry_order_id"],

@@ -19,8 +19,9 @@ ACTIONS = ("enable_tasks", "disable_tasks", "toggle_tasks", "run_tasks")
 def schedules():
     """The schedules the migration created (reconcile, positions, deep pass, pruning), plus one disabled."""
     every, _ = IntervalSchedule.objects.get_or_create(every=30, period="seconds")
-    PeriodicTask.objects.create(name="test: disabled", task="reconciliation.tasks.reconcile_all_accounts",
-                                interval=every, enabled=False)
+    PeriodicTask.objects.create(
+        name="test: disabled", task="reconciliation.tasks.reconcile_all_accounts", interval=every, enabled=False
+    )
     return list(PeriodicTask.objects.order_by("pk"))
 
 
@@ -39,8 +40,9 @@ def state():
 
 
 def post_action(client, action, objects):
-    return post_form(client, CHANGELIST, {"action": action, ACTION_CHECKBOX_NAME: [str(o.pk) for o in objects],
-                                          "index": "0"})
+    return post_form(
+        client, CHANGELIST, {"action": action, ACTION_CHECKBOX_NAME: [str(o.pk) for o in objects], "index": "0"}
+    )
 
 
 @pytest.mark.parametrize("role", ["observer", "operator"])
@@ -71,8 +73,12 @@ def test_view_only_users_see_a_schedule_read_only(role, schedules):
     assert task.name in page.content.decode()
     assert 'name="enabled"' not in page.content.decode()  # no input: read-only
     before = state()
-    assert post_form(client, url, {"name": task.name, "task": task.task, "enabled": "",
-                                   "interval": task.interval_id}).status_code == 403
+    assert (
+        post_form(
+            client, url, {"name": task.name, "task": task.task, "enabled": "", "interval": task.interval_id}
+        ).status_code
+        == 403
+    )
     assert state() == before
     add = reverse("admin:django_celery_beat_periodictask_add")
     assert client.get(add).status_code == 403

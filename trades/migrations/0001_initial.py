@@ -9,86 +9,160 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Account',
+            name="Account",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64, unique=True)),
-                ('api_key', models.CharField(max_length=128)),
-                ('api_secret', trades.fields.EncryptedTextField(help_text='Encrypted at rest with FIELD_ENCRYPTION_KEY; never shown.')),
-                ('is_active', models.BooleanField(default=True)),
-                ('use_testnet', models.BooleanField(default=False, help_text="Talk to Binance's futures testnet URLs.")),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=64, unique=True)),
+                ("api_key", models.CharField(max_length=128)),
+                (
+                    "api_secret",
+                    trades.fields.EncryptedTextField(
+                        help_text="Encrypted at rest with FIELD_ENCRYPTION_KEY; never shown."
+                    ),
+                ),
+                ("is_active", models.BooleanField(default=True)),
+                (
+                    "use_testnet",
+                    models.BooleanField(default=False, help_text="Talk to Binance's futures testnet URLs."),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Trade',
+            name="Trade",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('symbol', models.CharField(max_length=32)),
-                ('side', models.CharField(choices=[('BUY', 'BUY'), ('SELL', 'SELL')], max_length=4)),
-                ('quantity', models.DecimalField(decimal_places=10, max_digits=28)),
-                ('price', models.DecimalField(blank=True, decimal_places=10, help_text='Limit price; empty for market orders.', max_digits=28, null=True)),
-                ('status', models.CharField(choices=[('pending', 'pending'), ('open', 'open'), ('closed', 'closed'), ('cancelled', 'cancelled'), ('failed', 'failed')], default='pending', max_length=16)),
-                ('status_reason', models.CharField(blank=True, default='', max_length=255)),
-                ('client_order_id', models.CharField(blank=True, max_length=36, null=True, validators=[django.core.validators.RegexValidator('^[\\.A-Z\\:/a-z0-9_-]{1,36}$', 'Binance allows 1-36 characters of letters, digits and . : / _ -')])),
-                ('entry_order_id', models.BigIntegerField(blank=True, help_text='Binance orderId of the entry order.', null=True)),
-                ('filled_qty', models.DecimalField(decimal_places=10, default=Decimal('0'), max_digits=28)),
-                ('entry_price', models.DecimalField(blank=True, decimal_places=10, help_text='Average fill price.', max_digits=28, null=True)),
-                ('exchange_status', models.CharField(blank=True, default='', help_text='Last Binance status seen.', max_length=24)),
-                ('exchange_update_time', models.BigIntegerField(blank=True, help_text='Binance updateTime (ms) of the last snapshot applied.', null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('opened_at', models.DateTimeField(blank=True, null=True)),
-                ('closed_at', models.DateTimeField(blank=True, null=True)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='trades', to='trades.account')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("symbol", models.CharField(max_length=32)),
+                ("side", models.CharField(choices=[("BUY", "BUY"), ("SELL", "SELL")], max_length=4)),
+                ("quantity", models.DecimalField(decimal_places=10, max_digits=28)),
+                (
+                    "price",
+                    models.DecimalField(
+                        blank=True,
+                        decimal_places=10,
+                        help_text="Limit price; empty for market orders.",
+                        max_digits=28,
+                        null=True,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("open", "open"),
+                            ("closed", "closed"),
+                            ("cancelled", "cancelled"),
+                            ("failed", "failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("status_reason", models.CharField(blank=True, default="", max_length=255)),
+                (
+                    "client_order_id",
+                    models.CharField(
+                        blank=True,
+                        max_length=36,
+                        null=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[\\.A-Z\\:/a-z0-9_-]{1,36}$",
+                                "Binance allows 1-36 characters of letters, digits and . : / _ -",
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "entry_order_id",
+                    models.BigIntegerField(blank=True, help_text="Binance orderId of the entry order.", null=True),
+                ),
+                ("filled_qty", models.DecimalField(decimal_places=10, default=Decimal("0"), max_digits=28)),
+                (
+                    "entry_price",
+                    models.DecimalField(
+                        blank=True, decimal_places=10, help_text="Average fill price.", max_digits=28, null=True
+                    ),
+                ),
+                (
+                    "exchange_status",
+                    models.CharField(blank=True, default="", help_text="Last Binance status seen.", max_length=24),
+                ),
+                (
+                    "exchange_update_time",
+                    models.BigIntegerField(
+                        blank=True, help_text="Binance updateTime (ms) of the last snapshot applied.", null=True
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("opened_at", models.DateTimeField(blank=True, null=True)),
+                ("closed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="trades", to="trades.account"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='TradeEvent',
+            name="TradeEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('source', models.CharField(max_length=32)),
-                ('from_status', models.CharField(blank=True, max_length=16)),
-                ('to_status', models.CharField(blank=True, max_length=16)),
-                ('filled_qty', models.DecimalField(blank=True, decimal_places=10, max_digits=28, null=True)),
-                ('payload', models.JSONField(blank=True, default=dict)),
-                ('actor', models.CharField(blank=True, default='', help_text='Admin user, when a person acted.', max_length=150)),
-                ('trade', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='events', to='trades.trade')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("source", models.CharField(max_length=32)),
+                ("from_status", models.CharField(blank=True, max_length=16)),
+                ("to_status", models.CharField(blank=True, max_length=16)),
+                ("filled_qty", models.DecimalField(blank=True, decimal_places=10, max_digits=28, null=True)),
+                ("payload", models.JSONField(blank=True, default=dict)),
+                (
+                    "actor",
+                    models.CharField(
+                        blank=True, default="", help_text="Admin user, when a person acted.", max_length=150
+                    ),
+                ),
+                (
+                    "trade",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="events", to="trades.trade"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'pk'],
+                "ordering": ["created_at", "pk"],
             },
         ),
         migrations.AddIndex(
-            model_name='trade',
-            index=models.Index(fields=['account', 'status', 'created_at'], name='trade_account_status_created'),
+            model_name="trade",
+            index=models.Index(fields=["account", "status", "created_at"], name="trade_account_status_created"),
         ),
         migrations.AddIndex(
-            model_name='trade',
-            index=models.Index(fields=['account', 'entry_order_id'], name='trade_account_entry_order'),
+            model_name="trade",
+            index=models.Index(fields=["account", "entry_order_id"], name="trade_account_entry_order"),
         ),
         migrations.AddConstraint(
-            model_name='trade',
-            constraint=models.UniqueConstraint(fields=('account', 'client_order_id'), name='trade_unique_client_order_id'),
+            model_name="trade",
+            constraint=models.UniqueConstraint(
+                fields=("account", "client_order_id"), name="trade_unique_client_order_id"
+            ),
         ),
         migrations.AddIndex(
-            model_name='tradeevent',
-            index=models.Index(fields=['trade', 'created_at'], name='tradeevent_trade_created'),
+            model_name="tradeevent",
+            index=models.Index(fields=["trade", "created_at"], name="tradeevent_trade_created"),
         ),
     ]

@@ -4,25 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trades', '0001_initial'),
+        ("trades", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='trade',
-            name='exit_price',
-            field=models.DecimalField(blank=True, decimal_places=10, help_text='Average closing price, if known.', max_digits=28, null=True),
+            model_name="trade",
+            name="exit_price",
+            field=models.DecimalField(
+                blank=True, decimal_places=10, help_text="Average closing price, if known.", max_digits=28, null=True
+            ),
         ),
         migrations.AddField(
-            model_name='trade',
-            name='needs_operator',
-            field=models.BooleanField(default=False, help_text='Reconciliation could not decide this trade on its own; see its events.'),
+            model_name="trade",
+            name="needs_operator",
+            field=models.BooleanField(
+                default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
+            ),
         ),
         migrations.AddField(
-            model_name='trade',
-            name='realized_pnl',
-            field=models.DecimalField(blank=True, decimal_places=10, help_text="From Binance's userTrades.", max_digits=28, null=True),
+            model_name="trade",
+            name="realized_pnl",
+            field=models.DecimalField(
+                blank=True, decimal_places=10, help_text="From Binance's userTrades.", max_digits=28, null=True
+            ),
         ),
     ]

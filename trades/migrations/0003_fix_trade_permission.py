@@ -4,14 +4,18 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trades', '0002_close_and_flag_fields'),
+        ("trades", "0002_close_and_flag_fields"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='trade',
-            options={'ordering': ['-created_at'], 'permissions': [('fix_trade', 'Can fix trades (admin actions: verify, cancel, mark, reconcile, orphans)')]},
+            name="trade",
+            options={
+                "ordering": ["-created_at"],
+                "permissions": [
+                    ("fix_trade", "Can fix trades (admin actions: verify, cancel, mark, reconcile, orphans)")
+                ],
+            },
         ),
     ]

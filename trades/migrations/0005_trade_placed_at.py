@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trades', '0004_operator_groups'),
+        ("trades", "0004_operator_groups"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='trade',
-            name='placed_at',
-            field=models.DateTimeField(blank=True, help_text='When the entry order was sent to Binance (the not-found grace runs from it).', null=True),
+            model_name="trade",
+            name="placed_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="When the entry order was sent to Binance (the not-found grace runs from it).",
+                null=True,
+            ),
         ),
     ]

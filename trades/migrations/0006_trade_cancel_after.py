@@ -4,24 +4,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trades', '0005_trade_placed_at'),
+        ("trades", "0005_trade_placed_at"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='trade',
-            name='cancel_after',
-            field=models.DateTimeField(blank=True, help_text="The entry's deadline (the database's clock): a pending trade still pending after it is cancelled and verified by the deadline sweep, whatever happened to its countdown message.", null=True),
+            model_name="trade",
+            name="cancel_after",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="The entry's deadline (the database's clock): a pending trade still pending after it is cancelled and verified by the deadline sweep, whatever happened to its countdown message.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='trade',
-            name='cancel_sent_at',
-            field=models.DateTimeField(blank=True, help_text="When the deadline's cancel was last sent (by the countdown or the sweep, whichever claimed it).", null=True),
+            model_name="trade",
+            name="cancel_sent_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="When the deadline's cancel was last sent (by the countdown or the sweep, whichever claimed it).",
+                null=True,
+            ),
         ),
         migrations.AddIndex(
-            model_name='trade',
-            index=models.Index(fields=['status', 'cancel_sent_at', 'cancel_after'], name='trade_deadline_sweep'),
+            model_name="trade",
+            index=models.Index(fields=["status", "cancel_sent_at", "cancel_after"], name="trade_deadline_sweep"),
         ),
     ]

@@ -8,15 +8,24 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trades', '0006_trade_cancel_after'),
+        ("trades", "0006_trade_cancel_after"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='trade',
-            name='client_order_id',
-            field=trades.fields.CaseSensitiveCharField(blank=True, max_length=36, null=True, validators=[django.core.validators.RegexValidator('^[\\.A-Z\\:/a-z0-9_-]{1,36}$', 'Binance allows 1-36 characters of letters, digits and . : / _ -')]),
+            model_name="trade",
+            name="client_order_id",
+            field=trades.fields.CaseSensitiveCharField(
+                blank=True,
+                max_length=36,
+                null=True,
+                validators=[
+                    django.core.validators.RegexValidator(
+                        "^[\\.A-Z\\:/a-z0-9_-]{1,36}$",
+                        "Binance allows 1-36 characters of letters, digits and . : / _ -",
+                    )
+                ],
+            ),
         ),
     ]

@@ -4,24 +4,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trades', '0007_client_order_id_case_sensitive'),
+        ("trades", "0007_client_order_id_case_sensitive"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='trade',
-            name='not_found_recheck_at',
-            field=models.DateTimeField(blank=True, help_text='When a trade failed as not found on exchange is looked up again; empty: never again.', null=True),
+            model_name="trade",
+            name="not_found_recheck_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="When a trade failed as not found on exchange is looked up again; empty: never again.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='trade',
-            name='not_found_rechecks',
-            field=models.PositiveSmallIntegerField(default=0, help_text='Look-ups made since the trade was failed as not found on exchange.'),
+            model_name="trade",
+            name="not_found_rechecks",
+            field=models.PositiveSmallIntegerField(
+                default=0, help_text="Look-ups made since the trade was failed as not found on exchange."
+            ),
         ),
         migrations.AddIndex(
-            model_name='trade',
-            index=models.Index(fields=['account', 'not_found_recheck_at'], name='trade_account_nf_recheck'),
+            model_name="trade",
+            index=models.Index(fields=["account", "not_found_recheck_at"], name="trade_account_nf_recheck"),
         ),
     ]

@@ -5,40 +5,68 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trades', '0008_not_found_recheck'),
+        ("trades", "0008_not_found_recheck"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='trade',
-            name='exit_fill_id',
-            field=models.BigIntegerField(blank=True, editable=False, help_text='Binance userTrades id of the last exit fill applied (fills are applied once, in id order).', null=True),
+            model_name="trade",
+            name="exit_fill_id",
+            field=models.BigIntegerField(
+                blank=True,
+                editable=False,
+                help_text="Binance userTrades id of the last exit fill applied (fills are applied once, in id order).",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='account',
-            name='dual_side_position',
-            field=models.BooleanField(blank=True, editable=False, help_text='Hedge mode on Binance (LONG and SHORT positions per symbol); empty until first read.', null=True),
+            model_name="account",
+            name="dual_side_position",
+            field=models.BooleanField(
+                blank=True,
+                editable=False,
+                help_text="Hedge mode on Binance (LONG and SHORT positions per symbol); empty until first read.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='account',
-            name='position_mode_checked_at',
+            model_name="account",
+            name="position_mode_checked_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='trade',
-            name='closed_qty',
-            field=models.DecimalField(decimal_places=10, default=Decimal('0'), help_text='Closed by exits so far; the open quantity is filled − closed.', max_digits=28),
+            model_name="trade",
+            name="closed_qty",
+            field=models.DecimalField(
+                decimal_places=10,
+                default=Decimal("0"),
+                help_text="Closed by exits so far; the open quantity is filled − closed.",
+                max_digits=28,
+            ),
         ),
         migrations.AddField(
-            model_name='trade',
-            name='position_gone_at',
-            field=models.DateTimeField(blank=True, editable=False, help_text='First position read that found no position for the trade; a second read confirms the close.', null=True),
+            model_name="trade",
+            name="position_gone_at",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="First position read that found no position for the trade; a second read confirms the close.",
+                null=True,
+            ),
         ),
         migrations.AddField(
-            model_name='trade',
-            name='position_side',
-            field=models.CharField(choices=[('BOTH', 'BOTH (one-way mode)'), ('LONG', 'LONG (hedge mode)'), ('SHORT', 'SHORT (hedge mode)')], default='BOTH', help_text="Binance's positionSide of the entry: BOTH in one-way mode, LONG / SHORT in hedge mode.", max_length=5),
+            model_name="trade",
+            name="position_side",
+            field=models.CharField(
+                choices=[
+                    ("BOTH", "BOTH (one-way mode)"),
+                    ("LONG", "LONG (hedge mode)"),
+                    ("SHORT", "SHORT (hedge mode)"),
+                ],
+                default="BOTH",
+                help_text="Binance's positionSide of the entry: BOTH in one-way mode, LONG / SHORT in hedge mode.",
+                max_length=5,
+            ),
         ),
     ]

@@ -51,9 +51,23 @@ class Command(BaseCommand):
     def _format(account, report, *, as_json):
         if as_json:
             return json_dumps({"account": account.name, **report})
-        keys = ["outcome", "checked", "opened", "progress", "cancelled", "failed", "corrected", "unchanged",
-                "resting", "not_found_in_grace", "needs_operator", "errors", "weight_used", "http_calls",
-                "duration_ms"]
+        keys = [
+            "outcome",
+            "checked",
+            "opened",
+            "progress",
+            "cancelled",
+            "failed",
+            "corrected",
+            "unchanged",
+            "resting",
+            "not_found_in_grace",
+            "needs_operator",
+            "errors",
+            "weight_used",
+            "http_calls",
+            "duration_ms",
+        ]
         always = {"checked", "weight_used"}
         parts = [f"{key}={report[key]}" for key in keys if report.get(key) not in (0, None) or key in always]
         parts += [f"{key}={value}" for key, value in report.get("extra", {}).items()]

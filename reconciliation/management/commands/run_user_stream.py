@@ -13,8 +13,14 @@ class Command(BaseCommand):
     help = "Stream Binance user-data events for every active account (or the named ones) into the trades."
 
     def add_arguments(self, parser):
-        parser.add_argument("--account", action="extend", nargs="+", metavar="NAME", dest="accounts",
-                            help="stream only these accounts (repeatable); default: every active account")
+        parser.add_argument(
+            "--account",
+            action="extend",
+            nargs="+",
+            metavar="NAME",
+            dest="accounts",
+            help="stream only these accounts (repeatable); default: every active account",
+        )
 
     def handle(self, *args, accounts=None, **options):
         if accounts:
