@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast migrate venv clean
+.PHONY: run test test-fast lint migrate venv clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian/Ubuntu run 'apt-get install python3-venv'"; exit 1; }
@@ -46,6 +46,13 @@ test: venv
 # `make run` smoke test. `make test` stays the whole suite (what CI runs).
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not e2e and not browser and not slow" --ignore=tests/e2e $(PYTEST_ARGS)
+
+# make lint: what to run before pushing (CI runs it too): ruff's lint rules, ruff's formatting, mypy with the Django and
+# Celery stubs. Settings in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf var/celery-broker var/test
