@@ -66,7 +66,8 @@ class SandboxControl:
 
     def stats(self) -> dict:
         """{requests: {"GET /fapi/v1/order": n}, weight: {...}, statuses: {...}, total_requests, total_weight,
-        used_weight_1m: {source IP: used}, weight_limit, ip_weight_limits: {ip: limit},
+        requests_by_api_key: {key: n}, statuses_by_api_key: {key: {"200": n}}, used_weight_1m: {source IP: used},
+        weight_limit, ip_weight_limits: {ip: limit},
         bans: {ip: {bans, banned_until}}}."""
         return self._call("GET", "/stats")
 

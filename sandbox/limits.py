@@ -179,12 +179,14 @@ class Stats:
     requests: dict[str, int] = field(default_factory=dict)  # "GET /fapi/v1/order" -> count
     weight: dict[str, int] = field(default_factory=dict)  # same key -> weight charged
     statuses: dict[str, int] = field(default_factory=dict)  # "200" -> count
-    by_api_key: dict[str, int] = field(default_factory=dict)  # X-MBX-APIKEY -> requests (tests isolate by key)
+    # X-MBX-APIKEY -> {"200": count}: tests sharing the session's sandbox count their own account's traffic only
+    by_api_key: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def record(self, endpoint: str, weight: int, status: int, api_key: str = "") -> None:
         self.requests[endpoint] = self.requests.get(endpoint, 0) + 1
         if api_key:
-            self.by_api_key[api_key] = self.by_api_key.get(api_key, 0) + 1
+            mine = self.by_api_key.setdefault(api_key, {})
+            mine[str(status)] = mine.get(str(status), 0) + 1
         self.weight[endpoint] = self.weight.get(endpoint, 0) + weight
         key = str(status)
         self.statuses[key] = self.statuses.get(key, 0) + 1
@@ -200,7 +202,8 @@ class Stats:
             "requests": dict(self.requests),
             "weight": dict(self.weight),
             "statuses": dict(self.statuses),
-            "requests_by_api_key": dict(self.by_api_key),
+            "requests_by_api_key": {key: sum(counts.values()) for key, counts in self.by_api_key.items()},
+            "statuses_by_api_key": {key: dict(counts) for key, counts in self.by_api_key.items()},
             "total_requests": sum(self.requests.values()),
             "total_weight": sum(self.weight.values()),
         }
