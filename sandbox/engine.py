@@ -229,7 +229,7 @@ class Engine:
                 continue
             held = [account.positions.get((name, side)) for side in sides]
             if any(p is not None and p.amount for p in held) or name in with_orders:
-                rows += [(p or Position(sym, side=side)).risk_v3() for p, side in zip(held, sides)]
+                rows += [(p or Position(sym, side=side)).risk_v3() for p, side in zip(held, sides, strict=True)]
         return rows
 
     def lag_position_reads(self, account: Account, count: int, mode: str) -> None:
