@@ -154,6 +154,7 @@ def test_two_runners_share_the_accounts_and_never_stream_one_twice(binance, make
 
 
 @live
+@pytest.mark.slow  # a runner killed, its accounts taken over after the takeover time, in real time
 def test_a_crashed_runners_accounts_are_taken_over_and_reconciled_within_the_takeover_time(
     binance, make_account, runners, monkeypatch
 ):
@@ -215,6 +216,7 @@ def test_a_runner_joining_takes_its_share_and_one_leaving_hands_its_accounts_bac
 
 
 @live
+@pytest.mark.slow  # waits out another holder's 3 s lease in real time
 def test_a_lost_lease_closes_the_socket_and_it_is_not_reopened_while_another_holds_it(
     binance, make_account, runners, caplog
 ):

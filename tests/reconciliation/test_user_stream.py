@@ -650,6 +650,7 @@ def test_excerpt_is_short_printable_and_masks_keys():
 # --- the process: manage.py run_user_stream, SIGTERM ------------------------------------------------------------
 
 
+@pytest.mark.slow  # a manage.py process: migrate, stream, SIGTERM (~5 s)
 def test_run_user_stream_command_streams_the_named_accounts_and_sigterm_closes_keys_and_exits_0(exchange, tmp_path):
     """Its own SQLite file DB (the test database is invisible to another process): migrate, create two accounts,
     stream one of them, SIGTERM."""

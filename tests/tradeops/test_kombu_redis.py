@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.worker,
+    pytest.mark.slow,  # a Redis server and a worker process, restarted: ~10 s
     pytest.mark.timeout(120),
     pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server on PATH"),
 ]
