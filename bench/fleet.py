@@ -81,16 +81,22 @@ def make_fleet(control, prefix: str, accounts: int, trades: int, symbols: list[s
     return ids
 
 
-class _NoBudget:
+class _NoBudget(egress.WeightBudget):
     """The seed had no shared budget: nothing is ever held back, each process learns of a 429/418 on its own."""
 
-    def acquire(self, *args):
+    def acquire(self, egress: str, weight: int, cap: int, now_ms: int) -> None:
         return None
 
-    def record_used(self, *args):
+    def record_used(self, egress: str, used: int, now_ms: int) -> None:
         pass
 
-    def mark_limited(self, *args):
+    def mark_limited(self, egress: str, until_ms: int, banned: bool) -> None:
+        pass
+
+    def used(self, egress: str, now_ms: int) -> int:
+        return 0
+
+    def clear(self) -> None:
         pass
 
 
