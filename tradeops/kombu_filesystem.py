@@ -17,9 +17,9 @@ from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
-    # The signature of kombu's own filesystem.Channel._put (celery-types' stub ignores the same [override]: it
+    # The signature of kombu's own filesystem.Channel._put; celery-types' stub ignores the same [override] there (it
     # names AbstractChannel's `message` `payload`).
-    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]
+    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]  # as kombu's
         filename = os.path.join(self.data_folder_out, f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg")
         partial = f"{filename}.tmp"
         try:
