@@ -42,9 +42,13 @@ run: migrate
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# make test-fast: the inner loop — everything but the end-to-end stack (tests/e2e), the browser test and the
-# `make run` smoke test. `make test` stays the whole suite (what CI runs).
+# make test-fast: the inner loop, under a minute on 2 cores — everything but the end-to-end stack (tests/e2e), the
+# browser test and the tests marked slow (seconds of real time each: a real Celery worker or another process, a lease,
+# a ban or a Retry-After waited out; the `make run` smoke test), with the property tests on Hypothesis's dev profile
+# (a tenth of the examples, random, failures remembered under var/hypothesis; HYPOTHESIS_PROFILE=ci for CI's).
+# `make test` stays the whole suite, every property on the ci profile (what CI runs).
 test-fast: venv
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-dev} \
 	$(BIN)/python -m pytest -q -m "not e2e and not browser and not slow" --ignore=tests/e2e $(PYTEST_ARGS)
 
 # make lint: what to run before pushing (CI runs it too): ruff's lint rules, ruff's formatting, mypy with the Django and

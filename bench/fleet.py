@@ -25,20 +25,20 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _django import ROOT, setup_django  # noqa: E402
+from _django import ROOT, setup_django
 
 if not os.environ.get("CELERY_BROKER_URL", "").startswith("redis"):
     sys.exit("bench/fleet.py needs CELERY_BROKER_URL=redis://… (and, for a fair figure, DATABASE_URL=mysql://…)")
 CHILD_ENV = setup_django()
 
-from django.db import connection  # noqa: E402
-from django.test import override_settings  # noqa: E402
+from django.db import connection
+from django.test import override_settings
 
-from reconciliation.models import ReconcileRun  # noqa: E402
-from sandbox.testing import running_sandbox  # noqa: E402
-from tradeops.celery import app  # noqa: E402
-from trades import egress  # noqa: E402
-from trades.models import Account, Trade  # noqa: E402
+from reconciliation.models import ReconcileRun
+from sandbox.testing import running_sandbox
+from tradeops.celery import app
+from trades import egress
+from trades.models import Account, Trade
 
 SEED_IP, OURS_IP = "127.0.0.2", "127.0.0.3"
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
@@ -81,16 +81,22 @@ def make_fleet(control, prefix: str, accounts: int, trades: int, symbols: list[s
     return ids
 
 
-class _NoBudget:
+class _NoBudget(egress.WeightBudget):
     """The seed had no shared budget: nothing is ever held back, each process learns of a 429/418 on its own."""
 
-    def acquire(self, *args):
+    def acquire(self, egress: str, weight: int, cap: int, now_ms: int) -> None:
         return None
 
-    def record_used(self, *args):
+    def record_used(self, egress: str, used: int, now_ms: int) -> None:
         pass
 
-    def mark_limited(self, *args):
+    def mark_limited(self, egress: str, until_ms: int, banned: bool) -> None:
+        pass
+
+    def used(self, egress: str, now_ms: int) -> int:
+        return 0
+
+    def clear(self) -> None:
         pass
 
 

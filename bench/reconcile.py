@@ -18,23 +18,24 @@ import argparse
 import sys
 import time
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _django import setup_django  # noqa: E402
+from _django import setup_django
 
 setup_django()
 
-from unittest import mock  # noqa: E402
+from unittest import mock
 
-from django.db import connection  # noqa: E402
-from django.test import override_settings  # noqa: E402
+from django.db import connection
+from django.test import override_settings
 
-from reconciliation import services  # noqa: E402
-from reconciliation.services import apply_order_snapshot, fetch_order, reconcile_pending  # noqa: E402
-from sandbox.testing import running_sandbox  # noqa: E402
-from trades.binance_client import BinanceFuturesClient  # noqa: E402
-from trades.models import Account, Trade  # noqa: E402
+from reconciliation import services
+from reconciliation.services import apply_order_snapshot, fetch_order, reconcile_pending
+from sandbox.testing import running_sandbox
+from trades.binance_client import BinanceFuturesClient
+from trades.models import Account, Trade
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
 
@@ -135,9 +136,9 @@ def main() -> None:
                 for name in ("seed", "prev", "ours")
             }
             runs = {
-                "seed": lambda: seed_reconcile(books["seed"]),
-                "previous": lambda: previous_reconcile(books["prev"]),
-                "ours": lambda: reconcile_pending(books["ours"], reason="bench"),
+                "seed": partial(seed_reconcile, books["seed"]),
+                "previous": partial(previous_reconcile, books["prev"]),
+                "ours": partial(reconcile_pending, books["ours"], reason="bench"),
             }
             for again in ("", " again"):  # " again": the next beat, nothing new on the exchange
                 figures = {name: measure(sandbox.control, run) for name, run in runs.items()}

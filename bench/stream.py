@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox.testing import running_sandbox  # noqa: E402
+from sandbox.testing import running_sandbox
 
 
 def pct(values, p):
@@ -164,7 +164,7 @@ def bench_sequential(sandbox, account, client, n):
         trade = place_pending(account, client)
         started[trade.pk] = time.time()
         sandbox.control.fill_order(account.api_key, "BTCUSDT", client_order_id=trade.client_order_id)
-        wait_for(lambda: Trade.objects.filter(pk=trade.pk, status="open").exists())
+        wait_for(lambda trade=trade: Trade.objects.filter(pk=trade.pk, status="open").exists())
         trades.append(trade)
     return open_latencies_ms(trades, started)
 
@@ -215,10 +215,10 @@ def bench_gaps(sandbox, account, client, runner_thread, rounds, how):
             sandbox.control.drop_connections(account.api_key)
         else:
             sandbox.control.expire_listen_key(account.api_key)
-        wait_for(lambda: stream.connects > before)
+        wait_for(lambda before=before: stream.connects > before)
         to_connect.append((time.monotonic() - started) * 1000)
         runner_thread.connected_at[account.pk] = time.monotonic()
-        wait_for(lambda: Trade.objects.filter(pk=trade.pk, status="open").exists())
+        wait_for(lambda trade=trade: Trade.objects.filter(pk=trade.pk, status="open").exists())
         to_open.extend(open_latencies_ms([trade], {trade.pk: started_wall}))
     return to_connect, to_open
 
@@ -241,7 +241,7 @@ class RunnerThread:
     def start(self, account_ids):
         self.thread.start()
         for pk in account_ids:
-            wait_for(lambda: (s := self.runner.streams.get(pk)) is not None and s.connects >= 1, timeout=15)
+            wait_for(lambda pk=pk: (s := self.runner.streams.get(pk)) is not None and s.connects >= 1, timeout=15)
             self.connected_at[pk] = time.monotonic()
         return self
 

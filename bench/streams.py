@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox.testing import running_sandbox  # noqa: E402
+from sandbox.testing import running_sandbox
 
 # One key for every run: the accounts of an earlier run must stay readable to be deleted.
 BENCH_KEY = base64.urlsafe_b64encode(b"bench/streams.py: not a secret..").decode()
@@ -160,7 +160,9 @@ def main() -> int:
             per_holder = sorted(list(held.values()).count(h) for h in set(held.values()))
             victim_holder = max(set(held.values()), key=lambda h: list(held.values()).count(h))
             orphaned = [pk for pk, h in held.items() if h == victim_holder]
-            victim = next(proc for proc, log in zip(procs, logs) if f"holder={victim_holder} " in log.read_text())
+            victim = next(
+                proc for proc, log in zip(procs, logs, strict=True) if f"holder={victim_holder} " in log.read_text()
+            )
             os.killpg(victim.pid, signal.SIGKILL)
             killed = time.monotonic()
             victim.wait()  # reaped, as systemd would: a zombie's pid still exists

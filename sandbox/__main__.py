@@ -38,7 +38,7 @@ async def serve(args) -> None:
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, backlog=1024, reuse_address=True)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]  # the one site's socket: (host, port) or IPv6's (host, port, flow, scope)
     print(f"sandbox listening on http://{args.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,8 +55,8 @@ def main(argv=None) -> None:
         try:
             import uvloop
         except ImportError:
-            uvloop = None
-        if uvloop is not None:
+            pass  # asyncio's own loop, below
+        else:
             uvloop.run(serve(args))
             return
     asyncio.run(serve(args))

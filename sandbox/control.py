@@ -6,6 +6,8 @@ Orders are picked by ``api_key`` + ``symbol`` + (``order_id`` or ``client_order_
 
 from __future__ import annotations
 
+from typing import Any
+
 import requests
 
 
@@ -77,7 +79,7 @@ class SandboxControl:
 
     def set_weight_limit(self, limit: int, ip: str | None = None) -> dict:
         """REQUEST_WEIGHT per minute for every source IP, or for `ip` only."""
-        payload = {"limit": int(limit)}
+        payload: dict[str, Any] = {"limit": int(limit)}
         if ip:
             payload["ip"] = ip
         return self._call("POST", "/weight_limit", payload)
@@ -220,7 +222,7 @@ class SandboxControl:
     def trigger_algo_order(self, api_key: str, *, algo_id=None, client_algo_id=None, price=None) -> dict:
         """The algo order's trigger condition is met: it places its order in the matching engine (a MARKET one fills
         at once, at `price` or the symbol's). -> the algo order (algoStatus FINISHED or TRIGGERED)."""
-        payload = {"api_key": api_key}
+        payload: dict[str, Any] = {"api_key": api_key}
         if algo_id is not None:
             payload["algo_id"] = int(algo_id)
         if client_algo_id is not None:

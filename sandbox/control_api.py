@@ -170,7 +170,7 @@ class ControlApi:
         status = data.get("status", "NEW")
         now = engine.now()
         first = engine.next_order_id
-        for i in range(count):
+        for _ in range(count):
             order = Order(
                 engine.next_order_id,
                 account.api_key,

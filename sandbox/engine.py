@@ -23,6 +23,7 @@ from .models import (
     Fill,
     Order,
     Position,
+    Symbol,
     default_symbols,
     random_id,
 )
@@ -89,11 +90,11 @@ class Engine:
         except KeyError:
             raise ApiError(-2015, "Invalid API-key, IP, or permissions for action.", 401) from None
 
-    def symbol(self, name: str | None):
-        try:
-            return self.symbols[name]
-        except KeyError:
-            raise ApiError(-1121, "Invalid symbol.") from None
+    def symbol(self, name: str | None) -> Symbol:
+        found = self.symbols.get(name) if name is not None else None
+        if found is None:
+            raise ApiError(-1121, "Invalid symbol.")
+        return found
 
     # --- orders ------------------------------------------------------------------------------------
     def place_order(
@@ -229,7 +230,7 @@ class Engine:
                 continue
             held = [account.positions.get((name, side)) for side in sides]
             if any(p is not None and p.amount for p in held) or name in with_orders:
-                rows += [(p or Position(sym, side=side)).risk_v3() for p, side in zip(held, sides)]
+                rows += [(p or Position(sym, side=side)).risk_v3() for p, side in zip(held, sides, strict=True)]
         return rows
 
     def lag_position_reads(self, account: Account, count: int, mode: str) -> None:
@@ -704,6 +705,8 @@ class Engine:
 
     def _drop_listen_key(self, account: Account, expired: bool) -> None:
         key = account.listen_key
+        if key is None:  # every caller checked that there is one
+            return
         account.listen_key, account.listen_key_expires = None, 0
         self.listen_keys.pop(key, None)
         self.on_listen_key_gone(account, key, expired)

@@ -28,6 +28,14 @@ def random_id(n: int) -> str:
     return "".join(secrets.choice(_ALNUM) for _ in range(n))
 
 
+def _places(step: Decimal) -> int:
+    """Decimal places of a (finite) tick or step size: 0.01 → 2, 1 → 0."""
+    exponent = step.as_tuple().exponent
+    if not isinstance(exponent, int):  # NaN / Infinity: "n", "N", "F"
+        raise ValueError(f"not a finite step: {step}")
+    return max(0, -exponent)
+
+
 @dataclass
 class Symbol:
     symbol: str
@@ -54,8 +62,7 @@ class Symbol:
         return format(value.quantize(self.tick * self.step), "f") if value else "0"
 
     def exchange_info(self) -> dict:
-        price_prec = max(0, -self.tick.as_tuple().exponent)
-        qty_prec = max(0, -self.step.as_tuple().exponent)
+        price_prec, qty_prec = _places(self.tick), _places(self.step)
         return {
             "symbol": self.symbol,
             "pair": self.symbol,

@@ -55,6 +55,7 @@ def running_sandbox(
     try:
         url = _wait_for_listening(proc, start_timeout)
         # Keep draining stdout so the child can never block on a full pipe.
+        assert proc.stdout is not None  # stdout=PIPE
         threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield SandboxHandle(url, "ws" + url[4:], SandboxControl(url), proc)
     finally:
@@ -69,9 +70,11 @@ def running_sandbox(
 
 def _wait_for_listening(proc: subprocess.Popen, timeout: float) -> str:
     found: list[str] = []
+    stdout = proc.stdout
+    assert stdout is not None  # stdout=PIPE
 
-    def read():
-        for line in proc.stdout:
+    def read() -> None:
+        for line in stdout:
             match = _LISTENING.search(line)
             if match:
                 found.append(match.group(1))

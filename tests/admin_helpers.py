@@ -1,10 +1,10 @@
-"""Users for admin tests: an operator (operators group: view + trades.fix_trade) and an observer (view only)."""
+"""Users for admin tests: an operator (operators group: view + trades.fix_trade) and an observer (view only). The
+fixtures (operator, observer, operator_client, observer_client) are in tests/conftest.py."""
 
-import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Group
 
-from trades.permissions import OBSERVERS, OPERATORS, ensure_operator_groups
+from trades.permissions import ensure_operator_groups
 
 
 def staff_in(django_user_model, username: str, group: str):
@@ -12,28 +12,6 @@ def staff_in(django_user_model, username: str, group: str):
     user = django_user_model.objects.create_user(username, password="pw-for-tests-only", is_staff=True)
     user.groups.add(Group.objects.get(name=group))
     return user
-
-
-@pytest.fixture
-def operator(django_user_model):
-    return staff_in(django_user_model, "night-operator", OPERATORS)
-
-
-@pytest.fixture
-def observer(django_user_model):
-    return staff_in(django_user_model, "observer", OBSERVERS)
-
-
-@pytest.fixture
-def operator_client(client, operator):
-    client.force_login(operator)
-    return client
-
-
-@pytest.fixture
-def observer_client(client, observer):
-    client.force_login(observer)
-    return client
 
 
 def run_action(client, url: str, action: str, objects, **extra):

@@ -1,9 +1,11 @@
 import pytest
 from django.db import connection
 
+from tests.admin_helpers import staff_in
 from tests.factories import AccountFactory
 from trades import egress
 from trades.binance_client import EXCHANGE_CLOCK
+from trades.permissions import OBSERVERS, OPERATORS
 
 pytest_plugins = ["sandbox.pytest_plugin"]
 
@@ -67,3 +69,28 @@ def make_account(binance, db):
 @pytest.fixture
 def account(make_account):
     return make_account()
+
+
+@pytest.fixture
+def operator(django_user_model):
+    """A staff user in the operators group (view + trades.fix_trade); operator_client is the test client logged in as
+    them. observer / observer_client: the observers group (view only). Used by the admin tests of trades and
+    reconciliation (tests/admin_helpers.py has staff_in and run_action)."""
+    return staff_in(django_user_model, "night-operator", OPERATORS)
+
+
+@pytest.fixture
+def observer(django_user_model):
+    return staff_in(django_user_model, "observer", OBSERVERS)
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def observer_client(client, observer):
+    client.force_login(observer)
+    return client

@@ -8,14 +8,18 @@ name no consumer picks (`….msg.tmp`) and renamed into place, which is atomic w
 import os
 import uuid
 from time import monotonic
+from typing import Any
 
+from kombu.exceptions import ChannelError
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue, payload, **kwargs):
+    # The signature of kombu's own filesystem.Channel._put; celery-types' stub ignores the same [override] there (it
+    # names AbstractChannel's `message` `payload`).
+    def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]  # as kombu's
         filename = os.path.join(self.data_folder_out, f"{int(round(monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg")
         partial = f"{filename}.tmp"
         try:
@@ -23,7 +27,7 @@ class Channel(filesystem.Channel):
                 f.write(str_to_bytes(dumps(payload)))
             os.replace(partial, filename)
         except OSError as exc:
-            raise filesystem.ChannelError(f"Cannot add file {filename!r} to directory") from exc
+            raise ChannelError(f"Cannot add file {filename!r} to directory") from exc
 
 
 class Transport(filesystem.Transport):

@@ -34,7 +34,7 @@ class Channel(redis.Channel):
     def _connparams(self, asynchronous=False):
         if self.connection.client is None:  # detached by Connection.collect() while this channel was half closed
             self.connection.client = self._opened_on
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]  # kombu's, not in celery-types' stub
 
 
 class Transport(redis.Transport):

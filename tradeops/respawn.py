@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     cap = _env_float("RESPAWN_BACKOFF_MAX_SEC", 60)
     reset_after = _env_float("RESPAWN_RESET_AFTER_SEC", 60)
 
-    stopping = []  # the stop signal received, if any
+    stopping: list[int] = []  # the stop signal received, if any
     child = None
 
     def on_stop(signum, _frame):

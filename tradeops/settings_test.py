@@ -10,12 +10,13 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-product
 os.environ.setdefault("FIELD_ENCRYPTION_KEY", "2rrJ6Kp0d3hL2n-1mGsB5t4hXn3PqGQ8l2c7Ew5oW0Y=")
 os.environ.setdefault("TRADEOPS_VAR_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "var", "test"))
 
-from .settings import *  # noqa: E402,F403
+from .settings import *  # noqa: F403 — the production settings, then the test overrides below
+from .settings import DATABASES, VAR_DIR
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not Django's shared-cache in-memory database: worker threads in the tests then get SQLite's real
     # locking (WAL + busy timeout) instead of "database table is locked".
     # One file per test run (pid): two runs in one work tree never share (and corrupt) a test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}

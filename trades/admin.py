@@ -288,7 +288,7 @@ class TradeEventInline(admin.TabularInline):
     model = TradeEvent
     extra = 0
     can_delete = False
-    fields = ["created_at", "source", "from_status", "to_status", "filled_qty", "actor", "payload"]
+    fields = ("created_at", "source", "from_status", "to_status", "filled_qty", "actor", "payload")
     readonly_fields = fields
     ordering = ["created_at", "pk"]
 

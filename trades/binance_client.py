@@ -476,9 +476,11 @@ class BinanceFuturesClient:
 
     def _all_orders_windows(self, start_time: int | None, end_time: int | None) -> list[tuple[int, int | None]]:
         if start_time is None:  # only end_time: Binance's own default, the 7 days up to it
+            if end_time is None:  # get_all_orders settles "neither bound" itself, before the windows
+                raise ValueError("start_time or end_time is needed")
             start_time = int(end_time) - ALL_ORDERS_MAX_WINDOW_MS
         open_ended = end_time is None
-        last = max(self.exchange_time_ms(), int(start_time)) if open_ended else int(end_time)
+        last = max(self.exchange_time_ms(), int(start_time)) if end_time is None else int(end_time)
         if last < start_time:
             raise ValueError("start_time is after end_time")
         windows: list[tuple[int, int | None]] = []
@@ -589,10 +591,9 @@ class BinanceFuturesClient:
         sent = time.time() * 1000
         answer = self._call("get", "time", {}, signed=False)
         received = time.time() * 1000
-        server_time = answer.get("serverTime") if isinstance(answer, dict) else None
-        if not _is_int(server_time):
+        if not isinstance(answer, dict) or not _is_int(answer.get("serverTime")):
             raise self._unusable_answer("GET /fapi/v1/time", answer)
-        offset = int(int(server_time) - (sent + received) / 2)
+        offset = int(int(answer["serverTime"]) - (sent + received) / 2)
         EXCHANGE_CLOCK.record(self.rest_url, offset)
         logger.debug("binance %s clock offset %d ms", self.account_label, offset)
         return offset

@@ -129,7 +129,7 @@ class RedisBudget(WeightBudget):
     def _keys(self, egress: str, now_ms: int) -> list[str]:
         return [f"{self.prefix}:{egress}:w:{_window(now_ms)}", f"{self.prefix}:{egress}:limited"]
 
-    def acquire(self, egress, weight, cap, now_ms):
+    def acquire(self, egress: str, weight: int, cap: int, now_ms: int) -> Refusal | None:
         kind, value, banned = self._acquire(keys=self._keys(egress, now_ms), args=[int(weight), int(cap), now_ms])
         if int(kind) == 1:
             return Refusal((int(value) - now_ms) / 1000, banned in (b"1", "1"), "limited")
@@ -137,16 +137,16 @@ class RedisBudget(WeightBudget):
             return Refusal(_remaining_window_sec(now_ms), False, "budget")
         return None
 
-    def record_used(self, egress, used, now_ms):
+    def record_used(self, egress: str, used: int, now_ms: int) -> None:
         self._record(keys=self._keys(egress, now_ms)[:1], args=[int(used)])
 
-    def mark_limited(self, egress, until_ms, banned):
+    def mark_limited(self, egress: str, until_ms: int, banned: bool) -> None:
         self._mark(keys=self._keys(egress, until_ms)[1:], args=[int(until_ms), int(banned), int(time.time() * 1000)])
 
-    def used(self, egress, now_ms):
+    def used(self, egress: str, now_ms: int) -> int:
         return int(self.redis.get(self._keys(egress, now_ms)[0]) or 0)
 
-    def clear(self):
+    def clear(self) -> None:
         for key in self.redis.scan_iter(match=f"{self.prefix}:*", count=500):
             self.redis.delete(key)
 
@@ -176,20 +176,20 @@ class SqliteBudget(WeightBudget):
         return db
 
     class _Tx:
-        def __init__(self, db):
+        def __init__(self, db: sqlite3.Connection) -> None:
             self.db = db
 
-        def __enter__(self):
+        def __enter__(self) -> sqlite3.Connection:
             self.db.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
             return self.db
 
-        def __exit__(self, exc_type, *rest):
+        def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
-    def _tx(self):
+    def _tx(self) -> SqliteBudget._Tx:
         return self._Tx(self._db())
 
-    def acquire(self, egress, weight, cap, now_ms):
+    def acquire(self, egress: str, weight: int, cap: int, now_ms: int) -> Refusal | None:
         minute = _window(now_ms)
         with self._tx() as db:
             row = db.execute("SELECT until_ms, banned FROM limited WHERE egress=?", (egress,)).fetchone()
@@ -206,7 +206,7 @@ class SqliteBudget(WeightBudget):
             db.execute("DELETE FROM weight WHERE minute < ?", (minute - 1,))
         return None
 
-    def record_used(self, egress, used, now_ms):
+    def record_used(self, egress: str, used: int, now_ms: int) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO weight VALUES (?, ?, ?) ON CONFLICT (egress, minute) "
@@ -214,7 +214,7 @@ class SqliteBudget(WeightBudget):
                 (egress, _window(now_ms), int(used)),
             )
 
-    def mark_limited(self, egress, until_ms, banned):
+    def mark_limited(self, egress: str, until_ms: int, banned: bool) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO limited VALUES (?, ?, ?) ON CONFLICT (egress) DO UPDATE SET "
@@ -223,7 +223,7 @@ class SqliteBudget(WeightBudget):
                 (egress, int(until_ms), int(banned)),
             )
 
-    def used(self, egress, now_ms):
+    def used(self, egress: str, now_ms: int) -> int:
         row = (
             self._db()
             .execute("SELECT used FROM weight WHERE egress=? AND minute=?", (egress, _window(now_ms)))
@@ -231,7 +231,7 @@ class SqliteBudget(WeightBudget):
         )
         return row[0] if row else 0
 
-    def clear(self):
+    def clear(self) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM weight")
             db.execute("DELETE FROM limited")

@@ -60,6 +60,7 @@ class CaseSensitiveCharField(models.CharField):
 
     def db_parameters(self, connection):
         params = super().db_parameters(connection)
-        if connection.vendor == "mysql" and not self.db_collation:
+        # CharField.__init__ sets db_collation; django-stubs declare it as an argument only.
+        if connection.vendor == "mysql" and not self.db_collation:  # type: ignore[attr-defined]  # see above
             params["collation"] = self.MYSQL_COLLATION
         return params

@@ -5,9 +5,12 @@ TradeEvent in the same transaction. The contract methods (`update_pending_to_fil
 `update_pending_by_entry_order_id`) and the reconciliation rule all go through it.
 """
 
+from __future__ import annotations
+
 import logging
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any, TypedDict
 
 from django.core.validators import RegexValidator
 from django.db import models, transaction
@@ -25,7 +28,15 @@ client_order_id_validator = RegexValidator(
     r"^[\.A-Z\:/a-z0-9_-]{1,36}$", "Binance allows 1-36 characters of letters, digits and . : / _ -"
 )
 
-MONEY = {"max_digits": 28, "decimal_places": 10}  # DECIMAL(28,10): 1e-8 steps and prices to 10^17
+
+class DecimalSize(TypedDict):
+    """DecimalField's size arguments, typed so that `DecimalField(**MONEY)` is checked."""
+
+    max_digits: int
+    decimal_places: int
+
+
+MONEY: DecimalSize = {"max_digits": 28, "decimal_places": 10}  # DECIMAL(28,10): 1e-8 steps and prices to 10^17
 
 
 class Account(models.Model):
@@ -48,14 +59,18 @@ class Account(models.Model):
     class Meta:
         ordering = ["name"]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.name
 
-    def __repr__(self):  # never include the keys
+    def __repr__(self) -> str:  # never include the keys
         return f"<Account {self.pk} {self.name!r}>"
 
 
-def _exact_decimal(value, name: str) -> Decimal:
+# Money as callers hand it in: a Decimal, an int or Binance's decimal string (a float is refused at run time).
+MoneyIn = Decimal | int | str
+
+
+def _exact_decimal(value: MoneyIn | float, name: str) -> Decimal:
     """Money arrives as a Decimal, an int or Binance's decimal string; a float is already rounded, so it is refused."""
     if isinstance(value, float):
         raise TypeError(f"{name} must be a Decimal or a decimal string, not a float ({value!r})")
@@ -63,10 +78,12 @@ def _exact_decimal(value, name: str) -> Decimal:
 
 
 class TradeQuerySet(models.QuerySet):
-    def pending(self):
+    def pending(self) -> TradeQuerySet:
         return self.filter(status=Trade.Status.PENDING)
 
-    def get_pending_recent(self, account_id, limit=50, max_age_sec=86400, *, before=None):
+    def get_pending_recent(
+        self, account_id: int, limit: int = 50, max_age_sec: float = 86400, *, before: Trade | None = None
+    ) -> list[Trade]:
         """Pending trades of one account created within max_age_sec, newest first, at most `limit`.
 
         `before` (a trade from the previous page) continues after it, so a caller can page through all of them.
@@ -81,15 +98,15 @@ class TradeQuerySet(models.QuerySet):
 
     def compare_and_set(
         self,
-        lookup: dict,
+        lookup: dict[str, Any],
         *,
         expected_status: str,
-        changes: dict,
+        changes: dict[str, Any],
         source: str,
         condition: Q | None = None,
-        payload: dict | None = None,
+        payload: dict[str, Any] | None = None,
         actor: str = "",
-    ):
+    ) -> Trade | None:
         """Apply `changes` to the one trade matching `lookup` if it is still in `expected_status` (and `condition`).
 
         One UPDATE and, when it changed the row, one TradeEvent, in one transaction. Returns the updated trade, or
@@ -115,7 +132,16 @@ class TradeQuerySet(models.QuerySet):
             )
         return trade
 
-    def _fill_pending(self, lookup: dict, *, order_id, filled_qty, avg_price, source: str, log_ref: str) -> bool:
+    def _fill_pending(
+        self,
+        lookup: dict[str, Any],
+        *,
+        order_id: int | None,
+        filled_qty: MoneyIn,
+        avg_price: MoneyIn,
+        source: str,
+        log_ref: str,
+    ) -> bool:
         filled_qty, avg_price = _exact_decimal(filled_qty, "filled_qty"), _exact_decimal(avg_price, "avg_price")
         changes = {
             "status": Trade.Status.OPEN,
@@ -150,7 +176,16 @@ class TradeQuerySet(models.QuerySet):
         )
         return True
 
-    def update_pending_to_filled(self, account_id, client_order_id, *, order_id, filled_qty, avg_price, source) -> bool:
+    def update_pending_to_filled(
+        self,
+        account_id: int,
+        client_order_id: str,
+        *,
+        order_id: int | None,
+        filled_qty: MoneyIn,
+        avg_price: MoneyIn,
+        source: str,
+    ) -> bool:
         """pending → open for the trade with this client order id. True only for the call that made the change."""
         return self._fill_pending(
             {"account_id": account_id, "client_order_id": client_order_id},
@@ -161,7 +196,9 @@ class TradeQuerySet(models.QuerySet):
             log_ref=f"client_order_id={client_order_id}",
         )
 
-    def update_pending_by_entry_order_id(self, account_id, entry_order_id, *, filled_qty, avg_price, source) -> bool:
+    def update_pending_by_entry_order_id(
+        self, account_id: int, entry_order_id: int, *, filled_qty: MoneyIn, avg_price: MoneyIn, source: str
+    ) -> bool:
         """pending → open for the trade with this Binance order id. True only for the call that made the change.
 
         Binance order ids are unique per symbol, not per account: if two pending trades of the account carry the
@@ -314,7 +351,7 @@ class Trade(models.Model):
         """Signed open quantity: what the trade adds to its (symbol, position side) on Binance."""
         return self.open_qty if self.side == Trade.Side.BUY else -self.open_qty
 
-    def __str__(self):
+    def __str__(self) -> str:
         return (
             f"{self.symbol} {self.side} {self.quantity} [{self.status}] {self.client_order_id or self.entry_order_id}"
         )
@@ -347,5 +384,5 @@ class TradeEvent(models.Model):
         ordering = ["created_at", "pk"]
         indexes = [models.Index(fields=["trade", "created_at"], name="tradeevent_trade_created")]
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.trade_id}: {self.from_status} → {self.to_status} ({self.source})"

@@ -10,6 +10,7 @@ withheld the same way. Imported by trades/admin.py, which re-registers the sched
 """
 
 from functools import wraps
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
@@ -27,17 +28,26 @@ def needs_change_permission(action):
             raise PermissionDenied
         return action(modeladmin, request, queryset)
 
-    guarded.allowed_permissions = ("change",)
-    return guarded
+    return admin.action(permissions=("change",))(guarded)
 
 
-class ChangePermissionActionsMixin:
+if TYPE_CHECKING:  # the mixin goes before a ModelAdmin: what it calls on super() and self is the ModelAdmin's
+    _ModelAdminBase = admin.ModelAdmin[Any]
+else:
+    _ModelAdminBase = object
+
+
+class ChangePermissionActionsMixin(_ModelAdminBase):
     def get_actions(self, request):
         actions = super().get_actions(request)
         if self.has_change_permission(request):
             return actions
         # An action that declares no permission of its own is for users who may change schedules only.
-        return {name: action for name, action in actions.items() if getattr(action[0], "allowed_permissions", None)}
+        return {
+            name: action
+            for name, action in actions.items()
+            if action is not None and getattr(action[0], "allowed_permissions", None)
+        }
 
 
 class PeriodicTaskAdmin(ChangePermissionActionsMixin, beat_admin.PeriodicTaskAdmin):

@@ -13,6 +13,7 @@ import os
 import signal
 import uuid
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from django.urls import reverse
@@ -246,7 +247,7 @@ def test_a_healthy_stream_is_audited_every_reconcile_audit_sec_and_a_stalled_one
 
     wait_for(lambda: beats.count() >= 2, timeout=40, message="two beat audits of the healthy stream")
     starts = list(audits.order_by("started_at").values_list("started_at", "duration_ms"))
-    for (before, took), (after, _) in zip(starts, starts[1:]):
+    for (before, took), (after, _) in pairwise(starts):
         # the next audit is sent only once the last one finished RECONCILE_AUDIT_SEC ago (one host's clock)
         assert after - (before + timedelta(milliseconds=took)) >= timedelta(seconds=AUDIT_SEC - 0.05)
 
@@ -263,7 +264,7 @@ def test_a_healthy_stream_is_audited_every_reconcile_audit_sec_and_a_stalled_one
 
         def close_together():
             times = list(stale.order_by("started_at").values_list("started_at", flat=True))
-            return any(b - a < timedelta(seconds=AUDIT_SEC - 1) for a, b in zip(times, times[1:]))
+            return any(b - a < timedelta(seconds=AUDIT_SEC - 1) for a, b in pairwise(times))
 
         wait_for(close_together, timeout=40, message="beat audits less than RECONCILE_AUDIT_SEC apart")
     finally:

@@ -111,7 +111,7 @@ def order_lives(draw, *, ends=ENDS, symbol=None, client_order_id=None) -> OrderL
     if end == WORKING and not cumulative or draw(st.booleans()):
         states.append(("NEW", Decimal("0"), Decimal("0")))
     notional, done = Decimal("0"), 0
-    for i, (cum, fill_price) in enumerate(zip(cumulative, fill_prices)):
+    for i, (cum, fill_price) in enumerate(zip(cumulative, fill_prices, strict=True)):
         notional += (cum - done) * QTY_STEP * fill_price
         done = cum
         executed = cum * QTY_STEP
@@ -140,7 +140,7 @@ def order_lives(draw, *, ends=ENDS, symbol=None, client_order_id=None) -> OrderL
             created=created,
             updated=updated,
         )
-        for (status, executed, avg), updated in zip(states, times)
+        for (status, executed, avg), updated in zip(states, times, strict=True)
     )
     return OrderLife(symbol, client_order_id, order_id, quantity, price, end, snapshots)
 

@@ -8,6 +8,7 @@ Real row locks and READ COMMITTED need MariaDB/MySQL; on SQLite the test is skip
 import threading
 import time
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
 from django.db import connection
@@ -81,7 +82,7 @@ def test_two_paths_at_once_end_in_the_tables_state_with_one_event_per_change(mys
 
         # Each path, reading after each of its writes, never saw the trade go backwards.
         for path in seen:
-            for before, after in zip(path, path[1:]):
+            for before, after in pairwise(path):
                 assert RANK[after["status"]] >= RANK[before["status"]]
                 if before["status"] != "pending":
                     assert after["status"] == before["status"]

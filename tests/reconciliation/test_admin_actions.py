@@ -7,7 +7,7 @@ from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
 from reconciliation.models import AccountSyncState, OrphanPosition, ReconcileRun
-from tests.admin_helpers import observer, observer_client, operator, operator_client, run_action  # noqa: F401
+from tests.admin_helpers import run_action
 from tests.factories import AccountFactory, TradeFactory
 from tests.helpers import place
 from trades.binance_client import BinanceFuturesClient

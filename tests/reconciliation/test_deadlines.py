@@ -173,7 +173,10 @@ def test_the_sweep_runs_every_15_seconds(db):
 # --- cancels ride out database outages -----------------------------------------------------------------------------
 
 
-def flaky_database(monkeypatch, target, name, failures, error=OperationalError(2003, "Can't connect to MySQL")):
+DATABASE_AWAY = OperationalError(2003, "Can't connect to MySQL")
+
+
+def flaky_database(monkeypatch, target, name, failures, error=DATABASE_AWAY):
     """`target.name` raises `error` on its first `failures` calls (the database away), then works."""
     real, calls = getattr(target, name), []
 

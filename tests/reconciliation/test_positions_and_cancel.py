@@ -300,7 +300,7 @@ class TestCancelAndVerify:
         place(trade)
         binance.control.inject_fault("/fapi/v1/order", "503", count=1, method="DELETE")
 
-        with pytest.raises(Exception):
+        with pytest.raises(ExchangeUnavailable):
             cancel_trade_order(trade)
         report = verify_after_cancel(trade)
 

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 
@@ -153,6 +154,7 @@ def test_two_runners_share_the_accounts_and_never_stream_one_twice(binance, make
 
 
 @live
+@pytest.mark.slow  # a runner killed, its accounts taken over after the takeover time, in real time
 def test_a_crashed_runners_accounts_are_taken_over_and_reconciled_within_the_takeover_time(
     binance, make_account, runners, monkeypatch
 ):
@@ -214,6 +216,7 @@ def test_a_runner_joining_takes_its_share_and_one_leaving_hands_its_accounts_bac
 
 
 @live
+@pytest.mark.slow  # waits out another holder's 3 s lease in real time
 def test_a_lost_lease_closes_the_socket_and_it_is_not_reopened_while_another_holds_it(
     binance, make_account, runners, caplog
 ):
@@ -268,7 +271,7 @@ def test_new_connections_are_ramped(binance, make_account, runners, monkeypatch)
     monkeypatch.setattr(AccountStream, "run", run)
     runners(connects_per_sec=4)
     wait_for(lambda: streaming(binance, accounts), timeout=10, what="streaming")
-    gaps = [b - a for a, b in zip(sorted(started), sorted(started)[1:])]
+    gaps = [b - a for a, b in pairwise(sorted(started))]
     assert len(started) == 4 and min(gaps) >= 0.25 - 0.02, gaps
 
 
@@ -285,7 +288,7 @@ def test_a_holder_gone_from_this_machine_is_expired_at_once_and_others_are_left_
     alive_here = f"{host}:{machine}:{os.getpid()}:cafecafe"  # this very process: alive
     elsewhere = f"otherhost:0123456789ab:{gone.pid}:deadbeef"  # another machine: its pids mean nothing here
     accounts = [AccountFactory().pk for _ in range(3)]
-    for holder, pk in zip((dead_here, alive_here, elsewhere), accounts):
+    for holder, pk in zip((dead_here, alive_here, elsewhere), accounts, strict=True):
         shards.heartbeat(holder, 60)
         assert shards.claim(holder, [pk], 1, 60) == [pk]
 

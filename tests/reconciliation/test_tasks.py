@@ -48,6 +48,7 @@ def requests_made(binance, what):
 
 
 @pytest.mark.worker
+@pytest.mark.slow  # a real worker: seconds to start and stop
 @pytest.mark.django_db(transaction=True)
 class TestCancelAndVerifyOnAWorker:
     def test_clean_cancel_then_verification(self, worker, binance, live_trade):

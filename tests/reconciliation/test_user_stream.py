@@ -530,7 +530,10 @@ def test_f6_duplicate_and_out_of_order_events_make_one_transition_and_never_regr
     assert [json.loads(f)["o"]["X"] for f in (part1, part2, filled)] == ["PARTIALLY_FILLED"] * 2 + ["FILLED"]
 
     recorder = Recorder(reconcile=False)
-    handle = lambda raw: handle_message(account.pk, raw, enqueue_reconcile=recorder.enqueue_reconcile)  # noqa: E731
+
+    def handle(raw):
+        return handle_message(account.pk, raw, enqueue_reconcile=recorder.enqueue_reconcile)
+
     handle(new)
     handle(part2)
     handle(part1)  # older than the one applied
@@ -590,6 +593,7 @@ SECRET_LOOKING = "Zq" * 32  # shaped like a listenKey / API key
 
 
 def malformed_frames():
+    pad = "x" * 5000
     return [
         "not json at all",
         "[1, 2, 3]",
@@ -599,7 +603,7 @@ def malformed_frames():
         '{"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "X": "SOMETHING", "i": 1, "c": "x"}}',
         '{"e": "ORDER_TRADE_UPDATE", "o": {"s": "BTCUSDT", "X": "FILLED", "i": "NaN", "z": 1e400}}',
         '{"e": "ACCOUNT_UPDATE", "a": "nope"}',
-        '{"e": "SOMETHING_NEW", "E": 1, "listenKey": "%s", "pad": "%s"}' % (SECRET_LOOKING, "x" * 5000),
+        f'{{"e": "SOMETHING_NEW", "E": 1, "listenKey": "{SECRET_LOOKING}", "pad": "{pad}"}}',
         "[" * 100_000,
     ]
 
@@ -616,7 +620,7 @@ def test_f13_malformed_payloads_are_warned_and_skipped_and_good_ones_still_appli
         stream = start_stream(Recorder(reconcile=False))  # only the WebSocket can open the trades here
         stream.wait_connected(account.pk)
         bad = malformed_frames()
-        for trade, frames in zip(trades, (bad[:4], bad[4:8], bad[8:])):
+        for trade, frames in zip(trades, (bad[:4], bad[4:8], bad[8:]), strict=True):
             for raw in frames:
                 binance.control.push_raw(account.api_key, raw)
             fill(binance, trade)  # its real events are queued on the same socket behind the bad frames
@@ -646,6 +650,7 @@ def test_excerpt_is_short_printable_and_masks_keys():
 # --- the process: manage.py run_user_stream, SIGTERM ------------------------------------------------------------
 
 
+@pytest.mark.slow  # a manage.py process: migrate, stream, SIGTERM (~5 s)
 def test_run_user_stream_command_streams_the_named_accounts_and_sigterm_closes_keys_and_exits_0(exchange, tmp_path):
     """Its own SQLite file DB (the test database is invisible to another process): migrate, create two accounts,
     stream one of them, SIGTERM."""

@@ -260,6 +260,7 @@ def test_one_key_from_two_addresses_has_two_budgets(exchange, account):
     assert told["rateLimits"][0]["limit"] == 7  # each IP is told its own limit
 
 
+@pytest.mark.slow  # waits out a real (scaled) ban, twice
 def test_bans_escalate_for_an_ip_that_keeps_going(exchange, account):
     exchange.control.set_weight_limit(0, ip="127.0.0.4")  # every request is over the limit
     exchange.control.set_ban_time_scale(0.01)  # 2 min → 1.2 s, 4 min → 2.4 s

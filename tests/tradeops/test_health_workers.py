@@ -68,6 +68,7 @@ def test_beat_sends_the_heartbeat_every_15_s_and_a_late_one_expires():
 
 
 @pytest.mark.worker
+@pytest.mark.slow  # a real worker and a heartbeat round trip: ~4 s
 @pytest.mark.django_db(transaction=True)
 def test_a_real_worker_running_the_heartbeat_makes_the_check_ok(client):
     assert workers_check(client)[0] == "error"

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.worker,
+    pytest.mark.slow,  # a Redis server and a worker process, restarted: ~10 s
     pytest.mark.timeout(120),
     pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server on PATH"),
 ]
@@ -100,7 +101,10 @@ def test_a_worker_holding_a_countdown_survives_a_redis_restart_and_consumes_agai
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    text = lambda: log.read_text(errors="replace")  # noqa: E731 — read the worker's log afresh each poll
+
+    def text():  # the worker's log, read afresh each poll
+        return log.read_text(errors="replace")
+
     try:
         wait_for(lambda: "ready." in text(), timeout=60, message="worker ready")
         with Connection(url) as conn:  # kombu's own transport: the test process may be set up for another broker

@@ -82,6 +82,7 @@ def test_a_stop_signal_goes_on_to_the_process_which_is_not_started_again(tmp_pat
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow  # honcho and its processes, one of them respawned
 def test_under_honcho_one_process_exiting_leaves_the_others_running(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)

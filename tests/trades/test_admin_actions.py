@@ -12,7 +12,7 @@ from django.utils import timezone
 from reconciliation import services, tasks
 from reconciliation.leases import account_lease
 from reconciliation.models import OrphanPosition
-from tests.admin_helpers import observer, observer_client, operator, operator_client, run_action  # noqa: F401
+from tests.admin_helpers import run_action
 from tests.factories import TradeFactory
 from tests.helpers import place
 from tradeops.celery import app as celery_app

@@ -16,6 +16,7 @@ import time
 import traceback
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 from types import SimpleNamespace
 
 import pytest
@@ -438,7 +439,7 @@ def test_get_all_orders_splits_spans_longer_than_7_days(gateway, exchange, accou
     windows = gateway._all_orders_windows(0, 21 * DAY_MS)
     assert len(windows) == 4 and windows[-1] == (3 * (ALL_ORDERS_MAX_WINDOW_MS + 1), 21 * DAY_MS)
     assert all(end - start < 7 * DAY_MS for start, end in windows)
-    assert all(b[0] == a[1] + 1 for a, b in zip(windows, windows[1:]))
+    assert all(b[0] == a[1] + 1 for a, b in pairwise(windows))
 
 
 # --------------------------------------------------------------------------- listenKey
@@ -492,7 +493,7 @@ def test_for_account_takes_the_account_model(exchange, account, settings):
 
 def test_keys_never_appear_in_logs_exceptions_or_reprs(exchange, caplog):
     secret_account = exchange.control.create_account(api_key="K" * 24 + "apikeyMARK", api_secret="S" * 24 + "secMARK")
-    api_key, api_secret = secret_account["api_key"], secret_account["api_secret"]
+    api_key = secret_account["api_key"]  # the secret is looked for by its mark, secMARK
     caplog.set_level(logging.DEBUG)
     for name in ("urllib3", "binance", "trades"):
         caplog.set_level(logging.DEBUG, logger=name)

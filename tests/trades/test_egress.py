@@ -202,6 +202,7 @@ def call_in_another_process(exchange, account) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # three processes and a real 3 s Retry-After
 def test_a_429_seen_by_one_process_stops_another_until_retry_after_without_it_sending(exchange):
     account = exchange.control.create_account()
     exchange.control.inject_fault("/fapi/v1/openOrders", "429", retry_after=3)
@@ -223,6 +224,7 @@ def test_a_429_seen_by_one_process_stops_another_until_retry_after_without_it_se
     )
 
 
+@pytest.mark.slow  # three processes
 def test_a_418_ban_seen_by_one_process_is_honoured_by_the_others(exchange):
     account = exchange.control.create_account()
     exchange.control.inject_fault("/fapi/v1/openOrders", "418", retry_after=120)

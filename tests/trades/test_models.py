@@ -205,7 +205,7 @@ def test_concurrent_fills_race_exactly_one_wins(mysql_only):
         try:
             barrier.wait(timeout=10)
             results.append(fill(trade, source=source))
-        except Exception as exc:  # surfaced below
+        except Exception as exc:  # noqa: BLE001 — surfaced below
             errors.append(exc)
         finally:
             connection.close()
