@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
-from trades.admin import FixPermissionMixin, ReadOnlyAdmin, actor_of
+from trades.admin_base import FixPermissionMixin, ReadOnlyAdmin, actor_of
 from trades.models import TradeEvent
 
 from . import operator_services

@@ -22,8 +22,8 @@ from reconciliation import operator_services, services, tasks
 from reconciliation.models import AccountSyncState
 
 from . import schedules_admin
+from .admin_base import FixPermissionMixin, ReadOnlyAdmin, actor_of
 from .models import Account, Trade, TradeEvent
-from .permissions import FIX_PERMISSION
 
 MAX_TRADES_PER_ACTION = 50  # each costs a Binance call made during the request
 MAX_ACCOUNTS_PER_ACTION = 10
@@ -39,31 +39,7 @@ def mask(value: str, keep: int = 4) -> str:
     return "••••" + value[-keep:]
 
 
-class FixPermissionMixin:
-    """`@admin.action(permissions=["fix"])` asks `has_fix_permission`: the one permission for changing things."""
-
-    def has_fix_permission(self, request):
-        return request.user.has_perm(FIX_PERMISSION)
-
-
-def actor_of(request) -> str:
-    return request.user.get_username()
-
-
 # --- Accounts ---------------------------------------------------------------------------------------------------------
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Audit and history: looked at, never edited, added or deleted from the admin."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class AccountForm(forms.ModelForm):
