@@ -30,7 +30,6 @@ from unittest import mock  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
-from reconciliation import services  # noqa: E402
 from reconciliation.services import apply_order_snapshot, fetch_order, reconcile_pending  # noqa: E402
 from sandbox.testing import running_sandbox  # noqa: E402
 from trades.binance_client import BinanceFuturesClient  # noqa: E402
@@ -80,7 +79,7 @@ def seed_reconcile(account: Account) -> dict:
 
 def previous_reconcile(account: Account) -> dict:
     """reconcile_pending without openOrders: the approach before it (per order when few, allOrders when many)."""
-    with mock.patch.object(services, "_worth_open_orders", lambda trades: False):
+    with mock.patch("reconciliation.reconcile.pending._worth_open_orders", lambda trades: False):
         return reconcile_pending(account, reason="bench")
 
 

@@ -24,7 +24,9 @@ from trades.db import DB_UNAVAILABLE_ERRORS
 from trades.exceptions import ExchangeError, RateLimited, TransientExchangeError
 from trades.models import Account, Trade, TradeEvent
 
-from . import audit, heartbeats, services
+from . import services
+from .health import heartbeats
+from .reconcile import audit
 
 logger = logging.getLogger(__name__)
 

@@ -70,8 +70,8 @@ def check_beat():
 
 
 def check_user_streams():
-    from reconciliation.audit import stream_heartbeat_max_age
     from reconciliation.models import AccountSyncState
+    from reconciliation.reconcile.audit import stream_heartbeat_max_age
     from trades.models import Account
 
     now = timezone.now()
@@ -107,7 +107,7 @@ def check_workers():
     beat, written by whichever worker runs it. One indexed read per request, the same on every broker. No worker,
     workers cut off from the broker or the database, or a queue so backed up that a task waits longer than the limit
     all show as stale (so does a stopped beat, which the beat check names)."""
-    from reconciliation.heartbeats import HEARTBEAT_EVERY_SEC, recent_worker_heartbeats
+    from reconciliation.health.heartbeats import HEARTBEAT_EVERY_SEC, recent_worker_heartbeats
 
     now, max_age = timezone.now(), settings.HEALTH_WORKER_MAX_AGE_SEC
     seen = recent_worker_heartbeats(within_sec=max(max_age, 3600))
@@ -191,7 +191,7 @@ _registry = None
 def metrics(request):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from reconciliation.metrics import build_registry
+    from reconciliation.health.metrics import build_registry
 
     if settings.METRICS_TOKEN and not has_metrics_token(request):
         response = HttpResponse(

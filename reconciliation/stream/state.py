@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from trades.models import Account
 
-from ..leases import sync_state
 from ..models import AccountSyncState
+from ..reconcile.leases import sync_state
 
 CONNECTING = "connecting"
 CONNECTED = "connected"

@@ -26,8 +26,8 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from reconciliation.positions import exchange_positions
-from reconciliation.snapshots import OrderSnapshot
+from reconciliation.orders.snapshots import OrderSnapshot
+from reconciliation.positions.exposure import exchange_positions
 from reconciliation.stream import messages
 from reconciliation.stream.config import DEFAULT_EVENTS
 from reconciliation.stream.connection import stream_url

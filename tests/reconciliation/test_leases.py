@@ -5,9 +5,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reconciliation import leases
-from reconciliation.leases import account_lease
 from reconciliation.models import AccountSyncState
+from reconciliation.reconcile import leases
+from reconciliation.reconcile.leases import account_lease
 from tests.factories import AccountFactory
 from trades.db import db_now
 

@@ -6,9 +6,9 @@ from datetime import datetime
 
 from django.utils import timezone
 
+from ..models import AccountSyncState, ReconcileRun
+from ..stream.guard import MissDetector
 from .leases import sync_state
-from .models import AccountSyncState, ReconcileRun
-from .stream_guard import MissDetector
 
 
 @dataclass

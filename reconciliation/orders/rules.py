@@ -147,7 +147,7 @@ def is_failed_not_found(trade: Trade) -> bool:
     return trade.status == Trade.Status.FAILED and trade.status_reason == NOT_FOUND_REASON
 
 
-def deadline_if_reopened():
+def deadline_if_reopened() -> Coalesce:
     """A reopened trade's deadline, computed in the UPDATE: the one it had, else ENTRY_TIMEOUT_SEC from now (the
     database's clock). The bot had given up on this order; it is cancelled at the latest then."""
     later = ExpressionWrapper(
@@ -181,6 +181,7 @@ def _from_pending(
         }
         # Only if the placement state is still what this decision read: a placement claimed meanwhile (the order
         # on its way to Binance) must not be failed by an answer from before it was sent.
+        assert decision.condition is not None  # _end's decisions always carry _monotonic's
         decision.condition &= Q(exchange_status=trade.exchange_status)
         return decision
     # NEW / PARTIALLY_FILLED: still working.
@@ -213,6 +214,7 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
         # "Not found" was our inference; Binance now shows the order, ended with nothing filled: cancelled.
         decision = _end(trade, snap, Trade.Status.CANCELLED, f"{snap.status} on exchange, nothing filled", REOPENED)
         decision.expected_status = Trade.Status.FAILED
+        assert decision.condition is not None  # _end's decisions always carry _monotonic's
         decision.condition &= Q(status_reason=NOT_FOUND_REASON)
         decision.payload = _correction_payload(trade, snap)
         return decision
@@ -246,7 +248,9 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
     return UNCHANGED
 
 
-def _open(trade: Trade, snap: OrderSnapshot, now: datetime, result: str, expected: str = Trade.Status.PENDING):
+def _open(
+    trade: Trade, snap: OrderSnapshot, now: datetime, result: str, expected: str = Trade.Status.PENDING
+) -> Decision:
     changes = _exchange_facts(trade, snap) | {
         "status": Trade.Status.OPEN,
         "filled_qty": snap.executed_qty,
@@ -264,7 +268,7 @@ def _end(trade: Trade, snap: OrderSnapshot, status: str, reason: str, result: st
 
 
 def _exchange_facts(trade: Trade, snap: OrderSnapshot) -> dict:
-    facts = {"exchange_status": snap.status}
+    facts: dict[str, object] = {"exchange_status": snap.status}
     if trade.not_found_recheck_at is not None and snap.status != s.NOT_FOUND:
         facts["not_found_recheck_at"] = None  # the order exists: re-checks are over
     if snap.update_time is not None:

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from trades.models import Account, Trade, TradeEvent
 
-from .models import AccountSyncState, OrphanPosition, ReconcileRun, StreamMiss
+from ..models import AccountSyncState, OrphanPosition, ReconcileRun, StreamMiss
 
 DURATION_BUCKETS_SEC = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 

@@ -30,9 +30,9 @@ from django.utils import timezone
 
 from trades.models import Trade
 
-from .models import AccountSyncState, ReconcileRun
-from .snapshots import PLACING
-from .stream_guard import CONNECTED
+from ..models import AccountSyncState, ReconcileRun
+from ..orders.snapshots import PLACING
+from ..stream.guard import CONNECTED
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, Q
 
 from trades.db import DatabaseNow
 
-from .models import AccountSyncState
+from ..models import AccountSyncState
 
 logger = logging.getLogger(__name__)
 
