@@ -18,7 +18,7 @@ interface (tasks, admin, commands, the bot, the stream's processes).
 
 from .cancels.cancel import cancel_trade_order, verify_after_cancel
 from .cancels.deadlines import cancel_entry_at_deadline, cancel_overdue_entries
-from .entries.create import awaits_placement, create_pending_trade, get_or_create_pending_trade
+from .entries.create import awaits_placement, create_pending_trade, get_or_create_pending_trade, open_position
 from .entries.place import place_entry_order
 from .gateway import gateway
 from .orders.apply import apply_order_snapshot, fetch_order, flag_for_operator
@@ -36,6 +36,7 @@ __all__ = [
     "create_pending_trade",
     "get_or_create_pending_trade",
     "awaits_placement",
+    "open_position",
     "place_entry_order",
     "fetch_order",
     "prune_reconcile_runs",

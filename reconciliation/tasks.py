@@ -314,16 +314,21 @@ def open_position(self, account_id, symbol, side, quantity, price=None, timeout_
 
     acks_late: a redelivery (worker killed after the commit, before the ack) runs this again. Without a client order
     id from the caller, one is derived from the task id, so the second run finds the first run's trade instead of
-    opening a second position (bot.open_position is idempotent on the client order id). An empty id ("") is no id:
+    opening a second position (services.open_position is idempotent on the client order id). An empty id ("") is no id:
     it is derived too (passed on, "" would become a fresh random id per run: a second order on redelivery)."""
-    from .bot import open_position as open_position_now
-
     if not client_order_id:
         # Called directly (no task id): None, and a fresh one is generated.
         client_order_id = client_order_id_for(self.request.id) if self.request.id else None
     account = Account.objects.get(pk=account_id, is_active=True)
-    trade = open_position_now(
-        account, symbol, side, quantity, price, timeout_sec=timeout_sec, client_order_id=client_order_id
+    trade = services.open_position(
+        account,
+        symbol,
+        side,
+        quantity,
+        price,
+        timeout_sec=timeout_sec,
+        client_order_id=client_order_id,
+        enqueue_placement=lambda trade_id, timeout: place_entry_order.delay(trade_id, timeout),
     )
     return trade.pk
 

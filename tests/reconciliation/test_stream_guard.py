@@ -16,12 +16,12 @@ from django.utils import timezone
 
 from reconciliation import services
 from reconciliation.health.metrics import TradeopsCollector
+from reconciliation.health.views import check_user_streams
 from reconciliation.models import AccountSyncState, StreamMiss
 from reconciliation.stream.guard import StreamWindow
 from tests.factories import TradeFactory
 from tests.helpers import as_ws, place
 from tests.reconciliation.test_apply_order_snapshot import exchange_order
-from tradeops.views import check_user_streams
 from trades.models import Trade
 
 from .stream_helpers import Recorder, StreamThread, wait_for

@@ -6,7 +6,7 @@
 - beat: the reconcile schedule (django-celery-beat) ran within HEALTH_BEAT_MAX_AGE_SEC (default: 3 of its intervals);
 - user_stream: every active account's stream is connected, or (re)connecting for less than HEALTH_STREAM_GRACE_SEC,
   and the stream process has shown a heartbeat within three account refreshes (a killed process keeps its state),
-  and no account's stream is marked deaf (connected, but missing order events: reconciliation/stream_guard.py);
+  and no account's stream is marked deaf (connected, but missing order events: reconciliation/stream/guard.py);
 - workers: a Celery worker ran the heartbeat task (beat sends it every 15 s) within HEALTH_WORKER_MAX_AGE_SEC.
 """
 
@@ -70,9 +70,10 @@ def check_beat():
 
 
 def check_user_streams():
-    from reconciliation.models import AccountSyncState
-    from reconciliation.reconcile.audit import stream_heartbeat_max_age
     from trades.models import Account
+
+    from ..models import AccountSyncState
+    from ..reconcile.audit import stream_heartbeat_max_age
 
     now = timezone.now()
     grace = timedelta(seconds=settings.HEALTH_STREAM_GRACE_SEC)
@@ -107,7 +108,7 @@ def check_workers():
     beat, written by whichever worker runs it. One indexed read per request, the same on every broker. No worker,
     workers cut off from the broker or the database, or a queue so backed up that a task waits longer than the limit
     all show as stale (so does a stopped beat, which the beat check names)."""
-    from reconciliation.health.heartbeats import HEARTBEAT_EVERY_SEC, recent_worker_heartbeats
+    from .heartbeats import HEARTBEAT_EVERY_SEC, recent_worker_heartbeats
 
     now, max_age = timezone.now(), settings.HEALTH_WORKER_MAX_AGE_SEC
     seen = recent_worker_heartbeats(within_sec=max(max_age, 3600))
@@ -191,7 +192,7 @@ _registry = None
 def metrics(request):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from reconciliation.health.metrics import build_registry
+    from .metrics import build_registry
 
     if settings.METRICS_TOKEN and not has_metrics_token(request):
         response = HttpResponse(
