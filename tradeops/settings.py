@@ -64,6 +64,8 @@ INSTALLED_APPS = [
     "trades",
     "reconciliation",
 ]
+if DEBUG:  # development only (`make run`): the dev admin and the demo story's commands (demo/); never in production
+    INSTALLED_APPS.append("demo")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -14,6 +14,9 @@ from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
+if "demo" not in INSTALLED_APPS:  # noqa: F405 (from the star import above)
+    INSTALLED_APPS = [*INSTALLED_APPS, "demo"]  # noqa: F405 (the development commands are tested too)
+
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
     # A file, not Django's shared-cache in-memory database: worker threads in the tests then get SQLite's real
     # locking (WAL + busy timeout) instead of "database table is locked".
