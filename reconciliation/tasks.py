@@ -4,7 +4,7 @@ The bot's entry flow (docs in README "How the bot calls tradeops"):
     open_position(account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None)
       → place_entry_order(trade_id, timeout_sec) (stores the deadline, Trade.cancel_after, then sends the order)
       → entry_timeout(trade_id) after timeout_sec → cancel_and_verify(trade_id) if the trade is still pending
-      (and cancel_overdue_entries, every 15 s, for any deadline whose countdown was lost: deadlines.py)
+      (and cancel_overdue_entries, every 15 s, for any deadline whose countdown was lost: cancels/deadlines.py)
 Every cancel goes through cancel_and_verify: chain(cancel_order, verify_cancel), where cancel_order never fails
 the chain (its errors are logged and passed on), so the verification always runs.
 """
@@ -118,7 +118,7 @@ def reconcile_account(self, account_id, reason="beat", deep=False):
 def reconcile_all_accounts(deep=False):
     """One reconcile_account per active account, each on its own: one account's failure never stops the others.
     The beat's pass leaves out the accounts whose healthy user stream was audited by REST less than
-    RECONCILE_AUDIT_SEC ago (audit.py); the deep pass leaves out none. Returns how many reconciles it sent."""
+    RECONCILE_AUDIT_SEC ago (reconcile/audit.py); the deep pass leaves out none. Returns how many reconciles it sent."""
     ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
     not_due = {} if deep else audit.audit_not_due(ids)
     if not_due:
@@ -378,5 +378,5 @@ def entry_timeout(self, trade_id, due_at=None):
 @shared_task
 def cancel_overdue_entries():
     """Beat, every 15 s: every trade past its deadline whose cancel nobody sent goes through cancel_and_verify, once
-    (deadlines.py). The backstop for countdowns lost with the broker's data or held by a dead worker."""
+    (cancels/deadlines.py). The backstop for countdowns lost with the broker's data or held by a dead worker."""
     return services.cancel_overdue_entries(send=cancel_and_verify)

@@ -32,7 +32,7 @@ def place_entry_order(
     pending for the reconcile to decide by client order id; only a definite refusal fails it.
 
     `deadline_sec`: the entry's wait. Its deadline (`cancel_after`, unless the trade has one) is stored in the same
-    update that claims the placement, before the order is sent, so a live order always has one (deadlines.py)."""
+    update that claims the placement, before the order is sent, so a live order always has one (cancels/deadlines.py)."""
     now = db_now()  # the not-found grace and the deadline run from here, on the database's clock (every worker's)
     claim: dict[str, Any] = {"exchange_status": PLACING, "placed_at": now, "updated_at": now}
     if deadline_sec is not None and trade.cancel_after is None:

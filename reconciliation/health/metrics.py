@@ -37,7 +37,7 @@ class TradeopsCollector(Collector):
         self._cached: tuple[float, list] | None = None
 
     def collect(self):
-        cache_sec = getattr(settings, "METRICS_CACHE_SEC", 10) if self.cache_sec is None else self.cache_sec
+        cache_sec = settings.METRICS_CACHE_SEC if self.cache_sec is None else self.cache_sec
         with self._lock:
             if self._cached is None or time.monotonic() - self._cached[0] >= cache_sec:
                 self._cached = (time.monotonic(), list(self._families()))

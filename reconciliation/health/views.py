@@ -37,7 +37,7 @@ def check_broker():
 
     url = settings.CELERY_BROKER_URL
     timeout = settings.HEALTH_BROKER_TIMEOUT_SEC
-    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}
     with Connection(url, transport_options=options, connect_timeout=timeout) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
     return True, {"transport": url.split(":", 1)[0]}  # never the URL: it may hold a password

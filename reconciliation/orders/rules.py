@@ -33,7 +33,7 @@ logs it at INFO. It writes only while the entry price is still missing (compare-
 the same filled quantity (an average of another quantity would be another price), and never moves anything else.
 
 A trade failed "not found on exchange" carries the time of its first re-check (`recheck_sec`, the
-NOT_FOUND_RECHECK_SEC schedule; `reconciliation.rechecks` makes the look-ups); any snapshot that shows its order
+NOT_FOUND_RECHECK_SEC schedule; `reconciliation.orders.rechecks` makes the look-ups); any snapshot that shows its order
 exists ends the re-checks.
 """
 

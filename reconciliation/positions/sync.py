@@ -258,7 +258,7 @@ def sync_positions_with_binance(
     account: Account, *, reason: str = "beat", client: BinanceFuturesClient | None = None, actor: str = ""
 ) -> dict[str, Any]:
     """Reconcile pending trades first (so fills they reveal count), then DB open trades vs Binance's positions
-    (positions.py). One lease covers both."""
+    (compare_positions). One lease covers both."""
     report = Report(account_id=account.pk, kind=ReconcileRun.Kind.POSITIONS, reason=reason, actor=actor)
 
     def work(client: BinanceFuturesClient) -> None:

@@ -120,7 +120,7 @@ def reconcile_pending_locked(
 
 def _recheck_not_found(account: Account, client: BinanceFuturesClient, report: Report) -> None:
     """Look up again, one GET each (weight 1, counted in the report), the account's trades failed as "not found on
-    exchange" whose re-check is due (rechecks.py); an order that shows up is applied by the one rule, which corrects
+    exchange" whose re-check is due (orders/rechecks.py); an order that shows up is applied by the one rule, which corrects
     the trade. After the pending trades: they are the more urgent."""
     for trade in rechecks.due_not_found_rechecks(account.pk, limit=settings.RECONCILE_PAGE_SIZE):
         if _over_budget(client, report):

@@ -29,8 +29,8 @@ class Report:
     ignored: int = 0
     not_found_in_grace: int = 0
     resting: int = 0  # pending trades whose order openOrders listed: no look-up of their own
-    rechecked: int = 0  # trades failed as "not found" looked up again (rechecks.py)
-    missed_events: int = 0  # changes found by REST that the connected user stream never delivered (stream_guard.py)
+    rechecked: int = 0  # trades failed as "not found" looked up again (orders/rechecks.py)
+    missed_events: int = 0  # changes found by REST that the connected user stream never delivered (stream/guard.py)
     needs_operator: int = 0
     errors: int = 0
     weight_used: int = 0

@@ -116,7 +116,7 @@ class AccountStream:
         self._end("stop")
 
     def reconnect_if_deaf(self, marked_at) -> bool:
-        """A reconcile marked this account's stream deaf (stream_guard.py) at `marked_at`: if the live connection
+        """A reconcile marked this account's stream deaf (stream/guard.py) at `marked_at`: if the live connection
         is older than the mark, end it; the loop reconnects at once, and that connection's reconcile clears the
         mark unless it is deaf too. A connection made after the mark is left alone (one reconnect per mark)."""
         if self._ws is None or self._connected_wall is None or marked_at <= self._connected_wall:

@@ -1,4 +1,4 @@
-"""The reconcile lease (reconciliation/leases.py) is timed by the database's clock, not the caller's."""
+"""The reconcile lease (reconciliation/reconcile/leases.py) is timed by the database's clock, not the caller's."""
 
 from datetime import timedelta
 
