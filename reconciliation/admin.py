@@ -11,6 +11,7 @@ from trades.admin_base import FixPermissionMixin, ReadOnlyAdmin, actor_of
 from trades.models import TradeEvent
 
 from .models import AccountSyncState, OrphanPosition, ReconcileRun
+from .orders.results import CHANGES
 from .positions.orphans import dismiss_orphan, recover_orphan
 
 
@@ -28,8 +29,7 @@ class ReconcileRunAdmin(ReadOnlyAdmin):
     @admin.display(description="changed")
     def changed(self, obj):
         report = obj.report
-        keys = ("opened", "progress", "cancelled", "failed", "corrected")
-        changed = {key: report[key] for key in keys if report.get(key)}
+        changed = {key.value: report[key] for key in CHANGES if report.get(key)}
         changed |= {key: value for key, value in (report.get("extra") or {}).items() if value}
         return ", ".join(f"{key} {value}" for key, value in changed.items()) or "—"
 

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from trades.models import Account, Trade, TradeEvent
 
 from ..models import AccountSyncState, OrphanPosition, ReconcileRun, StreamMiss
+from ..stream.states import StreamState
 
 DURATION_BUCKETS_SEC = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -157,7 +158,7 @@ class TradeopsCollector(Collector):
             weight.add_metric([name], s.used_weight if s else 0)
             if s and s.last_reconcile_at:
                 last_reconcile.add_metric([name], _seconds_since(s.last_reconcile_at, now))
-            connected.add_metric([name], 1 if s and s.stream_state == "connected" else 0)
+            connected.add_metric([name], 1 if s and s.stream_state == StreamState.CONNECTED else 0)
             state.add_metric([name, (s.stream_state if s else "") or "none"], 1)
             if s and s.stream_last_event_at:
                 last_event.add_metric([name], _seconds_since(s.stream_last_event_at, now))

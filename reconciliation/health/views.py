@@ -74,6 +74,7 @@ def check_user_streams():
 
     from ..models import AccountSyncState
     from ..reconcile.audit import stream_heartbeat_max_age
+    from ..stream.states import ON_ITS_WAY, StreamState
 
     now = timezone.now()
     grace = timedelta(seconds=settings.HEALTH_STREAM_GRACE_SEC)
@@ -86,9 +87,7 @@ def check_user_streams():
         since = state.stream_state_at if state else None
         beat = state.stream_heartbeat_at if state else None
         alive = beat is not None and now - beat < heartbeat_max_age  # a killed process leaves "connected" behind
-        ok = alive and (
-            current == "connected" or (current in ("connecting", "reconnecting") and since and now - since < grace)
-        )
+        ok = alive and (current == StreamState.CONNECTED or (current in ON_ITS_WAY and since and now - since < grace))
         deaf = state.stream_deaf_since if state else None  # connected, but missing events (stream_guard.py)
         ok = ok and deaf is None
         healthy &= bool(ok)

@@ -16,12 +16,15 @@ from trades.db import db_now, retry_transient_db_errors
 from trades.models import Trade
 
 from . import rules
+from .results import Result
 from .snapshots import NOT_FOUND, OrderSnapshot
 
 logger = logging.getLogger(__name__)
 
 
-def apply_order_snapshot(trade: Trade, order: OrderSnapshot | dict[str, Any], source: str, *, actor: str = "") -> str:
+def apply_order_snapshot(
+    trade: Trade, order: OrderSnapshot | dict[str, Any], source: str, *, actor: str = ""
+) -> Result:
     """Make the state change Binance's view of this trade's order calls for (rules.py), compare-and-set, with one
     audit event. `order`: a REST order dict, a WebSocket ORDER_TRADE_UPDATE (or its `o`), or an OrderSnapshot.
 

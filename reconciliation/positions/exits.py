@@ -26,6 +26,7 @@ from trades.db import retry_transient_db_errors
 from trades.exceptions import ExchangeError, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
+from ..orders.results import PositionResult
 from ..reconcile.reports import Report
 
 logger = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ def apply_exit_fills(
         if parts.get(trade.pk) and reduce_trade(trade, parts[trade.pk], kinds, actor=report.actor):
             changed += 1
             if trade.status == Trade.Status.CLOSED:
-                report.extra["closed"] = report.extra.get("closed", 0) + 1
-    report.extra["reduced"] = report.extra.get("reduced", 0) + changed
+                report.extra[PositionResult.CLOSED] = report.extra.get(PositionResult.CLOSED, 0) + 1
+    report.extra[PositionResult.REDUCED] = report.extra.get(PositionResult.REDUCED, 0) + changed
     return changed
 
 

@@ -41,6 +41,7 @@ from trades.models import Account, Trade, TradeEvent
 
 from ..entries.position_mode import is_hedge_mode
 from ..models import OrphanPosition, ReconcileRun
+from ..orders.results import PositionResult
 from ..reconcile.pending import reconcile_pending_locked, run_under_lease
 from ..reconcile.reports import Report
 from .exits import apply_exit_fills
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 def compare_positions(account: Account, client: BinanceFuturesClient, report: Report) -> None:
     """The comparison itself; the caller holds the account lease and has reconciled pending trades first."""
-    report.extra.update({"closed": 0, "in_sync": 0, "orphans": 0, "recovered": 0, "unconfirmed": 0, "reduced": 0})
+    report.extra.update(dict.fromkeys(PositionResult, 0))
     # Only trades already open before Binance's positions are read can be closed by what it says: a trade the
     # stream opens while we read must not be closed by a snapshot that predates its fill (the soak caught this).
     open_by_key: dict[Key, list[Trade]] = defaultdict(list)
@@ -103,10 +104,10 @@ def compare_positions(account: Account, client: BinanceFuturesClient, report: Re
     for key, (amount, entry_price) in sorted(exchange.items()):
         unexplained = amount - explained.get(key, Decimal("0"))
         if unexplained == 0:
-            report.extra["in_sync"] += 1
+            report.extra[PositionResult.IN_SYNC] += 1
             continue
         seen.add(key)
-        report.extra["orphans"] += 1
+        report.extra[PositionResult.ORPHANS] += 1
         orphan, seen_before = _record_orphan(account, key, unexplained, amount, entry_price)
         # Recovered only once the same gap is seen by two syncs in a row, with every pending trade checked and none
         # left on the symbol: a fill still on its way to the DB (the stream or a reconcile about to apply it) is not
@@ -123,7 +124,7 @@ def compare_positions(account: Account, client: BinanceFuturesClient, report: Re
             except ValueError as exc:  # the guards, re-checked now: e.g. a pending trade created since the read
                 logger.info("account %s: orphan %s %s not recovered: %s", account.pk, key, unexplained, exc)
             else:
-                report.extra["recovered"] += 1
+                report.extra[PositionResult.RECOVERED] += 1
     for orphan in OrphanPosition.objects.filter(account=account, status=OrphanPosition.Status.OPEN):
         if (orphan.symbol, orphan.position_side) not in seen:
             OrphanPosition.objects.filter(pk=orphan.pk, status=OrphanPosition.Status.OPEN).update(
@@ -159,7 +160,7 @@ def _close_when_confirmed(
         for trade in first:
             trade.position_gone_at = read_at
     if any(t.position_gone_at is not None and read_at - t.position_gone_at < confirm for t in trades):
-        report.extra["unconfirmed"] += len(trades)
+        report.extra[PositionResult.UNCONFIRMED] += len(trades)
         report.extra["confirm_after"] = settings.POSITION_CONFIRM_SEC
         logger.info(
             "account %s: %s %s shows no position (trades %s hold %s); closing only if a read at least %ss later agrees",
@@ -172,7 +173,7 @@ def _close_when_confirmed(
         return
     for trade in trades:
         if close_trade(trade, actor=report.actor, reason="no exchange position on two reads"):
-            report.extra["closed"] += 1
+            report.extra[PositionResult.CLOSED] += 1
 
 
 @retry_transient_db_errors

@@ -32,7 +32,7 @@ from trades.models import Trade
 
 from ..models import AccountSyncState, ReconcileRun
 from ..orders.snapshots import PLACING
-from ..stream.guard import CONNECTED
+from ..stream.states import StreamState
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def audit_not_due(account_ids, *, now: datetime | None = None) -> dict[int, str]
     healthy = set(
         AccountSyncState.objects.filter(
             account_id__in=list(account_ids),
-            stream_state=CONNECTED,
+            stream_state=StreamState.CONNECTED.value,
             stream_deaf_since__isnull=True,
             stream_heartbeat_at__gt=now - stream_heartbeat_max_age(),
             stream_state_at__isnull=False,

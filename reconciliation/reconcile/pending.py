@@ -22,6 +22,7 @@ from ..gateway import gateway
 from ..models import ReconcileRun
 from ..orders import rechecks, rules
 from ..orders.apply import apply_order_snapshot, fetch_order, flag_for_operator
+from ..orders.results import Result
 from ..orders.snapshots import WORKING, InvalidSnapshot, OrderSnapshot
 from ..stream import guard as stream_guard
 from .leases import account_lease
@@ -282,7 +283,7 @@ def _reconcile_by_order(client: BinanceFuturesClient, trade: Trade, report: Repo
     _apply(trade, order, report, source=source)
 
 
-def _apply(trade: Trade, order: OrderSnapshot | dict[str, Any], report: Report, *, source: str) -> str | None:
+def _apply(trade: Trade, order: OrderSnapshot | dict[str, Any], report: Report, *, source: str) -> Result | None:
     try:
         result = apply_order_snapshot(trade, order, source, actor=report.actor)
     except (InvalidSnapshot, rules.SnapshotMismatch) as exc:

@@ -41,10 +41,10 @@ from trades.models import Trade, TradeEvent
 
 from ..models import AccountSyncState, StreamMiss
 from ..orders import rules
+from .states import StreamState
 
 logger = logging.getLogger("reconciliation.user_stream")
 
-CONNECTED = "connected"  # AccountSyncState.stream_state of a live connection (stream/state.py writes it)
 # Paths that look an order up by REST: what they change, a working socket would have delivered first.
 REST_LOOKUPS = frozenset({TradeEvent.Source.RECONCILE, TradeEvent.Source.CANCEL_VERIFY, TradeEvent.Source.ADMIN})
 STATE_CHANGES = frozenset({rules.OPENED, rules.PROGRESS, rules.CANCELLED, rules.REOPENED})
@@ -73,7 +73,7 @@ class StreamWindow:
             .values_list("stream_state", "stream_state_at", "stream_heartbeat_at")
             .first()
         )
-        if row is None or row[0] != CONNECTED:
+        if row is None or row[0] != StreamState.CONNECTED:
             return cls()
         return cls(row[1], row[2])
 

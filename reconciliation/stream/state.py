@@ -18,11 +18,7 @@ from trades.models import Account
 
 from ..models import AccountSyncState
 from ..reconcile.leases import sync_state
-
-CONNECTING = "connecting"
-CONNECTED = "connected"
-RECONNECTING = "reconnecting"
-STOPPED = "stopped"
+from .states import StreamState
 
 logger = logging.getLogger("reconciliation.user_stream")
 
@@ -87,11 +83,11 @@ def load_accounts(names: list[str] | None) -> dict[int, Account]:
     return accounts
 
 
-def record_state(account_id: int, state: str, at: datetime | None = None) -> None:
+def record_state(account_id: int, state: StreamState, at: datetime | None = None) -> None:
     sync_state(account_id)
     at = at or timezone.now()
     AccountSyncState.objects.filter(account_id=account_id).update(
-        stream_state=state, stream_state_at=at, stream_heartbeat_at=at
+        stream_state=state.value, stream_state_at=at, stream_heartbeat_at=at
     )
 
 
