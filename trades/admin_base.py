@@ -2,6 +2,7 @@
 who did it (the actor recorded on audit events). Imports nothing of `reconciliation`."""
 
 from django.contrib import admin
+from django.db.models import Model
 from django.http import HttpRequest
 
 from .permissions import FIX_PERMISSION
@@ -21,11 +22,11 @@ def actor_of(request: HttpRequest) -> str:
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Audit and history: looked at, never edited, added or deleted from the admin."""
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False

@@ -22,6 +22,7 @@ every beat. Cost: three queries per beat for the whole fleet, none per account.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -44,7 +45,7 @@ def stream_heartbeat_max_age() -> timedelta:
     return timedelta(seconds=3 * settings.USER_STREAM_ACCOUNT_REFRESH_SEC + 10)
 
 
-def audit_not_due(account_ids, *, now: datetime | None = None) -> dict[int, str]:
+def audit_not_due(account_ids: Iterable[int], *, now: datetime | None = None) -> dict[int, str]:
     """The accounts among `account_ids` the beat may leave out this time, each with the reason. Empty when
     RECONCILE_AUDIT_SEC is 0."""
     audit_sec = settings.RECONCILE_AUDIT_SEC

@@ -241,9 +241,8 @@ def test_a_worker_clock_minutes_ahead_does_not_skip_the_not_found_grace(binance,
     trade = TradeFactory(account=account, symbol="BTCUSDT", quantity=Decimal("0.010"), price=Decimal("50000"))
     Trade.objects.filter(pk=trade.pk).update(exchange_status="PLACING", placed_at=db_now())  # outcome unknown
     trade.refresh_from_db()
-    monkeypatch.setattr(
-        "reconciliation.orders.apply.timezone.now", lambda: db_now() + timedelta(minutes=5)
-    )  # this worker's clock
+    # this worker's clock
+    monkeypatch.setattr("reconciliation.orders.apply.timezone.now", lambda: db_now() + timedelta(minutes=5))
 
     result = services.apply_order_snapshot(
         trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id), "reconcile"
