@@ -31,7 +31,6 @@ from unittest import mock
 from django.db import connection
 from django.test import override_settings
 
-from reconciliation import services
 from reconciliation.services import apply_order_snapshot, fetch_order, reconcile_pending
 from sandbox.testing import running_sandbox
 from trades.binance_client import BinanceFuturesClient
@@ -81,7 +80,7 @@ def seed_reconcile(account: Account) -> dict:
 
 def previous_reconcile(account: Account) -> dict:
     """reconcile_pending without openOrders: the approach before it (per order when few, allOrders when many)."""
-    with mock.patch.object(services, "_worth_open_orders", lambda trades: False):
+    with mock.patch("reconciliation.reconcile.pending._worth_open_orders", lambda trades: False):
         return reconcile_pending(account, reason="bench")
 
 

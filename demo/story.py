@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from reconciliation import services, tasks
 from reconciliation.models import AccountSyncState, ReconcileRun
+from reconciliation.stream.states import StreamState
 from sandbox.control import SandboxControl, SandboxControlError
 from trades.models import Account, Trade, TradeEvent
 
@@ -149,7 +150,7 @@ class Story:
                 raise
         self.say(f"== demo account {self.account.name!r} is ready in the sandbox; waiting for its user stream…")
         try:
-            self.wait(lambda: self.stream_state() == "connected", self.stream_timeout, "the user stream")
+            self.wait(lambda: self.stream_state() == StreamState.CONNECTED, self.stream_timeout, "the user stream")
             connected_at = AccountSyncState.objects.get(account=self.account).stream_state_at
             # The reconcile and the position sync (it reconciles too) every (re)connect runs: let them pass first,
             # so what follows is found by its own path.

@@ -7,12 +7,12 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
-from trades.admin import FixPermissionMixin, ReadOnlyAdmin, actor_of
+from trades.admin_base import FixPermissionMixin, ReadOnlyAdmin, actor_of
 from trades.models import TradeEvent
 
-from . import operator_services
 from .models import AccountSyncState, OrphanPosition, ReconcileRun
-from .positions import recover_orphan
+from .orders.results import CHANGES
+from .positions.orphans import dismiss_orphan, recover_orphan
 
 
 @admin.register(ReconcileRun)
@@ -29,8 +29,7 @@ class ReconcileRunAdmin(ReadOnlyAdmin):
     @admin.display(description="changed")
     def changed(self, obj):
         report = obj.report
-        keys = ("opened", "progress", "cancelled", "failed", "corrected")
-        changed = {key: report[key] for key in keys if report.get(key)}
+        changed = {key.value: report[key] for key in CHANGES if report.get(key)}
         changed |= {key: value for key, value in (report.get("extra") or {}).items() if value}
         return ", ".join(f"{key} {value}" for key, value in changed.items()) or "—"
 
@@ -98,9 +97,7 @@ class OrphanPositionAdmin(FixPermissionMixin, ReadOnlyAdmin):
         form = DismissForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             for orphan in orphans:
-                if operator_services.dismiss_orphan(
-                    orphan, reason=form.cleaned_data["reason"], actor=actor_of(request)
-                ):
+                if dismiss_orphan(orphan, reason=form.cleaned_data["reason"], actor=actor_of(request)):
                     self.log_change(request, orphan, f"dismissed: {form.cleaned_data['reason']}")
                     self.message_user(request, f"{orphan.symbol}: dismissed.", messages.SUCCESS)
                 else:

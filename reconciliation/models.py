@@ -102,7 +102,7 @@ class OrphanPosition(models.Model):
 
 class StreamMiss(models.Model):
     """An order change a REST look-up found that the account's user stream, connected at the time, never delivered
-    (stream_guard.py). Counted in /metrics; enough of them within an hour mark the stream deaf."""
+    (stream/guard.py). Counted in /metrics; enough of them within an hour mark the stream deaf."""
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="stream_misses")
     trade = models.ForeignKey(Trade, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

@@ -4,7 +4,7 @@ The bot's entry flow (docs in README "How the bot calls tradeops"):
     open_position(account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None)
       → place_entry_order(trade_id, timeout_sec) (stores the deadline, Trade.cancel_after, then sends the order)
       → entry_timeout(trade_id) after timeout_sec → cancel_and_verify(trade_id) if the trade is still pending
-      (and cancel_overdue_entries, every 15 s, for any deadline whose countdown was lost: deadlines.py)
+      (and cancel_overdue_entries, every 15 s, for any deadline whose countdown was lost: cancels/deadlines.py)
 Every cancel goes through cancel_and_verify: chain(cancel_order, verify_cancel), where cancel_order never fails
 the chain (its errors are logged and passed on), so the verification always runs.
 """
@@ -24,7 +24,9 @@ from trades.db import DB_UNAVAILABLE_ERRORS
 from trades.exceptions import ExchangeError, RateLimited, TransientExchangeError
 from trades.models import Account, Trade, TradeEvent
 
-from . import audit, heartbeats, services
+from . import services
+from .health import heartbeats
+from .reconcile import audit
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ def reconcile_account(self, account_id, reason="beat", deep=False):
 def reconcile_all_accounts(deep=False):
     """One reconcile_account per active account, each on its own: one account's failure never stops the others.
     The beat's pass leaves out the accounts whose healthy user stream was audited by REST less than
-    RECONCILE_AUDIT_SEC ago (audit.py); the deep pass leaves out none. Returns how many reconciles it sent."""
+    RECONCILE_AUDIT_SEC ago (reconcile/audit.py); the deep pass leaves out none. Returns how many reconciles it sent."""
     ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
     not_due = {} if deep else audit.audit_not_due(ids)
     if not_due:
@@ -222,7 +224,7 @@ def cancel_order(self, trade_id, actor=""):
         return services.cancel_trade_order(trade, actor=actor)
     except DB_UNAVAILABLE_ERRORS as exc:
         if self.request.retries < db_retry_limit():
-            raise _retry_db_error(self, exc, f"trade {trade_id} cancel")
+            raise _retry_db_error(self, exc, f"trade {trade_id} cancel") from exc
         logger.warning(
             "trade %s: cancel failed after retries (%s: %s); verifying anyway", trade_id, type(exc).__name__, exc
         )
@@ -234,7 +236,7 @@ def cancel_order(self, trade_id, actor=""):
                 exc=exc,
                 countdown=capped_countdown(countdown, what=f"trade {trade_id} cancel retry"),
                 max_retries=CANCEL_MAX_RETRIES,
-            )
+            ) from exc
         logger.warning(
             "trade %s: cancel failed after retries (%s: %s); verifying anyway", trade_id, type(exc).__name__, exc
         )
@@ -312,16 +314,21 @@ def open_position(self, account_id, symbol, side, quantity, price=None, timeout_
 
     acks_late: a redelivery (worker killed after the commit, before the ack) runs this again. Without a client order
     id from the caller, one is derived from the task id, so the second run finds the first run's trade instead of
-    opening a second position (bot.open_position is idempotent on the client order id). An empty id ("") is no id:
+    opening a second position (services.open_position is idempotent on the client order id). An empty id ("") is no id:
     it is derived too (passed on, "" would become a fresh random id per run: a second order on redelivery)."""
-    from .bot import open_position as open_position_now
-
     if not client_order_id:
         # Called directly (no task id): None, and a fresh one is generated.
         client_order_id = client_order_id_for(self.request.id) if self.request.id else None
     account = Account.objects.get(pk=account_id, is_active=True)
-    trade = open_position_now(
-        account, symbol, side, quantity, price, timeout_sec=timeout_sec, client_order_id=client_order_id
+    trade = services.open_position(
+        account,
+        symbol,
+        side,
+        quantity,
+        price,
+        timeout_sec=timeout_sec,
+        client_order_id=client_order_id,
+        enqueue_placement=lambda trade_id, timeout: place_entry_order.delay(trade_id, timeout),
     )
     return trade.pk
 
@@ -361,7 +368,7 @@ def entry_timeout(self, trade_id, due_at=None):
     try:
         report = services.cancel_entry_at_deadline(trade_id, send=cancel_and_verify, due_at=due_at)
     except DB_UNAVAILABLE_ERRORS as exc:
-        raise _retry_db_error(self, exc, f"trade {trade_id} entry timeout")
+        raise _retry_db_error(self, exc, f"trade {trade_id} entry timeout") from exc
     if report["outcome"] == "not_due":
         schedule_entry_timeout(trade_id, report["due_in"])
         report["due_in"] = round(report["due_in"])
@@ -371,5 +378,5 @@ def entry_timeout(self, trade_id, due_at=None):
 @shared_task
 def cancel_overdue_entries():
     """Beat, every 15 s: every trade past its deadline whose cancel nobody sent goes through cancel_and_verify, once
-    (deadlines.py). The backstop for countdowns lost with the broker's data or held by a dead worker."""
+    (cancels/deadlines.py). The backstop for countdowns lost with the broker's data or held by a dead worker."""
     return services.cancel_overdue_entries(send=cancel_and_verify)

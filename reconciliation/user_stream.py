@@ -28,7 +28,7 @@ processes share the accounts and take over a dead one's (stream/shards.py) — o
   closed), re-keyed → restarted. An account whose api_secret cannot be decrypted is skipped (one ERROR per refresh,
   naming it); the others stream.
 - A stream a reconcile marked deaf (connected, but REST keeps finding order changes it never delivered:
-  ``reconciliation.stream_guard``) is noticed at the next account refresh and reconnected at once
+  ``reconciliation.stream.guard``) is noticed at the next account refresh and reconnected at once
   (reason ``deaf``), once per mark; the reconnect's reconcile clears the mark unless it finds misses too.
 - State for the admin and health checks: AccountSyncState.stream_state (connecting / connected / reconnecting /
   stopped), stream_state_at, stream_last_event_at (written at most every 5 s).

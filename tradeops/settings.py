@@ -12,6 +12,8 @@ import environ
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
+from reconciliation.stream.events import DEFAULT_EVENTS
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("TRADEOPS_VAR_DIR", default=str(BASE_DIR / "var")))
 
@@ -64,6 +66,8 @@ INSTALLED_APPS = [
     "trades",
     "reconciliation",
 ]
+if DEBUG:  # development only (`make run`): the dev admin and the demo story's commands (demo/); never in production
+    INSTALLED_APPS.append("demo")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -93,7 +97,7 @@ TEMPLATES = [
     },
 ]
 
-# --- Database -------------------------------------------------------------------------------------------------------
+# --- Database ---------------------------------------------------------------------------------------------------------
 DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'tradeops.sqlite3'}")}
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.mysql":
@@ -142,7 +146,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = env.str("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 
-# --- Security (production: HTTPS behind a proxy; see README "Production") ------------------------------------------
+# --- Security (production: HTTPS behind a proxy; see README "Production") ---------------------------------------------
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
@@ -150,7 +154,7 @@ SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("DJANGO_BEHIND_TLS_PROXY", False) else None
 X_FRAME_OPTIONS = "DENY"
 
-# --- Binance ---------------------------------------------------------------------------------------------------------
+# --- Binance ----------------------------------------------------------------------------------------------------------
 BINANCE_FUTURES_REST_URL = env.str("BINANCE_FUTURES_REST_URL", default="https://fapi.binance.com").rstrip("/")
 BINANCE_FUTURES_WS_URL = env.str("BINANCE_FUTURES_WS_URL", default="wss://fstream.binance.com").rstrip("/")
 BINANCE_FUTURES_TESTNET_REST_URL = env.str(
@@ -171,7 +175,7 @@ BINANCE_BUDGET_PREFIX = env.str("BINANCE_BUDGET_PREFIX", default="tradeops:egres
 # REQUEST_WEIGHT per minute per IP; empty → exchangeInfo's rateLimits (cached an hour), 2,400 until known.
 BINANCE_WEIGHT_LIMIT = env.int("BINANCE_WEIGHT_LIMIT", default=None)
 
-# --- Reconciliation --------------------------------------------------------------------------------------------------
+# --- Reconciliation ---------------------------------------------------------------------------------------------------
 SYNC_RECOVER_MISSING_POSITIONS = env.bool("SYNC_RECOVER_MISSING_POSITIONS", default=False)
 PENDING_NOT_FOUND_GRACE_SEC = env.int("PENDING_NOT_FOUND_GRACE_SEC", default=120)
 # positionRisk can lag the matching engine: an open trade is closed only when two reads this far apart agree its
@@ -196,7 +200,7 @@ def _delays(name: str, default: str) -> tuple[int, ...]:
 # A trade failed as "not found on exchange" is looked up again this long after the failure, once per entry.
 NOT_FOUND_RECHECK_SEC = _delays("NOT_FOUND_RECHECK_SEC", "300,1800,7200,86400")
 
-# --- Celery (all of it here: one module) -----------------------------------------------------------------------------
+# --- Celery (all of it here: one module) ------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT = "tradeops.kombu_filesystem:Transport"  # kombu's, with atomic message files
@@ -256,7 +260,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SYNC_EVERY = 1
 CELERY_TIMEZONE = TIME_ZONE
 
-# --- Logging ---------------------------------------------------------------------------------------------------------
+# --- Logging ----------------------------------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
@@ -271,12 +275,12 @@ LOGGING = {
     },
 }
 
-# --- Reconciliation tuning (rarely changed; see reconciliation/services.py) --------------------------------------------
+# --- Reconciliation tuning (rarely changed; see reconciliation/reconcile/) --------------------------------------------
 RECONCILE_MAX_AGE_SEC = env.int("RECONCILE_MAX_AGE_SEC", default=86400)  # older pending trades: the hourly deep pass
 RECONCILE_PAGE_SIZE = env.int("RECONCILE_PAGE_SIZE", default=1000)
 RECONCILE_PER_ORDER_MAX = env.int("RECONCILE_PER_ORDER_MAX", default=5)  # above this per symbol, one allOrders (w5)
 RECONCILE_WEIGHT_BUDGET = env.int("RECONCILE_WEIGHT_BUDGET", default=1920)  # stop at 80 % of Binance's 2400/min
-# A healthy user stream's account: audited by the beat this often, not every minute (audit.py); 0: every beat
+# A healthy user stream's account: audited by the beat this often, not every minute (reconciliation/reconcile/audit.py); 0: every beat
 RECONCILE_AUDIT_SEC = env.int("RECONCILE_AUDIT_SEC", default=600)
 RECONCILE_RUN_RETENTION_DAYS = env.int("RECONCILE_RUN_RETENTION_DAYS", default=7)  # ReconcileRun reports kept
 RECONCILE_LEASE_SEC = env.int("RECONCILE_LEASE_SEC", default=CELERY_TASK_TIME_LIMIT + 30)
@@ -289,7 +293,7 @@ ENTRY_CANCEL_RESEND_SEC = env.int("ENTRY_CANCEL_RESEND_SEC", default=300)  # sti
 CANCEL_DB_RETRY_SEC = env.int("CANCEL_DB_RETRY_SEC", default=600)  # entry_timeout / cancel_order ride out DB outages
 CANCEL_RESEND_MAX = env.int("CANCEL_RESEND_MAX", default=2)  # a verification finding the order working re-cancels
 
-# --- User-data stream (reconciliation/stream/config.py documents each) -----------------------------------------------
+# --- User-data stream (reconciliation/stream/config.py documents each) ------------------------------------------------
 USER_STREAM_KEEPALIVE_SEC = env.float("USER_STREAM_KEEPALIVE_SEC", default=1800)
 USER_STREAM_MAX_CONNECTION_SEC = env.float("USER_STREAM_MAX_CONNECTION_SEC", default=84600)
 USER_STREAM_ACCOUNT_REFRESH_SEC = env.float("USER_STREAM_ACCOUNT_REFRESH_SEC", default=30)
@@ -301,16 +305,14 @@ USER_STREAM_TAKEOVER_SEC = env.float("USER_STREAM_TAKEOVER_SEC", default=30)
 USER_STREAM_CONNECTS_PER_SEC = env.float("USER_STREAM_CONNECTS_PER_SEC", default=5)
 # Event types the stream subscribes to (`&events=` on /private/ws; without it Binance delivers nothing): comma- or
 # "/"-separated. ORDER_TRADE_UPDATE, ACCOUNT_UPDATE and listenKeyExpired are always added: the stream needs them.
-USER_STREAM_EVENTS = env.str(
-    "USER_STREAM_EVENTS",
-    default="ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_ORDER_UPDATE,ACCOUNT_CONFIG_UPDATE,MARGIN_CALL",
-)
+# The default, DEFAULT_EVENTS, is the list in reconciliation/stream/events.py (Binance's names; no Django there).
+USER_STREAM_EVENTS = env.str("USER_STREAM_EVENTS", default=",".join(DEFAULT_EVENTS))
 # A REST look-up that finds an order change this much older than itself, made while the account's socket was
 # connected, that the socket never delivered, is a missed event; this many within an hour mark the stream deaf.
 USER_STREAM_DEAF_LAG_SEC = env.float("USER_STREAM_DEAF_LAG_SEC", default=10.0)
 USER_STREAM_DEAF_AFTER = env.int("USER_STREAM_DEAF_AFTER", default=3)
 
-# --- Health and metrics (tradeops/views.py, reconciliation/metrics.py) ----------------------------------------------
+# --- Health and metrics (reconciliation/health/: views.py, metrics.py) ------------------------------------------------
 HEALTH_BROKER_TIMEOUT_SEC = env.float("HEALTH_BROKER_TIMEOUT_SEC", default=2.0)
 HEALTH_BEAT_MAX_AGE_SEC = env.int("HEALTH_BEAT_MAX_AGE_SEC", default=0)  # 0: three intervals of the reconcile schedule
 HEALTH_STREAM_GRACE_SEC = env.int("HEALTH_STREAM_GRACE_SEC", default=120)  # (re)connecting longer than this = down

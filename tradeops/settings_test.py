@@ -11,9 +11,12 @@ os.environ.setdefault("FIELD_ENCRYPTION_KEY", "2rrJ6Kp0d3hL2n-1mGsB5t4hXn3PqGQ8l
 os.environ.setdefault("TRADEOPS_VAR_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), "var", "test"))
 
 from .settings import *  # noqa: F403 — the production settings, then the test overrides below
-from .settings import DATABASES, VAR_DIR
+from .settings import DATABASES, INSTALLED_APPS, VAR_DIR
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if "demo" not in INSTALLED_APPS:  # the development commands are tested too
+    INSTALLED_APPS = [*INSTALLED_APPS, "demo"]
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not Django's shared-cache in-memory database: worker threads in the tests then get SQLite's real

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
-from . import views
+from reconciliation.health import views
 
 admin.site.site_header = "tradeops — operators' desk"
 admin.site.site_title = "tradeops"

@@ -1,7 +1,8 @@
 """The operators' desk: accounts, trades and their audit trail.
 
 State never changes here: trade state is read-only, and every action calls a reconciliation service
-(`reconciliation.operator_services`, `reconciliation.services`, `reconciliation.tasks`). Every action that changes
+(`reconciliation.orders.operator`, `reconciliation.positions.operator`, `reconciliation.services`,
+`reconciliation.tasks`). Every action that changes
 anything needs `trades.fix_trade` ("operators" group); "observers" only see. Trade changes are audited as TradeEvents
 carrying the admin user (actor); account runs and cancel requests also go to the admin's history (LogEntry).
 """
@@ -18,12 +19,15 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
-from reconciliation import operator_services, services, tasks
+from reconciliation import services, tasks
 from reconciliation.models import AccountSyncState
+from reconciliation.operator import OperatorActionRefused
+from reconciliation.orders import operator as order_operator
+from reconciliation.positions.operator import close_trade_manually
 
 from . import schedules_admin
+from .admin_base import FixPermissionMixin, ReadOnlyAdmin, actor_of
 from .models import Account, Trade, TradeEvent
-from .permissions import FIX_PERMISSION
 
 MAX_TRADES_PER_ACTION = 50  # each costs a Binance call made during the request
 MAX_ACCOUNTS_PER_ACTION = 10
@@ -39,31 +43,7 @@ def mask(value: str, keep: int = 4) -> str:
     return "••••" + value[-keep:]
 
 
-class FixPermissionMixin:
-    """`@admin.action(permissions=["fix"])` asks `has_fix_permission`: the one permission for changing things."""
-
-    def has_fix_permission(self, request):
-        return request.user.has_perm(FIX_PERMISSION)
-
-
-def actor_of(request) -> str:
-    return request.user.get_username()
-
-
 # --- Accounts ---------------------------------------------------------------------------------------------------------
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Audit and history: looked at, never edited, added or deleted from the admin."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class AccountForm(forms.ModelForm):
@@ -332,7 +312,7 @@ class NeedsOperatorFilter(admin.SimpleListFilter):
 
 class ManualMarkForm(forms.Form):
     status = forms.ChoiceField(
-        choices=[(s, s) for s in operator_services.MANUAL_STATUSES],
+        choices=[(s, s) for s in order_operator.MANUAL_STATUSES],
         widget=forms.RadioSelect,
         initial=Trade.Status.FAILED,
     )
@@ -395,7 +375,7 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
     @admin.action(description="Verify on Binance (fetch the order, apply it)", permissions=["fix"])
     def verify_on_binance(self, request, queryset):
         trades = list(queryset.select_related("account")[:MAX_TRADES_PER_ACTION])
-        results = operator_services.verify_trades_on_binance(trades, actor=actor_of(request))
+        results = order_operator.verify_trades_on_binance(trades, actor=actor_of(request))
         context = {
             **self.admin_site.each_context(request),
             "title": "Verified on Binance",
@@ -428,7 +408,7 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
     @admin.action(description="Mark failed/cancelled manually…", permissions=["fix"])
     def mark_manually(self, request, queryset):
         def mark(trade, data):
-            operator_services.mark_trade_manually(
+            order_operator.mark_trade_manually(
                 trade, status=data["status"], reason=data["reason"], actor=actor_of(request)
             )
             return f"marked {trade.status}"
@@ -446,7 +426,7 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
     @admin.action(description="Close open trades by hand…", permissions=["fix"])
     def close_manually(self, request, queryset):
         def close(trade, data):
-            operator_services.close_trade_manually(trade, reason=data["reason"], actor=actor_of(request))
+            close_trade_manually(trade, reason=data["reason"], actor=actor_of(request))
             self.log_change(request, trade, f"closed by hand: {data['reason']}")
             return "closed"
 
@@ -470,7 +450,7 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
             for trade in trades:
                 try:
                     done = run(trade, form.cleaned_data)
-                except operator_services.OperatorActionRefused as exc:
+                except OperatorActionRefused as exc:
                     self.message_user(request, f"Trade {trade.pk} not {verb}: {exc}", messages.ERROR)
                 else:
                     self.message_user(request, f"Trade {trade.pk} {done}.", messages.SUCCESS)

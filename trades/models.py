@@ -311,7 +311,7 @@ class Trade(models.Model):
         default=False, help_text="Reconciliation could not decide this trade on its own; see its events."
     )
     # Binance can answer -2013 for minutes for an order that exists: a trade failed as "not found on exchange" is
-    # looked up again on NOT_FOUND_RECHECK_SEC's schedule (reconciliation.rechecks), at most once per entry.
+    # looked up again on NOT_FOUND_RECHECK_SEC's schedule (reconciliation.orders.rechecks), at most once per entry.
     not_found_rechecks = models.PositiveSmallIntegerField(
         default=0, help_text="Look-ups made since the trade was failed as not found on exchange."
     )
@@ -338,7 +338,7 @@ class Trade(models.Model):
             models.Index(fields=["account", "entry_order_id"], name="trade_account_entry_order"),
             # The deadline sweep: pending (or failed "not found") trades, not yet sent, whose deadline has passed.
             models.Index(fields=["status", "cancel_sent_at", "cancel_after"], name="trade_deadline_sweep"),
-            # The pending reconcile's due not-found re-checks (reconciliation.rechecks).
+            # The pending reconcile's due not-found re-checks (reconciliation.orders.rechecks).
             models.Index(fields=["account", "not_found_recheck_at"], name="trade_account_nf_recheck"),
         ]
 

@@ -1,26 +1,23 @@
-"""Stream tuning, read once from settings (all optional; defaults in brackets):
+"""Stream tuning. Each setting below is read from tradeops/settings.py (its default is defined there, and
+docs/CONFIGURATION.md describes it):
 
-USER_STREAM_KEEPALIVE_SEC          [1800]    PUT listenKey this often (Binance expires a key after 60 min); a
-                                             failed PUT is retried with the backoff below (or the 429/418's
-                                             Retry-After) on the live socket
-USER_STREAM_MAX_CONNECTION_SEC     [84600]   reconnect on our terms before Binance's 24 h cut (23.5 h)
-USER_STREAM_ACCOUNT_REFRESH_SEC    [30]      re-read accounts (added / disabled / re-keyed) this often
-USER_STREAM_BACKOFF_BASE_SEC       [1.0]     first reconnect delay after an unplanned disconnect (× 0.5–1 jitter);
-                                             the same backoff paces retries of a failed keepalive and of a refused
-                                             enqueue (the connect reconcile, a position sync)
-USER_STREAM_BACKOFF_MAX_SEC        [60]      reconnect (and retry) delay cap
-USER_STREAM_POSITION_DEBOUNCE_SEC  [2.0]     ACCOUNT_UPDATE bursts and (re)connects → one sync_positions per
-                                             account per window
-USER_STREAM_TAKEOVER_SEC           [30]      a killed process's accounts are claimed by the others within this
-                                             (leases last a third of it, renewed every tenth; shards.py)
-USER_STREAM_CONNECTS_PER_SEC       [5]       new connections a process opens per second at most (start, takeover,
-                                             rebalance); 0: no ramp
-USER_STREAM_EVENTS                 [ORDER_TRADE_UPDATE,ACCOUNT_UPDATE,listenKeyExpired,TRADE_LITE,ALGO_ORDER_UPDATE,
-                                    ACCOUNT_CONFIG_UPDATE,MARGIN_CALL]
-                                             the event types named in the socket's `&events=` (comma- or
-                                             "/"-separated). Binance's /private/ws delivers only those, and nothing
-                                             at all without the parameter ("Important WebSocket Change Notice",
-                                             2026-04-23). The three the stream acts on are always included.
+USER_STREAM_KEEPALIVE_SEC          PUT listenKey this often (Binance expires a key after 60 min); a failed PUT is
+                                   retried with the backoff below (or the 429/418's Retry-After) on the live socket
+USER_STREAM_MAX_CONNECTION_SEC     reconnect on our terms before Binance's 24 h cut
+USER_STREAM_ACCOUNT_REFRESH_SEC    re-read accounts (added / disabled / re-keyed) this often
+USER_STREAM_BACKOFF_BASE_SEC       first reconnect delay after an unplanned disconnect (× 0.5–1 jitter); the same
+                                   backoff paces retries of a failed keepalive and of a refused enqueue (the connect
+                                   reconcile, a position sync)
+USER_STREAM_BACKOFF_MAX_SEC        reconnect (and retry) delay cap
+USER_STREAM_POSITION_DEBOUNCE_SEC  ACCOUNT_UPDATE bursts and (re)connects → one sync_positions per account per window
+USER_STREAM_TAKEOVER_SEC           a killed process's accounts are claimed by the others within this (leases last a
+                                   third of it, renewed every tenth; shards.py)
+USER_STREAM_CONNECTS_PER_SEC       new connections a process opens per second at most (start, takeover, rebalance);
+                                   0: no ramp
+USER_STREAM_EVENTS                 the event types named in the socket's `&events=` (comma- or "/"-separated; the
+                                   default is events.DEFAULT_EVENTS). Binance's /private/ws delivers only those, and
+                                   nothing at all without the parameter ("Important WebSocket Change Notice",
+                                   2026-04-23). The three the stream acts on are always included.
 
 The other fields are not settings (rarely worth changing; tests and the benchmark shorten some), among them:
 db_call_timeout_sec (a call to the stream's thread pool still running after this is given up; for applying a
@@ -31,36 +28,29 @@ listen_key_validity_sec / listen_key_margin_sec (keepalives failing for validity
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 
-# Event types the stream acts on: always subscribed, whatever USER_STREAM_EVENTS says.
-REQUIRED_EVENTS = ("ORDER_TRADE_UPDATE", "ACCOUNT_UPDATE", "listenKeyExpired")
-# ALGO_ORDER_UPDATE: the subscription name of the Algo service's updates (their frames say "e": "ALGO_UPDATE").
-DEFAULT_EVENTS = REQUIRED_EVENTS + ("TRADE_LITE", "ALGO_ORDER_UPDATE", "ACCOUNT_CONFIG_UPDATE", "MARGIN_CALL")
+from .events import parse_events
 
 
-def parse_events(value) -> tuple[str, ...]:
-    """USER_STREAM_EVENTS (a comma- or "/"-separated string, or a list) → the event types, required ones first, each
-    once, in order. Names are Binance's event types, case-sensitive (listenKeyExpired)."""
-    if isinstance(value, str):
-        names = [part.strip() for part in value.replace(",", "/").split("/")]
-    else:
-        names = [str(part).strip() for part in value or ()]
-    return tuple(dict.fromkeys([*REQUIRED_EVENTS, *(name for name in names if name)]))
+def _setting(name: str) -> Any:
+    """A field's default: the setting's value when the config is made (tradeops/settings.py defines each)."""
+    return field(default_factory=lambda: float(getattr(settings, name)))
 
 
 @dataclass(frozen=True)
 class StreamConfig:
-    keepalive_sec: float = 30 * 60
-    max_connection_sec: float = 23.5 * 3600
-    account_refresh_sec: float = 30.0
-    backoff_base_sec: float = 1.0
-    backoff_max_sec: float = 60.0
-    position_debounce_sec: float = 2.0
-    takeover_sec: float = 30.0
-    connects_per_sec: float = 5.0
+    keepalive_sec: float = _setting("USER_STREAM_KEEPALIVE_SEC")
+    max_connection_sec: float = _setting("USER_STREAM_MAX_CONNECTION_SEC")
+    account_refresh_sec: float = _setting("USER_STREAM_ACCOUNT_REFRESH_SEC")
+    backoff_base_sec: float = _setting("USER_STREAM_BACKOFF_BASE_SEC")
+    backoff_max_sec: float = _setting("USER_STREAM_BACKOFF_MAX_SEC")
+    position_debounce_sec: float = _setting("USER_STREAM_POSITION_DEBOUNCE_SEC")
+    takeover_sec: float = _setting("USER_STREAM_TAKEOVER_SEC")
+    connects_per_sec: float = _setting("USER_STREAM_CONNECTS_PER_SEC")
     # Not settings: rarely worth changing, but tests and the benchmark shorten some.
     stable_after_sec: float = 30.0  # a connection that lived this long resets the failure count
     open_timeout_sec: float = 10.0
@@ -79,29 +69,12 @@ class StreamConfig:
     listen_key_validity_sec: float = 60 * 60
     listen_key_margin_sec: float = 5 * 60
     threads: int = 8
-    events: tuple[str, ...] = DEFAULT_EVENTS  # USER_STREAM_EVENTS, parsed
-
-    _SETTINGS = {
-        "keepalive_sec": "USER_STREAM_KEEPALIVE_SEC",
-        "max_connection_sec": "USER_STREAM_MAX_CONNECTION_SEC",
-        "account_refresh_sec": "USER_STREAM_ACCOUNT_REFRESH_SEC",
-        "backoff_base_sec": "USER_STREAM_BACKOFF_BASE_SEC",
-        "backoff_max_sec": "USER_STREAM_BACKOFF_MAX_SEC",
-        "position_debounce_sec": "USER_STREAM_POSITION_DEBOUNCE_SEC",
-        "takeover_sec": "USER_STREAM_TAKEOVER_SEC",
-        "connects_per_sec": "USER_STREAM_CONNECTS_PER_SEC",
-    }
+    events: tuple[str, ...] = field(default_factory=lambda: parse_events(settings.USER_STREAM_EVENTS))
 
     @classmethod
-    def from_settings(cls, **overrides) -> StreamConfig:
-        values = {}
-        for name in (f.name for f in fields(cls)):
-            setting = cls._SETTINGS.get(name)
-            if setting is not None and hasattr(settings, setting):
-                values[name] = float(getattr(settings, setting))
-        if hasattr(settings, "USER_STREAM_EVENTS"):
-            values["events"] = parse_events(settings.USER_STREAM_EVENTS)
-        return replace(cls(**values), **overrides)
+    def from_settings(cls, **overrides: Any) -> StreamConfig:
+        """The settings' values (the fields' defaults), with `overrides`."""
+        return cls(**overrides)
 
     @property
     def lease_sec(self) -> float:

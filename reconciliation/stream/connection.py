@@ -40,7 +40,8 @@ from trades.models import Account
 
 from . import messages
 from .config import StreamConfig
-from .state import CONNECTED, CONNECTING, RECONNECTING, STOPPED, blocking, record_last_event, record_state
+from .state import blocking, record_last_event, record_state
+from .states import StreamState
 
 logger = logging.getLogger("reconciliation.user_stream")
 
@@ -116,7 +117,7 @@ class AccountStream:
         self._end("stop")
 
     def reconnect_if_deaf(self, marked_at) -> bool:
-        """A reconcile marked this account's stream deaf (stream_guard.py) at `marked_at`: if the live connection
+        """A reconcile marked this account's stream deaf (stream/guard.py) at `marked_at`: if the live connection
         is older than the mark, end it; the loop reconnects at once, and that connection's reconcile clears the
         mark unless it is deaf too. A connection made after the mark is left alone (one reconnect per mark)."""
         if self._ws is None or self._connected_wall is None or marked_at <= self._connected_wall:
@@ -169,7 +170,7 @@ class AccountStream:
         client = None
         failures, reason, disconnected_at = 0, "start", None
         try:
-            await self._call("state", record_state, self.account_id, CONNECTING)
+            await self._call("state", record_state, self.account_id, StreamState.CONNECTING)
             client = await self._blocking(listen_key_client, self.account, self.config.listen_key_http_timeout_sec)
             while not self._stopping:
                 self._end_reason, self._connected_at = None, None
@@ -196,7 +197,7 @@ class AccountStream:
                     failures,
                     delay,
                 )
-                await self._call("state", record_state, self.account_id, RECONNECTING)
+                await self._call("state", record_state, self.account_id, StreamState.RECONNECTING)
                 await self._sleep(delay)
         except asyncio.CancelledError:
             raise
@@ -250,7 +251,7 @@ class AccountStream:
             )  # a newer one sends its own
             # Positions may have changed in the gap too (a stop-loss closed one, its ACCOUNT_UPDATE lost).
             self._schedule_position_sync("ws_connect")
-            self._spawn(self._call("state", record_state, self.account_id, CONNECTED))
+            self._spawn(self._call("state", record_state, self.account_id, StreamState.CONNECTED))
             keepalive = self._spawn(self._keep_alive(client, self._listen_key, key_extended_at))
             max_age = asyncio.get_running_loop().call_later(cfg.max_connection_sec, self._end, "max_connection_age")
             try:
@@ -428,7 +429,7 @@ class AccountStream:
         pending = [task for task in self._tasks if not task.done()]
         if pending:  # an enqueue or a state write in flight: let it land first, so "stopped" is the last word
             await asyncio.wait(pending, timeout=1.0)
-        await self._call("state", record_state, self.account_id, STOPPED)
+        await self._call("state", record_state, self.account_id, StreamState.STOPPED)
         logger.info("user_stream event=stopped account=%s", self.label)
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from trades.models import Trade, TradeEvent
 
 from .. import services
-from ..rules import SnapshotMismatch
-from ..snapshots import InvalidSnapshot, OrderSnapshot
+from ..orders.rules import SnapshotMismatch
+from ..orders.snapshots import InvalidSnapshot, OrderSnapshot
 from .state import recycle_connections
 
 logger = logging.getLogger("reconciliation.user_stream")

@@ -16,13 +16,9 @@ from django.utils import timezone
 
 from trades.models import Account
 
-from ..leases import sync_state
 from ..models import AccountSyncState
-
-CONNECTING = "connecting"
-CONNECTED = "connected"
-RECONNECTING = "reconnecting"
-STOPPED = "stopped"
+from ..reconcile.leases import sync_state
+from .states import StreamState
 
 logger = logging.getLogger("reconciliation.user_stream")
 
@@ -87,11 +83,11 @@ def load_accounts(names: list[str] | None) -> dict[int, Account]:
     return accounts
 
 
-def record_state(account_id: int, state: str, at: datetime | None = None) -> None:
+def record_state(account_id: int, state: StreamState, at: datetime | None = None) -> None:
     sync_state(account_id)
     at = at or timezone.now()
     AccountSyncState.objects.filter(account_id=account_id).update(
-        stream_state=state, stream_state_at=at, stream_heartbeat_at=at
+        stream_state=state.value, stream_state_at=at, stream_heartbeat_at=at
     )
 
 
@@ -105,7 +101,7 @@ def record_last_event(account_id: int, at: datetime) -> None:
 
 
 def load_deaf_marks(account_ids: list[int]) -> dict[int, datetime]:
-    """Accounts whose stream a reconcile marked deaf (reconciliation/stream_guard.py), and since when."""
+    """Accounts whose stream a reconcile marked deaf (reconciliation/stream/guard.py), and since when."""
     return dict(
         AccountSyncState.objects.filter(account_id__in=account_ids, stream_deaf_since__isnull=False).values_list(
             "account_id", "stream_deaf_since"

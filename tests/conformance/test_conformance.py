@@ -26,11 +26,11 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from reconciliation.positions import exchange_positions
-from reconciliation.snapshots import OrderSnapshot
+from reconciliation.orders.snapshots import OrderSnapshot
+from reconciliation.positions.exposure import exchange_positions
 from reconciliation.stream import messages
-from reconciliation.stream.config import DEFAULT_EVENTS
 from reconciliation.stream.connection import stream_url
+from reconciliation.stream.events import DEFAULT_EVENTS
 from tests.helpers import wait_for
 from trades.binance_client import BinanceFuturesClient
 from trades.exceptions import OrderNotFound

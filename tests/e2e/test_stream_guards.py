@@ -19,9 +19,10 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from reconciliation import rules, services, tasks
+from reconciliation import services, tasks
 from reconciliation.models import AccountSyncState, ReconcileRun, StreamMiss
-from reconciliation.stream_guard import CLOCK_MARGIN
+from reconciliation.orders import rules
+from reconciliation.stream.guard import CLOCK_MARGIN
 from trades.models import Trade, TradeEvent
 
 from .harness import wait_for

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciliation import rules
+from reconciliation.orders import rules
 from reconciliation.services import apply_order_snapshot
 from tests.factories import AccountFactory, TradeFactory
 from trades.models import Trade, TradeEvent

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciliation.models import OrphanPosition, ReconcileRun
-from reconciliation.positions import compare_positions, explained_by_trades
-from reconciliation.reports import Report
+from reconciliation.positions.exposure import explained_by_trades
+from reconciliation.positions.sync import compare_positions
+from reconciliation.reconcile.reports import Report
 from sandbox.engine import Engine
 from sandbox.errors import ApiError
 from tests.factories import AccountFactory

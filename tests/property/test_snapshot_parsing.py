@@ -6,7 +6,7 @@ from decimal import Decimal
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from reconciliation.snapshots import KNOWN_STATUSES, MAX_DECIMAL, InvalidSnapshot, OrderSnapshot
+from reconciliation.orders.snapshots import KNOWN_STATUSES, MAX_DECIMAL, InvalidSnapshot, OrderSnapshot
 
 from .profiles import examples
 from .strategies import SHAPES, json_values, mutated, order_lives, shaped, weird_values

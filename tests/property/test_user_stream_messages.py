@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciliation.snapshots import ENDED_UNFILLED_OR_PARTIAL, FILLED, REJECTED, InvalidSnapshot, OrderSnapshot
+from reconciliation.orders.snapshots import ENDED_UNFILLED_OR_PARTIAL, FILLED, REJECTED, InvalidSnapshot, OrderSnapshot
 from reconciliation.stream import messages
 from reconciliation.user_stream import handle_message
 from tests.factories import AccountFactory, TradeFactory

@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from reconciliation import rules
+from reconciliation.orders import rules
+from reconciliation.orders.snapshots import InvalidSnapshot, OrderSnapshot
 from reconciliation.services import apply_order_snapshot
-from reconciliation.snapshots import InvalidSnapshot, OrderSnapshot
 from tests.factories import TradeFactory
 from tests.helpers import as_ws, place
 from trades.binance_client import BinanceFuturesClient

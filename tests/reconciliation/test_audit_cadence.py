@@ -8,8 +8,8 @@ import pytest
 from django.utils import timezone
 
 from reconciliation import tasks
-from reconciliation.audit import audit_not_due
 from reconciliation.models import AccountSyncState, ReconcileRun
+from reconciliation.reconcile.audit import audit_not_due
 from reconciliation.services import reconcile_pending
 from tests.factories import TradeFactory
 from trades.models import Trade

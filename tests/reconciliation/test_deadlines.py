@@ -9,8 +9,9 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from reconciliation import rules, services, tasks
-from reconciliation.snapshots import OrderSnapshot
+from reconciliation import services, tasks
+from reconciliation.orders import rules
+from reconciliation.orders.snapshots import OrderSnapshot
 from tests.factories import TradeFactory
 from tests.helpers import place
 from tradeops.celery import app
@@ -48,7 +49,7 @@ def test_the_deadline_is_stored_before_the_order_is_sent_and_kept_on_a_redeliver
     def db_gone(*args, **kwargs):  # the answer cannot be applied: the order is live, the trade still PLACING
         raise OperationalError(2013, "Lost connection to MySQL server during query")
 
-    monkeypatch.setattr(services, "apply_order_snapshot", db_gone)
+    monkeypatch.setattr("reconciliation.entries.place.apply_order_snapshot", db_gone)
     monkeypatch.setattr(tasks.entry_timeout, "apply_async", lambda *args, **opts: None)
     with pytest.raises(OperationalError):
         tasks.place_entry_order(trade.pk, 30)
@@ -243,7 +244,8 @@ def test_a_worker_clock_minutes_ahead_does_not_skip_the_not_found_grace(binance,
     trade = TradeFactory(account=account, symbol="BTCUSDT", quantity=Decimal("0.010"), price=Decimal("50000"))
     Trade.objects.filter(pk=trade.pk).update(exchange_status="PLACING", placed_at=db_now())  # outcome unknown
     trade.refresh_from_db()
-    monkeypatch.setattr(services.timezone, "now", lambda: db_now() + timedelta(minutes=5))  # this worker's clock
+    # this worker's clock
+    monkeypatch.setattr("reconciliation.orders.apply.timezone.now", lambda: db_now() + timedelta(minutes=5))
 
     result = services.apply_order_snapshot(
         trade, OrderSnapshot.not_found("BTCUSDT", client_order_id=trade.client_order_id), "reconcile"

@@ -125,7 +125,7 @@ def test_user_trades_full_pages_continue_by_from_id(binance, account, monkeypatc
 
 
 def test_exits_taken_by_a_trade_closed_by_hand_are_not_applied_again(binance, account):
-    from reconciliation.positions import close_trade
+    from reconciliation.positions.sync import close_trade
 
     first, second = entered(account), entered(account)
     with BinanceFuturesClient.for_account(account) as client:

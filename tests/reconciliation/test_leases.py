@@ -1,13 +1,13 @@
-"""The reconcile lease (reconciliation/leases.py) is timed by the database's clock, not the caller's."""
+"""The reconcile lease (reconciliation/reconcile/leases.py) is timed by the database's clock, not the caller's."""
 
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from reconciliation import leases
-from reconciliation.leases import account_lease
 from reconciliation.models import AccountSyncState
+from reconciliation.reconcile import leases
+from reconciliation.reconcile.leases import account_lease
 from tests.factories import AccountFactory
 from trades.db import db_now
 

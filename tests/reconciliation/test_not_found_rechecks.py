@@ -1,5 +1,5 @@
 """A trade failed as "not found on exchange" is looked up again on NOT_FOUND_RECHECK_SEC's schedule by the account's
-pending reconcile (reconciliation.rechecks), and corrected by the one rule when its order shows up (docs/DESIGN.md "What Binance really does" F20)."""
+pending reconcile (reconciliation.orders.rechecks), and corrected by the one rule when its order shows up (docs/DESIGN.md "What Binance really does" F20)."""
 
 from datetime import timedelta
 from decimal import Decimal
@@ -9,9 +9,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from reconciliation import rechecks, rules
+from reconciliation.orders import rechecks, rules
+from reconciliation.orders.snapshots import OrderSnapshot
 from reconciliation.services import apply_order_snapshot, reconcile_pending
-from reconciliation.snapshots import OrderSnapshot
 from tests.factories import TradeFactory
 from tests.helpers import place
 from trades.binance_client import BinanceFuturesClient

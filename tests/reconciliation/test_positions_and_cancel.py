@@ -7,10 +7,11 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from reconciliation import positions, rules
+from reconciliation.entries.position_mode import is_hedge_mode
 from reconciliation.models import OrphanPosition
-from reconciliation.position_mode import is_hedge_mode
-from reconciliation.positions import recover_orphan
+from reconciliation.orders import rules
+from reconciliation.positions import sync as positions
+from reconciliation.positions.orphans import recover_orphan
 from reconciliation.services import (
     apply_order_snapshot,
     cancel_trade_order,

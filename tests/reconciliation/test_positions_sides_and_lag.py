@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
+from reconciliation.entries.position_mode import is_hedge_mode
 from reconciliation.models import OrphanPosition
-from reconciliation.position_mode import is_hedge_mode
 from reconciliation.services import create_pending_trade, place_entry_order, sync_positions_with_binance
 from tests.helpers import entered
 from trades.binance_client import BinanceFuturesClient

@@ -10,9 +10,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from reconciliation import rules
-from reconciliation.leases import account_lease
 from reconciliation.models import ReconcileRun
+from reconciliation.orders import rules
+from reconciliation.reconcile.leases import account_lease
 from reconciliation.services import apply_order_snapshot, reconcile_pending
 from tests.factories import TradeFactory
 from tests.helpers import place
@@ -410,10 +410,10 @@ class TestOpenOrders:
         for symbol, price in {"BTCUSDT": "50000", "ETHUSDT": "3000", "BNBUSDT": "600"}.items():
             fill(binance, self.resting(account, binance, 4, symbol, price)[0])
         binance.control.reset_stats()
-        from reconciliation import services
+        from reconciliation.reconcile import pending
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(services, "_worth_open_orders", lambda trades: False)
+            mp.setattr(pending, "_worth_open_orders", lambda trades: False)
             report = reconcile_pending(account)
 
         assert binance.control.stats()["total_weight"] == 12 == report["weight_used"]

@@ -1,4 +1,4 @@
-"""A deaf user stream is noticed (reconciliation.stream_guard, docs/DESIGN.md "What Binance really does" F17): order changes REST look-ups find that
+"""A deaf user stream is noticed (reconciliation.stream.guard, docs/DESIGN.md "What Binance really does" F17): order changes REST look-ups find that
 the connected socket never delivered are counted, logged, and enough of them mark the stream deaf — in /health/,
 /metrics and the admin — and make the stream process reconnect it."""
 
@@ -15,13 +15,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reconciliation import services
-from reconciliation.metrics import TradeopsCollector
+from reconciliation.health.metrics import TradeopsCollector
+from reconciliation.health.views import check_user_streams
 from reconciliation.models import AccountSyncState, StreamMiss
-from reconciliation.stream_guard import StreamWindow
+from reconciliation.stream.guard import StreamWindow
 from tests.factories import TradeFactory
 from tests.helpers import as_ws, place
 from tests.reconciliation.test_apply_order_snapshot import exchange_order
-from tradeops.views import check_user_streams
 from trades.models import Trade
 
 from .stream_helpers import Recorder, StreamThread, wait_for

@@ -151,7 +151,7 @@ def test_entry_timeout_is_scheduled_even_when_applying_the_placement_answer_fail
     def db_gone(*args, **kwargs):
         raise OperationalError(2013, "Lost connection to MySQL server during query")
 
-    monkeypatch.setattr(services, "apply_order_snapshot", db_gone)
+    monkeypatch.setattr("reconciliation.entries.place.apply_order_snapshot", db_gone)
     scheduled = []
     monkeypatch.setattr(tasks.entry_timeout, "apply_async", lambda args, **opts: scheduled.append((args, opts)))
 

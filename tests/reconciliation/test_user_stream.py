@@ -29,8 +29,8 @@ from websockets.sync.client import connect
 
 from reconciliation import services
 from reconciliation.models import AccountSyncState
-from reconciliation.stream.config import DEFAULT_EVENTS, parse_events
 from reconciliation.stream.connection import stream_url
+from reconciliation.stream.events import DEFAULT_EVENTS, parse_events
 from reconciliation.user_stream import AccountStream, StreamConfig, excerpt, handle_message
 from trades.binance_client import BinanceFuturesClient
 from trades.exceptions import RateLimited

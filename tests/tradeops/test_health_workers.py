@@ -8,7 +8,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from reconciliation import tasks
-from reconciliation.heartbeats import HEARTBEAT_EVERY_SEC, HEARTBEAT_TASK
+from reconciliation.health.heartbeats import HEARTBEAT_EVERY_SEC, HEARTBEAT_TASK
 from reconciliation.models import WorkerHeartbeat
 from tests.helpers import wait_for
 from tradeops.celery import app

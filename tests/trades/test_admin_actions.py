@@ -10,8 +10,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reconciliation import services, tasks
-from reconciliation.leases import account_lease
 from reconciliation.models import OrphanPosition
+from reconciliation.reconcile.leases import account_lease
 from tests.admin_helpers import run_action
 from tests.factories import TradeFactory
 from tests.helpers import place

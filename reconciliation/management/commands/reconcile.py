@@ -37,7 +37,7 @@ class Command(BaseCommand):
                     report = services.sync_positions_with_binance(acct, reason="command")
                 else:
                     report = services.reconcile_pending(acct, reason="command", deep=deep)
-            except Exception as exc:  # one account's failure never stops the others
+            except Exception as exc:  # noqa: BLE001 — one account's failure never stops the others
                 failures += 1
                 self.stderr.write(self.style.ERROR(f"{acct.name}: {type(exc).__name__}: {exc}"))
                 continue

@@ -26,53 +26,34 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
+from trades import egress
+from trades.binance_client import BinanceFuturesClient
 from trades.db import retry_transient_db_errors
 from trades.exceptions import ExchangeError, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
+from ..entries.position_mode import is_hedge_mode
+from ..models import OrphanPosition, ReconcileRun
+from ..orders.results import PositionResult
+from ..reconcile.pending import reconcile_pending_locked, run_under_lease
+from ..reconcile.reports import Report
 from .exits import apply_exit_fills
-from .models import OrphanPosition
-from .position_mode import is_hedge_mode
-from .reports import Report
+from .exposure import Key, exchange_positions, explained_by_trades, position_key
+from .orphans import recover_orphan, recoverable
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (symbol, positionSide)
 
-
-def position_key(trade: Trade) -> Key:
-    return trade.symbol, trade.position_side
-
-
-def signed_qty(trade: Trade) -> Decimal:
-    """The trade's exposure: its signed open quantity."""
-    return trade.exposure
-
-
-def exchange_positions(client) -> dict[Key, tuple[Decimal, Decimal | None]]:
-    """(symbol, positionSide) → (signed amount, entry price) for every non-zero position row."""
-    positions: dict[Key, tuple[Decimal, Decimal | None]] = {}
-    for row in client.get_positions():
-        amount = Decimal(row["positionAmt"])
-        if amount == 0:
-            continue
-        key = (row["symbol"], row.get("positionSide") or Trade.PositionSide.BOTH)
-        held, _ = positions.get(key, (Decimal("0"), None))
-        positions[key] = (held + amount, Decimal(row.get("entryPrice") or "0") or None)
-    return positions
-
-
-def compare_positions(account: Account, client, report: Report) -> None:
+def compare_positions(account: Account, client: BinanceFuturesClient, report: Report) -> None:
     """The comparison itself; the caller holds the account lease and has reconciled pending trades first."""
-    report.extra.update({"closed": 0, "in_sync": 0, "orphans": 0, "recovered": 0, "unconfirmed": 0, "reduced": 0})
+    report.extra.update(dict.fromkeys(PositionResult, 0))
     # Only trades already open before Binance's positions are read can be closed by what it says: a trade the
     # stream opens while we read must not be closed by a snapshot that predates its fill (the soak caught this).
     open_by_key: dict[Key, list[Trade]] = defaultdict(list)
@@ -123,10 +104,10 @@ def compare_positions(account: Account, client, report: Report) -> None:
     for key, (amount, entry_price) in sorted(exchange.items()):
         unexplained = amount - explained.get(key, Decimal("0"))
         if unexplained == 0:
-            report.extra["in_sync"] += 1
+            report.extra[PositionResult.IN_SYNC] += 1
             continue
         seen.add(key)
-        report.extra["orphans"] += 1
+        report.extra[PositionResult.ORPHANS] += 1
         orphan, seen_before = _record_orphan(account, key, unexplained, amount, entry_price)
         # Recovered only once the same gap is seen by two syncs in a row, with every pending trade checked and none
         # left on the symbol: a fill still on its way to the DB (the stream or a reconcile about to apply it) is not
@@ -143,7 +124,7 @@ def compare_positions(account: Account, client, report: Report) -> None:
             except ValueError as exc:  # the guards, re-checked now: e.g. a pending trade created since the read
                 logger.info("account %s: orphan %s %s not recovered: %s", account.pk, key, unexplained, exc)
             else:
-                report.extra["recovered"] += 1
+                report.extra[PositionResult.RECOVERED] += 1
     for orphan in OrphanPosition.objects.filter(account=account, status=OrphanPosition.Status.OPEN):
         if (orphan.symbol, orphan.position_side) not in seen:
             OrphanPosition.objects.filter(pk=orphan.pk, status=OrphanPosition.Status.OPEN).update(
@@ -151,7 +132,7 @@ def compare_positions(account: Account, client, report: Report) -> None:
             )
 
 
-def _refresh_position_mode(account: Account, client, report: Report) -> None:
+def _refresh_position_mode(account: Account, client: BinanceFuturesClient, report: Report) -> None:
     """Keep the account's position mode (shown in the admin, used by entries) no older than
     POSITION_MODE_REFRESH_SEC: one GET /fapi/v1/positionSide/dual (weight 30) an hour at most."""
     calls_before = client.http_calls
@@ -165,7 +146,9 @@ def _refresh_position_mode(account: Account, client, report: Report) -> None:
         report.weight_used += 30 * (client.http_calls - calls_before)
 
 
-def _close_when_confirmed(account, key: Key, trades: list[Trade], exposure: Decimal, read_at, report: Report) -> None:
+def _close_when_confirmed(
+    account: Account, key: Key, trades: list[Trade], exposure: Decimal, read_at: datetime, report: Report
+) -> None:
     """Binance's read shows nothing on `key` while our trades hold `exposure` there and no exit fills explain it:
     close them once a second read at least POSITION_CONFIRM_SEC after the first agrees."""
     confirm = timedelta(seconds=settings.POSITION_CONFIRM_SEC)
@@ -176,8 +159,8 @@ def _close_when_confirmed(account, key: Key, trades: list[Trade], exposure: Deci
         )
         for trade in first:
             trade.position_gone_at = read_at
-    if any(read_at - t.position_gone_at < confirm for t in trades):
-        report.extra["unconfirmed"] += len(trades)
+    if any(t.position_gone_at is not None and read_at - t.position_gone_at < confirm for t in trades):
+        report.extra[PositionResult.UNCONFIRMED] += len(trades)
         report.extra["confirm_after"] = settings.POSITION_CONFIRM_SEC
         logger.info(
             "account %s: %s %s shows no position (trades %s hold %s); closing only if a read at least %ss later agrees",
@@ -190,35 +173,16 @@ def _close_when_confirmed(account, key: Key, trades: list[Trade], exposure: Deci
         return
     for trade in trades:
         if close_trade(trade, actor=report.actor, reason="no exchange position on two reads"):
-            report.extra["closed"] += 1
-
-
-def explained_by_trades(account_id: int, key: Key | None = None) -> dict[Key, Decimal]:
-    """(symbol, position side) → the signed open quantity our trades hold: open trades and partially filled pending
-    ones."""
-    explained: dict[Key, Decimal] = defaultdict(Decimal)
-    explaining = Q(status=Trade.Status.OPEN) | Q(status=Trade.Status.PENDING, filled_qty__gt=0)
-    trades = Trade.objects.filter(explaining, account_id=account_id)
-    if key is not None:
-        trades = trades.filter(symbol=key[0], position_side=key[1])
-    for trade in trades:
-        explained[position_key(trade)] += signed_qty(trade)
-    return explained
-
-
-def recoverable(unexplained: Decimal, amount: Decimal) -> bool:
-    """A gap a new open trade can explain: the exchange holds more, on the same side, than our trades. (The other
-    gaps mean our trades hold more than the exchange: an open trade to close or fix, not a trade to add.)"""
-    return unexplained != 0 and (unexplained > 0) == (amount > 0) and abs(unexplained) <= abs(amount)
+            report.extra[PositionResult.CLOSED] += 1
 
 
 @retry_transient_db_errors
 def close_trade(
     trade: Trade,
     *,
-    exit_price=None,
-    realized_pnl=None,
-    source=TradeEvent.Source.POSITION_SYNC,
+    exit_price: Decimal | None = None,
+    realized_pnl: Decimal | None = None,
+    source: str = TradeEvent.Source.POSITION_SYNC,
     actor: str = "",
     reason: str = "no exchange position",
     status_reason: str | None = None,
@@ -253,7 +217,9 @@ def close_trade(
     return True
 
 
-def _record_orphan(account, key: Key, unexplained, amount, entry_price) -> tuple[OrphanPosition, bool]:
+def _record_orphan(
+    account: Account, key: Key, unexplained: Decimal, amount: Decimal, entry_price: Decimal | None
+) -> tuple[OrphanPosition, bool]:
     """The open orphan record for this gap, and whether the previous sync had already seen the same gap."""
     now = timezone.now()
     symbol, side = key
@@ -289,49 +255,16 @@ def _record_orphan(account, key: Key, unexplained, amount, entry_price) -> tuple
     return orphan, seen_before
 
 
-@transaction.atomic
-def recover_orphan(orphan: OrphanPosition, *, source: str, actor: str = "") -> Trade:
-    """Turn an orphan into an open trade (explicitly, or by SYNC_RECOVER_MISSING_POSITIONS), with its audit event."""
-    orphan = OrphanPosition.objects.select_for_update().get(pk=orphan.pk)
-    if orphan.status != OrphanPosition.Status.OPEN:
-        raise ValueError(f"orphan {orphan.pk} is {orphan.status}, not open")
-    if not recoverable(orphan.quantity, orphan.exchange_position):
-        raise ValueError(
-            f"our trades hold more {orphan.symbol} than the exchange ({orphan.exchange_position}): "
-            "close or fix those trades instead"
-        )
-    if Trade.objects.pending().filter(account_id=orphan.account_id, symbol=orphan.symbol).exists():
-        raise ValueError(f"pending {orphan.symbol} trades may explain it once their fills land: reconcile first")
-    key = (orphan.symbol, orphan.position_side)
-    now_unexplained = orphan.exchange_position - explained_by_trades(orphan.account_id, key)[key]
-    if now_unexplained != orphan.quantity:
-        raise ValueError(f"our {orphan.symbol} trades changed since the position sync that saw it: sync again")
-    now = timezone.now()
-    qty = abs(orphan.quantity)
-    trade = Trade.objects.create(
-        account_id=orphan.account_id,
-        symbol=orphan.symbol,
-        side=Trade.Side.BUY if orphan.quantity > 0 else Trade.Side.SELL,
-        position_side=orphan.position_side,
-        quantity=qty,
-        filled_qty=qty,
-        entry_price=orphan.entry_price,
-        status=Trade.Status.OPEN,
-        status_reason="recovered from an orphan exchange position",
-        opened_at=now,
-        client_order_id=None,
-    )
-    TradeEvent.objects.create(
-        trade=trade,
-        created_at=now,
-        source=source,
-        from_status="",
-        to_status=Trade.Status.OPEN,
-        filled_qty=qty,
-        payload={"recovered_orphan": orphan.pk, "exchange_position": str(orphan.exchange_position)},
-        actor=actor,
-    )
-    orphan.status, orphan.trade, orphan.note = OrphanPosition.Status.RECOVERED, trade, f"recovered by {actor or source}"
-    orphan.save(update_fields=["status", "trade", "note"])
-    logger.warning("account %s: orphan %s %s recovered as trade %s", orphan.account_id, orphan.symbol, qty, trade.pk)
-    return trade
+def sync_positions_with_binance(
+    account: Account, *, reason: str = "beat", client: BinanceFuturesClient | None = None, actor: str = ""
+) -> dict[str, Any]:
+    """Reconcile pending trades first (so fills they reveal count), then DB open trades vs Binance's positions
+    (compare_positions). One lease covers both."""
+    report = Report(account_id=account.pk, kind=ReconcileRun.Kind.POSITIONS, reason=reason, actor=actor)
+
+    def work(client: BinanceFuturesClient) -> None:
+        reconcile_pending_locked(account, client, report)
+        if not report.stopped_early:
+            compare_positions(account, client, report)
+
+    return run_under_lease(account, report, client, work, priority=egress.POSITIONS)

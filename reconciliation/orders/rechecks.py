@@ -14,6 +14,7 @@ was never made, and gives its entry back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,7 +46,7 @@ def due_not_found_rechecks(account_id: int, *, now: datetime | None = None, limi
     )
 
 
-def next_recheck_at(trade: Trade, now: datetime, schedule=None) -> datetime | None:
+def next_recheck_at(trade: Trade, now: datetime, schedule: Sequence[int] | None = None) -> datetime | None:
     """When the trade is due again after the look-up being claimed now, or None after the schedule's last entry.
     The delays count from the failure, which is the due time less the delay that made it due."""
     schedule = settings.NOT_FOUND_RECHECK_SEC if schedule is None else schedule

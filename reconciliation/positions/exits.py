@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
 
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from trades.binance_client import BinanceFuturesClient
 from trades.db import retry_transient_db_errors
 from trades.exceptions import ExchangeError, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
-from .reports import Report
+from ..orders.results import PositionResult
+from ..reconcile.reports import Report
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,12 @@ def binance_close_kind(client_order_id: str | None) -> str | None:
 
 
 def apply_exit_fills(
-    account: Account, client, key: tuple[str, str], explained: Decimal, held: Decimal, report: Report
+    account: Account,
+    client: BinanceFuturesClient,
+    key: tuple[str, str],
+    explained: Decimal,
+    held: Decimal,
+    report: Report,
 ) -> int:
     """Apply the exit fills not applied yet on `key` (see the module docstring), when Binance's read shows a
     position other than our trades' exposure there. Returns the trades changed.
@@ -85,12 +93,14 @@ def apply_exit_fills(
         if parts.get(trade.pk) and reduce_trade(trade, parts[trade.pk], kinds, actor=report.actor):
             changed += 1
             if trade.status == Trade.Status.CLOSED:
-                report.extra["closed"] = report.extra.get("closed", 0) + 1
-    report.extra["reduced"] = report.extra.get("reduced", 0) + changed
+                report.extra[PositionResult.CLOSED] = report.extra.get(PositionResult.CLOSED, 0) + 1
+    report.extra[PositionResult.REDUCED] = report.extra.get(PositionResult.REDUCED, 0) + changed
     return changed
 
 
-def _exit_fills(account, client, key, holders, *, report: Report) -> list[dict]:
+def _exit_fills(
+    account: Account, client: BinanceFuturesClient, key: tuple[str, str], holders: list[Trade], *, report: Report
+) -> list[dict]:
     """Fills on `key` newer than any exit fill applied on it, other than our entries' own, oldest first."""
     symbol, position_side = key
     on_key = Trade.objects.filter(account=account, symbol=symbol, position_side=position_side)
@@ -132,7 +142,7 @@ def _exit_fills(account, client, key, holders, *, report: Report) -> list[dict]:
     ]
 
 
-def _close_kinds(client, symbol: str, order_ids, report: Report) -> dict:
+def _close_kinds(client: BinanceFuturesClient, symbol: str, order_ids: Iterable[int], report: Report) -> dict:
     """orderId → "liquidation" / "ADL" / "settlement" / None, from each order's client id (userTrades rows carry
     none). An order that cannot be read counts as an ordinary exit; the fills are applied all the same."""
     kinds = {}
@@ -166,7 +176,7 @@ def reduce_trade(
     pnl = sum((Decimal(f.get("realizedPnl") or "0") * share / Decimal(f["qty"]) for f, share in parts), Decimal("0"))
     closed = trade.closed_qty + qty
     previous = (trade.exit_price or Decimal("0")) * trade.closed_qty
-    by_binance = sorted({kinds.get(f["orderId"]) for f, _ in parts} - {None})
+    by_binance = sorted(kind for kind in {kinds.get(f["orderId"]) for f, _ in parts} if kind is not None)
     changes = {
         "closed_qty": closed,
         "exit_price": ((previous + notional) / closed).quantize(Decimal("1e-10")),

@@ -1,18 +1,22 @@
 """The small report every reconciliation service returns, and where it is kept (ReconcileRun, AccountSyncState)."""
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 
 from django.utils import timezone
 
+from ..models import AccountSyncState, ReconcileRun
+from ..orders.results import CHANGES, COUNTED, Result
+from ..stream.guard import MissDetector
 from .leases import sync_state
-from .models import AccountSyncState, ReconcileRun
-from .stream_guard import MissDetector
 
 
 @dataclass
 class Report:
+    """A run's report. Its counters of order results are named after them (orders/results.py: every COUNTED result
+    has its field, checked below), so `count(result)` cannot miss one."""
+
     account_id: int
     kind: str
     reason: str
@@ -29,8 +33,8 @@ class Report:
     ignored: int = 0
     not_found_in_grace: int = 0
     resting: int = 0  # pending trades whose order openOrders listed: no look-up of their own
-    rechecked: int = 0  # trades failed as "not found" looked up again (rechecks.py)
-    missed_events: int = 0  # changes found by REST that the connected user stream never delivered (stream_guard.py)
+    rechecked: int = 0  # trades failed as "not found" looked up again (orders/rechecks.py)
+    missed_events: int = 0  # changes found by REST that the connected user stream never delivered (stream/guard.py)
     needs_operator: int = 0
     errors: int = 0
     weight_used: int = 0
@@ -43,8 +47,8 @@ class Report:
     _started: float = field(default_factory=time.monotonic, repr=False)
     _started_at: datetime = field(default_factory=timezone.now, repr=False)
 
-    def count(self, result: str) -> None:
-        setattr(self, result, getattr(self, result) + 1)
+    def count(self, result: Result) -> None:
+        setattr(self, result.value, getattr(self, result.value) + 1)
 
     @property
     def started_at(self) -> datetime:
@@ -60,7 +64,7 @@ class Report:
 
     @property
     def changed(self) -> int:
-        return self.opened + self.progress + self.cancelled + self.failed + self.corrected
+        return sum(getattr(self, result.value) for result in CHANGES)
 
     @property
     def outcome(self) -> str:
@@ -100,3 +104,8 @@ class Report:
                 updates["used_weight"] = used_weight
             AccountSyncState.objects.filter(account_id=self.account_id).update(**updates)
         return data
+
+
+_uncounted = sorted(COUNTED - {f.name for f in fields(Report)})
+if _uncounted:  # a result was added to orders/results.py without its counter here
+    raise TypeError(f"Report has no counter for the results {_uncounted}")

@@ -13,6 +13,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from trades.binance_client import BinanceFuturesClient
 from trades.exceptions import ExchangeError
 from trades.models import Account, Trade
 
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 POSITION_SIDE_MISMATCH = -4061
 
 
-def is_hedge_mode(account: Account, client, *, refresh: bool = False) -> bool:
+def is_hedge_mode(account: Account, client: BinanceFuturesClient, *, refresh: bool = False) -> bool:
     """True in hedge mode. Reads Binance when the cached mode is missing, older than POSITION_MODE_REFRESH_SEC or
     `refresh` is asked; if that read fails, a cached mode is used (a wrong one costs a -4061 and a re-read, never a
     wrong order) and with none the error propagates."""
@@ -32,7 +33,7 @@ def is_hedge_mode(account: Account, client, *, refresh: bool = False) -> bool:
         and account.dual_side_position is not None
         and now - checked < timedelta(seconds=settings.POSITION_MODE_REFRESH_SEC)
     )
-    if fresh and not refresh:
+    if fresh and not refresh and account.dual_side_position is not None:  # `fresh` says it is not None
         return account.dual_side_position
     try:
         dual = client.get_position_mode()

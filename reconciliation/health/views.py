@@ -6,17 +6,20 @@
 - beat: the reconcile schedule (django-celery-beat) ran within HEALTH_BEAT_MAX_AGE_SEC (default: 3 of its intervals);
 - user_stream: every active account's stream is connected, or (re)connecting for less than HEALTH_STREAM_GRACE_SEC,
   and the stream process has shown a heartbeat within three account refreshes (a killed process keeps its state),
-  and no account's stream is marked deaf (connected, but missing order events: reconciliation/stream_guard.py);
+  and no account's stream is marked deaf (connected, but missing order events: reconciliation/stream/guard.py);
 - workers: a Celery worker ran the heartbeat task (beat sends it every 15 s) within HEALTH_WORKER_MAX_AGE_SEC.
 """
+
+from __future__ import annotations
 
 import hmac
 import logging
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -24,26 +27,27 @@ from django.views.decorators.http import require_GET
 logger = logging.getLogger(__name__)
 
 RECONCILE_TASK = "reconciliation.tasks.reconcile_all_accounts"
+Check = tuple[bool, dict[str, Any]]  # ok, and what the check saw
 
 
-def check_database():
+def check_database() -> Check:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return True, {}
 
 
-def check_broker():
+def check_broker() -> Check:
     from kombu import Connection
 
     url = settings.CELERY_BROKER_URL
     timeout = settings.HEALTH_BROKER_TIMEOUT_SEC
-    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS or {}
     with Connection(url, transport_options=options, connect_timeout=timeout) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
     return True, {"transport": url.split(":", 1)[0]}  # never the URL: it may hold a password
 
 
-def check_beat():
+def check_beat() -> Check:
     from django_celery_beat.models import PeriodicTask
 
     tasks = [
@@ -69,10 +73,12 @@ def check_beat():
     return age <= max_age, details
 
 
-def check_user_streams():
-    from reconciliation.audit import stream_heartbeat_max_age
-    from reconciliation.models import AccountSyncState
+def check_user_streams() -> Check:
     from trades.models import Account
+
+    from ..models import AccountSyncState
+    from ..reconcile.audit import stream_heartbeat_max_age
+    from ..stream.states import ON_ITS_WAY, StreamState
 
     now = timezone.now()
     grace = timedelta(seconds=settings.HEALTH_STREAM_GRACE_SEC)
@@ -85,9 +91,7 @@ def check_user_streams():
         since = state.stream_state_at if state else None
         beat = state.stream_heartbeat_at if state else None
         alive = beat is not None and now - beat < heartbeat_max_age  # a killed process leaves "connected" behind
-        ok = alive and (
-            current == "connected" or (current in ("connecting", "reconnecting") and since and now - since < grace)
-        )
+        ok = alive and (current == StreamState.CONNECTED or (current in ON_ITS_WAY and since and now - since < grace))
         deaf = state.stream_deaf_since if state else None  # connected, but missing events (stream_guard.py)
         ok = ok and deaf is None
         healthy &= bool(ok)
@@ -102,12 +106,12 @@ def check_user_streams():
     return healthy, details
 
 
-def check_workers():
+def check_workers() -> Check:
     """Some worker has taken a task off the broker and written to the database lately: the heartbeat task, sent by
     beat, written by whichever worker runs it. One indexed read per request, the same on every broker. No worker,
     workers cut off from the broker or the database, or a queue so backed up that a task waits longer than the limit
     all show as stale (so does a stopped beat, which the beat check names)."""
-    from reconciliation.heartbeats import HEARTBEAT_EVERY_SEC, recent_worker_heartbeats
+    from .heartbeats import HEARTBEAT_EVERY_SEC, recent_worker_heartbeats
 
     now, max_age = timezone.now(), settings.HEALTH_WORKER_MAX_AGE_SEC
     seen = recent_worker_heartbeats(within_sec=max(max_age, 3600))
@@ -146,7 +150,7 @@ CHECKS = {
 # The header only, never `?token=`: a query string ends up in proxy and access logs.
 
 
-def has_metrics_token(request) -> bool:
+def has_metrics_token(request: HttpRequest) -> bool:
     """The request carries `Authorization: Bearer <METRICS_TOKEN>` (compared in constant time); never true while no
     token is configured."""
     token = settings.METRICS_TOKEN
@@ -156,7 +160,7 @@ def has_metrics_token(request) -> bool:
     return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
-def may_see_health_details(request) -> bool:
+def may_see_health_details(request: HttpRequest) -> bool:
     if has_metrics_token(request):
         return True
     user = getattr(request, "user", None)
@@ -165,7 +169,7 @@ def may_see_health_details(request) -> bool:
 
 @never_cache
 @require_GET
-def health(request):
+def health(request: HttpRequest) -> JsonResponse:
     checks, details = {}, {}
     for name, check in CHECKS.items():
         try:
@@ -177,7 +181,7 @@ def health(request):
         if info:
             details[name] = info
     healthy = all(value == "ok" for value in checks.values())
-    body = {"status": "ok" if healthy else "error", "checks": checks}
+    body: dict[str, Any] = {"status": "ok" if healthy else "error", "checks": checks}
     if may_see_health_details(request):
         body["details"] = details
     return JsonResponse(body, status=200 if healthy else 503)
@@ -188,10 +192,10 @@ _registry = None
 
 @never_cache
 @require_GET
-def metrics(request):
+def metrics(request: HttpRequest) -> HttpResponse:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from reconciliation.metrics import build_registry
+    from .metrics import build_registry
 
     if settings.METRICS_TOKEN and not has_metrics_token(request):
         response = HttpResponse(

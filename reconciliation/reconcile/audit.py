@@ -2,17 +2,17 @@
 
 An account whose user stream is healthy gets its order changes pushed: fills reach the database through the socket
 within a second, and the REST reconcile is only the guard against what a socket can lose. Such an account is
-audited every RECONCILE_AUDIT_SEC (default 600) instead of every beat (a minute). Every other account keeps the
+audited every RECONCILE_AUDIT_SEC instead of every beat (a minute). Every other account keeps the
 minute. The beat's reconcile of an account is left out only when all of these hold:
 
 - its stream is healthy, as /health/ judges it: `stream_state` "connected", not marked deaf (`stream_deaf_since`,
-  stream_guard.py), and the stream process's heartbeat fresh (a killed process leaves "connected" behind);
+  stream/guard.py), and the stream process's heartbeat fresh (a killed process leaves "connected" behind);
 - its last pending reconcile (`last_reconcile_at`; any reason: beat, ws_connect, cancel, operator) ended "ok" (a
   partial run, or one with failed look-ups, is no audit), ended after that socket connected (what happened
   before the connection was covered by REST), and is younger than RECONCILE_AUDIT_SEC;
 - it has no pending trade whose placement is unconfirmed (exchange_status "" or PLACING): if such an order was never
   created, no event will ever come, and only a look-up fails it after PENDING_NOT_FOUND_GRACE_SEC;
-- it has no not-found re-check due (rechecks.py): those are REST look-ups by nature.
+- it has no not-found re-check due (orders/rechecks.py): those are REST look-ups by nature.
 
 Reconciles asked for a reason (a stream's (re)connect, a cancel, an operator) and the hourly deep pass are never
 left out: only `reconcile_all_accounts`' beat fan-out asks this module. RECONCILE_AUDIT_SEC = 0 audits every account
@@ -22,6 +22,7 @@ every beat. Cost: three queries per beat for the whole fleet, none per account.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -30,9 +31,9 @@ from django.utils import timezone
 
 from trades.models import Trade
 
-from .models import AccountSyncState, ReconcileRun
-from .snapshots import PLACING
-from .stream_guard import CONNECTED
+from ..models import AccountSyncState, ReconcileRun
+from ..orders.snapshots import PLACING
+from ..stream.states import StreamState
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def stream_heartbeat_max_age() -> timedelta:
     return timedelta(seconds=3 * settings.USER_STREAM_ACCOUNT_REFRESH_SEC + 10)
 
 
-def audit_not_due(account_ids, *, now: datetime | None = None) -> dict[int, str]:
+def audit_not_due(account_ids: Iterable[int], *, now: datetime | None = None) -> dict[int, str]:
     """The accounts among `account_ids` the beat may leave out this time, each with the reason. Empty when
     RECONCILE_AUDIT_SEC is 0."""
     audit_sec = settings.RECONCILE_AUDIT_SEC
@@ -54,7 +55,7 @@ def audit_not_due(account_ids, *, now: datetime | None = None) -> dict[int, str]
     healthy = set(
         AccountSyncState.objects.filter(
             account_id__in=list(account_ids),
-            stream_state=CONNECTED,
+            stream_state=StreamState.CONNECTED.value,
             stream_deaf_since__isnull=True,
             stream_heartbeat_at__gt=now - stream_heartbeat_max_age(),
             stream_state_at__isnull=False,

@@ -39,12 +39,12 @@ from django.utils import timezone
 
 from trades.models import Trade, TradeEvent
 
-from . import rules
-from .models import AccountSyncState, StreamMiss
+from ..models import AccountSyncState, StreamMiss
+from ..orders import rules
+from .states import StreamState
 
 logger = logging.getLogger("reconciliation.user_stream")
 
-CONNECTED = "connected"  # AccountSyncState.stream_state of a live connection (stream/state.py writes it)
 # Paths that look an order up by REST: what they change, a working socket would have delivered first.
 REST_LOOKUPS = frozenset({TradeEvent.Source.RECONCILE, TradeEvent.Source.CANCEL_VERIFY, TradeEvent.Source.ADMIN})
 STATE_CHANGES = frozenset({rules.OPENED, rules.PROGRESS, rules.CANCELLED, rules.REOPENED})
@@ -73,7 +73,7 @@ class StreamWindow:
             .values_list("stream_state", "stream_state_at", "stream_heartbeat_at")
             .first()
         )
-        if row is None or row[0] != CONNECTED:
+        if row is None or row[0] != StreamState.CONNECTED:
             return cls()
         return cls(row[1], row[2])
 
@@ -105,23 +105,27 @@ class MissDetector:
         if not self._window.missed(trade.exchange_update_time, now, lag):
             return False
         self.missed += 1
-        record_miss(trade, source=source, connected_since=self._window.connected_since, now=now)
+        connected_since = self._window.connected_since
+        assert connected_since is not None, "missed() is False unless the socket was connected"
+        record_miss(trade, source=source, connected_since=connected_since, now=now)
         return True
 
 
 def record_miss(trade: Trade, *, source: str, connected_since: datetime, now: datetime | None = None) -> None:
     """Keep the miss, say so once, and mark the stream deaf once USER_STREAM_DEAF_AFTER misses fell within an hour."""
     now = now or timezone.now()
+    update_time = trade.exchange_update_time
+    assert update_time is not None, "a miss is a change Binance stamped (StreamWindow.missed)"
     StreamMiss.objects.create(
         account_id=trade.account_id,
         trade=trade,
         detected_at=now,
         source=source,
         exchange_status=trade.exchange_status,
-        exchange_update_time=trade.exchange_update_time,
+        exchange_update_time=update_time,
         connected_since=connected_since,
     )
-    age = (now - _from_ms(trade.exchange_update_time)).total_seconds()
+    age = (now - _from_ms(update_time)).total_seconds()
     logger.warning(
         "user_stream missed_event account=%s trade=%s client_order_id=%s exchange_status=%s age_s=%.1f "
         "connected_since=%s found_by=%s: the socket was connected and never delivered this order change",

@@ -11,39 +11,43 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from datetime import datetime
 
 from django.conf import settings
 from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from trades.models import Account, Trade, TradeEvent
 
-from .models import AccountSyncState, OrphanPosition, ReconcileRun, StreamMiss
+from ..models import AccountSyncState, OrphanPosition, ReconcileRun, StreamMiss
+from ..stream.states import StreamState
 
 DURATION_BUCKETS_SEC = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-def _seconds_since(moment, now) -> float:
+def _seconds_since(moment: datetime, now: datetime) -> float:
     return max((now - moment).total_seconds(), 0.0)
 
 
 class TradeopsCollector(Collector):
-    def __init__(self, cache_sec: float | None = None):
+    def __init__(self, cache_sec: float | None = None) -> None:
         self.cache_sec = cache_sec
         self._lock = threading.Lock()
         self._cached: tuple[float, list] | None = None
 
-    def collect(self):
-        cache_sec = getattr(settings, "METRICS_CACHE_SEC", 10) if self.cache_sec is None else self.cache_sec
+    def collect(self) -> list[Metric]:
+        cache_sec = settings.METRICS_CACHE_SEC if self.cache_sec is None else self.cache_sec
         with self._lock:
             if self._cached is None or time.monotonic() - self._cached[0] >= cache_sec:
                 self._cached = (time.monotonic(), list(self._families()))
             return list(self._cached[1])
 
-    def _families(self):
+    def _families(self) -> Iterator[Metric]:
         now = timezone.now()
         yield from self._reconcile_runs()
         yield from self._state_changes()
@@ -51,7 +55,7 @@ class TradeopsCollector(Collector):
         yield from self._pending(now)
 
     @staticmethod
-    def _reconcile_runs():
+    def _reconcile_runs() -> Iterator[Metric]:
         runs = CounterMetricFamily(
             "tradeops_reconcile_runs", "Reconcile runs (ReconcileRun rows).", labels=["kind", "reason", "outcome"]
         )
@@ -77,7 +81,7 @@ class TradeopsCollector(Collector):
         yield duration
 
     @staticmethod
-    def _state_changes():
+    def _state_changes() -> Iterator[Metric]:
         changes = CounterMetricFamily(
             "tradeops_trade_state_changes",
             "Audited trade changes (TradeEvent rows) by the path that made them and the status they led to: "
@@ -89,7 +93,7 @@ class TradeopsCollector(Collector):
         yield changes
 
     @staticmethod
-    def _accounts(now):
+    def _accounts(now: datetime) -> Iterator[Metric]:
         weight = GaugeMetricFamily(
             "tradeops_binance_used_weight", "X-MBX-USED-WEIGHT-1M last seen.", labels=["account"]
         )
@@ -157,7 +161,7 @@ class TradeopsCollector(Collector):
             weight.add_metric([name], s.used_weight if s else 0)
             if s and s.last_reconcile_at:
                 last_reconcile.add_metric([name], _seconds_since(s.last_reconcile_at, now))
-            connected.add_metric([name], 1 if s and s.stream_state == "connected" else 0)
+            connected.add_metric([name], 1 if s and s.stream_state == StreamState.CONNECTED else 0)
             state.add_metric([name, (s.stream_state if s else "") or "none"], 1)
             if s and s.stream_last_event_at:
                 last_event.add_metric([name], _seconds_since(s.stream_last_event_at, now))
@@ -168,7 +172,7 @@ class TradeopsCollector(Collector):
         yield from (weight, last_reconcile, connected, state, last_event, connects, orphans, missed, deaf)
 
     @staticmethod
-    def _pending(now):
+    def _pending(now: datetime) -> Iterator[Metric]:
         pending = GaugeMetricFamily("tradeops_pending_trades", "Pending trades.", labels=["account"])
         oldest = GaugeMetricFamily(
             "tradeops_oldest_pending_age_seconds", "Age of the oldest pending trade.", labels=["account"]

@@ -1,28 +1,24 @@
-"""What an operator does from the admin, as services (the admin only calls these; it holds no logic).
+"""What an operator does to an order's state from the admin (the admin only calls these; it holds no logic).
 
 - `verify_on_binance`: fetch the trade's order and apply it through THE rule (`apply_order_snapshot`, source
   "admin", actor = the admin user) — the same state change any other path would make, never a guess.
 - `mark_trade_manually`: pending → failed/cancelled by a person, with a reason. Refused unless Binance confirms
   there is nothing to lose: the order shows no fill and is not working (or never existed). If Binance cannot be
   reached, it is refused too — a manual mark is only ever made with the exchange's answer in hand.
-- `close_trade_manually`: open → closed by a person, with a reason, when position sync cannot tell which of several
-  open trades on a symbol Binance no longer holds. Refused unless Binance's position, asked now, is short of our
-  trades by at least that trade.
-- `dismiss_orphan`: an orphan exchange position an operator has looked at and accepts (e.g. opened by hand).
-  `positions.recover_orphan` is the other way out (an open trade); both record who did it.
 
-Every trade change is one compare-and-set plus one audited TradeEvent carrying the actor.
+Positions have their own (positions/operator.py, positions/orphans.py). Every trade change is one compare-and-set
+plus one audited TradeEvent carrying the actor.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
-from django.utils import timezone
 
 from trades import egress
 from trades.binance_client import BinanceFuturesClient
@@ -30,21 +26,16 @@ from trades.db import db_now, retry_transient_db_errors
 from trades.exceptions import ExchangeError
 from trades.models import Trade, TradeEvent
 
-from .leases import account_lease
-from .models import OrphanPosition
-from .positions import close_trade, exchange_positions, explained_by_trades, position_key, signed_qty
+from ..gateway import gateway
+from ..operator import OperatorActionRefused, reason_and_actor
+from ..stream.guard import MissDetector
+from .apply import apply_order_snapshot, fetch_order
 from .rules import SnapshotMismatch, in_not_found_grace
-from .services import apply_order_snapshot, fetch_order, gateway
 from .snapshots import FILLED, NOT_FOUND, PLACING, InvalidSnapshot, OrderSnapshot
-from .stream_guard import MissDetector
 
 logger = logging.getLogger(__name__)
 
 MANUAL_STATUSES = (Trade.Status.FAILED, Trade.Status.CANCELLED)
-
-
-class OperatorActionRefused(Exception):
-    """The action was not taken; the message says why (shown to the operator as is)."""
 
 
 @dataclass
@@ -77,13 +68,15 @@ def snapshot_view(snap: OrderSnapshot) -> dict:
     }
 
 
-def _fetch_snapshot(trade: Trade, client) -> tuple[object, OrderSnapshot]:
+def _fetch_snapshot(
+    trade: Trade, client: BinanceFuturesClient | None
+) -> tuple[dict[str, Any] | OrderSnapshot, OrderSnapshot]:
     with gateway(trade.account, client, priority=egress.VERIFY) as client:
         order = fetch_order(client, trade)
     return order, OrderSnapshot.parse(order)
 
 
-def verify_on_binance(trade: Trade, *, actor: str, client=None) -> Verification:
+def verify_on_binance(trade: Trade, *, actor: str, client: BinanceFuturesClient | None = None) -> Verification:
     """Ask Binance for the trade's order and apply the answer through the one rule (audited with `actor`).
 
     Raises ExchangeError when Binance cannot answer, LookupError when the trade has no order reference."""
@@ -95,7 +88,7 @@ def verify_on_binance(trade: Trade, *, actor: str, client=None) -> Verification:
     return Verification(trade=trade, before=before, exchange=snapshot_view(snap), result=result)
 
 
-def verify_trades_on_binance(trades, *, actor: str) -> list[Verification]:
+def verify_trades_on_binance(trades: Iterable[Trade], *, actor: str) -> list[Verification]:
     """verify_on_binance for each trade, one gateway per account; a trade Binance cannot answer for gets an error
     instead of stopping the others."""
     clients: dict[int, BinanceFuturesClient] = {}
@@ -117,23 +110,15 @@ def verify_trades_on_binance(trades, *, actor: str) -> list[Verification]:
     return results
 
 
-def _reason_and_actor(reason: str, actor: str) -> str:
-    """A change by hand needs who and why, for its audit event: the stripped reason, or OperatorActionRefused."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise OperatorActionRefused("a reason is required")
-    if not actor:
-        raise OperatorActionRefused("an operator (actor) is required")
-    return reason
-
-
-def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, client=None) -> Trade:
+def mark_trade_manually(
+    trade: Trade, *, status: str, reason: str, actor: str, client: BinanceFuturesClient | None = None
+) -> Trade:
     """pending → `status` (failed or cancelled) by an operator, after Binance confirms no fill and no live order.
 
     Raises OperatorActionRefused with the reason when it does not apply."""
     if status not in MANUAL_STATUSES:
         raise OperatorActionRefused(f"a trade can only be marked {' or '.join(MANUAL_STATUSES)} by hand")
-    reason = _reason_and_actor(reason, actor)
+    reason = reason_and_actor(reason, actor)
     if trade.status != Trade.Status.PENDING:
         raise OperatorActionRefused(f"trade {trade.pk} is {trade.status}, not pending")
     try:
@@ -188,70 +173,10 @@ def mark_trade_manually(trade: Trade, *, status: str, reason: str, actor: str, c
     return trade
 
 
-def close_trade_manually(trade: Trade, *, reason: str, actor: str, client=None) -> Trade:
-    """open → closed by an operator, with a reason: for the case position sync cannot decide alone — several open
-    trades on one symbol and Binance holds less than they add up to (one was closed, but which?).
-
-    Refused unless Binance's position, asked now, shows our trades on the symbol hold at least this trade's
-    quantity more than the exchange: closing it then moves the books towards the exchange, never away."""
-    reason = _reason_and_actor(reason, actor)
-    if trade.status != Trade.Status.OPEN:
-        raise OperatorActionRefused(f"trade {trade.pk} is {trade.status}, not open")
-    # Under the account's lease: two operators closing trades of one symbol, or a position sync, cannot both act on
-    # the same answer from Binance.
-    with account_lease(trade.account_id) as held_lease:
-        if not held_lease:
-            raise OperatorActionRefused(f"a reconcile or another change of {trade.account} is running; try again")
-        try:
-            with gateway(trade.account, client) as client:
-                held, _ = exchange_positions(client).get(position_key(trade), (Decimal("0"), None))
-        except ExchangeError as exc:
-            raise OperatorActionRefused(
-                f"Binance could not be asked for the {trade.symbol} position ({exc}); not closing without its answer"
-            ) from None
-        ours = explained_by_trades(trade.account_id, position_key(trade))[position_key(trade)]
-        surplus = ours - held  # what our trades hold that the exchange does not
-        mine = signed_qty(trade)
-        if mine == 0 or (surplus > 0) != (mine > 0) or abs(surplus) < abs(mine):
-            raise OperatorActionRefused(
-                f"Binance holds {held} {trade.symbol} and our trades {ours}: closing trade {trade.pk} ({mine}) would "
-                "not bring them together"
-            )
-        if not close_trade(
-            trade,
-            source=TradeEvent.Source.ADMIN,
-            actor=actor,
-            reason=reason[:1000],
-            status_reason=f"closed by {actor}: {reason}",
-        ):
-            raise OperatorActionRefused(f"trade {trade.pk} changed meanwhile; reload and look again")
-    trade.refresh_from_db()
-    logger.warning("trade %s closed by %s: %s (exchange %s, our trades %s)", trade.pk, actor, reason, held, ours)
-    return trade
-
-
-def dismiss_orphan(orphan: OrphanPosition, *, reason: str, actor: str) -> bool:
-    """open → dismissed, with who and why in its note. False if it was no longer open. If the position is still
-    unexplained at the next position sync, a new orphan is recorded (the exchange still holds it)."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise OperatorActionRefused("a reason is required")
-    note = f"dismissed by {actor} at {timezone.now():%Y-%m-%d %H:%M} UTC: {reason}"[:255]
-    changed = OrphanPosition.objects.filter(pk=orphan.pk, status=OrphanPosition.Status.OPEN).update(
-        status=OrphanPosition.Status.DISMISSED, note=note
-    )
-    if changed:
-        orphan.status, orphan.note = OrphanPosition.Status.DISMISSED, note
-        logger.warning("orphan %s (%s %s %s) %s", orphan.pk, orphan.account_id, orphan.symbol, orphan.quantity, note)
-    return bool(changed)
-
-
 __all__ = [
     "OperatorActionRefused",
     "Verification",
     "verify_on_binance",
     "verify_trades_on_binance",
     "mark_trade_manually",
-    "close_trade_manually",
-    "dismiss_orphan",
 ]

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from .models import WorkerHeartbeat
+from ..models import WorkerHeartbeat
 
 HEARTBEAT_TASK = "reconciliation.tasks.worker_heartbeat"
 HEARTBEAT_EVERY_SEC = 15  # the schedule migration 0006 creates

@@ -31,8 +31,8 @@ from django.db.models import Q
 from trades.db import db_now
 from trades.models import Trade
 
-from . import rules
-from .snapshots import PLACING
+from ..orders import rules
+from ..orders.snapshots import PLACING
 
 logger = logging.getLogger(__name__)
 

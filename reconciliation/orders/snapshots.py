@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
 
 # Binance order statuses (USDⓈ-M Futures) and our own pseudo-status for "-2013 Order does not exist".
 NEW = "NEW"
@@ -97,17 +98,32 @@ class OrderSnapshot:
         raise InvalidSnapshot("neither a REST order nor an ORDER_TRADE_UPDATE order")
 
     @classmethod
-    def not_found(cls, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None):
+    def not_found(
+        cls, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None
+    ) -> OrderSnapshot:
         """Binance answered -2013 "Order does not exist." for this order."""
         return cls(symbol, NOT_FOUND, order_id, client_order_id, Decimal("0"), None, None, {"code": -2013})
 
     @classmethod
-    def rejected_on_placement(cls, symbol: str, client_order_id: str | None, code, message: str):
+    def rejected_on_placement(
+        cls, symbol: str, client_order_id: str | None, code: int | None, message: str
+    ) -> OrderSnapshot:
         """Binance refused to create the order (an error answer to POST /fapi/v1/order, not a maybe)."""
         return cls(symbol, REJECTED, None, client_order_id, Decimal("0"), None, None, {"code": code, "msg": message})
 
     @classmethod
-    def _build(cls, raw, *, symbol, status, order_id, client_order_id, executed_qty, avg_price, update_time):
+    def _build(
+        cls,
+        raw: dict,
+        *,
+        symbol: Any,
+        status: Any,
+        order_id: Any,
+        client_order_id: Any,
+        executed_qty: Any,
+        avg_price: Any,
+        update_time: Any,
+    ) -> OrderSnapshot:
         if not isinstance(symbol, str) or not symbol:
             raise InvalidSnapshot("missing symbol")
         if not isinstance(status, str) or status not in KNOWN_STATUSES:  # a list or dict is not even hashable
@@ -129,7 +145,10 @@ class OrderSnapshot:
         )
 
 
-def _decimal(value, name: str, *, default):
+_D = TypeVar("_D", Decimal, None)  # _decimal's default: a Decimal, or None for "absent"
+
+
+def _decimal(value: Any, name: str, *, default: _D) -> Decimal | _D:
     if value is None or value == "":
         return default
     if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
@@ -148,7 +167,7 @@ def _positive_or_none(value: Decimal | None) -> Decimal | None:
     return value if value else None  # Binance reports avgPrice "0" / "0.00000" before any fill
 
 
-def _int_or_none(value, name: str) -> int | None:
+def _int_or_none(value: Any, name: str) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, (bool, float)):

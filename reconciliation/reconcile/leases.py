@@ -9,6 +9,7 @@ transaction is held across the HTTP calls the lease protects.
 
 import logging
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -17,18 +18,18 @@ from django.db.models import DateTimeField, ExpressionWrapper, Q
 
 from trades.db import DatabaseNow
 
-from .models import AccountSyncState
+from ..models import AccountSyncState
 
 logger = logging.getLogger(__name__)
 
 
-def sync_state(account_id) -> AccountSyncState:
+def sync_state(account_id: int) -> AccountSyncState:
     state, _ = AccountSyncState.objects.get_or_create(account_id=account_id)
     return state
 
 
 @contextmanager
-def account_lease(account_id, *, seconds: int | None = None):
+def account_lease(account_id: int, *, seconds: int | None = None) -> Iterator[bool]:
     """Yield True while this caller holds the account's lease, False if another holder has it (then do nothing)."""
     sync_state(account_id)
     token = uuid.uuid4().hex

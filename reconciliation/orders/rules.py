@@ -33,7 +33,7 @@ logs it at INFO. It writes only while the entry price is still missing (compare-
 the same filled quantity (an average of another quantity would be another price), and never moves anything else.
 
 A trade failed "not found on exchange" carries the time of its first re-check (`recheck_sec`, the
-NOT_FOUND_RECHECK_SEC schedule; `reconciliation.rechecks` makes the look-ups); any snapshot that shows its order
+NOT_FOUND_RECHECK_SEC schedule; `reconciliation.orders.rechecks` makes the look-ups); any snapshot that shows its order
 exists ends the re-checks.
 """
 
@@ -51,28 +51,29 @@ from trades.db import DatabaseNow
 from trades.models import Trade
 
 from . import snapshots as s
+from .results import Result
 from .snapshots import OrderSnapshot
 
 NOT_FOUND_REASON = "not found on exchange"
 
-# Results (also the report's counter names).
-OPENED = "opened"
-PROGRESS = "progress"
-CANCELLED = "cancelled"
-FAILED = "failed"
-REOPENED = "corrected"  # a failed/cancelled trade Binance shows filled or working
-NOTED = "noted"  # exchange facts recorded (order id, status, time), no state change, no event
-UNCHANGED = "unchanged"
-STALE = "stale"
-NOT_FOUND_IN_GRACE = "not_found_in_grace"
-NEEDS_OPERATOR = "needs_operator"  # the facts contradict each other; a person decides
-PRICED = "priced"  # an open trade's missing entry price filled in (bookkeeping, no event)
-IGNORED = "ignored"  # open/closed trades: nothing an order snapshot may change
+# The results, by their short names here (results.py defines them, and says which a report counts).
+OPENED = Result.OPENED
+PROGRESS = Result.PROGRESS
+CANCELLED = Result.CANCELLED
+FAILED = Result.FAILED
+REOPENED = Result.REOPENED
+NOTED = Result.NOTED
+UNCHANGED = Result.UNCHANGED
+STALE = Result.STALE
+NOT_FOUND_IN_GRACE = Result.NOT_FOUND_IN_GRACE
+NEEDS_OPERATOR = Result.NEEDS_OPERATOR
+PRICED = Result.PRICED
+IGNORED = Result.IGNORED
 
 
 @dataclass
 class Decision:
-    result: str
+    result: Result
     expected_status: str
     changes: dict
     condition: Q | None = None
@@ -102,7 +103,7 @@ def check_same_order(trade: Trade, snap: OrderSnapshot) -> None:
 
 def decide(
     trade: Trade, snap: OrderSnapshot, now: datetime, *, grace_sec: int, recheck_sec: Sequence[int] = ()
-) -> Decision | str:
+) -> Decision | Result:
     """The compare-and-set to make for `snap`, or the result name when there is nothing to write. `recheck_sec`:
     the not-found re-check schedule (delays after the failure)."""
     if snap.update_time is not None and trade.exchange_update_time is not None:
@@ -117,7 +118,7 @@ def decide(
     return IGNORED
 
 
-def _fill_entry_price(trade: Trade, snap: OrderSnapshot) -> Decision | str:
+def _fill_entry_price(trade: Trade, snap: OrderSnapshot) -> Decision | Result:
     """An open trade opened without a price (from a place or cancel answer): the average price of a snapshot that
     shows the same filled quantity is its entry price."""
     if snap.avg_price is None or snap.executed_qty != trade.filled_qty:
@@ -147,7 +148,7 @@ def is_failed_not_found(trade: Trade) -> bool:
     return trade.status == Trade.Status.FAILED and trade.status_reason == NOT_FOUND_REASON
 
 
-def deadline_if_reopened():
+def deadline_if_reopened() -> Coalesce:
     """A reopened trade's deadline, computed in the UPDATE: the one it had, else ENTRY_TIMEOUT_SEC from now (the
     database's clock). The bot had given up on this order; it is cancelled at the latest then."""
     later = ExpressionWrapper(
@@ -158,7 +159,7 @@ def deadline_if_reopened():
 
 def _from_pending(
     trade: Trade, snap: OrderSnapshot, now: datetime, grace_sec: int, recheck_sec: Sequence[int]
-) -> Decision | str:
+) -> Decision | Result:
     if snap.status == s.FILLED or (snap.status in s.ENDED_UNFILLED_OR_PARTIAL and snap.executed_qty > 0):
         return _open(trade, snap, now, OPENED)
     if snap.status in s.ENDED_UNFILLED_OR_PARTIAL:
@@ -181,6 +182,7 @@ def _from_pending(
         }
         # Only if the placement state is still what this decision read: a placement claimed meanwhile (the order
         # on its way to Binance) must not be failed by an answer from before it was sent.
+        assert decision.condition is not None  # _end's decisions always carry _monotonic's
         decision.condition &= Q(exchange_status=trade.exchange_status)
         return decision
     # NEW / PARTIALLY_FILLED: still working.
@@ -201,7 +203,7 @@ def _from_pending(
     return UNCHANGED
 
 
-def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | str:
+def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | Result:
     """A failed or cancelled trade whose order Binance shows filled or still working: our earlier inference (not
     found, a manual mark) was wrong, and the exchange's truth wins — never leave a real fill unrecorded."""
     filled = snap.status == s.FILLED or (snap.status in s.ENDED_UNFILLED_OR_PARTIAL and snap.executed_qty > 0)
@@ -213,6 +215,7 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
         # "Not found" was our inference; Binance now shows the order, ended with nothing filled: cancelled.
         decision = _end(trade, snap, Trade.Status.CANCELLED, f"{snap.status} on exchange, nothing filled", REOPENED)
         decision.expected_status = Trade.Status.FAILED
+        assert decision.condition is not None  # _end's decisions always carry _monotonic's
         decision.condition &= Q(status_reason=NOT_FOUND_REASON)
         decision.payload = _correction_payload(trade, snap)
         return decision
@@ -246,7 +249,9 @@ def _correction(trade: Trade, snap: OrderSnapshot, now: datetime) -> Decision | 
     return UNCHANGED
 
 
-def _open(trade: Trade, snap: OrderSnapshot, now: datetime, result: str, expected: str = Trade.Status.PENDING):
+def _open(
+    trade: Trade, snap: OrderSnapshot, now: datetime, result: Result, expected: str = Trade.Status.PENDING
+) -> Decision:
     changes = _exchange_facts(trade, snap) | {
         "status": Trade.Status.OPEN,
         "filled_qty": snap.executed_qty,
@@ -258,13 +263,13 @@ def _open(trade: Trade, snap: OrderSnapshot, now: datetime, result: str, expecte
     return Decision(result, expected, changes, condition=_monotonic(snap), payload=_payload(snap))
 
 
-def _end(trade: Trade, snap: OrderSnapshot, status: str, reason: str, result: str) -> Decision:
+def _end(trade: Trade, snap: OrderSnapshot, status: str, reason: str, result: Result) -> Decision:
     changes = _exchange_facts(trade, snap) | {"status": status, "status_reason": reason[:255]}
     return Decision(result, Trade.Status.PENDING, changes, condition=_monotonic(snap), payload=_payload(snap))
 
 
 def _exchange_facts(trade: Trade, snap: OrderSnapshot) -> dict:
-    facts = {"exchange_status": snap.status}
+    facts: dict[str, object] = {"exchange_status": snap.status}
     if trade.not_found_recheck_at is not None and snap.status != s.NOT_FOUND:
         facts["not_found_recheck_at"] = None  # the order exists: re-checks are over
     if snap.update_time is not None:

@@ -1,0 +1,2 @@
+"""Cancels: cancel an entry's order, then always verify it (cancel.py); entry deadlines and their sweep
+(deadlines.py)."""
