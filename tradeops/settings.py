@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "trades",
     "reconciliation",
+    "alerts",
 ]
 
 MIDDLEWARE = [
@@ -320,3 +321,15 @@ METRICS_CACHE_SEC = env.float("METRICS_CACHE_SEC", default=10.0)
 # Bearer token for /metrics and /health/'s details (they name every account). Empty: /metrics stays open (a
 # Prometheus on a private network) and /health/ tells anonymous callers only up/down.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# --- Alerts (alerts/: evaluated every 15 s by beat, sent through Apprise; docs/OPERATIONS.md "Alerts") ---------------
+# Apprise URLs, separated by commas or spaces (e.g. "tgram://token/chat mailtos://user:pass@host"). Empty: alerts
+# are recorded (admin → Alerts) and not sent.
+ALERT_URLS = [url for url in env.str("ALERT_URLS", default="").replace(",", " ").split() if url]
+# Scheme and host the operators reach the admin at (e.g. https://tradeops.example.com): alerts link to
+# ADMIN_BASE_URL + the admin page's path. Empty: the path alone.
+ADMIN_BASE_URL = env.str("ADMIN_BASE_URL", default="")
+# An account whose last this-many pending reconciles all stopped early (weight budget, 429) raises an alert. 0: never.
+ALERT_STOPPED_EARLY_RUNS = env.int("ALERT_STOPPED_EARLY_RUNS", default=3)
+# A correction of a failed or cancelled trade (an audit event) is alerted if it is at most this old.
+ALERT_CORRECTION_LOOKBACK_SEC = env.int("ALERT_CORRECTION_LOOKBACK_SEC", default=3600)
