@@ -97,12 +97,16 @@ def _fields(cause: Cause) -> dict:
     }
 
 
+def _existing(keys: list[str]) -> dict[str, Alert]:
+    return {a.key: a for a in Alert.objects.filter(key__in=keys).only("pk", "key", "status", "one_shot")}
+
+
 def apply_causes(causes: dict[str, Cause], *, failed_kinds: set[str] | None = None, enqueue: Enqueue) -> dict:
     """Bring the Alert rows in line with `causes`. Alerts of `failed_kinds` (their source could not be read) are
     neither repeated nor resolved this time."""
     now = timezone.now()
     counts = {"fired": 0, "refired": 0, "repeated": 0, "resolved": 0}
-    existing = {a.key: a for a in Alert.objects.filter(key__in=list(causes)).only("pk", "key", "status", "one_shot")}
+    existing = _existing(list(causes))
     still: list[int] = []
     for key, cause in causes.items():
         alert = existing.get(key)
