@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -52,6 +53,14 @@ class Cause:
     one_shot: bool = False
 
 
+def _qty(value: Decimal | None) -> str:
+    """0.0100000000 → 0.01 (the database keeps 10 places)."""
+    if value is None:
+        return "?"
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def _admin(name: str, *args: Any) -> str:
     return reverse(f"admin:{name}", args=args)
 
@@ -68,7 +77,7 @@ def flagged_trades() -> Iterator[Cause]:
         yield Cause(
             key=f"trade_flagged:{trade.pk}",
             kind="trade_flagged",
-            message=f"trade {trade.pk} ({trade.symbol} {trade.side} {trade.quantity}, {trade.status}) of account "
+            message=f"trade {trade.pk} ({trade.symbol} {trade.side} {_qty(trade.quantity)}, {trade.status}) of account "
             f"{trade.account.name} needs an operator: {reason}",
             account_name=trade.account.name,
             trade_id=trade.pk,
@@ -87,7 +96,7 @@ def open_orphans() -> Iterator[Cause]:
             key=f"orphan:{orphan.pk}",
             kind="orphan",
             message=f"orphan position on account {orphan.account.name}: {orphan.symbol} {orphan.position_side} "
-            f"{orphan.quantity} (exchange holds {orphan.exchange_position}) that no trade explains",
+            f"{_qty(orphan.quantity)} (exchange holds {_qty(orphan.exchange_position)}) that no trade explains",
             account_name=orphan.account.name,
             admin_path=_admin("reconciliation_orphanposition_change", orphan.pk),
         )
@@ -246,7 +255,7 @@ def corrections(now: datetime | None = None) -> Iterator[Cause]:
         yield Cause(
             key=f"correction:{event.pk}",
             kind="correction",
-            message=f"trade {trade.pk} ({trade.symbol} {trade.side} {trade.quantity}) of account "
+            message=f"trade {trade.pk} ({trade.symbol} {trade.side} {_qty(trade.quantity)}) of account "
             f"{trade.account.name} was {event.from_status} and is now {event.to_status} ({event.source}): "
             "Binance shows its order filled or working",
             account_name=trade.account.name,
