@@ -11,7 +11,7 @@
 
 Only one evaluation runs at a time (a lease on EvaluatorState, the database's row); the unique key and the
 compare-and-set updates keep the notices single even without it. Enqueueing never raises: a broker that is down
-leaves the row unsent (logged), it never stops the evaluation.
+leaves the row marked "not queued" (logged), and the next evaluation queues that notice again.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ LEASE_SEC = 60  # longer than an evaluation can take (the task's time limit), sh
 RETENTION_DAYS = 30  # resolved alerts kept; far longer than ALERT_CORRECTION_LOOKBACK_SEC (a pruned one-shot
 # still inside the look-back would fire again)
 FIRING, RESOLVED = "firing", "resolved"
+NOT_QUEUED = "not queued (broker unavailable): "  # + the notice; the next evaluation queues it again
 
 Enqueue = Callable[[int, str], None]
 
@@ -48,8 +49,9 @@ def enqueue_notice(alert_id: int, notice: str) -> None:
 
         try:
             send_alert.delay(alert_id, notice)
-        except Exception:  # the broker is down: the alert stays recorded, unsent, and the evaluation goes on
+        except Exception:  # the broker is down: the alert stays recorded, and the next evaluation queues it again
             logger.exception("alert %s: could not enqueue its %s notice", alert_id, notice)
+            Alert.objects.filter(pk=alert_id).update(last_error=f"{NOT_QUEUED}{notice}")
 
     transaction.on_commit(send)
 
@@ -105,7 +107,11 @@ def apply_causes(causes: dict[str, Cause], *, failed_kinds: set[str] | None = No
     """Bring the Alert rows in line with `causes`. Alerts of `failed_kinds` (their source could not be read) are
     neither repeated nor resolved this time."""
     now = timezone.now()
-    counts = {"fired": 0, "refired": 0, "repeated": 0, "resolved": 0}
+    counts = {"fired": 0, "refired": 0, "repeated": 0, "resolved": 0, "requeued": 0}
+    for pk, error in Alert.objects.filter(last_error__startswith=NOT_QUEUED).values_list("pk", "last_error"):
+        if Alert.objects.filter(pk=pk, last_error=error).update(last_error=""):
+            counts["requeued"] += 1
+            enqueue(pk, error[len(NOT_QUEUED) :])
     existing = _existing(list(causes))
     still: list[int] = []
     for key, cause in causes.items():
@@ -159,7 +165,7 @@ def apply_causes(causes: dict[str, Cause], *, failed_kinds: set[str] | None = No
             if not alert.one_shot:
                 enqueue(alert.pk, RESOLVED)
     Alert.objects.filter(status=Alert.Status.RESOLVED, resolved_at__lt=now - timedelta(days=RETENTION_DAYS)).delete()
-    if counts["fired"] or counts["refired"] or counts["resolved"]:
+    if counts["fired"] or counts["refired"] or counts["resolved"] or counts["requeued"]:
         logger.info("alerts: %s", counts)
     return counts
 

@@ -152,7 +152,17 @@ def test_enqueueing_with_the_broker_down_never_breaks_the_evaluation(monkeypatch
     monkeypatch.setattr(tasks.send_alert, "delay", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         assert evaluator.evaluate()["fired"] == 1
-    assert Alert.objects.get().sent_at is None
+    alert = Alert.objects.get()
+    assert alert.sent_at is None and alert.last_error == "not queued (broker unavailable): firing"
+
+    queued = []
+    monkeypatch.setattr(tasks.send_alert, "delay", lambda *args: queued.append(args))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert evaluator.evaluate()["requeued"] == 1  # the broker is back: the next evaluation queues it
+    with django_capture_on_commit_callbacks(execute=True):
+        evaluator.evaluate()
+    assert queued == [(alert.pk, "firing")]
+    assert Alert.objects.get().last_error == ""
 
 
 # --- the causes ---------------------------------------------------------------------------------------------------------
@@ -390,6 +400,38 @@ def test_an_observer_sees_alerts_but_cannot_send_a_test(client, django_user_mode
     page = client.get(reverse("admin:alerts_alert_changelist"))
     assert page.status_code == 200 and "Send a test alert" not in page.content.decode()
     assert client.post(reverse("admin:alerts_alert_send_test")).status_code == 403
+
+
+def test_two_evaluations_at_once_send_one_notice(mysql_only, transactional_db, settings):
+    """Two evaluations (two beat ticks on two workers) reading the same causes at the same moment, past the lease:
+    the unique key lets one INSERT win; only it enqueues."""
+    import threading
+
+    from django.db import connection
+
+    trade = flagged_trade()
+    found, _ = causes.current_causes()
+    barrier, results, errors = threading.Barrier(2), [], []
+
+    def one() -> None:
+        try:
+            sent = Sent()
+            barrier.wait(timeout=10)
+            evaluator.apply_causes(found, enqueue=sent)
+            results.append(sent)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert sorted(len(sent) for sent in results) == [0, 1]
+    assert Alert.objects.get(key=f"trade_flagged:{trade.pk}").status == "firing"
 
 
 def test_the_evaluation_schedule_exists():
