@@ -322,10 +322,16 @@ METRICS_CACHE_SEC = env.float("METRICS_CACHE_SEC", default=10.0)
 # Prometheus on a private network) and /health/ tells anonymous callers only up/down.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
+
 # --- Alerts (alerts/: evaluated every 15 s by beat, sent through Apprise; docs/OPERATIONS.md "Alerts") ---------------
 # Apprise URLs, separated by commas or spaces (e.g. "tgram://token/chat mailtos://user:pass@host"). Empty: alerts
 # are recorded (admin → Alerts) and not sent.
-ALERT_URLS = [url for url in env.str("ALERT_URLS", default="").replace(",", " ").split() if url]
+def _urls(name: str) -> list[str]:
+    """URLs separated by commas and/or whitespace (newlines too: an environment file may wrap them)."""
+    return env.str(name, default="").replace(",", " ").split()
+
+
+ALERT_URLS = _urls("ALERT_URLS")
 # Scheme and host the operators reach the admin at (e.g. https://tradeops.example.com): alerts link to
 # ADMIN_BASE_URL + the admin page's path. Empty: the path alone.
 ADMIN_BASE_URL = env.str("ADMIN_BASE_URL", default="")
