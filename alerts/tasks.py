@@ -8,7 +8,7 @@ from django.db import InterfaceError, OperationalError
 
 from . import evaluator, notify
 
-SEND_MAX_RETRIES = 12  # backoff 5 s doubling, capped at 10 min: about an hour and a half of trying
+SEND_MAX_RETRIES = 12  # backoff 5 s doubling, capped at 10 min, jittered: up to about an hour of trying
 
 
 @shared_task(ignore_result=True)
