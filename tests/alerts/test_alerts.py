@@ -410,7 +410,7 @@ def test_two_evaluations_at_once_send_one_notice(mysql_only, transactional_db, s
     from django.db import connection
 
     trade = flagged_trade()
-    found, _ = causes.current_causes()
+    found = {cause.key: cause for cause in causes.flagged_trades()}
     barrier, results, errors = threading.Barrier(2), [], []
 
     def one() -> None:

@@ -50,12 +50,14 @@ def run_schedules(e2e) -> None:
     """The schedules this test needs (the e2e fixture disables them all): the alert evaluation, every second here
     (15 s in production), the workers' heartbeat (else "workers_stale" fires) and beat's reconcile, all every second."""
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period="seconds")
-    evaluate = PeriodicTask.objects.get(name="evaluate alerts")
-    evaluate.interval, evaluate.enabled, evaluate.expire_seconds = every_second, True, None
-    evaluate.save()
-    heartbeat = PeriodicTask.objects.get(task="reconciliation.tasks.worker_heartbeat")
-    heartbeat.interval, heartbeat.enabled = every_second, True
-    heartbeat.save()
+    # By name, created if absent: a transactional test before this one flushed what the migrations created.
+    for name, task in (
+        ("evaluate alerts", "alerts.tasks.evaluate_alerts"),
+        ("worker heartbeat (health check)", "reconciliation.tasks.worker_heartbeat"),
+    ):
+        PeriodicTask.objects.update_or_create(
+            name=name, defaults={"task": task, "interval": every_second, "enabled": True, "expire_seconds": None}
+        )
     e2e.start_beat(every=1)
 
 
