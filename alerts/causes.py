@@ -109,6 +109,7 @@ def _parse(moment: str | None) -> datetime | None:
 def down_streams(now: datetime | None = None) -> Iterator[Cause]:
     """/health/'s user_stream verdict per account. A deaf mark gets HEALTH_STREAM_GRACE_SEC to be cleared by the
     reconnect it triggers; an account that has never streamed (just added) gets the same grace from its creation."""
+    from reconciliation.audit import stream_heartbeat_max_age
     from tradeops.views import check_user_streams
 
     now = now or timezone.now()
@@ -127,9 +128,14 @@ def down_streams(now: datetime | None = None) -> Iterator[Cause]:
         if heartbeat is None and info.get("state") == "none" and now - account.created_at < grace:
             continue  # not picked up by a stream process yet
         if deaf_since is not None:
-            others_ok = info.get("state") == "connected" and heartbeat is not None
-            if others_ok and now - deaf_since < grace:
-                continue  # marked deaf moments ago: its reconnect is under way
+            since = _parse(info.get("since"))
+            alive = heartbeat is not None and now - heartbeat < stream_heartbeat_max_age()
+            state = info.get("state")
+            streaming = state == "connected" or (
+                state in ("connecting", "reconnecting") and since is not None and now - since < grace
+            )
+            if alive and streaming and now - deaf_since < grace:
+                continue  # marked deaf moments ago, otherwise fine: the reconnect it triggers is under way
             what = f"deaf (connected, missing order events) since {deaf_since:%H:%M:%S} UTC"
         else:
             since = _parse(info.get("since"))

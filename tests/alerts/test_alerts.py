@@ -192,6 +192,14 @@ def test_a_stream_down_or_deaf_longer_than_its_grace_fires(sent, settings):
     streaming(ok)
     evaluate(sent)
     assert sorted(key for key, _ in sent) == sorted([f"stream_down:{down.pk}", f"stream_down:{deaf_long.pk}"])
+    # The reconnect a deaf mark triggers is not "down" either, within the grace.
+    streaming(deaf_new, stream_deaf_since=now - timedelta(seconds=5), stream_state="reconnecting")
+    evaluate(sent)
+    assert f"stream_down:{deaf_new.pk}" not in {key for key, _ in sent}
+    # A deaf stream whose process died is down at once.
+    streaming(deaf_new, stream_deaf_since=now, stream_heartbeat_at=now - timedelta(minutes=10))
+    evaluate(sent)
+    assert (f"stream_down:{deaf_new.pk}", "firing") in sent
     assert "deaf" in Alert.objects.get(key=f"stream_down:{deaf_long.pk}").message
     assert new_account.pk  # never streamed, created moments ago: not yet
 
