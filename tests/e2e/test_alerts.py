@@ -56,7 +56,7 @@ def run_schedules(e2e) -> None:
         ("worker heartbeat (health check)", "reconciliation.tasks.worker_heartbeat"),
     ):
         PeriodicTask.objects.update_or_create(
-            name=name, defaults={"task": task, "interval": every_second, "enabled": True, "expire_seconds": None}
+            name=name, defaults={"task": task, "interval": every_second, "enabled": True, "expire_seconds": 2}
         )
     e2e.start_beat(every=1)
 
