@@ -48,6 +48,7 @@ SERVICES = (
     "reconciliation.cancels",
     "reconciliation.entries",
     "reconciliation.positions",
+    "reconciliation.health.checks",
     "reconciliation.health.heartbeats",
     "reconciliation.health.metrics",
     "reconciliation.stream.guard",

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "trades",
     "reconciliation",
+    "alerts",
 ]
 if DEBUG:  # development only (`make run`): the dev admin and the demo story's commands (demo/); never in production
     INSTALLED_APPS.append("demo")
@@ -322,3 +323,21 @@ METRICS_CACHE_SEC = env.float("METRICS_CACHE_SEC", default=10.0)
 # Bearer token for /metrics and /health/'s details (they name every account). Empty: /metrics stays open (a
 # Prometheus on a private network) and /health/ tells anonymous callers only up/down.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+
+# --- Alerts (alerts/: evaluated every 15 s by beat, sent through Apprise; docs/OPERATIONS.md "Alerts") ---------------
+# Apprise URLs, separated by commas or spaces (e.g. "tgram://token/chat mailtos://user:pass@host"). Empty: alerts
+# are recorded (admin → Alerts) and not sent.
+def _urls(name: str) -> list[str]:
+    """URLs separated by commas and/or whitespace (newlines too: an environment file may wrap them)."""
+    return env.str(name, default="").replace(",", " ").split()
+
+
+ALERT_URLS = _urls("ALERT_URLS")
+# Scheme and host the operators reach the admin at (e.g. https://tradeops.example.com): alerts link to
+# ADMIN_BASE_URL + the admin page's path. Empty: the path alone.
+ADMIN_BASE_URL = env.str("ADMIN_BASE_URL", default="")
+# An account whose last this-many pending reconciles all stopped early (weight budget, 429) raises an alert. 0: never.
+ALERT_STOPPED_EARLY_RUNS = env.int("ALERT_STOPPED_EARLY_RUNS", default=3)
+# A correction of a failed or cancelled trade (an audit event) is alerted if it is at most this old.
+ALERT_CORRECTION_LOOKBACK_SEC = env.int("ALERT_CORRECTION_LOOKBACK_SEC", default=3600)

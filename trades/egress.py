@@ -73,6 +73,11 @@ class WeightBudget(ABC):
     def used(self, egress: str, now_ms: int) -> int: ...
 
     @abstractmethod
+    def limited_marks(self, now_ms: int) -> dict[str, tuple[int, bool]]:
+        """Every egress marked limited at `now_ms`: its name → (until_ms, banned). What another process (the alert
+        evaluator) reads to tell a 429/418 anywhere in the fleet."""
+
+    @abstractmethod
     def clear(self) -> None:
         """Forget every count and mark (tests)."""
 
@@ -145,6 +150,16 @@ class RedisBudget(WeightBudget):
 
     def used(self, egress: str, now_ms: int) -> int:
         return int(self.redis.get(self._keys(egress, now_ms)[0]) or 0)
+
+    def limited_marks(self, now_ms: int) -> dict[str, tuple[int, bool]]:
+        marks: dict[str, tuple[int, bool]] = {}
+        head, tail = f"{self.prefix}:", ":limited"
+        for raw in self.redis.scan_iter(match=f"{self.prefix}:*:limited", count=500):
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            until, banned = self.redis.hmget(key, "until", "banned")
+            if until is not None and int(until) > now_ms:
+                marks[key[len(head) : -len(tail)]] = (int(until), banned in (b"1", "1"))
+        return marks
 
     def clear(self) -> None:
         for key in self.redis.scan_iter(match=f"{self.prefix}:*", count=500):
@@ -230,6 +245,10 @@ class SqliteBudget(WeightBudget):
             .fetchone()
         )
         return row[0] if row else 0
+
+    def limited_marks(self, now_ms: int) -> dict[str, tuple[int, bool]]:
+        rows = self._db().execute("SELECT egress, until_ms, banned FROM limited WHERE until_ms > ?", (now_ms,))
+        return {egress: (int(until), bool(banned)) for egress, until, banned in rows.fetchall()}
 
     def clear(self) -> None:
         with self._tx() as db:

@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from the database at scrape time (served at /metrics by tradeops.views.metrics).
+"""Prometheus metrics, read from the database at scrape time (served at /metrics by reconciliation.health.views.metrics).
 
 Why a collector over the DB rather than counters in memory: reconciles run in Celery workers, fills arrive in the
 stream process, and /metrics is served by the web process — per-process counters would show the web process's

@@ -15,8 +15,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reconciliation import services
+from reconciliation.health.checks import check_user_streams
 from reconciliation.health.metrics import TradeopsCollector
-from reconciliation.health.views import check_user_streams
 from reconciliation.models import AccountSyncState, StreamMiss
 from reconciliation.stream.guard import StreamWindow
 from tests.factories import TradeFactory
