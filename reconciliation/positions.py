@@ -39,6 +39,7 @@ from trades.exceptions import ExchangeError, RateLimited
 from trades.models import Account, Trade, TradeEvent
 
 from .exits import apply_exit_fills
+from .exposure import record_exchange_positions
 from .models import OrphanPosition
 from .position_mode import is_hedge_mode
 from .reports import Report
@@ -81,6 +82,7 @@ def compare_positions(account: Account, client, report: Report) -> None:
     _refresh_position_mode(account, client, report)
     exchange = exchange_positions(client)
     read_at = timezone.now()
+    record_exchange_positions(account, exchange, read_at)  # what the desk's exposure page shows
     report.weight_used += 5
     # What explains each position is read after Binance answered, so fills it already reflects count.
     explained = explained_by_trades(account.pk)
