@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
+from desk import display
 from trades.admin import FixPermissionMixin, ReadOnlyAdmin, actor_of
 from trades.models import TradeEvent
 
@@ -68,10 +69,10 @@ class OrphanPositionAdmin(FixPermissionMixin, ReadOnlyAdmin):
         "account",
         "symbol",
         "position_side",
-        "quantity",
-        "exchange_position",
-        "entry_price",
-        "status",
+        display.money_column("quantity", "unexplained"),
+        display.money_column("exchange_position", "exchange position"),
+        display.money_column("entry_price", "entry price"),
+        display.badge_column("status"),
         "first_seen_at",
         "last_seen_at",
         "trade",
