@@ -73,6 +73,8 @@ def readable_readonly_fields(model: type[models.Model], *extra: Column) -> Field
             fields.append(exchange_time_column(field.name, label))
         elif field.name == "status":
             fields.append(badge_column(field.name, label))
+        elif isinstance(field, models.DateTimeField):
+            fields.append(local_time_column(field.name, label))
         else:
             fields.append(field.name)
     return [*fields, *extra]
@@ -83,7 +85,9 @@ def replaced_field_names(model: type[models.Model]) -> list[str]:
     return [
         field.name
         for field in model._meta.fields
-        if isinstance(field, models.DecimalField) or field.name in EXCHANGE_MS_FIELDS or field.name == "status"
+        if isinstance(field, models.DecimalField | models.DateTimeField)
+        or field.name in EXCHANGE_MS_FIELDS
+        or field.name == "status"
     ]
 
 
@@ -100,13 +104,14 @@ def event_change(event: Any) -> SafeString:
 
 @admin.display(description="Binance facts and reason")
 def event_facts_table(event: Any) -> SafeString:
-    """The payload as a small table (status, orderId, executedQty, avgPrice, updateTime, then reasons), the raw JSON
+    """The payload as a small two-column list (status, orderId, executedQty, avgPrice, updateTime, then reasons), the raw JSON
     folded under it."""
     rows = event_facts(event.payload)
+    # Spans, not a table: the admin wraps a read-only value in <p>, where only phrasing content is valid.
     table = (
         format_html(
-            '<table class="desk-facts"><tbody>{}</tbody></table>',
-            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+            '<span class="desk-facts">{}</span>',
+            format_html_join("", '<span class="desk-fact-label">{}</span><span class="desk-fact">{}</span>', rows),
         )
         if rows
         else EMPTY

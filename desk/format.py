@@ -23,7 +23,18 @@ EMPTY = "—"
 BADGE_KINDS = {
     "ok": {"open", "connected", "reconnected", "filled", "in sync", "resolved", "recovered", "ok"},
     "wait": {"pending", "connecting", "reconnecting", "new", "partially_filled", "partial", "unconfirmed", "stale"},
-    "bad": {"failed", "deaf", "error", "expired", "rejected", "not_found", "flagged", "differs", "no heartbeat"},
+    "bad": {
+        "failed",
+        "deaf",
+        "error",
+        "expired",
+        "rejected",
+        "not_found",
+        "flagged",
+        "differs",
+        "no heartbeat",
+        "orphan",
+    },
     "off": {"closed", "cancelled", "canceled", "dismissed", "stopped", "not running", "skipped"},
 }
 

@@ -264,6 +264,7 @@ def test_the_trade_page_reads_like_money_with_a_readable_audit_trail(operator_cl
     assert "60000.5000000000" not in fields and "0.0100000000" not in fields
     assert re.search(r'field-entry_price">.*?<div class="readonly">60000.5</div>', html, re.S)
     assert 'title="Binance time 1764690967123 ms = 2025-12-02 15:56:07.123 UTC"' in html
-    assert "<th>executedQty</th><td>0.01</td>" in html and "<th>orderId</th><td>42</td>" in html
+    assert '<span class="desk-fact-label">executedQty</span><span class="desk-fact">0.01</span>' in html
+    assert '<span class="desk-fact-label">orderId</span><span class="desk-fact">42</span>' in html
     assert "<summary>raw JSON</summary>" in html
     assert re.search(r'desk-badge-wait">pending</span> → <span class="desk-badge desk-badge-ok">open', html)
