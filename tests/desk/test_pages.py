@@ -230,9 +230,11 @@ def test_staff_without_view_permissions_are_refused(client, django_user_model, w
     assert 'id="desk-home"' not in client.get(HOME).content.decode()
 
 
-def test_the_account_list_links_each_accounts_exposure(operator_client, desk_account):
+def test_the_account_list_and_page_link_each_accounts_exposure(operator_client, desk_account):
     html = operator_client.get(reverse("admin:trades_account_changelist")).content.decode()
     assert f'href="{exposure_url(desk_account)}"' in html
+    html = operator_client.get(reverse("admin:trades_account_change", args=[desk_account.pk])).content.decode()
+    assert f'href="{exposure_url(desk_account)}" class="desk-exposure-link"' in html
 
 
 def test_the_trade_page_reads_like_money_with_a_readable_audit_trail(operator_client, desk_account):
