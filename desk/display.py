@@ -53,9 +53,12 @@ def local_time_column(field: str, description: str | None = None) -> Column:
     return _named(column, field, description or field.replace("_", " "), field)
 
 
-def badge_column(field: str = "status", description: str | None = None) -> Column:
+def badge_column(field: str = "status", description: str | None = None, kinds: dict[str, str] | None = None) -> Column:
+    """`kinds` recolours states of this model (an orphan's "open" is bad news, a trade's is not)."""
+
     def column(obj: Any) -> SafeString:
-        return badge(getattr(obj, field))
+        value = getattr(obj, field)
+        return badge(value, kind=(kinds or {}).get(value))
 
     return _named(column, field, description or field.replace("_", " "), field)
 

@@ -99,12 +99,12 @@ def badge_kind(state: str) -> str:
     return "info"
 
 
-def badge(state: str, label: str | None = None, *, title: str = "") -> SafeString:
-    """A coloured badge carrying the state's own word (accessible without colour)."""
+def badge(state: str, label: str | None = None, *, title: str = "", kind: str | None = None) -> SafeString:
+    """A coloured badge carrying the state's own word (accessible without colour); `kind` overrides the colour."""
     text = label if label is not None else (state or "none")
     return format_html(
         '<span class="desk-badge desk-badge-{}"{}>{}</span>',
-        badge_kind(state),
+        kind or badge_kind(state),
         format_html(' title="{}"', title) if title else "",
         text,
     )

@@ -72,9 +72,9 @@ class OrphanPositionAdmin(FixPermissionMixin, ReadOnlyAdmin):
         display.money_column("quantity", "unexplained"),
         display.money_column("exchange_position", "exchange position"),
         display.money_column("entry_price", "entry price"),
-        display.badge_column("status"),
-        "first_seen_at",
-        "last_seen_at",
+        display.badge_column("status", kinds={OrphanPosition.Status.OPEN: "bad"}),
+        display.local_time_column("first_seen_at", "first seen"),
+        display.local_time_column("last_seen_at", "last seen"),
         "trade",
         "note",
     ]

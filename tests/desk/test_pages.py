@@ -191,6 +191,9 @@ def test_the_orphan_link_lists_exactly_that_orphan(operator_client, with_differe
     link = re.search(r'<a href="([^"]+)" class="desk-orphan">', html).group(1).replace("&amp;", "&")
     listing = operator_client.get(link)
     assert listing.context["cl"].result_count == 1
+    html = listing.content.decode()
+    assert '<span class="desk-badge desk-badge-bad">open</span>' in html  # an open orphan is bad news
+    assert ">0.005<" in html and ">0.0050000000<" not in html
 
 
 def test_sync_now_enqueues_the_accounts_position_sync_after_commit(
