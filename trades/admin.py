@@ -169,6 +169,7 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     ]
     list_display = [
         "name",
+        "exposure",
         "masked_api_key",
         "is_active",
         "use_testnet",
@@ -178,7 +179,6 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
         "stream",
         "stream_last_event",
         "used_weight",
-        "exposure",
     ]
     # Learned from Binance (GET /fapi/v1/positionSide/dual), never typed in.
     readonly_fields = ["position_mode"]
