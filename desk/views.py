@@ -90,7 +90,7 @@ def sync_now(request: HttpRequest, account_id: int) -> HttpResponse:
         messages.warning(request, f"{account.name} is not active: its positions are not synced.")
         return HttpResponseRedirect(page)
     transaction.on_commit(partial(tasks.sync_positions.delay, account.pk, reason=SYNC_REASON))
-    admin.site._registry[Account].log_change(request, account, "position sync requested (exposure page)")
+    admin.site.get_model_admin(Account).log_change(request, account, "position sync requested (exposure page)")
     messages.success(
         request,
         f"Position sync of {account.name} queued; a worker runs it under the account's lease. "

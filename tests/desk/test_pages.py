@@ -205,6 +205,10 @@ def test_sync_now_enqueues_the_accounts_position_sync_after_commit(
         response = operator_client.post(reverse("desk:exposure_sync", args=[with_difference.pk]))
     assert response.status_code == 302 and response.url == exposure_url(with_difference)
     assert sent == [((with_difference.pk,), {"reason": "admin"})]
+    from django.contrib.admin.models import LogEntry
+
+    entry = LogEntry.objects.get(object_id=str(with_difference.pk))  # the account's History tells who asked
+    assert entry.user.username == "night-operator" and "position sync requested" in entry.change_message
     page = operator_client.get(exposure_url(with_difference)).content.decode()
     assert "Position sync of desk-main queued" in page
 
