@@ -34,6 +34,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reconciliation.models import OrphanPosition, ReconcileRun
+from reconciliation.stream.states import ON_ITS_WAY, StreamState
 from trades import egress
 from trades.models import Account, Trade, TradeEvent
 
@@ -131,8 +132,8 @@ def down_streams(now: datetime | None = None) -> Iterator[Cause]:
             since = _parse(info.get("since"))
             alive = heartbeat is not None and now - heartbeat < stream_heartbeat_max_age()
             state = info.get("state")
-            streaming = state == "connected" or (
-                state in ("connecting", "reconnecting") and since is not None and now - since < grace
+            streaming = state == StreamState.CONNECTED or (
+                state in ON_ITS_WAY and since is not None and now - since < grace
             )
             if alive and streaming and now - deaf_since < grace:
                 continue  # marked deaf moments ago, otherwise fine: the reconnect it triggers is under way

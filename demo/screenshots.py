@@ -4,7 +4,9 @@
         --base-url http://127.0.0.1:8000 --out docs/screenshots
 
 It logs in as the dev admin (var/dev-admin-password), stages what an operator meets at night — a pending trade whose
-fill Binance has but tradeops missed, and an exchange position no trade explains — and captures the pages.
+fill Binance has but tradeops missed, and an exchange position no trade explains — and captures the pages: the
+home page's panels, the trade list and its actions, the audit trail, accounts, orphans, the account's exposure and
+the reconcile runs.
 """
 
 import argparse
@@ -87,6 +89,10 @@ def main():
         shot("05-accounts-after-sync")
         page.goto(f"{admin}reconciliation/orphanposition/")
         shot("06-orphan-positions")
+        page.goto(admin)  # after the sync: the orphan counts
+        shot("00-home", full=True)
+        page.goto(f"{admin}desk/exposure/{trade.account_id}/")
+        shot("08-exposure", full=True)
         page.goto(f"{admin}reconciliation/reconcilerun/")
         shot("07-reconcile-runs")
         browser.close()

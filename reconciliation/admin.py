@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
+from desk import display
 from trades.admin_base import FixPermissionMixin, ReadOnlyAdmin, actor_of
 from trades.models import TradeEvent
 
@@ -67,12 +68,12 @@ class OrphanPositionAdmin(FixPermissionMixin, ReadOnlyAdmin):
         "account",
         "symbol",
         "position_side",
-        "quantity",
-        "exchange_position",
-        "entry_price",
-        "status",
-        "first_seen_at",
-        "last_seen_at",
+        display.money_column("quantity", "unexplained"),
+        display.money_column("exchange_position", "exchange position"),
+        display.money_column("entry_price", "entry price"),
+        display.badge_column("status", kinds={OrphanPosition.Status.OPEN: "bad"}),
+        display.local_time_column("first_seen_at", "first seen"),
+        display.local_time_column("last_seen_at", "last seen"),
         "trade",
         "note",
     ]

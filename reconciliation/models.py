@@ -156,3 +156,25 @@ class StreamLease(models.Model):
 
     def __str__(self):
         return f"stream lease of {self.account_id}: {self.holder or 'free'}"
+
+
+class ExchangePosition(models.Model):
+    """Binance's position on one (symbol, position side) as the last position sync read it (positionRisk): what the
+    desk's exposure page compares our open trades with. Replaced per account on every read; a side that went flat
+    has no row (reconciliation/positions/last_sync.py)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="exchange_positions")
+    symbol = models.CharField(max_length=32)
+    position_side = models.CharField(max_length=5, choices=Trade.PositionSide.choices, default=Trade.PositionSide.BOTH)
+    quantity = models.DecimalField(**MONEY, help_text="Signed positionAmt (positive long, negative short).")
+    entry_price = models.DecimalField(**MONEY, null=True, blank=True)
+    synced_at = models.DateTimeField(help_text="When the position sync read it from Binance.")
+
+    class Meta:
+        ordering = ["account", "symbol", "position_side"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "symbol", "position_side"], name="exchangeposition_unique_key")
+        ]
+
+    def __str__(self):
+        return f"{self.account} {self.symbol} {self.position_side} {self.quantity} @ {self.synced_at:%Y-%m-%d %H:%M:%S}"

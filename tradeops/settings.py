@@ -56,6 +56,7 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhos
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
+    "desk",  # before the admin: its templates override the admin's home page
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

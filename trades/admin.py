@@ -19,6 +19,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from desk import display
 from reconciliation import services, tasks
 from reconciliation.models import AccountSyncState
 from reconciliation.operator import OperatorActionRefused
@@ -148,6 +149,7 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
     ]
     list_display = [
         "name",
+        "exposure",
         "masked_api_key",
         "is_active",
         "use_testnet",
@@ -176,6 +178,10 @@ class AccountAdmin(FixPermissionMixin, admin.ModelAdmin):
         mode = "hedge (LONG / SHORT)" if obj.dual_side_position else "one-way (BOTH)"
         checked = obj.position_mode_checked_at
         return f"{mode}, read {timesince(checked, timezone.now())} ago" if checked else mode
+
+    @admin.display(description="exposure")
+    def exposure(self, obj):
+        return display.exposure_link(obj)
 
     @admin.display(description="API secret")
     def api_secret_status(self, obj):
@@ -268,7 +274,7 @@ class TradeEventInline(admin.TabularInline):
     model = TradeEvent
     extra = 0
     can_delete = False
-    fields = ("created_at", "source", "from_status", "to_status", "filled_qty", "actor", "payload")
+    fields = display.AUDIT_INLINE_FIELDS  # from → to, source, actor and Binance's facts, not raw JSON
     readonly_fields = fields
     ordering = ["created_at", "pk"]
 
@@ -341,11 +347,11 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
         "symbol",
         "side",
         "position_side",
-        "quantity",
-        "filled_qty",
-        "closed_qty",
-        "price",
-        "status",
+        display.money_column("quantity"),
+        display.money_column("filled_qty", "filled qty"),
+        display.money_column("closed_qty", "closed qty"),
+        display.money_column("price"),
+        display.badge_column("status"),
         "status_reason",
         "needs_operator",
         "age",
@@ -357,7 +363,9 @@ class TradeAdmin(FixPermissionMixin, admin.ModelAdmin):
     inlines = [TradeEventInline]
     actions = ["verify_on_binance", "cancel_and_verify", "mark_manually", "close_manually"]
     # Trade state is the exchange's truth applied by the reconciliation rule; nobody edits it by hand here.
-    readonly_fields = [field.name for field in Trade._meta.fields]
+    # Shown as the desk reads them (desk/display.py): money without trailing zeros, Binance's ms as local time.
+    readonly_fields = display.readable_readonly_fields(Trade)
+    exclude = display.replaced_field_names(Trade)
 
     @admin.display(description="age", ordering="created_at")
     def age(self, obj):
@@ -477,7 +485,9 @@ def _ids(pks) -> str:
 
 @admin.register(TradeEvent)
 class TradeEventAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "trade", "source", "from_status", "to_status", "filled_qty", "actor"]
+    list_display = display.AUDIT_LIST_COLUMNS
+    readonly_fields = display.readable_readonly_fields(TradeEvent, display.event_facts_table)
+    exclude = display.replaced_field_names(TradeEvent)
     list_filter = ["source", "to_status"]
     search_fields = ["trade__client_order_id", "=trade__entry_order_id", "actor"]
     list_select_related = ["trade"]

@@ -352,9 +352,8 @@ class Trade(models.Model):
         return self.open_qty if self.side == Trade.Side.BUY else -self.open_qty
 
     def __str__(self) -> str:
-        return (
-            f"{self.symbol} {self.side} {self.quantity} [{self.status}] {self.client_order_id or self.entry_order_id}"
-        )
+        qty = format(self.quantity.normalize(), "f") if isinstance(self.quantity, Decimal) else self.quantity
+        return f"{self.symbol} {self.side} {qty} [{self.status}] {self.client_order_id or self.entry_order_id}"
 
 
 class TradeEvent(models.Model):

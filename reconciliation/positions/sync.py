@@ -46,6 +46,7 @@ from ..reconcile.pending import reconcile_pending_locked, run_under_lease
 from ..reconcile.reports import Report
 from .exits import apply_exit_fills
 from .exposure import Key, exchange_positions, explained_by_trades, position_key
+from .last_sync import record_exchange_positions
 from .orphans import recover_orphan, recoverable
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def compare_positions(account: Account, client: BinanceFuturesClient, report: Re
     _refresh_position_mode(account, client, report)
     exchange = exchange_positions(client)
     read_at = timezone.now()
+    record_exchange_positions(account, exchange, read_at)  # what the desk's exposure page shows
     report.weight_used += 5
     # What explains each position is read after Binance answered, so fills it already reflects count.
     explained = explained_by_trades(account.pk)

@@ -84,7 +84,12 @@ def test_trades_show_position_side_closed_quantity_and_the_close_reason(admin_cl
         status_reason="partly closed by liquidation",
     )
     listing = admin_client_logged_in.get(reverse("admin:trades_trade_changelist")).content.decode()
-    assert "SHORT (hedge mode)" in listing and "0.0040000000" in listing and "partly closed by liquidation" in listing
+    assert (
+        "SHORT (hedge mode)" in listing
+        and ">0.004<" in listing
+        and "0.0040000000" not in listing
+        and "partly closed by liquidation" in listing
+    )
     filtered = admin_client_logged_in.get(reverse("admin:trades_trade_changelist"), {"position_side": "LONG"})
     assert "partly closed by liquidation" not in filtered.content.decode()
 
