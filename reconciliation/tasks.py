@@ -154,10 +154,24 @@ def sync_positions(self, account_id, reason="beat"):
 
 @shared_task
 def sync_all_positions():
+    """One sync_positions per active account, except those whose healthy user stream had a position sync less than
+    RECONCILE_AUDIT_SEC ago (audit.positions_not_due): the stream syncs positions on every ACCOUNT_UPDATE and
+    (re)connect, so for them this schedule is only the audit. Returns how many syncs it sent."""
     ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
+    not_due = audit.positions_not_due(ids)
+    if not_due:
+        logger.info(
+            "position sync: %d of %d accounts left to their next audit (%s)",
+            len(not_due),
+            len(ids),
+            audit.STREAM_HEALTHY,
+        )
+    sent = 0
     for account_id in ids:
-        sync_positions.apply_async((account_id,), expires=BEAT_EXPIRES_SEC * 5)
-    return len(ids)
+        if account_id not in not_due:
+            sync_positions.apply_async((account_id,), expires=BEAT_EXPIRES_SEC * 5)
+            sent += 1
+    return sent
 
 
 @shared_task
