@@ -163,6 +163,7 @@ class Fleet:
         self.counts: Counter[str] = Counter()
         self.accounts = {a.pk: a for a in Account.objects.filter(pk__in=ids)}
         self.healthy = False
+        self.position_sync = True
         self.on_processed: Callable[[], bool] | None = None  # True: the scenario is over
 
     def push(self, task: str, account_id: int, reason: str, *, delay_ms: int = 0, expires_sec: float | None = None):
@@ -194,7 +195,7 @@ class Fleet:
         if self.healthy:  # the stream processes' heartbeat, every refresh
             AccountSyncState.objects.filter(account_id__in=self.ids).update(stream_heartbeat_at=self.clock.now())
         tasks.reconcile_all_accounts()
-        if minute_ms % POSITIONS_EVERY_MS == 0:
+        if self.position_sync and minute_ms % POSITIONS_EVERY_MS == 0:
             tasks.sync_all_positions()
 
     def run_until(self, end_ms: int, first_beat_ms: int | None = None) -> None:
@@ -401,6 +402,7 @@ def baseline(control: SandboxControl, rest_url: str, ids: list[int], per_account
 def scenario(
     name: str, fleet: Fleet, control: SandboxControl, minutes: float, *, until: Callable[[], bool] | None = None
 ) -> Figures:
+    print(f"running: {name}, {minutes:g} simulated minutes", file=sys.stderr, flush=True)
     clock = fleet.clock
     start_ms = (clock.now_ms() // MINUTE_MS + 1) * MINUTE_MS  # the first beat, on a minute of the sandbox clock
     clock.jump_to(start_ms)
@@ -433,6 +435,7 @@ def storm(fleet: Fleet, control: SandboxControl, max_minutes: float) -> Figures:
     """Every socket dropped at once while one order per account filled: each stream reconnects (a new
     stream_state_at) and enqueues its ws_connect reconcile and position sync, all at the same instant (no connect
     ramp: the worst case for the budget). Done when every filled trade is open in the database."""
+    print(f"running: reconnect storm, at most {max_minutes:g} simulated minutes", file=sys.stderr, flush=True)
     clock = fleet.clock
     clock.jump_to((clock.now_ms() // MINUTE_MS + 1) * MINUTE_MS + 30_000)  # mid-minute, after the beat
     filled = []
@@ -449,7 +452,8 @@ def storm(fleet: Fleet, control: SandboxControl, max_minutes: float) -> Figures:
     fleet.counts = Counter()
     for account_id in fleet.ids:
         fleet.push("reconcile", account_id, services.WS_CONNECT)
-        fleet.push("positions", account_id, services.WS_CONNECT)
+        if fleet.position_sync:
+            fleet.push("positions", account_id, services.WS_CONNECT)
     checks = itertools.count()
 
     def all_open() -> bool:
@@ -522,6 +526,12 @@ def main(argv: list[str] | None = None) -> list[Figures]:
     parser.add_argument("--healthy-minutes", type=float, default=25.0)
     parser.add_argument("--unhealthy-minutes", type=float, default=6.0)
     parser.add_argument("--storm-minutes", type=float, default=15.0, help="at most")
+    parser.add_argument(
+        "--scenarios", default="healthy,storm,unhealthy", help="which to run, in this order (comma-separated)"
+    )
+    parser.add_argument(
+        "--no-position-sync", action="store_true", help="leave the position sync out (the pending reconcile alone)"
+    )
     parser.add_argument("--smoke", action="store_true", help="20 accounts × 2 symbols × 4 trades, short runs")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -555,14 +565,22 @@ def main(argv: list[str] | None = None) -> list[Figures]:
             fleet = Fleet(clock, ids)
             with fleet.capturing_fan_out():
                 steady_state(clock, ids)
-                fleet.healthy = True
-                rows.append(scenario("ours, streams healthy", fleet, control, args.healthy_minutes))
-                fleet.queue.clear()
-                rows.append(storm(fleet, control, args.storm_minutes))
-                fleet.queue.clear()
-                fleet.healthy = False
-                AccountSyncState.objects.filter(account_id__in=ids).update(stream_state="disconnected")
-                rows.append(scenario("ours, streams unhealthy", fleet, control, args.unhealthy_minutes))
+                fleet.healthy, fleet.position_sync = True, not args.no_position_sync
+                suffix = " (no position sync)" if args.no_position_sync else ""
+                for name in args.scenarios.split(","):
+                    fleet.queue.clear()
+                    if name == "healthy":
+                        rows.append(scenario(f"ours, streams healthy{suffix}", fleet, control, args.healthy_minutes))
+                    elif name == "storm":
+                        rows.append(storm(fleet, control, args.storm_minutes))
+                    elif name == "unhealthy":
+                        fleet.healthy = False
+                        AccountSyncState.objects.filter(account_id__in=ids).update(stream_state="disconnected")
+                        rows.append(
+                            scenario(f"ours, streams unhealthy{suffix}", fleet, control, args.unhealthy_minutes)
+                        )
+                    else:
+                        parser.error(f"--scenarios: healthy, storm or unhealthy, not {name!r}")
     print_table(rows, args, per_account)
     return rows
 
