@@ -18,6 +18,7 @@ from datetime import timedelta
 from celery import Task, chain, shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.db.models import F, QuerySet
 
 from trades.binance_client import client_order_id_for
 from trades.db import DB_UNAVAILABLE_ERRORS
@@ -118,8 +119,10 @@ def reconcile_account(self, account_id, reason="beat", deep=False):
 def reconcile_all_accounts(deep=False):
     """One reconcile_account per active account, each on its own: one account's failure never stops the others.
     The beat's pass leaves out the accounts whose healthy user stream was audited by REST less than
-    RECONCILE_AUDIT_SEC ago (reconcile/audit.py); the deep pass leaves out none. Returns how many reconciles it sent."""
-    ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
+    RECONCILE_AUDIT_SEC ago (reconcile/audit.py); the deep pass leaves out none. The least recently reconciled go first: when
+    the egress budget cannot cover every account in one minute, the ones it refuses are served first at the next
+    beat, instead of the same accounts every minute. Returns how many reconciles it sent."""
+    ids = _stalest_first(Account.objects.filter(is_active=True), "sync_state__last_reconcile_at")
     not_due = {} if deep else audit.audit_not_due(ids)
     if not_due:
         logger.info(
@@ -142,6 +145,11 @@ def reconcile_all_accounts(deep=False):
     return sent
 
 
+def _stalest_first(accounts: QuerySet[Account], last_at: str) -> list[int]:
+    """The accounts' ids, the one never done (`last_at` empty) or done longest ago first."""
+    return list(accounts.order_by(F(last_at).asc(nulls_first=True), "pk").values_list("pk", flat=True))
+
+
 @shared_task(base=ExchangeTask, bind=True)
 def sync_positions(self, account_id, reason="beat"):
     account = _active_account(account_id)
@@ -156,10 +164,24 @@ def sync_positions(self, account_id, reason="beat"):
 
 @shared_task
 def sync_all_positions():
-    ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
+    """One sync_positions per active account, except those whose healthy user stream had a position sync less than
+    RECONCILE_AUDIT_SEC ago (audit.positions_not_due): the stream syncs positions on every ACCOUNT_UPDATE and
+    (re)connect, so for them this schedule is only the audit. Returns how many syncs it sent."""
+    ids = _stalest_first(Account.objects.filter(is_active=True), "sync_state__last_position_sync_at")
+    not_due = audit.positions_not_due(ids)
+    if not_due:
+        logger.info(
+            "position sync: %d of %d accounts left to their next audit (%s)",
+            len(not_due),
+            len(ids),
+            audit.STREAM_HEALTHY,
+        )
+    sent = 0
     for account_id in ids:
-        sync_positions.apply_async((account_id,), expires=BEAT_EXPIRES_SEC * 5)
-    return len(ids)
+        if account_id not in not_due:
+            sync_positions.apply_async((account_id,), expires=BEAT_EXPIRES_SEC * 5)
+            sent += 1
+    return sent
 
 
 @shared_task

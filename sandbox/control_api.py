@@ -353,11 +353,16 @@ class ControlApi:
             "weight_limit": limiter.limit,
             "ip_weight_limits": dict(limiter.ip_limits),
             "bans": limiter.bans(),
+            # {ip: {minute number (sandbox clock ms // 60,000): used weight}}, and {ip: {"429": n, "418": n}}
+            "weight_by_minute": {ip: dict(minutes) for ip, minutes in limiter.history.items()},
+            "refused_by_ip": {ip: dict(counts) for ip, counts in limiter.refused.items()},
         }
 
     def reset_stats(self, data):
         self.ex.stats.reset()
         self.ex.limiter.windows.clear()
+        self.ex.limiter.history.clear()
+        self.ex.limiter.refused.clear()
         self.ex.orders.reset()
         return {"ok": True}
 

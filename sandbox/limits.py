@@ -51,12 +51,17 @@ class WeightLimiter:
         self.ip_limits: dict[str, int] = {}
         self.ban_time_scale = 1.0
         self.windows: dict[str, _Window] = {}
+        # Benchmarks: each IP's used weight of each past minute (by minute number), and its 429/418 answers.
+        self.history: dict[str, dict[int, int]] = {}
+        self.refused: dict[str, dict[str, int]] = {}
 
     def reset(self) -> None:
         self.limit = self.default_limit
         self.ip_limits.clear()
         self.ban_time_scale = 1.0
         self.windows.clear()
+        self.history.clear()
+        self.refused.clear()
 
     def limit_for(self, ip: str) -> int:
         return self.ip_limits.get(ip, self.limit)
@@ -70,8 +75,9 @@ class WeightLimiter:
         if w.minute != minute:
             w.minute, w.used, w.strikes = minute, 0, 0
         w.used += weight
+        self.history.setdefault(ip, {})[minute] = w.used
         if w.banned_until > now:
-            return w.used, 418, math.ceil((w.banned_until - now) / 1000)
+            return self._refuse(ip, w.used, 418, math.ceil((w.banned_until - now) / 1000))
         if weight == 0 or w.used <= self.limit_for(ip):
             return w.used, 0, 0
         w.strikes += 1
@@ -80,8 +86,13 @@ class WeightLimiter:
             w.strikes = 0
             length = ban_ms(w.bans, self.ban_time_scale)
             w.banned_until = now + length
-            return w.used, 418, math.ceil(length / 1000)
-        return w.used, 429, math.ceil((MINUTE_MS - now % MINUTE_MS) / 1000)
+            return self._refuse(ip, w.used, 418, math.ceil(length / 1000))
+        return self._refuse(ip, w.used, 429, math.ceil((MINUTE_MS - now % MINUTE_MS) / 1000))
+
+    def _refuse(self, ip: str, used: int, status: int, retry_after: int) -> tuple[int, int, int]:
+        counts = self.refused.setdefault(ip, {})
+        counts[str(status)] = counts.get(str(status), 0) + 1
+        return used, status, retry_after
 
     def used(self, ip: str, now: int) -> int:
         w = self.windows.get(ip)

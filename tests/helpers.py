@@ -77,20 +77,6 @@ def as_ws(order: dict) -> dict:
     }
 
 
-class NoBudget:
-    """A weight budget (trades.egress) that never refuses and forgets 429/418 marks: for tests that feed a gateway
-    one canned answer after another, where each answer must be judged on its own."""
-
-    def acquire(self, *args):
-        return None
-
-    def record_used(self, *args):
-        pass
-
-    def mark_limited(self, *args):
-        pass
-
-
 def entered(account, side="BUY", qty="0.010", symbol="BTCUSDT"):
     """The bot's entry flow in-process: a pending trade, placed (MARKET) and reconciled open."""
     from decimal import Decimal

@@ -82,6 +82,30 @@ class WeightBudget(ABC):
         """Forget every count and mark (tests)."""
 
 
+class NoBudget(WeightBudget):
+    """A budget that never refuses and forgets 429/418 marks: every process on its own, as before a shared budget
+    existed (benchmarks' baselines), or a gateway fed one canned answer after another, each judged on its own
+    (tests). Never what a deployment uses."""
+
+    def acquire(self, egress: str, weight: int, cap: int, now_ms: int) -> Refusal | None:
+        return None
+
+    def record_used(self, egress: str, used: int, now_ms: int) -> None:
+        pass
+
+    def mark_limited(self, egress: str, until_ms: int, banned: bool) -> None:
+        pass
+
+    def used(self, egress: str, now_ms: int) -> int:
+        return 0
+
+    def limited_marks(self, now_ms: int) -> dict[str, tuple[int, bool]]:
+        return {}
+
+    def clear(self) -> None:
+        pass
+
+
 def _window(now_ms: int) -> int:
     return now_ms // MINUTE_MS
 

@@ -15,7 +15,10 @@ minute. The beat's reconcile of an account is left out only when all of these ho
 - it has no not-found re-check due (orders/rechecks.py): those are REST look-ups by nature.
 
 Reconciles asked for a reason (a stream's (re)connect, a cancel, an operator) and the hourly deep pass are never
-left out: only `reconcile_all_accounts`' beat fan-out asks this module. RECONCILE_AUDIT_SEC = 0 audits every account
+left out: only `reconcile_all_accounts`' beat fan-out asks this module. The periodic position sync follows the same
+cadence (`positions_not_due`): a healthy stream syncs positions at each ACCOUNT_UPDATE and (re)connect, so the
+5-minute schedule leaves it out while its last "ok" position sync, after the socket connected, is younger than
+RECONCILE_AUDIT_SEC; every other account keeps the 5 minutes. RECONCILE_AUDIT_SEC = 0 audits every account
 every beat. Cost: three queries per beat for the whole fleet, none per account.
 """
 
@@ -24,9 +27,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from trades.models import Trade
@@ -55,10 +59,7 @@ def audit_not_due(account_ids: Iterable[int], *, now: datetime | None = None) ->
     healthy = set(
         AccountSyncState.objects.filter(
             account_id__in=list(account_ids),
-            stream_state=StreamState.CONNECTED.value,
-            stream_deaf_since__isnull=True,
-            stream_heartbeat_at__gt=now - stream_heartbeat_max_age(),
-            stream_state_at__isnull=False,
+            **_stream_healthy(now),
             last_reconcile_at__gt=now - timedelta(seconds=audit_sec),
             last_reconcile_at__gte=F("stream_state_at"),
             last_reconcile_report__kind=ReconcileRun.Kind.PENDING,
@@ -76,4 +77,37 @@ def audit_not_due(account_ids: Iterable[int], *, now: datetime | None = None) ->
     return {account_id: STREAM_HEALTHY for account_id in healthy}
 
 
-__all__ = ["audit_not_due", "stream_heartbeat_max_age", "STREAM_HEALTHY"]
+def _stream_healthy(now: datetime) -> dict[str, Any]:
+    """AccountSyncState filters: the account's stream is healthy as /health/ judges it."""
+    return {
+        "stream_state": StreamState.CONNECTED.value,
+        "stream_deaf_since__isnull": True,
+        "stream_heartbeat_at__gt": now - stream_heartbeat_max_age(),
+        "stream_state_at__isnull": False,
+    }
+
+
+def positions_not_due(account_ids: Iterable[int], *, now: datetime | None = None) -> set[int]:
+    """The accounts among `account_ids` the periodic position sync may leave out this time: the stream is healthy
+    (position changes arrive as ACCOUNT_UPDATE, each followed by a position sync, as does every (re)connect) and a
+    position sync ended "ok" after that socket connected, less than RECONCILE_AUDIT_SEC ago. Empty when
+    RECONCILE_AUDIT_SEC is 0. Cost: one query for the fleet."""
+    audit_sec = settings.RECONCILE_AUDIT_SEC
+    if not audit_sec or audit_sec <= 0:
+        return set()
+    now = now or timezone.now()
+    synced = ReconcileRun.objects.filter(
+        account_id=OuterRef("account_id"),
+        kind=ReconcileRun.Kind.POSITIONS,
+        outcome=ReconcileRun.Outcome.OK,
+        started_at__gt=now - timedelta(seconds=audit_sec),
+        started_at__gte=OuterRef("stream_state_at"),
+    )
+    return set(
+        AccountSyncState.objects.filter(account_id__in=list(account_ids), **_stream_healthy(now))
+        .filter(Exists(synced))
+        .values_list("account_id", flat=True)
+    )
+
+
+__all__ = ["audit_not_due", "positions_not_due", "stream_heartbeat_max_age", "STREAM_HEALTHY"]

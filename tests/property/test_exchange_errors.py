@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
 
-from tests.helpers import NoBudget
 from trades.binance_client import BinanceFuturesClient
+from trades.egress import NoBudget
 from trades.exceptions import (
     MAX_RETRY_AFTER_SEC,
     ExchangeError,

@@ -145,3 +145,72 @@ def test_a_reconcile_asked_for_a_reason_runs_on_a_healthy_recently_audited_strea
 
     assert report["skipped"] is False and report["reason"] == reason
     assert ReconcileRun.objects.filter(account=account, reason=reason).count() == 1
+
+
+# --- the periodic position sync follows the same cadence ------------------------------------------------------------
+
+
+@pytest.fixture
+def syncs_sent(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tasks.sync_positions, "apply_async", lambda args, **opts: calls.append(args[0]))
+    return calls
+
+
+def position_synced(account, *, ago=60, outcome=ReconcileRun.Outcome.OK):
+    ReconcileRun.objects.create(
+        account=account,
+        kind=ReconcileRun.Kind.POSITIONS,
+        reason="beat",
+        outcome=outcome,
+        started_at=timezone.now() - timedelta(seconds=ago),
+    )
+    return account
+
+
+def test_the_position_sync_leaves_out_a_healthy_stream_synced_within_the_audit_interval(
+    make_account, syncs_sent, settings
+):
+    settings.RECONCILE_AUDIT_SEC = 600
+    position_synced(healthy(make_account()))
+    plain = position_synced(make_account())  # synced a minute ago too, but no stream: every 5 minutes as before
+
+    assert tasks.sync_all_positions() == 1
+
+    assert syncs_sent == [plain.pk]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"ago": 601},  # the audit is due
+        {"outcome": ReconcileRun.Outcome.PARTIAL},  # stopped early by the budget: no audit
+        {"outcome": ReconcileRun.Outcome.ERROR},
+        {"synced": False},
+        {"connected_ago": 30},  # the socket connected after the last sync: its gap is not covered
+        {"stream_state": "reconnecting"},
+        {"heartbeat_ago": 3600},  # the stream process died
+        {"stream_deaf_since": "now"},
+    ],
+)
+def test_the_position_sync_keeps_its_schedule_without_a_healthy_stream_and_a_recent_good_sync(
+    make_account, syncs_sent, settings, case
+):
+    settings.RECONCILE_AUDIT_SEC = 600
+    stream = {k: v for k, v in case.items() if k in ("connected_ago", "stream_state", "heartbeat_ago")}
+    if case.get("stream_deaf_since") == "now":
+        stream["stream_deaf_since"] = timezone.now() - timedelta(minutes=5)
+    account = healthy(make_account(), **stream)
+    if case.get("synced", True):
+        position_synced(account, ago=case.get("ago", 60), outcome=case.get("outcome", ReconcileRun.Outcome.OK))
+
+    assert tasks.sync_all_positions() == 1
+
+    assert syncs_sent == [account.pk]
+
+
+def test_a_zero_audit_interval_syncs_every_account_s_positions_every_time(make_account, syncs_sent, settings):
+    settings.RECONCILE_AUDIT_SEC = 0
+    account = position_synced(healthy(make_account()))
+
+    assert tasks.sync_all_positions() == 1 and syncs_sent == [account.pk]

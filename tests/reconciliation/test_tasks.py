@@ -465,3 +465,32 @@ def test_a_cancel_chain_without_an_operator_carries_no_actor_argument(monkeypatc
 
 class _Id:
     id = "chain-id"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("fan_out", "task", "field"),
+    [
+        ("reconcile_all_accounts", "reconcile_account", "last_reconcile_at"),
+        ("sync_all_positions", "sync_positions", "last_position_sync_at"),
+    ],
+)
+def test_the_beat_sends_the_least_recently_done_accounts_first(make_account, monkeypatch, fan_out, task, field):
+    """When one IP's budget cannot cover every account in a minute, whoever it refused goes first at the next beat
+    (instead of the same accounts every minute)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from reconciliation.models import AccountSyncState
+
+    recent, never, oldest, middle = (make_account() for _ in range(4))
+    now = timezone.now()
+    for account, ago in ((recent, 10), (oldest, 300), (middle, 100)):
+        AccountSyncState.objects.update_or_create(account=account, defaults={field: now - timedelta(seconds=ago)})
+    sent = []
+    monkeypatch.setattr(getattr(tasks, task), "apply_async", lambda args, *a, **opts: sent.append(args[0]))
+
+    getattr(tasks, fan_out)()
+
+    assert sent == [never.pk, oldest.pk, middle.pk, recent.pk]

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.helpers import NoBudget, wait_for
+from tests.helpers import wait_for
 from trades.binance_client import (
     ALL_ORDERS_MAX_WINDOW_MS,
     EXCHANGE_CLOCK,
@@ -35,7 +35,7 @@ from trades.binance_client import (
     RateLimited,
     UnknownOrder,
 )
-from trades.egress import EXCHANGE_LIMITS, shared_budget
+from trades.egress import EXCHANGE_LIMITS, NoBudget, shared_budget
 
 SYMBOL = "BTCUSDT"
 PRICE = Decimal("50000.0")  # below the sandbox's 60000: a LIMIT BUY rests on the book
