@@ -78,6 +78,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "desk.timezone.OperatorTimeZoneMiddleware",  # the admin's times in the operator's (browser's) zone
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
