@@ -136,7 +136,8 @@ def reconcile_all_accounts(deep=False):
         reconcile_account.apply_async(
             (account_id,),
             {"reason": "deep" if deep else "beat", "deep": deep},
-            expires=None if deep else BEAT_EXPIRES_SEC,
+            # celery-types says float | datetime, but Celery takes None as "never expires" (Celery.send_task).
+            expires=None if deep else BEAT_EXPIRES_SEC,  # type: ignore[arg-type]
         )
         sent += 1
     return sent

@@ -165,7 +165,7 @@ def claim(
         StreamLease.objects.filter(_free(stale_sec), account_id__in=account_ids).values_list("account_id", flat=True)
     )
     random.shuffle(free)
-    won = []
+    won: list[int] = []
     for pk in free:
         if len(won) >= count:
             break

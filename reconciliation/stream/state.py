@@ -102,8 +102,8 @@ def record_last_event(account_id: int, at: datetime) -> None:
 
 def load_deaf_marks(account_ids: list[int]) -> dict[int, datetime]:
     """Accounts whose stream a reconcile marked deaf (reconciliation/stream/guard.py), and since when."""
-    return dict(
-        AccountSyncState.objects.filter(account_id__in=account_ids, stream_deaf_since__isnull=False).values_list(
-            "account_id", "stream_deaf_since"
-        )
+    rows = AccountSyncState.objects.filter(account_id__in=account_ids, stream_deaf_since__isnull=False).values_list(
+        "account_id", "stream_deaf_since"
     )
+    # The filter leaves out the NULLs already; the `if` only tells the type checker so.
+    return {account_id: since for account_id, since in rows if since is not None}
