@@ -28,10 +28,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
+from datetime import datetime
+from typing import TypedDict
 
 from django.conf import settings
 from django.utils import timezone
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from trades.binance_client import BinanceFuturesClient
@@ -50,6 +52,12 @@ PLANNED = frozenset({"listen_key_expired", "max_connection_age", "deaf"})
 # Applying a message took longer than config.db_call_timeout_sec: a connection end reason and a message outcome.
 DB_TIMEOUT = "db_timeout"
 DISCONNECTS_KEPT = 100  # AccountStream.disconnects: a stream runs for months
+
+
+class _Bind(TypedDict, total=False):
+    """websockets.connect's pass-through to loop.create_connection: the local address the socket leaves from."""
+
+    local_addr: tuple[str, int]
 
 
 def ws_base_url(account: Account) -> str:
@@ -100,11 +108,11 @@ class AccountStream:
         self.disconnects: deque[str] = deque(maxlen=DISCONNECTS_KEPT)  # why the latest connections ended, in order
         self.outcomes: dict[str, int] = {}
         self._stopping = False
-        self._ws = None
+        self._ws: ClientConnection | None = None
         self._end_reason: str | None = None
         self._listen_key: str | None = None
         self._connected_at: float | None = None
-        self._connected_wall = None  # the same instant, as a datetime (compared with the deaf mark's)
+        self._connected_wall: datetime | None = None  # the same instant, as a datetime (compared with the deaf mark's)
         self._tasks: set[asyncio.Task] = set()
         self._position_sync: asyncio.Task | None = None
         self._last_event_written = 0.0
@@ -215,7 +223,7 @@ class AccountStream:
         url = stream_url(ws_base_url(self.account), self._listen_key, self.config.events)
         cfg = self.config
         # The socket leaves from the account's egress address, like its REST calls (BINANCE_SOURCE_ADDRESSES).
-        bind = {"local_addr": (client.source_address, 0)} if client.source_address else {}
+        bind: _Bind = {"local_addr": (client.source_address, 0)} if client.source_address else {}
         async with connect(
             url,
             open_timeout=cfg.open_timeout_sec,
@@ -276,6 +284,7 @@ class AccountStream:
         outcome = messages.classify(self.account_id, raw)
         if outcome.kind == messages.ORDER:
             snap = outcome.snapshot
+            assert snap is not None, "classify() gives every ORDER outcome its snapshot"
             try:
                 outcome = await self._blocking(
                     messages.apply_order_event,

@@ -69,7 +69,7 @@ class Outcome:
 def excerpt(raw) -> str:
     """At most EXCERPT_CHARS printable characters of a payload, with anything key-like masked."""
     try:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray, memoryview)) else str(raw)
+        text = str(raw, "utf-8", "replace") if isinstance(raw, (bytes, bytearray, memoryview)) else str(raw)
     except Exception:  # noqa: BLE001 — an excerpt must never fail
         return "<unprintable>"
     text = _SECRETISH.sub("<masked>", text[: EXCERPT_CHARS * 4])
@@ -217,6 +217,7 @@ def handle_message(
         outcome = classify(account_id, raw)
         if outcome.kind != ORDER:
             return outcome
+        assert outcome.snapshot is not None, "classify() gives every ORDER outcome its snapshot"
         return apply_order_event(
             account_id,
             outcome.snapshot,
