@@ -212,7 +212,7 @@ class UserStreamRunner:
             if pk not in self._tasks:
                 self._start(account, wanted[pk])
 
-    def _start(self, account, account_fingerprint: str) -> None:
+    def _start(self, account: Account, account_fingerprint: str) -> None:
         stream = AccountStream(
             account,
             config=self.config,
@@ -269,7 +269,7 @@ def run_user_stream(
 
     runner = UserStreamRunner(account_names=account_names, config=config)
 
-    async def main():
+    async def main() -> None:
         if install_signal_handlers:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
