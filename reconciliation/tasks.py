@@ -13,9 +13,12 @@ import logging
 import random
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 from celery import Task, chain, shared_task
+from celery.exceptions import Retry
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
@@ -48,8 +51,16 @@ class ExchangeTask(Task):
     acks_late = True
 
     def retry(
-        self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None, **options
-    ):
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
         if isinstance(exc, RateLimited):
             countdown = max(countdown or 0, exc.retry_after + random.uniform(0, 1))
         if countdown is not None and eta is None:
@@ -80,7 +91,7 @@ def capped_countdown(seconds: float, *, what: str) -> float:
     return cap - random.uniform(0, min(30.0, cap / 10))
 
 
-def _active_account(account_id):
+def _active_account(account_id: int) -> Account | None:
     account = Account.objects.filter(pk=account_id, is_active=True).first()
     if account is None:
         logger.info("account %s is inactive or gone; nothing to do", account_id)
@@ -90,7 +101,7 @@ def _active_account(account_id):
 SCHEDULED_REASONS = frozenset({"beat", "deep"})
 
 
-def _retry_if_unfinished(task, report, reason):
+def _retry_if_unfinished(task: Task, report: dict[str, Any], reason: str) -> dict[str, Any]:
     """Stopped early (weight budget, 429): continue after Binance's window. Skipped because another reconcile of
     the account holds the lease, or some look-ups failed: a scheduled run leaves it to the next one, but a run asked
     for a reason (a WebSocket reconnect, a cancel, an operator) is retried — the one in progress may have read
@@ -107,7 +118,7 @@ def _retry_if_unfinished(task, report, reason):
 
 
 @shared_task(base=ExchangeTask, bind=True)
-def reconcile_account(self, account_id, reason="beat", deep=False):
+def reconcile_account(self: ExchangeTask, account_id: int, reason: str = "beat", deep: bool = False) -> dict[str, Any]:
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
@@ -115,7 +126,7 @@ def reconcile_account(self, account_id, reason="beat", deep=False):
 
 
 @shared_task
-def reconcile_all_accounts(deep=False):
+def reconcile_all_accounts(deep: bool = False) -> int:
     """One reconcile_account per active account, each on its own: one account's failure never stops the others.
     The beat's pass leaves out the accounts whose healthy user stream was audited by REST less than
     RECONCILE_AUDIT_SEC ago (reconcile/audit.py); the deep pass leaves out none. Returns how many reconciles it sent."""
@@ -144,7 +155,7 @@ def reconcile_all_accounts(deep=False):
 
 
 @shared_task(base=ExchangeTask, bind=True)
-def sync_positions(self, account_id, reason="beat"):
+def sync_positions(self: ExchangeTask, account_id: int, reason: str = "beat") -> dict[str, Any]:
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
@@ -156,7 +167,7 @@ def sync_positions(self, account_id, reason="beat"):
 
 
 @shared_task
-def sync_all_positions():
+def sync_all_positions() -> int:
     ids = list(Account.objects.filter(is_active=True).values_list("pk", flat=True))
     for account_id in ids:
         sync_positions.apply_async((account_id,), expires=BEAT_EXPIRES_SEC * 5)
@@ -164,13 +175,13 @@ def sync_all_positions():
 
 
 @shared_task
-def prune_reconcile_runs():
+def prune_reconcile_runs() -> int:
     """Daily: drop reconcile reports past RECONCILE_RUN_RETENTION_DAYS (the audit trail of trades is kept)."""
     return services.prune_reconcile_runs()
 
 
 @shared_task(bind=True, ignore_result=True)
-def worker_heartbeat(self):
+def worker_heartbeat(self: Task) -> None:
     """Every 15 s (beat): whichever worker runs it notes that it did. /health/'s `workers` check reads the newest, so
     it sees the whole path a countdown or a reconcile takes (beat → broker → a worker → the database)."""
     heartbeats.note_worker_heartbeat(hostname=self.request.hostname or socket.gethostname())
@@ -199,7 +210,7 @@ def db_retry_limit() -> int:
     return retries
 
 
-def _retry_db_error(task, exc, what: str):
+def _retry_db_error(task: Task, exc: Exception, what: str) -> Retry:
     """Retry `task` after a database error with backoff, up to db_retry_limit(); then re-raise it."""
     limit = db_retry_limit()
     if task.request.retries >= limit:
@@ -214,7 +225,7 @@ def _retry_db_error(task, exc, what: str):
 
 
 @shared_task(bind=True, acks_late=True)
-def cancel_order(self, trade_id, actor=""):
+def cancel_order(self: Task, trade_id: int, actor: str = "") -> dict[str, Any]:
     """Cancel the trade's order. Never fails the chain: whatever happens (the trade's own look-up included), the
     chained verify_cancel must run. Transient exchange errors are retried a few times first; database errors (the
     server away, connections lost) for about CANCEL_DB_RETRY_SEC: a short outage delays the cancel, never drops it."""
@@ -251,7 +262,7 @@ def cancel_order(self, trade_id, actor=""):
 
 
 @shared_task(base=ExchangeTask, bind=True, max_retries=10)
-def verify_cancel(self, trade_id, actor=""):
+def verify_cancel(self: ExchangeTask, trade_id: int, actor: str = "") -> dict[str, Any]:
     """Fetch the order after a cancel and apply it; while Binance still shows it working, send the cancel again (the
     first CANCEL_RESEND_MAX times: the first one may never have reached Binance) and retry with backoff a bounded
     number of times. Gives up — flags the trade for an operator — then, and also when transient errors (5xx,
@@ -287,7 +298,7 @@ def verify_cancel(self, trade_id, actor=""):
     return report
 
 
-def _give_up_verifying(trade_id, trade, reason: str, actor: str = "") -> dict:
+def _give_up_verifying(trade_id: int, trade: Trade | None, reason: str, actor: str = "") -> dict:
     """Nobody will check this cancel again by itself: say so once, loudly, and put the trade in front of a person."""
     logger.error("trade %s: cancel verification gave up: %s; flagging the trade for an operator", trade_id, reason)
     if trade is None:  # its own look-up was what failed
@@ -298,7 +309,7 @@ def _give_up_verifying(trade_id, trade, reason: str, actor: str = "") -> dict:
 
 
 @shared_task
-def cancel_and_verify(trade_id, actor=""):
+def cancel_and_verify(trade_id: int, actor: str = "") -> str:
     """Every cancel goes through here (admin, entry timeout, bot): cancel, then always verify. `actor`: the operator
     who asked (admin), recorded on the trade events both steps write."""
     # `actor` only when there is one: a message an older worker (rolling deploy) can still run.
@@ -310,7 +321,16 @@ def cancel_and_verify(trade_id, actor=""):
 
 
 @shared_task(bind=True)
-def open_position(self, account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None):
+def open_position(
+    self: Task,
+    account_id: int,
+    symbol: str,
+    side: str,
+    quantity: Decimal | int | float | str,
+    price: Decimal | int | float | str | None = None,
+    timeout_sec: int | None = None,
+    client_order_id: str | None = None,
+) -> int:
     """Create the pending trade, then place it once the row is committed. Returns the trade id.
 
     acks_late: a redelivery (worker killed after the commit, before the ack) runs this again. Without a client order
@@ -335,7 +355,7 @@ def open_position(self, account_id, symbol, side, quantity, price=None, timeout_
 
 
 @shared_task(bind=True, acks_late=True)
-def place_entry_order(self, trade_id, timeout_sec=None):
+def place_entry_order(self: Task, trade_id: int, timeout_sec: float | None = None) -> dict[str, Any]:
     """Placement is sent at most once (services.place_entry_order guards it), so it is never auto-retried: an
     unknown outcome stays pending and the entry timeout / reconcile decide. The entry's deadline is stored before
     the order is sent; the countdown below is its fast path, the deadline sweep its backstop."""
@@ -350,7 +370,7 @@ def place_entry_order(self, trade_id, timeout_sec=None):
             schedule_entry_timeout(trade_id, seconds)
 
 
-def schedule_entry_timeout(trade_id, seconds: float) -> None:
+def schedule_entry_timeout(trade_id: int, seconds: float) -> None:
     """entry_timeout after `seconds`: in hops of at most CELERY_MAX_COUNTDOWN_SEC, so no message outlives the
     broker's visibility window (and is handed out twice)."""
     cap = settings.CELERY_MAX_COUNTDOWN_SEC
@@ -361,7 +381,7 @@ def schedule_entry_timeout(trade_id, seconds: float) -> None:
 
 
 @shared_task(bind=True, acks_late=True)
-def entry_timeout(self, trade_id, due_at=None):
+def entry_timeout(self: Task, trade_id: int, due_at: float | None = None) -> dict:
     """The entry wait is over: if the trade is still pending (or failed "not found"), cancel and verify, unless the
     deadline sweep already did. Not due yet by the trade's deadline (the database's clock) or `due_at` (a long
     wait's next hop): wait again. Database errors are retried for about CANCEL_DB_RETRY_SEC (the sweep is the
@@ -377,7 +397,7 @@ def entry_timeout(self, trade_id, due_at=None):
 
 
 @shared_task
-def cancel_overdue_entries():
+def cancel_overdue_entries() -> dict:
     """Beat, every 15 s: every trade past its deadline whose cancel nobody sent goes through cancel_and_verify, once
     (cancels/deadlines.py). The backstop for countdowns lost with the broker's data or held by a dead worker."""
     return services.cancel_overdue_entries(send=cancel_and_verify)
