@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _django import setup_django  # noqa: E402 — Django must be configured before the project's modules load
@@ -60,6 +60,7 @@ os.environ.setdefault("BINANCE_BUDGET_PREFIX", f"tradeops:bench-fleet:{os.getpid
 setup_django()
 
 import django.utils.timezone
+from celery import Task
 from django.conf import settings
 from django.db import connection
 from django.test import override_settings
@@ -231,7 +232,8 @@ class Fleet:
             report = services.sync_positions_with_binance(account, reason=msg.reason)
         self.counts[f"{msg.task} {report['outcome']}"] += 1
         try:
-            tasks._retry_if_unfinished(_TaskShim(msg.retries), report, msg.reason)
+            # the shim has the two things the retry policy reads of a bound task (request.retries, retry())
+            tasks._retry_if_unfinished(cast(Task, _TaskShim(msg.retries)), report, msg.reason)
         except _Retry as retry:
             limit = retry.max_retries if retry.max_retries is not None else tasks.ExchangeTask.max_retries
             if msg.retries >= limit:

@@ -80,6 +80,11 @@ class Story:
         self.stop = stop or threading.Event()  # set on SIGINT/SIGTERM: every wait gives up at once
 
     # --- helpers ----------------------------------------------------------------------------------------------------
+    @property
+    def demo_account(self) -> Account:
+        assert self.account is not None, "setup() loads the demo account before any chapter runs"
+        return self.account
+
     def say(self, text: str = "") -> None:
         self.out(text)
 
@@ -100,7 +105,7 @@ class Story:
 
     def place(self, symbol: str, side: str, qty: str, price: str) -> Trade:
         """What the bot does: a pending trade, then the order on the exchange with its client order id."""
-        trade = services.create_pending_trade(self.account, symbol, side, Decimal(qty), Decimal(price))
+        trade = services.create_pending_trade(self.demo_account, symbol, side, Decimal(qty), Decimal(price))
         services.place_entry_order(trade)
         trade.refresh_from_db()
         self.say(
@@ -111,6 +116,7 @@ class Story:
 
     def watch(self, chapter: Chapter, started: float, *, timeout: float | None = None, qty: str | None = None):
         trade = chapter.trade
+        assert trade is not None, "a chapter is watched once its trade is placed"
 
         def settled():
             trade.refresh_from_db()
@@ -187,7 +193,7 @@ class Story:
         self.chapters.append(chapter)
         self.say(f"\n== 1. {chapter.title}")
         chapter.trade = self.place("BTCUSDT", "BUY", "0.010", "60000")
-        key = self.account.api_key
+        key = self.demo_account.api_key
         self.control.pause_events(key)
         self.control.drop_connections(key)
         started = time.monotonic()
@@ -201,7 +207,7 @@ class Story:
         self.chapters.append(chapter)
         self.say(f"\n== 2. {chapter.title}")
         chapter.trade = self.place("ETHUSDT", "SELL", "0.050", "3000")
-        key = self.account.api_key
+        key = self.demo_account.api_key
         self.control.pause_events(key)  # so that only the post-cancel verification can see the fill
         try:
             self.control.arm_cancel_race(key, "ETHUSDT", client_order_id=chapter.trade.client_order_id)
@@ -220,16 +226,18 @@ class Story:
         self.chapters.append(chapter)
         self.say(f"\n== 3. {chapter.title}")
         chapter.trade = self.place("BNBUSDT", "BUY", "0.50", "600")
-        key = self.account.api_key
+        key = self.demo_account.api_key
         self.control.fill_order(key, "BNBUSDT", client_order_id=chapter.trade.client_order_id, qty="0.20")
         self.say("   0.20 of 0.50 filled on the exchange")
+        trade = chapter.trade
+
+        def partly_filled() -> bool:
+            trade.refresh_from_db()
+            return trade.filled_qty > 0
+
         try:
-            self.wait(
-                lambda: chapter.trade.refresh_from_db() or chapter.trade.filled_qty > 0,
-                10,
-                "the stream to report the partial fill",
-            )
-            self.say(f"   the stream reported it: still pending, filled {_d(chapter.trade.filled_qty)}")
+            self.wait(partly_filled, 10, "the stream to report the partial fill")
+            self.say(f"   the stream reported it: still pending, filled {_d(trade.filled_qty)}")
         except StoryError:
             self.say("   (the stream did not report it; the cancel's verification will)")
         started = time.monotonic()
@@ -253,7 +261,7 @@ class Story:
         self.chapters.append(chapter)
         self.say(f"\n== 4. {chapter.title}")
         self.quiet()
-        key = self.account.api_key
+        key = self.demo_account.api_key
         self.control.pause_events(key)  # the stream misses it too: nothing pushes this fill anywhere
         try:
             chapter.trade = self.place("SOLUSDT", "BUY", "2", "150")
@@ -272,8 +280,11 @@ class Story:
         all_ok = True
         for chapter in self.chapters:
             trade = chapter.trade
+            assert trade is not None, "the verdict comes only after every chapter placed its trade"
             trade.refresh_from_db()
-            order = self.control.get_order(self.account.api_key, trade.symbol, client_order_id=trade.client_order_id)
+            order = self.control.get_order(
+                self.demo_account.api_key, trade.symbol, client_order_id=trade.client_order_id
+            )
             checks = {
                 "status": trade.status == Trade.Status.OPEN and order["status"] in ("FILLED", "CANCELED"),
                 "filled_qty": trade.filled_qty == Decimal(order["executedQty"]),

@@ -13,9 +13,12 @@ import logging
 import random
 import socket
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 from celery import Task, chain, shared_task
+from celery.exceptions import Retry
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.db.models import F, QuerySet
@@ -49,8 +52,16 @@ class ExchangeTask(Task):
     acks_late = True
 
     def retry(
-        self, args=None, kwargs=None, exc=None, throw=True, eta=None, countdown=None, max_retries=None, **options
-    ):
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
         if isinstance(exc, RateLimited):
             countdown = max(countdown or 0, exc.retry_after + random.uniform(0, 1))
         if countdown is not None and eta is None:
@@ -81,7 +92,7 @@ def capped_countdown(seconds: float, *, what: str) -> float:
     return cap - random.uniform(0, min(30.0, cap / 10))
 
 
-def _active_account(account_id):
+def _active_account(account_id: int) -> Account | None:
     account = Account.objects.filter(pk=account_id, is_active=True).first()
     if account is None:
         logger.info("account %s is inactive or gone; nothing to do", account_id)
@@ -91,7 +102,7 @@ def _active_account(account_id):
 SCHEDULED_REASONS = frozenset({"beat", "deep"})
 
 
-def _retry_if_unfinished(task, report, reason):
+def _retry_if_unfinished(task: Task, report: dict[str, Any], reason: str) -> dict[str, Any]:
     """Stopped early (weight budget, 429): continue after Binance's window. Skipped because another reconcile of
     the account holds the lease, or some look-ups failed: a scheduled run leaves it to the next one, but a run asked
     for a reason (a WebSocket reconnect, a cancel, an operator) is retried — the one in progress may have read
@@ -108,7 +119,7 @@ def _retry_if_unfinished(task, report, reason):
 
 
 @shared_task(base=ExchangeTask, bind=True)
-def reconcile_account(self, account_id, reason="beat", deep=False):
+def reconcile_account(self: ExchangeTask, account_id: int, reason: str = "beat", deep: bool = False) -> dict[str, Any]:
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
@@ -116,7 +127,7 @@ def reconcile_account(self, account_id, reason="beat", deep=False):
 
 
 @shared_task
-def reconcile_all_accounts(deep=False):
+def reconcile_all_accounts(deep: bool = False) -> int:
     """One reconcile_account per active account, each on its own: one account's failure never stops the others.
     The beat's pass leaves out the accounts whose healthy user stream was audited by REST less than
     RECONCILE_AUDIT_SEC ago (reconcile/audit.py); the deep pass leaves out none. The least recently reconciled go first: when
@@ -139,7 +150,8 @@ def reconcile_all_accounts(deep=False):
         reconcile_account.apply_async(
             (account_id,),
             {"reason": "deep" if deep else "beat", "deep": deep},
-            expires=None if deep else BEAT_EXPIRES_SEC,
+            # celery-types says float | datetime, but Celery takes None as "never expires" (Celery.send_task).
+            expires=None if deep else BEAT_EXPIRES_SEC,  # type: ignore[arg-type]
         )
         sent += 1
     return sent
@@ -151,7 +163,7 @@ def _stalest_first(accounts: QuerySet[Account], last_at: str) -> list[int]:
 
 
 @shared_task(base=ExchangeTask, bind=True)
-def sync_positions(self, account_id, reason="beat"):
+def sync_positions(self: ExchangeTask, account_id: int, reason: str = "beat") -> dict[str, Any]:
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
@@ -163,7 +175,7 @@ def sync_positions(self, account_id, reason="beat"):
 
 
 @shared_task
-def sync_all_positions():
+def sync_all_positions() -> int:
     """One sync_positions per active account, except those whose healthy user stream had a position sync less than
     RECONCILE_AUDIT_SEC ago (audit.positions_not_due): the stream syncs positions on every ACCOUNT_UPDATE and
     (re)connect, so for them this schedule is only the audit. Returns how many syncs it sent."""
@@ -185,13 +197,13 @@ def sync_all_positions():
 
 
 @shared_task
-def prune_reconcile_runs():
+def prune_reconcile_runs() -> int:
     """Daily: drop reconcile reports past RECONCILE_RUN_RETENTION_DAYS (the audit trail of trades is kept)."""
     return services.prune_reconcile_runs()
 
 
 @shared_task(bind=True, ignore_result=True)
-def worker_heartbeat(self):
+def worker_heartbeat(self: Task) -> None:
     """Every 15 s (beat): whichever worker runs it notes that it did. /health/'s `workers` check reads the newest, so
     it sees the whole path a countdown or a reconcile takes (beat → broker → a worker → the database)."""
     heartbeats.note_worker_heartbeat(hostname=self.request.hostname or socket.gethostname())
@@ -220,7 +232,7 @@ def db_retry_limit() -> int:
     return retries
 
 
-def _retry_db_error(task, exc, what: str):
+def _retry_db_error(task: Task, exc: Exception, what: str) -> Retry:
     """Retry `task` after a database error with backoff, up to db_retry_limit(); then re-raise it."""
     limit = db_retry_limit()
     if task.request.retries >= limit:
@@ -235,7 +247,7 @@ def _retry_db_error(task, exc, what: str):
 
 
 @shared_task(bind=True, acks_late=True)
-def cancel_order(self, trade_id, actor=""):
+def cancel_order(self: Task, trade_id: int, actor: str = "") -> dict[str, Any]:
     """Cancel the trade's order. Never fails the chain: whatever happens (the trade's own look-up included), the
     chained verify_cancel must run. Transient exchange errors are retried a few times first; database errors (the
     server away, connections lost) for about CANCEL_DB_RETRY_SEC: a short outage delays the cancel, never drops it."""
@@ -272,7 +284,7 @@ def cancel_order(self, trade_id, actor=""):
 
 
 @shared_task(base=ExchangeTask, bind=True, max_retries=10)
-def verify_cancel(self, trade_id, actor=""):
+def verify_cancel(self: ExchangeTask, trade_id: int, actor: str = "") -> dict[str, Any]:
     """Fetch the order after a cancel and apply it; while Binance still shows it working, send the cancel again (the
     first CANCEL_RESEND_MAX times: the first one may never have reached Binance) and retry with backoff a bounded
     number of times. Gives up — flags the trade for an operator — then, and also when transient errors (5xx,
@@ -308,7 +320,7 @@ def verify_cancel(self, trade_id, actor=""):
     return report
 
 
-def _give_up_verifying(trade_id, trade, reason: str, actor: str = "") -> dict:
+def _give_up_verifying(trade_id: int, trade: Trade | None, reason: str, actor: str = "") -> dict:
     """Nobody will check this cancel again by itself: say so once, loudly, and put the trade in front of a person."""
     logger.error("trade %s: cancel verification gave up: %s; flagging the trade for an operator", trade_id, reason)
     if trade is None:  # its own look-up was what failed
@@ -319,7 +331,7 @@ def _give_up_verifying(trade_id, trade, reason: str, actor: str = "") -> dict:
 
 
 @shared_task
-def cancel_and_verify(trade_id, actor=""):
+def cancel_and_verify(trade_id: int, actor: str = "") -> str:
     """Every cancel goes through here (admin, entry timeout, bot): cancel, then always verify. `actor`: the operator
     who asked (admin), recorded on the trade events both steps write."""
     # `actor` only when there is one: a message an older worker (rolling deploy) can still run.
@@ -331,7 +343,16 @@ def cancel_and_verify(trade_id, actor=""):
 
 
 @shared_task(bind=True)
-def open_position(self, account_id, symbol, side, quantity, price=None, timeout_sec=None, client_order_id=None):
+def open_position(
+    self: Task,
+    account_id: int,
+    symbol: str,
+    side: str,
+    quantity: Decimal | int | float | str,
+    price: Decimal | int | float | str | None = None,
+    timeout_sec: int | None = None,
+    client_order_id: str | None = None,
+) -> int:
     """Create the pending trade, then place it once the row is committed. Returns the trade id.
 
     acks_late: a redelivery (worker killed after the commit, before the ack) runs this again. Without a client order
@@ -356,7 +377,7 @@ def open_position(self, account_id, symbol, side, quantity, price=None, timeout_
 
 
 @shared_task(bind=True, acks_late=True)
-def place_entry_order(self, trade_id, timeout_sec=None):
+def place_entry_order(self: Task, trade_id: int, timeout_sec: float | None = None) -> dict[str, Any]:
     """Placement is sent at most once (services.place_entry_order guards it), so it is never auto-retried: an
     unknown outcome stays pending and the entry timeout / reconcile decide. The entry's deadline is stored before
     the order is sent; the countdown below is its fast path, the deadline sweep its backstop."""
@@ -371,7 +392,7 @@ def place_entry_order(self, trade_id, timeout_sec=None):
             schedule_entry_timeout(trade_id, seconds)
 
 
-def schedule_entry_timeout(trade_id, seconds: float) -> None:
+def schedule_entry_timeout(trade_id: int, seconds: float) -> None:
     """entry_timeout after `seconds`: in hops of at most CELERY_MAX_COUNTDOWN_SEC, so no message outlives the
     broker's visibility window (and is handed out twice)."""
     cap = settings.CELERY_MAX_COUNTDOWN_SEC
@@ -382,7 +403,7 @@ def schedule_entry_timeout(trade_id, seconds: float) -> None:
 
 
 @shared_task(bind=True, acks_late=True)
-def entry_timeout(self, trade_id, due_at=None):
+def entry_timeout(self: Task, trade_id: int, due_at: float | None = None) -> dict:
     """The entry wait is over: if the trade is still pending (or failed "not found"), cancel and verify, unless the
     deadline sweep already did. Not due yet by the trade's deadline (the database's clock) or `due_at` (a long
     wait's next hop): wait again. Database errors are retried for about CANCEL_DB_RETRY_SEC (the sweep is the
@@ -398,7 +419,7 @@ def entry_timeout(self, trade_id, due_at=None):
 
 
 @shared_task
-def cancel_overdue_entries():
+def cancel_overdue_entries() -> dict:
     """Beat, every 15 s: every trade past its deadline whose cancel nobody sent goes through cancel_and_verify, once
     (cancels/deadlines.py). The backstop for countdowns lost with the broker's data or held by a dead worker."""
     return services.cancel_overdue_entries(send=cancel_and_verify)

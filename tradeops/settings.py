@@ -205,6 +205,7 @@ NOT_FOUND_RECHECK_SEC = _delays("NOT_FOUND_RECHECK_SEC", "300,1800,7200,86400")
 
 # --- Celery (all of it here: one module) ------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+_visibility_timeout: int | None = None  # Redis's redelivery window, seconds; the filesystem broker has none
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT = "tradeops.kombu_filesystem:Transport"  # kombu's, with atomic message files
     _queue_dir = VAR_DIR / "celery-broker"
@@ -228,8 +229,9 @@ else:
     # visibility_timeout old, at the next sweep. Kombu sweeps every interval × throttle seconds (10 × 10 by default,
     # so up to 100 s late); throttle 1 makes it every CELERY_UNACKED_RESTORE_SEC. The timeout stays above the hard
     # time limit (a running task is never handed out twice); countdowns stay below it (CELERY_MAX_COUNTDOWN_SEC).
+    _visibility_timeout = env.int("CELERY_VISIBILITY_TIMEOUT", default=600)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=600),
+        "visibility_timeout": _visibility_timeout,
         "unacked_restore_interval": env.int("CELERY_UNACKED_RESTORE_SEC", default=10),
         "unacked_restore_throttle": 1,
     }
@@ -247,12 +249,8 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=150)
 # it, once per window); a longer wait (a 418 ban's Retry-After, a long entry timeout) is taken in hops of at most
 # this. Never under half the window (the e2e tests' compressed clocks). None: no limit (the filesystem broker).
 CELERY_MAX_COUNTDOWN_SEC = (
-    max(
-        CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] - CELERY_TASK_TIME_LIMIT - 30,
-        CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] // 2,
-        1,
-    )
-    if "visibility_timeout" in CELERY_BROKER_TRANSPORT_OPTIONS
+    max(_visibility_timeout - CELERY_TASK_TIME_LIMIT - 30, _visibility_timeout // 2, 1)
+    if _visibility_timeout is not None
     else None
 )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -26,12 +26,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor
+from datetime import datetime
+from typing import Any, TypedDict, TypeVar
 
 from django.conf import settings
 from django.utils import timezone
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from trades.binance_client import BinanceFuturesClient
@@ -51,13 +53,21 @@ PLANNED = frozenset({"listen_key_expired", "max_connection_age", "deaf"})
 DB_TIMEOUT = "db_timeout"
 DISCONNECTS_KEPT = 100  # AccountStream.disconnects: a stream runs for months
 
+T = TypeVar("T")
+
+
+class _Bind(TypedDict, total=False):
+    """websockets.connect's pass-through to loop.create_connection: the local address the socket leaves from."""
+
+    local_addr: tuple[str, int]
+
 
 def ws_base_url(account: Account) -> str:
     name = "BINANCE_FUTURES_TESTNET_WS_URL" if account.use_testnet else "BINANCE_FUTURES_WS_URL"
     return getattr(settings, name).rstrip("/")
 
 
-def stream_url(base_url: str, listen_key: str, events) -> str:
+def stream_url(base_url: str, listen_key: str, events: Iterable[str]) -> str:
     """Binance's private route since 2026-04-23: the listenKey and the `/`-separated event types to deliver —
     without `events` the socket is accepted and stays silent ("Important WebSocket Change Notice")."""
     return f"{base_url}/private/ws?listenKey={listen_key}&events={'/'.join(events)}"
@@ -100,11 +110,11 @@ class AccountStream:
         self.disconnects: deque[str] = deque(maxlen=DISCONNECTS_KEPT)  # why the latest connections ended, in order
         self.outcomes: dict[str, int] = {}
         self._stopping = False
-        self._ws = None
+        self._ws: ClientConnection | None = None
         self._end_reason: str | None = None
         self._listen_key: str | None = None
         self._connected_at: float | None = None
-        self._connected_wall = None  # the same instant, as a datetime (compared with the deaf mark's)
+        self._connected_wall: datetime | None = None  # the same instant, as a datetime (compared with the deaf mark's)
         self._tasks: set[asyncio.Task] = set()
         self._position_sync: asyncio.Task | None = None
         self._last_event_written = 0.0
@@ -116,7 +126,7 @@ class AccountStream:
         self._stopping = True
         self._end("stop")
 
-    def reconnect_if_deaf(self, marked_at) -> bool:
+    def reconnect_if_deaf(self, marked_at: datetime) -> bool:
         """A reconcile marked this account's stream deaf (stream/guard.py) at `marked_at`: if the live connection
         is older than the mark, end it; the loop reconnects at once, and that connection's reconcile clears the
         mark unless it is deaf too. A connection made after the mark is left alone (one reconnect per mark)."""
@@ -139,18 +149,18 @@ class AccountStream:
         if self._ws is not None:
             self._spawn(self._ws.close())
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _blocking(self, fn, *args, **kwargs):
+    async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn run in the thread pool, waited for at most db_call_timeout_sec (TimeoutError then): a call stuck on a
         dead socket must not hang this account. (The thread itself cannot be stopped; it finishes on its own.)"""
         return await asyncio.wait_for(blocking(self.executor, fn, *args, **kwargs), self.config.db_call_timeout_sec)
 
-    async def _call(self, what: str, fn, *args) -> None:
+    async def _call(self, what: str, fn: Callable[..., object], *args: Any) -> None:
         """A side effect (enqueue a task, write state) that must not take the stream down when it fails, nor hang
         it (a DB call stuck on a dead socket) for longer than db_call_timeout_sec."""
         try:
@@ -167,7 +177,7 @@ class AccountStream:
     # --- the loop ------------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        client = None
+        client: BinanceFuturesClient | None = None
         failures, reason, disconnected_at = 0, "start", None
         try:
             await self._call("state", record_state, self.account_id, StreamState.CONNECTING)
@@ -206,7 +216,9 @@ class AccountStream:
         finally:
             await self._shut(client)
 
-    async def _connect_and_read(self, client, previous_reason: str, disconnected_at: float | None) -> str:
+    async def _connect_and_read(
+        self, client: BinanceFuturesClient, previous_reason: str, disconnected_at: float | None
+    ) -> str:
         """One connection: returns why it ended. Raises when it could not connect (or broke while connected)."""
         key_extended_at = time.monotonic()  # before the POST: Binance's 60 minutes start no earlier
         self._listen_key = await self._blocking(client.create_listen_key)
@@ -215,7 +227,7 @@ class AccountStream:
         url = stream_url(ws_base_url(self.account), self._listen_key, self.config.events)
         cfg = self.config
         # The socket leaves from the account's egress address, like its REST calls (BINANCE_SOURCE_ADDRESSES).
-        bind = {"local_addr": (client.source_address, 0)} if client.source_address else {}
+        bind: _Bind = {"local_addr": (client.source_address, 0)} if client.source_address else {}
         async with connect(
             url,
             open_timeout=cfg.open_timeout_sec,
@@ -262,7 +274,7 @@ class AccountStream:
                 max_age.cancel()
             return reason
 
-    async def _read(self, ws) -> str:
+    async def _read(self, ws: ClientConnection) -> str:
         try:
             async for raw in ws:
                 await self._on_message(raw)
@@ -272,10 +284,11 @@ class AccountStream:
             return self._end_reason or _describe(exc)
         return self._end_reason or _describe_close(ws)
 
-    async def _on_message(self, raw) -> None:
+    async def _on_message(self, raw: str | bytes) -> None:
         outcome = messages.classify(self.account_id, raw)
         if outcome.kind == messages.ORDER:
             snap = outcome.snapshot
+            assert snap is not None, "classify() gives every ORDER outcome its snapshot"
             try:
                 outcome = await self._blocking(
                     messages.apply_order_event,
@@ -310,7 +323,7 @@ class AccountStream:
             self._last_event_written = now
             self._spawn(self._call("state", record_last_event, self.account_id, timezone.now()))
 
-    async def _keep_alive(self, client, key: str, extended_at: float) -> None:
+    async def _keep_alive(self, client: BinanceFuturesClient, key: str, extended_at: float) -> None:
         """PUT the listenKey every keepalive_sec. A failed PUT (429/418, 5xx, a timeout) keeps the socket and is
         retried with backoff, never sooner than a rate limit's retry_after (re-POSTing or reconnecting then would
         only add to it). The connection ends when the key is gone (-1125), or when no PUT has succeeded for
@@ -364,13 +377,20 @@ class AccountStream:
         if self._position_sync is not None and not self._position_sync.done():
             return
 
-        async def send():
+        async def send() -> None:
             await asyncio.sleep(self.config.position_debounce_sec)
             await self._enqueue("enqueue_position_sync", self.enqueue_position_sync, reason)
 
         self._position_sync = self._spawn(send())
 
-    async def _enqueue(self, what: str, fn, reason: str, *, superseded: Callable[[], bool] = lambda: False) -> None:
+    async def _enqueue(
+        self,
+        what: str,
+        fn: Callable[[int, str], object],
+        reason: str,
+        *,
+        superseded: Callable[[], bool] = lambda: False,
+    ) -> None:
         """fn(account_id, reason) — a Celery enqueue — retried with the reconnect backoff until it goes through,
         the stream stops or `superseded()`. A broker hiccup at the wrong moment must not cost the task."""
         failures = 0
@@ -414,7 +434,7 @@ class AccountStream:
         while not self._stopping and time.monotonic() < end:
             await asyncio.sleep(min(0.05, end - time.monotonic()))
 
-    async def _shut(self, client) -> None:
+    async def _shut(self, client: BinanceFuturesClient | None) -> None:
         """Record the state and let go of the gateway. Bounded: shutdown waits. The listenKey is left to lapse, never
         DELETEd: that would close every socket on it, the bot's own included (see the module docstring)."""
         if self._position_sync is not None and not self._position_sync.done():
@@ -440,5 +460,5 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {messages.excerpt(exc)[:120]}"
 
 
-def _describe_close(ws) -> str:
+def _describe_close(ws: ClientConnection) -> str:
     return f"closed_by_server_{ws.close_code}"

@@ -62,14 +62,14 @@ class Outcome:
     result: str = ""  # APPLIED: the rule's result (opened, progress, unchanged, stale, …)
     snapshot: OrderSnapshot | None = None  # ORDER: the parsed order
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.kind}:{self.result}" if self.result else self.kind
 
 
-def excerpt(raw) -> str:
+def excerpt(raw: object) -> str:
     """At most EXCERPT_CHARS printable characters of a payload, with anything key-like masked."""
     try:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray, memoryview)) else str(raw)
+        text = str(raw, "utf-8", "replace") if isinstance(raw, (bytes, bytearray, memoryview)) else str(raw)
     except Exception:  # noqa: BLE001 — an excerpt must never fail
         return "<unprintable>"
     text = _SECRETISH.sub("<masked>", text[: EXCERPT_CHARS * 4])
@@ -77,17 +77,17 @@ def excerpt(raw) -> str:
     return printable[:EXCERPT_CHARS]
 
 
-def printable(value, limit: int = 80) -> str:
+def printable(value: object, limit: int = 80) -> str:
     """An untrusted field (a symbol, a client order id) for a log line: ASCII, one line, at most `limit` chars."""
     return "".join(c if c.isprintable() and c.isascii() else ascii(c)[1:-1] for c in str(value)[:limit])
 
 
-def _skip(account_id, kind: str, why: str, raw) -> Outcome:
+def _skip(account_id: int, kind: str, why: str, raw: object) -> Outcome:
     logger.warning("user_stream skipped account=%s kind=%s why=%s excerpt=%s", account_id, kind, why, excerpt(raw))
     return Outcome(kind)
 
 
-def classify(account_id, raw) -> Outcome:
+def classify(account_id: int, raw: str | bytes | bytearray) -> Outcome:
     """What one raw message means. Pure (no DB, no network); logs the WARNING for malformed and unknown ones."""
     try:
         event = json.loads(raw)
@@ -120,7 +120,7 @@ def classify(account_id, raw) -> Outcome:
     return _skip(account_id, UNKNOWN, f"unknown event type {kind[:40]!r}", raw)
 
 
-def find_trade(account_id, snap: OrderSnapshot) -> Trade | None:
+def find_trade(account_id: int, snap: OrderSnapshot) -> Trade | None:
     """The account's trade for this order: by client order id first, else by order id + symbol."""
     trades = Trade.objects.filter(account_id=account_id)
     if snap.client_order_id:
@@ -133,7 +133,7 @@ def find_trade(account_id, snap: OrderSnapshot) -> Trade | None:
 
 
 def apply_order_event(
-    account_id,
+    account_id: int,
     snap: OrderSnapshot,
     *,
     enqueue_reconcile: Callable[[int, str], object],
@@ -203,8 +203,8 @@ def apply_order_event(
 
 
 def handle_message(
-    account_id,
-    raw,
+    account_id: int,
+    raw: str | bytes | bytearray,
     *,
     enqueue_reconcile: Callable[[int, str], object] | None = None,
     tries: int = 3,
@@ -217,6 +217,7 @@ def handle_message(
         outcome = classify(account_id, raw)
         if outcome.kind != ORDER:
             return outcome
+        assert outcome.snapshot is not None, "classify() gives every ORDER outcome its snapshot"
         return apply_order_event(
             account_id,
             outcome.snapshot,

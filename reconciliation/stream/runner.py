@@ -12,11 +12,15 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from . import messages, shards
 from .config import StreamConfig
 from .connection import AccountStream
 from .state import blocking, fingerprint, load_accounts, load_deaf_marks, record_heartbeat
+
+if TYPE_CHECKING:
+    from trades.models import Account
 
 logger = logging.getLogger("reconciliation.user_stream")
 
@@ -50,7 +54,7 @@ class UserStreamRunner:
         self.holder = shards.new_holder()
         self.held: set[int] = set()  # the accounts whose stream lease this process holds
         self.plan: shards.Plan | None = None
-        self._accounts: dict | None = None
+        self._accounts: dict[int, Account] | None = None  # None until the first refresh
         self._lease_valid_until = 0.0  # monotonic: past it, no lease of ours is proven live
         self._next_connect = 0.0  # monotonic: the ramp's next free slot
 
@@ -59,6 +63,12 @@ class UserStreamRunner:
         self._stop_requested = True
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+    @property
+    def _pool(self) -> ThreadPoolExecutor:
+        """The executor of run(), the only caller of refresh() and sync() (and so of the streams they start)."""
+        assert self._executor is not None, "run() creates the executor before anything uses it"
+        return self._executor
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -111,11 +121,11 @@ class UserStreamRunner:
 
     async def refresh(self) -> None:
         """Re-read the accounts, then sync(); record the heartbeat and act on deaf marks."""
-        self._accounts = await blocking(self._executor, load_accounts, self.account_names)
+        self._accounts = await blocking(self._pool, load_accounts, self.account_names)
         await self.sync()
-        await blocking(self._executor, record_heartbeat, list(self._tasks))
+        await blocking(self._pool, record_heartbeat, list(self._tasks))
         # A stream marked deaf (REST keeps finding changes its socket never delivered): a fresh connection.
-        for pk, marked_at in (await blocking(self._executor, load_deaf_marks, list(self._tasks))).items():
+        for pk, marked_at in (await blocking(self._pool, load_deaf_marks, list(self._tasks))).items():
             if pk in self.streams:
                 self.streams[pk].reconnect_if_deaf(marked_at)
         self.refreshes += 1
@@ -123,11 +133,12 @@ class UserStreamRunner:
     async def sync(self) -> None:
         """One lease pass (shards.coordinate), then start, stop or restart streams to match the accounts whose
         lease this process holds. A socket whose lease is lost or surplus is closed before anything else."""
+        assert self._accounts is not None, "run() syncs only once a refresh has loaded the accounts"
         started = time.monotonic()
         timeout = self.config.lease_sec if not self._tasks else max(0.1, self._lease_valid_until - started)
         plan = await asyncio.wait_for(
             blocking(
-                self._executor,
+                self._pool,
                 shards.coordinate,
                 self.holder,
                 set(self._accounts),
@@ -154,7 +165,7 @@ class UserStreamRunner:
             )
         await self._stop_streams(lost + surplus, timeout=self.config.shutdown_sec)
         if plan.surplus:
-            await blocking(self._executor, shards.release, self.holder, plan.surplus)
+            await blocking(self._pool, shards.release, self.holder, plan.surplus)
         for dead in plan.dead:
             logger.warning(
                 "user_stream event=holder_dead holder=%s: a process on this machine that is gone; its "
@@ -201,11 +212,11 @@ class UserStreamRunner:
             if pk not in self._tasks:
                 self._start(account, wanted[pk])
 
-    def _start(self, account, account_fingerprint: str) -> None:
+    def _start(self, account: Account, account_fingerprint: str) -> None:
         stream = AccountStream(
             account,
             config=self.config,
-            executor=self._executor,
+            executor=self._pool,
             enqueue_reconcile=self.enqueue_reconcile,
             enqueue_position_sync=self.enqueue_position_sync,
         )
@@ -258,7 +269,7 @@ def run_user_stream(
 
     runner = UserStreamRunner(account_names=account_names, config=config)
 
-    async def main():
+    async def main() -> None:
         if install_signal_handlers:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -27,11 +27,13 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db import IntegrityError
 from django.db.models import DateTimeField, ExpressionWrapper, Q
+from django.db.models.expressions import CombinedExpression
 
 from trades.db import DatabaseNow, db_now
 
@@ -96,12 +98,12 @@ def expire_dead_neighbours(holder: str) -> list[str]:
     return dead
 
 
-def _in(seconds: float):
+def _in(seconds: float) -> ExpressionWrapper[CombinedExpression]:
     """The database's clock `seconds` from now, as an SQL expression."""
     return ExpressionWrapper(DatabaseNow() + timedelta(seconds=seconds), output_field=DateTimeField())
 
 
-def _ago(seconds: float):
+def _ago(seconds: float) -> ExpressionWrapper[CombinedExpression]:
     return ExpressionWrapper(DatabaseNow() - timedelta(seconds=seconds), output_field=DateTimeField())
 
 
@@ -165,7 +167,7 @@ def claim(
         StreamLease.objects.filter(_free(stale_sec), account_id__in=account_ids).values_list("account_id", flat=True)
     )
     random.shuffle(free)
-    won = []
+    won: list[int] = []
     for pk in free:
         if len(won) >= count:
             break
@@ -176,7 +178,7 @@ def claim(
     return won
 
 
-def release(holder: str, account_ids) -> int:
+def release(holder: str, account_ids: Iterable[int]) -> int:
     """Let go of these leases (their sockets are closed already): free from now, for another process to claim."""
     return StreamLease.objects.filter(holder=holder, account_id__in=list(account_ids)).update(
         holder="", expires_at=DatabaseNow(), claimed_at=None

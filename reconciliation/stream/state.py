@@ -6,8 +6,10 @@ import asyncio
 import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime
+from typing import Any, TypeVar
 
 from cryptography.fernet import InvalidToken
 from django.core.exceptions import ImproperlyConfigured
@@ -25,6 +27,8 @@ logger = logging.getLogger("reconciliation.user_stream")
 # What reading a row whose api_secret cannot be decrypted raises (trades/fields.py; wrong FIELD_ENCRYPTION_KEY).
 UNREADABLE = (ImproperlyConfigured, InvalidToken)
 
+T = TypeVar("T")
+
 
 def recycle_connections() -> None:
     """What Django does around a request: close this thread's connections that are broken or past CONN_MAX_AGE.
@@ -33,7 +37,7 @@ def recycle_connections() -> None:
         close_old_connections()
 
 
-def _fresh_connection(fn, *args, **kwargs):
+def _fresh_connection(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     recycle_connections()
     try:
         return fn(*args, **kwargs)
@@ -41,7 +45,7 @@ def _fresh_connection(fn, *args, **kwargs):
         recycle_connections()
 
 
-async def blocking(executor: Executor, fn, *args, **kwargs):
+async def blocking(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Await fn(*args, **kwargs) run in the executor (never on the event loop)."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, functools.partial(_fresh_connection, fn, *args, **kwargs))
@@ -102,8 +106,8 @@ def record_last_event(account_id: int, at: datetime) -> None:
 
 def load_deaf_marks(account_ids: list[int]) -> dict[int, datetime]:
     """Accounts whose stream a reconcile marked deaf (reconciliation/stream/guard.py), and since when."""
-    return dict(
-        AccountSyncState.objects.filter(account_id__in=account_ids, stream_deaf_since__isnull=False).values_list(
-            "account_id", "stream_deaf_since"
-        )
+    rows = AccountSyncState.objects.filter(account_id__in=account_ids, stream_deaf_since__isnull=False).values_list(
+        "account_id", "stream_deaf_since"
     )
+    # The filter leaves out the NULLs already; the `if` only tells the type checker so.
+    return {account_id: since for account_id, since in rows if since is not None}
