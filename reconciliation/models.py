@@ -100,6 +100,22 @@ class OrphanPosition(models.Model):
         return f"{self.account} {self.symbol} {self.position_side} {self.quantity} [{self.status}]"
 
 
+class PrunedTotal(models.Model):
+    """What retention deleted from the rows /metrics counts (ReconcileRun, StreamMiss), kept as totals so that those
+    Prometheus counters never go down when old rows are pruned (a drop reads as a counter reset and a false spike).
+    One row per (metric, label values); written only by the pruning, read by the collector."""
+
+    metric = models.CharField(max_length=64)
+    labels = models.CharField(max_length=255, help_text="The label values, JSON-encoded.")
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["metric", "labels"], name="pruned_total_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.labels} = {self.value:g}"
+
+
 class StreamMiss(models.Model):
     """An order change a REST look-up found that the account's user stream, connected at the time, never delivered
     (stream/guard.py). Counted in /metrics; enough of them within an hour mark the stream deaf."""

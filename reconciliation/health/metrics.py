@@ -9,13 +9,14 @@ METRICS_CACHE_SEC so several scrapers (or a fast one) do not multiply that.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.utils import timezone
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -24,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from trades.models import Account, Trade, TradeEvent
 
-from ..models import AccountSyncState, OrphanPosition, ReconcileRun, StreamMiss
+from ..models import AccountSyncState, OrphanPosition, PrunedTotal, ReconcileRun, StreamMiss
 from ..stream.states import StreamState
 
 DURATION_BUCKETS_SEC = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -32,6 +33,90 @@ DURATION_BUCKETS_SEC = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 def _seconds_since(moment: datetime, now: datetime) -> float:
     return max((now - moment).total_seconds(), 0.0)
+
+
+# --- Counters over rows that retention prunes -------------------------------------------------------------------------
+# tradeops_reconcile_runs, the duration histogram, tradeops_user_stream_connects and ..._missed_events count
+# ReconcileRun and StreamMiss rows, which the daily prune deletes. Before it deletes them, carry_pruned() adds their
+# counts to PrunedTotal (same definitions, below), and the collector adds those back: the counters never go down.
+
+RUNS, DURATION, DURATION_SUM, CONNECTS, MISSES = "runs", "duration", "duration_sum", "connects", "misses"
+Counts = dict[tuple[str, ...], float]
+
+
+def _count_runs(runs: QuerySet[ReconcileRun]) -> Counts:
+    rows = runs.values("kind", "reason", "outcome").annotate(n=Count("pk")).order_by()
+    return {(r["kind"], r["reason"], r["outcome"]): r["n"] for r in rows}
+
+
+def _count_durations(runs: QuerySet[ReconcileRun]) -> tuple[Counts, Counts]:
+    """(bucket counts keyed (kind, le) with le "+Inf" the total, the sum of seconds keyed (kind,)) of runs that ran."""
+    annotations = {
+        f"le_{i}": Count("pk", filter=Q(duration_ms__lte=int(b * 1000))) for i, b in enumerate(DURATION_BUCKETS_SEC)
+    }
+    rows = (
+        runs.exclude(outcome=ReconcileRun.Outcome.SKIPPED)
+        .values("kind")
+        .annotate(n=Count("pk"), total_ms=Sum("duration_ms"), **annotations)
+        .order_by()
+    )
+    buckets: Counts = {}
+    sums: Counts = {}
+    for row in rows:
+        for i, b in enumerate(DURATION_BUCKETS_SEC):
+            buckets[(row["kind"], str(b))] = row[f"le_{i}"]
+        buckets[(row["kind"], "+Inf")] = row["n"]
+        sums[(row["kind"],)] = (row["total_ms"] or 0) / 1000
+    return buckets, sums
+
+
+def _count_connects(runs: QuerySet[ReconcileRun]) -> Counts:
+    """Successful (re)connects per account id: each asks for a reconcile with reason ws_connect (kind=pending; it
+    also asks for a position sync, kind=positions, not counted). A skipped run is retried: counted once."""
+    rows = (
+        runs.filter(reason="ws_connect", kind=ReconcileRun.Kind.PENDING)
+        .exclude(outcome=ReconcileRun.Outcome.SKIPPED)
+        .values("account_id")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    return {(str(r["account_id"]),): r["n"] for r in rows}
+
+
+def _count_misses(misses: QuerySet[StreamMiss]) -> Counts:
+    rows = misses.values("account_id").annotate(n=Count("pk")).order_by()
+    return {(str(r["account_id"]),): r["n"] for r in rows}
+
+
+def carry_pruned(*, runs: QuerySet[ReconcileRun] | None = None, misses: QuerySet[StreamMiss] | None = None) -> None:
+    """Add what `runs` / `misses` count to PrunedTotal; call in the transaction that deletes them."""
+    counted: list[tuple[str, Counts]] = []
+    if runs is not None:
+        buckets, sums = _count_durations(runs)
+        counted += [(RUNS, _count_runs(runs)), (DURATION, buckets), (DURATION_SUM, sums)]
+        counted.append((CONNECTS, _count_connects(runs)))
+    if misses is not None:
+        counted.append((MISSES, _count_misses(misses)))
+    for metric, counts in counted:
+        for labels, value in counts.items():
+            if not value:
+                continue
+            row, _ = PrunedTotal.objects.get_or_create(metric=metric, labels=json.dumps(labels))
+            PrunedTotal.objects.filter(pk=row.pk).update(value=F("value") + value)
+
+
+def _carried(metric: str) -> Counts:
+    return {
+        tuple(json.loads(labels)): value
+        for labels, value in PrunedTotal.objects.filter(metric=metric).values_list("labels", "value")
+    }
+
+
+def _plus(live: Counts, carried: Counts) -> Counts:
+    total = dict(carried)
+    for key, value in live.items():
+        total[key] = total.get(key, 0) + value
+    return total
 
 
 class TradeopsCollector(Collector):
@@ -59,25 +144,19 @@ class TradeopsCollector(Collector):
         runs = CounterMetricFamily(
             "tradeops_reconcile_runs", "Reconcile runs (ReconcileRun rows).", labels=["kind", "reason", "outcome"]
         )
-        for row in ReconcileRun.objects.values("kind", "reason", "outcome").annotate(n=Count("pk")).order_by():
-            runs.add_metric([row["kind"], row["reason"], row["outcome"]], row["n"])
+        for labels, n in sorted(_plus(_count_runs(ReconcileRun.objects.all()), _carried(RUNS)).items()):
+            runs.add_metric(list(labels), n)
         yield runs
 
-        annotations = {
-            f"le_{i}": Count("pk", filter=Q(duration_ms__lte=int(b * 1000))) for i, b in enumerate(DURATION_BUCKETS_SEC)
-        }
         duration = HistogramMetricFamily(
             "tradeops_reconcile_duration_seconds", "Duration of reconcile runs that ran (not skipped).", labels=["kind"]
         )
-        rows = (
-            ReconcileRun.objects.exclude(outcome=ReconcileRun.Outcome.SKIPPED)
-            .values("kind")
-            .annotate(n=Count("pk"), total_ms=Sum("duration_ms"), **annotations)
-            .order_by()
-        )
-        for row in rows:
-            buckets = [(str(b), row[f"le_{i}"]) for i, b in enumerate(DURATION_BUCKETS_SEC)] + [("+Inf", row["n"])]
-            duration.add_metric([row["kind"]], buckets, sum_value=(row["total_ms"] or 0) / 1000)
+        live_buckets, live_sums = _count_durations(ReconcileRun.objects.all())
+        buckets = _plus(live_buckets, _carried(DURATION))
+        sums = _plus(live_sums, _carried(DURATION_SUM))
+        for (kind,), total in sorted(sums.items()):
+            edges = [str(b) for b in DURATION_BUCKETS_SEC] + ["+Inf"]
+            duration.add_metric([kind], [(le, buckets.get((kind, le), 0)) for le in edges], sum_value=total)
         yield duration
 
     @staticmethod
@@ -133,22 +212,8 @@ class TradeopsCollector(Collector):
 
         names = dict(Account.objects.filter(is_active=True).values_list("pk", "name"))
         states = {s.account_id: s for s in AccountSyncState.objects.filter(account_id__in=names)}
-        # kind=pending: each connect also asks for a position sync with reason ws_connect (kind=positions).
-        ws_connects = dict(
-            ReconcileRun.objects.filter(account_id__in=names, reason="ws_connect", kind=ReconcileRun.Kind.PENDING)
-            .exclude(outcome=ReconcileRun.Outcome.SKIPPED)  # a skipped run is retried: count it once
-            .values("account_id")
-            .annotate(n=Count("pk"))
-            .order_by()
-            .values_list("account_id", "n")
-        )
-        misses = dict(
-            StreamMiss.objects.filter(account_id__in=names)
-            .values("account_id")
-            .annotate(n=Count("pk"))
-            .order_by()
-            .values_list("account_id", "n")
-        )
+        ws_connects = _plus(_count_connects(ReconcileRun.objects.filter(account_id__in=names)), _carried(CONNECTS))
+        misses = _plus(_count_misses(StreamMiss.objects.filter(account_id__in=names)), _carried(MISSES))
         open_orphans = dict(
             OrphanPosition.objects.filter(account_id__in=names, status=OrphanPosition.Status.OPEN)
             .values("account_id")
@@ -165,9 +230,9 @@ class TradeopsCollector(Collector):
             state.add_metric([name, (s.stream_state if s else "") or "none"], 1)
             if s and s.stream_last_event_at:
                 last_event.add_metric([name], _seconds_since(s.stream_last_event_at, now))
-            connects.add_metric([name], ws_connects.get(pk, 0))
+            connects.add_metric([name], ws_connects.get((str(pk),), 0))
             orphans.add_metric([name], open_orphans.get(pk, 0))
-            missed.add_metric([name], misses.get(pk, 0))
+            missed.add_metric([name], misses.get((str(pk),), 0))
             deaf.add_metric([name], 1 if s and s.stream_deaf_since else 0)
         yield from (weight, last_reconcile, connected, state, last_event, connects, orphans, missed, deaf)
 
@@ -197,4 +262,4 @@ def build_registry() -> CollectorRegistry:
     return registry
 
 
-__all__ = ["TradeopsCollector", "build_registry"]
+__all__ = ["TradeopsCollector", "build_registry", "carry_pruned"]

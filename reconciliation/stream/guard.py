@@ -164,7 +164,3 @@ def clear_deaf_after_reconnect(account_id: int, *, reconcile_started_at: datetim
             "user_stream deaf_cleared account=%s: reconnected, and its reconcile found no missed event", account_id
         )
     return bool(cleared)
-
-
-def prune_stream_misses(*, before: datetime) -> int:
-    return StreamMiss.objects.filter(detected_at__lt=before).delete()[0]

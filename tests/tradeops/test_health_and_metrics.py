@@ -6,7 +6,8 @@ import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from reconciliation.models import AccountSyncState, ReconcileRun, WorkerHeartbeat
+from reconciliation.models import AccountSyncState, ReconcileRun, StreamMiss, WorkerHeartbeat
+from reconciliation.reconcile.runs import prune_reconcile_runs
 from tests.factories import AccountFactory, TradeEventFactory, TradeFactory
 
 pytestmark = pytest.mark.django_db
@@ -150,3 +151,41 @@ def test_metrics(client, settings):
         line for line in text.splitlines() if line.startswith('tradeops_oldest_pending_age_seconds{account="desk"}')
     )
     assert 590 < float(oldest.split()[-1]) < 700
+
+
+def test_pruning_old_reports_never_makes_a_counter_go_down(client, settings):
+    """/metrics counts ReconcileRun and StreamMiss rows, which retention deletes: what it deletes is carried, so a
+    scrape after the prune reads the same counters (a drop would read as a reset: a false spike in rate())."""
+    settings.METRICS_CACHE_SEC = 0
+    settings.RECONCILE_RUN_RETENTION_DAYS = 14
+    desk = AccountFactory(name="desk")
+    AccountSyncState.objects.create(account=desk)
+    old = timezone.now() - timedelta(days=30)
+    for reason, kind, ms in [("beat", "pending", 40), ("ws_connect", "pending", 700), ("ws_connect", "positions", 90)]:
+        ReconcileRun.objects.create(
+            account=desk, kind=kind, reason=reason, outcome="ok", duration_ms=ms, started_at=old
+        )
+    ReconcileRun.objects.create(account=desk, kind="pending", reason="beat", outcome="ok", duration_ms=3000)  # kept
+    StreamMiss.objects.create(
+        account=desk,
+        detected_at=old,
+        source="reconcile",
+        exchange_status="FILLED",
+        exchange_update_time=1,
+        connected_since=old,
+    )
+
+    def counters() -> list[str]:
+        text = client.get("/metrics").content.decode()
+        names = ("tradeops_reconcile_runs_total", "tradeops_reconcile_duration_seconds", "tradeops_user_stream_")
+        return sorted(line for line in text.splitlines() if line.startswith(names) and "_created" not in line)
+
+    before = counters()
+    assert 'tradeops_reconcile_runs_total{kind="pending",outcome="ok",reason="beat"} 2.0' in before
+    assert 'tradeops_user_stream_missed_events_total{account="desk"} 1.0' in before
+    assert prune_reconcile_runs() == 3 and ReconcileRun.objects.count() == 1 and not StreamMiss.objects.exists()
+    assert counters() == before
+    prune_reconcile_runs()  # nothing more to prune: nothing carried twice
+    assert counters() == before
+    ReconcileRun.objects.create(account=desk, kind="pending", reason="beat", outcome="ok", duration_ms=40)
+    assert 'tradeops_reconcile_runs_total{kind="pending",outcome="ok",reason="beat"} 3.0' in counters()
