@@ -49,32 +49,11 @@ def place_entry_order(
         with gateway(trade.account, client, priority=egress.ORDER) as client:
             order = _send_entry(trade, client)
     except _ModeUnknown as exc:  # nothing was sent: a definite no
-        result = apply_order_snapshot(
-            trade,
-            OrderSnapshot.rejected_on_placement(
-                trade.symbol, trade.client_order_id, exc.code, f"not sent: position mode unknown ({exc})"
-            ),
-            Source.PLACE,
-        )
-        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
+        return _refused(trade, exc.code, f"not sent: position mode unknown ({exc})")
     except RateLimited as exc:  # refused before execution: a definite no
-        result = apply_order_snapshot(
-            trade,
-            OrderSnapshot.rejected_on_placement(
-                trade.symbol, trade.client_order_id, exc.code, f"rate limited ({exc.status or 'not sent'})"
-            ),
-            Source.PLACE,
-        )
-        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
+        return _refused(trade, exc.code, f"rate limited ({exc.status or 'not sent'})")
     except ClockSkew as exc:  # -1021 twice (the gateway re-synced and resent once): not executed, a definite no
-        result = apply_order_snapshot(
-            trade,
-            OrderSnapshot.rejected_on_placement(
-                trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"
-            ),
-            Source.PLACE,
-        )
-        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
+        return _refused(trade, exc.code, f"{exc.code}: {exc.message}")
     except TransientExchangeError as exc:
         logger.warning("trade %s: placement outcome unknown (%s); stays pending for reconcile", trade.pk, exc)
         return {"trade_id": trade.pk, "outcome": "unknown"}
@@ -82,16 +61,17 @@ def place_entry_order(
         if exc.code in DUPLICATE_CLIENT_ORDER_ID_CODES or exc.execution_unknown:
             logger.warning("trade %s: placement answered %s; stays pending for reconcile", trade.pk, exc)
             return {"trade_id": trade.pk, "outcome": "unknown"}
-        result = apply_order_snapshot(
-            trade,
-            OrderSnapshot.rejected_on_placement(
-                trade.symbol, trade.client_order_id, exc.code, f"{exc.code}: {exc.message}"
-            ),
-            Source.PLACE,
-        )
-        return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
+        return _refused(trade, exc.code, f"{exc.code}: {exc.message}")
     result = apply_order_snapshot(trade, order, Source.PLACE)
     return {"trade_id": trade.pk, "outcome": "placed", "result": result, "status": trade.status}
+
+
+def _refused(trade: Trade, code: int | None, reason: str) -> dict[str, Any]:
+    """A placement Binance refused before executing anything (or that was never sent): a definite no, through the
+    rule like every other answer."""
+    snapshot = OrderSnapshot.rejected_on_placement(trade.symbol, trade.client_order_id, code, reason)
+    result = apply_order_snapshot(trade, snapshot, Source.PLACE)
+    return {"trade_id": trade.pk, "outcome": "rejected", "result": result}
 
 
 class _ModeUnknown(Exception):
