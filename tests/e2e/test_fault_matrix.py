@@ -154,6 +154,9 @@ def test_f7_not_found_right_after_placing_stays_pending_inside_the_grace_period(
     e2e.control.set_not_found_window(2_000)  # -2013 for orders younger than 2 s (grace is 3 s)
     e2e.control.pause_events(account.api_key)
     e2e.start_beat()
+    # Beat is ticking before the order exists: its next reconcile then comes within the 2 s, however slowly the beat
+    # process started on a loaded machine.
+    wait_for(lambda: ReconcileRun.objects.filter(account=account).exists(), message="beat's first reconcile")
     trade = open_position(e2e, account)
     wait_for(
         lambda: ReconcileRun.objects.filter(account=account, report__not_found_in_grace__gte=1).exists(),
