@@ -9,7 +9,10 @@ minute. The beat's reconcile of an account is left out only when all of these ho
   stream/guard.py), and the stream process's heartbeat fresh (a killed process leaves "connected" behind);
 - its last pending reconcile (`last_reconcile_at`; any reason: beat, ws_connect, cancel, operator) ended "ok" (a
   partial run, or one with failed look-ups, is no audit), ended after that socket connected (what happened
-  before the connection was covered by REST), and is younger than RECONCILE_AUDIT_SEC;
+  before the connection was covered by REST), and will still be younger than RECONCILE_AUDIT_SEC at the next beat
+  (`audit_lead_sec`: a minute): the audit is sent at the last beat before its age would pass RECONCILE_AUDIT_SEC,
+  not the first one after, so audits of a healthy stream are 540–600 s apart plus the wait in the queue, never
+  600–660 s plus the wait;
 - it has no pending trade whose placement is unconfirmed (exchange_status "" or PLACING): if such an order was never
   created, no event will ever come, and only a look-up fails it after PENDING_NOT_FOUND_GRACE_SEC;
 - it has no not-found re-check due (orders/rechecks.py): those are REST look-ups by nature.
@@ -42,6 +45,13 @@ from ..stream.states import StreamState
 logger = logging.getLogger(__name__)
 
 STREAM_HEALTHY = "stream healthy, audited recently"
+BEAT_SEC = 60  # reconcile_all_accounts' schedule (migration 0002_periodic_tasks)
+
+
+def audit_lead_sec(audit_sec: float) -> float:
+    """How long before its age passes `audit_sec` an audit is sent: one beat, at most a tenth of the interval (a
+    compressed schedule, as the end-to-end tests run, keeps the same proportion)."""
+    return min(BEAT_SEC, audit_sec / 10)
 
 
 def stream_heartbeat_max_age() -> timedelta:
@@ -60,7 +70,7 @@ def audit_not_due(account_ids: Iterable[int], *, now: datetime | None = None) ->
         AccountSyncState.objects.filter(
             account_id__in=list(account_ids),
             **_stream_healthy(now),
-            last_reconcile_at__gt=now - timedelta(seconds=audit_sec),
+            last_reconcile_at__gt=now - timedelta(seconds=audit_sec - audit_lead_sec(audit_sec)),
             last_reconcile_at__gte=F("stream_state_at"),
             last_reconcile_report__kind=ReconcileRun.Kind.PENDING,
             last_reconcile_report__outcome=ReconcileRun.Outcome.OK,
@@ -110,4 +120,11 @@ def positions_not_due(account_ids: Iterable[int], *, now: datetime | None = None
     )
 
 
-__all__ = ["audit_not_due", "positions_not_due", "stream_heartbeat_max_age", "STREAM_HEALTHY"]
+__all__ = [
+    "audit_not_due",
+    "positions_not_due",
+    "stream_heartbeat_max_age",
+    "STREAM_HEALTHY",
+    "BEAT_SEC",
+    "audit_lead_sec",
+]
