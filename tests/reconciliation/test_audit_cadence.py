@@ -9,9 +9,11 @@ from django.utils import timezone
 
 from reconciliation import tasks
 from reconciliation.models import AccountSyncState, ReconcileRun
+from reconciliation.positions.sync import PENDING_TRUSTED, sync_positions_with_binance
 from reconciliation.reconcile.audit import audit_not_due
 from reconciliation.services import reconcile_pending
 from tests.factories import TradeFactory
+from tests.helpers import entered
 from trades.models import Trade
 
 pytestmark = pytest.mark.django_db
@@ -219,3 +221,51 @@ def test_a_zero_audit_interval_syncs_every_account_s_positions_every_time(make_a
     account = position_synced(healthy(make_account()))
 
     assert tasks.sync_all_positions() == 1 and syncs_sent == [account.pk]
+
+
+# --- the periodic position sync leaves the pending reconcile to the audit that just did it ---------------------------
+
+
+def test_a_beat_position_sync_of_a_trusted_account_leaves_the_pending_reconcile_to_the_audit(
+    binance, account, settings
+):
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account)
+    TradeFactory(account=account, price=Decimal("50000"), exchange_status="NEW")  # one pending trade
+
+    trusted = sync_positions_with_binance(account, reason="beat")
+    asked = sync_positions_with_binance(account, reason="ws_account_update")  # asked for a reason: reconciles
+
+    assert trusted["outcome"] == "ok" and trusted["extra"][PENDING_TRUSTED] is True and trusted["checked"] == 0
+    assert PENDING_TRUSTED not in asked["extra"] and asked["checked"] == 1
+
+
+@pytest.mark.parametrize("untrusted", [{"audited_ago": 590}, {"stream_state": "reconnecting"}, {"connected_ago": 30}])
+def test_a_beat_position_sync_reconciles_first_when_the_audit_would_not_leave_the_account_out(
+    binance, account, settings, untrusted
+):
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, **untrusted)
+    TradeFactory(account=account, price=Decimal("50000"), exchange_status="NEW")
+
+    report = sync_positions_with_binance(account, reason="beat")
+
+    assert PENDING_TRUSTED not in report["extra"] and report["checked"] == 1
+
+
+def test_a_position_sync_that_left_the_pending_reconcile_out_never_closes_a_trade(binance, account, settings):
+    """A trade whose position reads as gone is closed only by a read whose pending trades were just reconciled (a
+    fill of a pending trade the stream lost could be what nets the position out)."""
+    settings.RECONCILE_AUDIT_SEC = 600
+    settings.POSITION_CONFIRM_SEC = 5
+    trade = entered(account, "BUY")
+    healthy(account)
+    binance.control.lag_positions(account.api_key, count=2, mode="omit")
+    Trade.objects.filter(pk=trade.pk).update(position_gone_at=timezone.now() - timedelta(seconds=60))
+
+    trusted = sync_positions_with_binance(account, reason="beat")
+    assert Trade.objects.get(pk=trade.pk).status == Trade.Status.OPEN
+    assert trusted["extra"]["unconfirmed"] == 1 and trusted["extra"]["confirm_after"] == 5
+
+    confirming = sync_positions_with_binance(account, reason="confirm_close")
+    assert Trade.objects.get(pk=trade.pk).status == Trade.Status.CLOSED and confirming["extra"]["closed"] == 1
