@@ -150,11 +150,28 @@ def _stalest_first(accounts: QuerySet[Account], last_at: str) -> list[int]:
     return list(accounts.order_by(F(last_at).asc(nulls_first=True), "pk").values_list("pk", flat=True))
 
 
+CONNECT_WAIT_SEC = 30  # a (re)connect's position sync waits this long (× 1–1.5) at a time for the connect reconcile
+CONNECT_WAIT_TRIES = 8  # … at most this many times (4–6 minutes), then it runs anyway
+
+
+def connect_wait_sec(account_id: int, reason: str, retries: int) -> float | None:
+    """Seconds a position sync asked by a (re)connect should wait before running, or None. While that connection's
+    reconcile has not ended ok (audit.connect_reconciled) the sync would spend weight (its own pending reconcile,
+    positionRisk) the reconcile of the gap needs: in a reconnect storm the gaps' fills come first. Once it ran, the
+    sync leaves the pending reconcile to it (positions/sync.py, pending_trusted)."""
+    if reason != "ws_connect" or retries >= CONNECT_WAIT_TRIES or audit.connect_reconciled(account_id):
+        return None
+    return CONNECT_WAIT_SEC * random.uniform(1, 1.5)
+
+
 @shared_task(base=ExchangeTask, bind=True)
 def sync_positions(self, account_id, reason="beat"):
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
+    wait = connect_wait_sec(account_id, reason, self.request.retries)
+    if wait is not None:
+        raise self.retry(countdown=wait, max_retries=CONNECT_WAIT_TRIES + 20)
     report = services.sync_positions_with_binance(account, reason=reason)
     confirm_after = (report.get("extra") or {}).get("confirm_after")
     if confirm_after is not None:  # a position read found trades' positions gone: a later read confirms (or not)

@@ -19,8 +19,8 @@ position) are consistent.
                                                                 SYNC_RECOVER_MISSING_POSITIONS is on, two syncs in a
                                                                 row saw the same gap, this run checked every pending
                                                                 trade and none is left on the symbol
-Quantities are compared exactly, as Decimals. The periodic (beat) sync of an account the audit trusts leaves its
-pending reconcile to that audit (`pending_trusted`: why that is safe is said there).
+Quantities are compared exactly, as Decimals. The periodic (beat) and a (re)connect's sync of an account the audit
+trusts leave their pending reconcile to it (`pending_trusted`: why that is safe is said there).
 """
 
 from __future__ import annotations
@@ -263,21 +263,24 @@ def _record_orphan(
 
 
 PENDING_TRUSTED = "pending_trusted"  # report.extra: the pending reconcile was left to the audit (below)
+# the periodic sync, and a (re)connect's once that connection's own reconcile ended ok (audit_not_due requires it)
+TRUSTING_REASONS = frozenset({"beat", "ws_connect"})
 
 
 def pending_trusted(account: Account, reason: str) -> bool:
-    """The periodic (beat) position sync of an account whose pending trades the beat's audit trusts right now
-    (audit.audit_not_due: healthy stream, an "ok" pending reconcile after the socket connected and within
-    RECONCILE_AUDIT_SEC, no unconfirmed placement, no due re-check) leaves its own pending reconcile out: that audit
-    already spent the weight, and the stream pushes every change since.
+    """The periodic (beat) or a (re)connect's position sync of an account whose pending trades the beat's audit
+    trusts right now (audit.audit_not_due: healthy stream, an "ok" pending reconcile after the socket connected and
+    within RECONCILE_AUDIT_SEC, no unconfirmed placement, no due re-check) leaves its own pending reconcile out: that
+    reconcile already spent the weight, and the stream pushes every change since.
 
     Why compare_positions stays safe on that state: it never closes a trade on this read alone (a trade whose
     position is gone is only marked; the close comes from the "confirm_close" sync, which reconciles pending trades
     first); it applies no exit fills on a symbol with a pending trade; and an orphan is never recovered by a run that
     left the pending reconcile out. What stale pending state can do here is log an orphan or mark a trade, both
-    re-judged by the next read. Every position sync asked for a reason (a reconnect, an ACCOUNT_UPDATE, a
+    re-judged by the next read. A reconnect's sync is trusted only after a reconcile that ended after the socket
+    connected (the gap's fills are in); every other position sync asked for a reason (an ACCOUNT_UPDATE, a
     confirmation, an operator) reconciles first."""
-    return reason == "beat" and account.pk in audit_not_due([account.pk])
+    return reason in TRUSTING_REASONS and account.pk in audit_not_due([account.pk])
 
 
 def sync_positions_with_binance(

@@ -22,7 +22,8 @@ left out: only `reconcile_all_accounts`' beat fan-out asks this module. The peri
 cadence (`positions_not_due`): a healthy stream syncs positions at each ACCOUNT_UPDATE and (re)connect, so the
 5-minute schedule leaves it out while its last "ok" position sync, after the socket connected, is younger than
 RECONCILE_AUDIT_SEC; every other account keeps the 5 minutes. RECONCILE_AUDIT_SEC = 0 audits every account
-every beat. Cost: three queries per beat for the whole fleet, none per account.
+every beat. Cost: three queries per beat for the whole fleet, none per account. `connect_reconciled` tells whether
+a stream's connection has had its reconcile (a (re)connect's position sync waits for it: tasks.py).
 """
 
 from __future__ import annotations
@@ -117,6 +118,26 @@ def positions_not_due(account_ids: Iterable[int], *, now: datetime | None = None
         AccountSyncState.objects.filter(account_id__in=list(account_ids), **_stream_healthy(now))
         .filter(Exists(synced))
         .values_list("account_id", flat=True)
+    )
+
+
+def connect_reconciled(account_id: int) -> bool:
+    """The account's stream connection has had its reconcile: a pending reconcile ended "ok" after the socket
+    connected (`stream_state_at`), as the audit counts it. True when no connection is recorded (nothing to wait
+    for)."""
+    state = (
+        AccountSyncState.objects.filter(account_id=account_id)
+        .values("stream_state_at", "last_reconcile_at", "last_reconcile_report")
+        .first()
+    )
+    if state is None or state["stream_state_at"] is None:
+        return True
+    report = state["last_reconcile_report"] or {}
+    return (
+        state["last_reconcile_at"] is not None
+        and state["last_reconcile_at"] >= state["stream_state_at"]
+        and report.get("kind") == ReconcileRun.Kind.PENDING
+        and report.get("outcome") == ReconcileRun.Outcome.OK
     )
 
 

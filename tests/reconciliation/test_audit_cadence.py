@@ -269,3 +269,45 @@ def test_a_position_sync_that_left_the_pending_reconcile_out_never_closes_a_trad
 
     confirming = sync_positions_with_binance(account, reason="confirm_close")
     assert Trade.objects.get(pk=trade.pk).status == Trade.Status.CLOSED and confirming["extra"]["closed"] == 1
+
+
+# --- a (re)connect's position sync waits for that connection's reconcile ---------------------------------------------
+
+
+def test_a_reconnect_s_position_sync_waits_until_the_connection_s_reconcile_ended_ok(binance, account, settings):
+    """In a reconnect storm the gaps' reconciles come first: the position sync the stream asks for on a (re)connect
+    is put off while that connection has had no ok reconcile, a bounded number of times; then it runs, and leaves
+    the pending reconcile to the one that ran."""
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, audited_ago=60, connected_ago=30)  # reconnected after the last reconcile
+    TradeFactory(account=account, price=Decimal("50000"), exchange_status="NEW")
+
+    wait = tasks.connect_wait_sec(account.pk, "ws_connect", retries=0)
+    assert wait is not None and tasks.CONNECT_WAIT_SEC <= wait <= 1.5 * tasks.CONNECT_WAIT_SEC
+    assert tasks.connect_wait_sec(account.pk, "ws_connect", retries=tasks.CONNECT_WAIT_TRIES) is None  # bounded
+    assert tasks.connect_wait_sec(account.pk, "ws_account_update", retries=0) is None  # only a (re)connect's
+    assert not ReconcileRun.objects.filter(account=account, kind=ReconcileRun.Kind.POSITIONS).exists()
+
+    assert reconcile_pending(account, reason="ws_connect")["outcome"] == "ok"
+    assert tasks.connect_wait_sec(account.pk, "ws_connect", retries=1) is None
+    report = sync_positions_with_binance(account, reason="ws_connect")
+    assert report["outcome"] == "ok" and report["extra"][PENDING_TRUSTED] is True and report["checked"] == 0
+
+
+def test_the_position_sync_task_retries_later_instead_of_running_before_the_connect_reconcile(
+    binance, account, settings, monkeypatch
+):
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, audited_ago=60, connected_ago=30)
+    retried = []
+
+    def retry(*args, **kwargs):
+        retried.append(kwargs["countdown"])
+        return RuntimeError("retry")
+
+    monkeypatch.setattr(tasks.sync_positions, "retry", retry)
+    with pytest.raises(RuntimeError):
+        tasks.sync_positions.run(account.pk, reason="ws_connect")
+
+    assert len(retried) == 1 and retried[0] >= tasks.CONNECT_WAIT_SEC
+    assert not ReconcileRun.objects.filter(account=account).exists()  # nothing ran, no weight spent
