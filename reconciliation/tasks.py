@@ -107,11 +107,23 @@ def _retry_if_unfinished(task, report, reason):
     return report
 
 
+CONNECT_COVERED = "reconciled since the connection"
+
+
+def connect_reconcile_covered(account_id: int, reason: str) -> bool:
+    """A (re)connect's reconcile whose work another did: an ok pending reconcile started after the connection
+    (audit.reconciled_since_connect; in a reconnect storm, the beat's). Running it too would spend the weight the
+    other gaps need."""
+    return reason == "ws_connect" and audit.reconciled_since_connect(account_id)
+
+
 @shared_task(base=ExchangeTask, bind=True)
 def reconcile_account(self, account_id, reason="beat", deep=False):
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
+    if connect_reconcile_covered(account_id, reason):
+        return {"skipped": CONNECT_COVERED}
     return _retry_if_unfinished(self, services.reconcile_pending(account, reason=reason, deep=deep), reason)
 
 

@@ -18,7 +18,8 @@ minute. The beat's reconcile of an account is left out only when all of these ho
 - it has no not-found re-check due (orders/rechecks.py): those are REST look-ups by nature.
 
 Reconciles asked for a reason (a stream's (re)connect, a cancel, an operator) and the hourly deep pass are never
-left out: only `reconcile_all_accounts`' beat fan-out asks this module. The periodic position sync follows the same
+left out by the beat's rules (only `reconcile_all_accounts`' beat fan-out asks `audit_not_due`); a (re)connect's own
+reconcile is dropped only when another one, started after that connection, ended ok (`reconciled_since_connect`). The periodic position sync follows the same
 cadence (`positions_not_due`): a healthy stream syncs positions at each ACCOUNT_UPDATE and (re)connect, so the
 5-minute schedule leaves it out while its last "ok" position sync, after the socket connected, is younger than
 RECONCILE_AUDIT_SEC; every other account keeps the 5 minutes. RECONCILE_AUDIT_SEC = 0 audits every account
@@ -139,6 +140,24 @@ def connect_reconciled(account_id: int) -> bool:
         and report.get("kind") == ReconcileRun.Kind.PENDING
         and report.get("outcome") == ReconcileRun.Outcome.OK
     )
+
+
+CLOCK_MARGIN = timedelta(seconds=2)  # the stream process's and the worker's clocks (two hosts) may differ this much
+
+
+def reconciled_since_connect(account_id: int) -> bool:
+    """A pending reconcile that ended "ok" started after the account's stream last changed state (a connect or
+    later, with CLOCK_MARGIN): it read everything that happened before that connection, so a connection's own
+    reconcile still waiting (retried after the budget refused it) has nothing left to find."""
+    changed = AccountSyncState.objects.filter(account_id=account_id).values_list("stream_state_at", flat=True).first()
+    if changed is None:
+        return False
+    return ReconcileRun.objects.filter(
+        account_id=account_id,
+        kind=ReconcileRun.Kind.PENDING,
+        outcome=ReconcileRun.Outcome.OK,
+        started_at__gte=changed + CLOCK_MARGIN,
+    ).exists()
 
 
 __all__ = [

@@ -311,3 +311,28 @@ def test_the_position_sync_task_retries_later_instead_of_running_before_the_conn
 
     assert len(retried) == 1 and retried[0] >= tasks.CONNECT_WAIT_SEC
     assert not ReconcileRun.objects.filter(account=account).exists()  # nothing ran, no weight spent
+
+
+def test_a_reconnect_s_reconcile_is_left_out_once_a_reconcile_started_after_the_connection_ended_ok(
+    binance, account, settings
+):
+    """In a reconnect storm the beat finds every reconnected account due and may reconcile it before the
+    connection's own reconcile (refused by the budget, retried) comes back: that one then has nothing to find."""
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, audited_ago=60, connected_ago=30)
+    before = ReconcileRun.objects.create(
+        account=account,
+        kind=ReconcileRun.Kind.PENDING,
+        reason="beat",
+        outcome=ReconcileRun.Outcome.OK,
+        started_at=timezone.now() - timedelta(seconds=31),  # started before the connection: it does not cover it
+    )
+    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect")
+    assert tasks.reconcile_account.apply(args=(account.pk,), kwargs={"reason": "ws_connect"}).get()["skipped"] is False
+
+    before.delete()
+    assert tasks.connect_reconcile_covered(account.pk, "ws_connect")  # the run just above started after it
+    assert tasks.reconcile_account.apply(args=(account.pk,), kwargs={"reason": "ws_connect"}).get() == {
+        "skipped": tasks.CONNECT_COVERED
+    }
+    assert not tasks.connect_reconcile_covered(account.pk, "cancel")  # only a connection's own reconcile
