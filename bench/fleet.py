@@ -236,7 +236,7 @@ class Fleet:
             )
             self.counts["positions waited for the connect reconcile"] += 1
             return
-        if msg.task == "reconcile" and tasks.connect_reconcile_covered(msg.account_id, msg.reason):
+        if msg.task == "reconcile" and tasks.connect_reconcile_covered(msg.account_id, msg.reason, msg.retries):
             self.counts[f"reconcile skipped: {tasks.CONNECT_COVERED}"] += 1  # as the task does
             return
         if msg.task == "reconcile":

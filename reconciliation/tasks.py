@@ -110,11 +110,12 @@ def _retry_if_unfinished(task, report, reason):
 CONNECT_COVERED = "reconciled since the connection"
 
 
-def connect_reconcile_covered(account_id: int, reason: str) -> bool:
-    """A (re)connect's reconcile whose work another did: an ok pending reconcile started after the connection
-    (audit.reconciled_since_connect; in a reconnect storm, the beat's). Running it too would spend the weight the
-    other gaps need."""
-    return reason == "ws_connect" and audit.reconciled_since_connect(account_id)
+def connect_reconcile_covered(account_id: int, reason: str, retries: int) -> bool:
+    """A retry of a (re)connect's reconcile whose work another did meanwhile: an ok pending reconcile started after
+    the connection (audit.reconciled_since_connect; in a reconnect storm, the beat's). Running it too would spend
+    the weight the other gaps need. Never the first run: the stream records its connection while that run is on its
+    way, and before that an older state could be compared with."""
+    return reason == "ws_connect" and retries > 0 and audit.reconciled_since_connect(account_id)
 
 
 @shared_task(base=ExchangeTask, bind=True)
@@ -122,7 +123,7 @@ def reconcile_account(self, account_id, reason="beat", deep=False):
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
-    if connect_reconcile_covered(account_id, reason):
+    if connect_reconcile_covered(account_id, reason, self.request.retries):
         return {"skipped": CONNECT_COVERED}
     return _retry_if_unfinished(self, services.reconcile_pending(account, reason=reason, deep=deep), reason)
 
@@ -168,10 +169,10 @@ CONNECT_WAIT_TRIES = 8  # … at most this many times (4–6 minutes), then it r
 
 def connect_wait_sec(account_id: int, reason: str, retries: int) -> float | None:
     """Seconds a position sync asked by a (re)connect should wait before running, or None. While that connection's
-    reconcile has not ended ok (audit.connect_reconciled) the sync would spend weight (its own pending reconcile,
+    reconcile has not ended ok (audit.reconciled_since_connect) the sync would spend weight (its own pending reconcile,
     positionRisk) the reconcile of the gap needs: in a reconnect storm the gaps' fills come first. Once it ran, the
     sync leaves the pending reconcile to it (positions/sync.py, pending_trusted)."""
-    if reason != "ws_connect" or retries >= CONNECT_WAIT_TRIES or audit.connect_reconciled(account_id):
+    if reason != "ws_connect" or retries >= CONNECT_WAIT_TRIES or audit.reconciled_since_connect(account_id):
         return None
     return CONNECT_WAIT_SEC * random.uniform(1, 1.5)
 

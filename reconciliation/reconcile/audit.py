@@ -7,9 +7,9 @@ minute. The beat's reconcile of an account is left out only when all of these ho
 
 - its stream is healthy, as /health/ judges it: `stream_state` "connected", not marked deaf (`stream_deaf_since`,
   stream/guard.py), and the stream process's heartbeat fresh (a killed process leaves "connected" behind);
-- its last pending reconcile (`last_reconcile_at`; any reason: beat, ws_connect, cancel, operator) ended "ok" (a
-  partial run, or one with failed look-ups, is no audit), ended after that socket connected (what happened
-  before the connection was covered by REST), and will still be younger than RECONCILE_AUDIT_SEC at the next beat
+- its latest "ok" pending reconcile (ReconcileRun; any reason: beat, ws_connect, cancel, operator; a partial run,
+  or one with failed look-ups, is no audit, and does not undo the last one that was) started after that socket
+  connected (what happened before the connection was covered by REST), and will still be younger than RECONCILE_AUDIT_SEC at the next beat
   (`audit_lead_sec`: a minute): the audit is sent at the last beat before its age would pass RECONCILE_AUDIT_SEC,
   not the first one after, so audits of a healthy stream are 540–600 s apart plus the wait in the queue, never
   600–660 s plus the wait;
@@ -23,8 +23,8 @@ reconcile is dropped only when another one, started after that connection, ended
 cadence (`positions_not_due`): a healthy stream syncs positions at each ACCOUNT_UPDATE and (re)connect, so the
 5-minute schedule leaves it out while its last "ok" position sync, after the socket connected, is younger than
 RECONCILE_AUDIT_SEC; every other account keeps the 5 minutes. RECONCILE_AUDIT_SEC = 0 audits every account
-every beat. Cost: three queries per beat for the whole fleet, none per account. `connect_reconciled` tells whether
-a stream's connection has had its reconcile (a (re)connect's position sync waits for it: tasks.py).
+every beat. Cost: three queries per beat for the whole fleet, none per account. `reconciled_since_connect` tells
+whether a stream's connection has had its reconcile (a (re)connect's own reconcile and position sync: tasks.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Exists, F, OuterRef
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from trades.models import Trade
@@ -68,15 +68,19 @@ def audit_not_due(account_ids: Iterable[int], *, now: datetime | None = None) ->
     if not audit_sec or audit_sec <= 0:
         return {}
     now = now or timezone.now()
+    # The latest "ok" pending reconcile, not the latest run: a later run the budget refused (partial) or whose
+    # look-ups failed verified nothing, and takes nothing away from the one that did.
+    audited = ReconcileRun.objects.filter(
+        account_id=OuterRef("account_id"),
+        kind=ReconcileRun.Kind.PENDING,
+        outcome=ReconcileRun.Outcome.OK,
+        started_at__gt=now - timedelta(seconds=audit_sec - audit_lead_sec(audit_sec)),
+        started_at__gte=OuterRef("stream_state_at"),
+    )
     healthy = set(
-        AccountSyncState.objects.filter(
-            account_id__in=list(account_ids),
-            **_stream_healthy(now),
-            last_reconcile_at__gt=now - timedelta(seconds=audit_sec - audit_lead_sec(audit_sec)),
-            last_reconcile_at__gte=F("stream_state_at"),
-            last_reconcile_report__kind=ReconcileRun.Kind.PENDING,
-            last_reconcile_report__outcome=ReconcileRun.Outcome.OK,
-        ).values_list("account_id", flat=True)
+        AccountSyncState.objects.filter(account_id__in=list(account_ids), **_stream_healthy(now))
+        .filter(Exists(audited))
+        .values_list("account_id", flat=True)
     )
     if not healthy:
         return {}
@@ -122,35 +126,19 @@ def positions_not_due(account_ids: Iterable[int], *, now: datetime | None = None
     )
 
 
-def connect_reconciled(account_id: int) -> bool:
-    """The account's stream connection has had its reconcile: a pending reconcile ended "ok" after the socket
-    connected (`stream_state_at`), as the audit counts it. True when no connection is recorded (nothing to wait
-    for)."""
-    state = (
-        AccountSyncState.objects.filter(account_id=account_id)
-        .values("stream_state_at", "last_reconcile_at", "last_reconcile_report")
-        .first()
-    )
-    if state is None or state["stream_state_at"] is None:
-        return True
-    report = state["last_reconcile_report"] or {}
-    return (
-        state["last_reconcile_at"] is not None
-        and state["last_reconcile_at"] >= state["stream_state_at"]
-        and report.get("kind") == ReconcileRun.Kind.PENDING
-        and report.get("outcome") == ReconcileRun.Outcome.OK
-    )
-
-
 CLOCK_MARGIN = timedelta(seconds=2)  # the stream process's and the worker's clocks (two hosts) may differ this much
 
 
 def reconciled_since_connect(account_id: int) -> bool:
-    """A pending reconcile that ended "ok" started after the account's stream last changed state (a connect or
-    later, with CLOCK_MARGIN): it read everything that happened before that connection, so a connection's own
-    reconcile still waiting (retried after the budget refused it) has nothing left to find."""
-    changed = AccountSyncState.objects.filter(account_id=account_id).values_list("stream_state_at", flat=True).first()
-    if changed is None:
+    """The account's stream is connected and a pending reconcile that ended "ok" started after it connected (with
+    CLOCK_MARGIN): it read everything that happened before that connection, so the connection's own reconcile,
+    still waiting (retried after the budget refused it), has nothing left to find."""
+    changed = (
+        AccountSyncState.objects.filter(account_id=account_id, stream_state=StreamState.CONNECTED.value)
+        .values_list("stream_state_at", flat=True)
+        .first()
+    )
+    if changed is None:  # not connected (or its connect not recorded yet): nothing to compare with
         return False
     return ReconcileRun.objects.filter(
         account_id=account_id,

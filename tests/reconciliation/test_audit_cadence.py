@@ -30,6 +30,15 @@ def healthy(account, *, audited_ago=60, connected_ago=3600, heartbeat_ago=5, **f
     }
     values.update(fields)
     AccountSyncState.objects.update_or_create(account=account, defaults=values)
+    report = values["last_reconcile_report"]
+    if values["last_reconcile_at"] is not None and report:  # the run itself, as Report.finish keeps it
+        ReconcileRun.objects.create(
+            account=account,
+            kind=report["kind"],
+            reason="beat",
+            outcome=report["outcome"],
+            started_at=values["last_reconcile_at"],
+        )
     return account
 
 
@@ -310,7 +319,7 @@ def test_the_position_sync_task_retries_later_instead_of_running_before_the_conn
         tasks.sync_positions.run(account.pk, reason="ws_connect")
 
     assert len(retried) == 1 and retried[0] >= tasks.CONNECT_WAIT_SEC
-    assert not ReconcileRun.objects.filter(account=account).exists()  # nothing ran, no weight spent
+    assert not ReconcileRun.objects.filter(account=account, kind=ReconcileRun.Kind.POSITIONS).exists()  # nothing ran
 
 
 def test_a_reconnect_s_reconcile_is_left_out_once_a_reconcile_started_after_the_connection_ended_ok(
@@ -320,6 +329,7 @@ def test_a_reconnect_s_reconcile_is_left_out_once_a_reconcile_started_after_the_
     connection's own reconcile (refused by the budget, retried) comes back: that one then has nothing to find."""
     settings.RECONCILE_AUDIT_SEC = 600
     healthy(account, audited_ago=60, connected_ago=30)
+    ReconcileRun.objects.filter(account=account).delete()
     before = ReconcileRun.objects.create(
         account=account,
         kind=ReconcileRun.Kind.PENDING,
@@ -327,12 +337,28 @@ def test_a_reconnect_s_reconcile_is_left_out_once_a_reconcile_started_after_the_
         outcome=ReconcileRun.Outcome.OK,
         started_at=timezone.now() - timedelta(seconds=31),  # started before the connection: it does not cover it
     )
-    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect")
+    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)
     assert tasks.reconcile_account.apply(args=(account.pk,), kwargs={"reason": "ws_connect"}).get()["skipped"] is False
 
     before.delete()
-    assert tasks.connect_reconcile_covered(account.pk, "ws_connect")  # the run just above started after it
-    assert tasks.reconcile_account.apply(args=(account.pk,), kwargs={"reason": "ws_connect"}).get() == {
-        "skipped": tasks.CONNECT_COVERED
-    }
-    assert not tasks.connect_reconcile_covered(account.pk, "cancel")  # only a connection's own reconcile
+    assert tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)  # the run above started after it
+    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=0)  # never the first run
+    assert not tasks.connect_reconcile_covered(account.pk, "cancel", retries=1)  # only a connection's own reconcile
+    AccountSyncState.objects.filter(account=account).update(stream_state="reconnecting")
+    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)  # connected only
+
+
+def test_a_refused_run_after_a_good_audit_does_not_make_the_account_due_again(binance, account, settings, sent):
+    """A run the budget refused (partial) verified nothing, and takes nothing from the audit before it: the account
+    stays left out until that audit's interval ends (else, under pressure, every refused run would call for another
+    full reconcile of an account already verified)."""
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, audited_ago=60)
+    AccountSyncState.objects.filter(account=account).update(
+        last_reconcile_at=timezone.now(), last_reconcile_report={"kind": "pending", "outcome": "partial"}
+    )
+    ReconcileRun.objects.create(
+        account=account, kind="pending", reason="ws_connect", outcome="partial", started_at=timezone.now()
+    )
+
+    assert tasks.reconcile_all_accounts() == 0 and sent == []
