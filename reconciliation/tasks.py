@@ -118,11 +118,24 @@ def _retry_if_unfinished(task: Task, report: dict[str, Any], reason: str) -> dic
     return report
 
 
+CONNECT_COVERED = "reconciled since the connection"
+
+
+def connect_reconcile_covered(account_id: int, reason: str, retries: int) -> bool:
+    """A retry of a (re)connect's reconcile whose work another did meanwhile: an ok pending reconcile started after
+    the connection (audit.reconciled_since_connect; in a reconnect storm, the beat's). Running it too would spend
+    the weight the other gaps need. Never the first run: the stream records its connection while that run is on its
+    way, and before that an older state could be compared with."""
+    return reason == "ws_connect" and retries > 0 and audit.reconciled_since_connect(account_id)
+
+
 @shared_task(base=ExchangeTask, bind=True)
 def reconcile_account(self: ExchangeTask, account_id: int, reason: str = "beat", deep: bool = False) -> dict[str, Any]:
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
+    if connect_reconcile_covered(account_id, reason, self.request.retries):
+        return {"skipped": CONNECT_COVERED}
     return _retry_if_unfinished(self, services.reconcile_pending(account, reason=reason, deep=deep), reason)
 
 
@@ -162,11 +175,28 @@ def _stalest_first(accounts: QuerySet[Account], last_at: str) -> list[int]:
     return list(accounts.order_by(F(last_at).asc(nulls_first=True), "pk").values_list("pk", flat=True))
 
 
+CONNECT_WAIT_SEC = 30  # a (re)connect's position sync waits this long (× 1–1.5) at a time for the connect reconcile
+CONNECT_WAIT_TRIES = 8  # … at most this many times (4–6 minutes), then it runs anyway
+
+
+def connect_wait_sec(account_id: int, reason: str, retries: int) -> float | None:
+    """Seconds a position sync asked by a (re)connect should wait before running, or None. While that connection's
+    reconcile has not ended ok (audit.reconciled_since_connect) the sync would spend weight (its own pending reconcile,
+    positionRisk) the reconcile of the gap needs: in a reconnect storm the gaps' fills come first. Once it ran, the
+    sync leaves the pending reconcile to it (positions/sync.py, pending_trusted)."""
+    if reason != "ws_connect" or retries >= CONNECT_WAIT_TRIES or audit.reconciled_since_connect(account_id):
+        return None
+    return CONNECT_WAIT_SEC * random.uniform(1, 1.5)
+
+
 @shared_task(base=ExchangeTask, bind=True)
 def sync_positions(self: ExchangeTask, account_id: int, reason: str = "beat") -> dict[str, Any]:
     account = _active_account(account_id)
     if account is None:
         return {"skipped": "inactive"}
+    wait = connect_wait_sec(account_id, reason, self.request.retries)
+    if wait is not None:
+        raise self.retry(countdown=wait, max_retries=CONNECT_WAIT_TRIES + 20)
     report = services.sync_positions_with_binance(account, reason=reason)
     confirm_after = (report.get("extra") or {}).get("confirm_after")
     if confirm_after is not None:  # a position read found trades' positions gone: a later read confirms (or not)

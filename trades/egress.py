@@ -14,7 +14,9 @@ it. So every Binance call of every worker, beat run, stream process and admin ac
 
 Under pressure the more urgent work keeps the last of the budget (``PRIORITY_SHARES``): placements and cancels may
 use all of it, post-cancel verification 95 %, listenKey keepalives 90 %, the pending reconcile 80 %, deep
-reconciles and position sync 60 %.
+reconciles and position sync 50 %. A share is a cap on the minute's count, not a reservation: what a lower priority
+spends first in a minute, the higher ones lack. The gap between two shares is what the higher keeps whatever the lower
+did: the pending reconcile keeps 30 % of each minute (720 of 2,400) from the position sync and the deep pass.
 
 The store: Redis (atomic Lua scripts; a key per egress and minute, expiring) when ``BINANCE_BUDGET_URL`` — by default
 the Celery broker URL — is redis://; otherwise an SQLite file under var/ (``BEGIN IMMEDIATE`` transactions), which
@@ -41,7 +43,7 @@ LIMITS_TTL_SEC = 3600.0  # how long exchangeInfo's rateLimits are trusted
 MINUTE_MS = 60_000
 
 ORDER, VERIFY, KEEPALIVE, RECONCILE, DEEP, POSITIONS = "order", "verify", "keepalive", "reconcile", "deep", "positions"
-PRIORITY_SHARES = {ORDER: 1.0, VERIFY: 0.95, KEEPALIVE: 0.90, RECONCILE: 0.80, DEEP: 0.60, POSITIONS: 0.60}
+PRIORITY_SHARES = {ORDER: 1.0, VERIFY: 0.95, KEEPALIVE: 0.90, RECONCILE: 0.80, DEEP: 0.50, POSITIONS: 0.50}
 DEFAULT_EGRESS = "default"
 
 

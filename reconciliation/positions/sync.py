@@ -19,7 +19,8 @@ position) are consistent.
                                                                 SYNC_RECOVER_MISSING_POSITIONS is on, two syncs in a
                                                                 row saw the same gap, this run checked every pending
                                                                 trade and none is left on the symbol
-Quantities are compared exactly, as Decimals.
+Quantities are compared exactly, as Decimals. The periodic (beat) and a (re)connect's sync of an account the audit
+trusts leave their pending reconcile to it (`pending_trusted`: why that is safe is said there).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from trades.models import Account, Trade, TradeEvent
 from ..entries.position_mode import is_hedge_mode
 from ..models import OrphanPosition, ReconcileRun
 from ..orders.results import PositionResult
+from ..reconcile.audit import audit_not_due
 from ..reconcile.pending import reconcile_pending_locked, run_under_lease
 from ..reconcile.reports import Report
 from .exits import apply_exit_fills
@@ -119,6 +121,7 @@ def compare_positions(account: Account, client: BinanceFuturesClient, report: Re
             and seen_before
             and recoverable(unexplained, amount)
             and report.errors == 0
+            and not report.extra.get(PENDING_TRUSTED)
             and key[0] not in pending_symbols
         ):
             try:
@@ -161,7 +164,9 @@ def _close_when_confirmed(
         )
         for trade in first:
             trade.position_gone_at = read_at
-    if any(t.position_gone_at is not None and read_at - t.position_gone_at < confirm for t in trades):
+    if report.extra.get(PENDING_TRUSTED) or any(
+        t.position_gone_at is not None and read_at - t.position_gone_at < confirm for t in trades
+    ):  # a run that left the pending reconcile out never closes: the confirming sync reconciles first
         report.extra[PositionResult.UNCONFIRMED] += len(trades)
         report.extra["confirm_after"] = settings.POSITION_CONFIRM_SEC
         logger.info(
@@ -257,15 +262,39 @@ def _record_orphan(
     return orphan, seen_before
 
 
+PENDING_TRUSTED = "pending_trusted"  # report.extra: the pending reconcile was left to the audit (below)
+# the periodic sync, and a (re)connect's once that connection's own reconcile ended ok (audit_not_due requires it)
+TRUSTING_REASONS = frozenset({"beat", "ws_connect"})
+
+
+def pending_trusted(account: Account, reason: str) -> bool:
+    """The periodic (beat) or a (re)connect's position sync of an account whose pending trades the beat's audit
+    trusts right now (audit.audit_not_due: healthy stream, an "ok" pending reconcile after the socket connected and
+    within RECONCILE_AUDIT_SEC, no unconfirmed placement, no due re-check) leaves its own pending reconcile out: that
+    reconcile already spent the weight, and the stream pushes every change since.
+
+    Why compare_positions stays safe on that state: it never closes a trade on this read alone (a trade whose
+    position is gone is only marked; the close comes from the "confirm_close" sync, which reconciles pending trades
+    first); it applies no exit fills on a symbol with a pending trade; and an orphan is never recovered by a run that
+    left the pending reconcile out. What stale pending state can do here is log an orphan or mark a trade, both
+    re-judged by the next read. A reconnect's sync is trusted only after a reconcile that ended after the socket
+    connected (the gap's fills are in); every other position sync asked for a reason (an ACCOUNT_UPDATE, a
+    confirmation, an operator) reconciles first."""
+    return reason in TRUSTING_REASONS and account.pk in audit_not_due([account.pk])
+
+
 def sync_positions_with_binance(
     account: Account, *, reason: str = "beat", client: BinanceFuturesClient | None = None, actor: str = ""
 ) -> dict[str, Any]:
-    """Reconcile pending trades first (so fills they reveal count), then DB open trades vs Binance's positions
-    (compare_positions). One lease covers both."""
+    """Reconcile pending trades first (so fills they reveal count; not when `pending_trusted`), then DB open trades
+    vs Binance's positions (compare_positions). One lease covers both."""
     report = Report(account_id=account.pk, kind=ReconcileRun.Kind.POSITIONS, reason=reason, actor=actor)
 
     def work(client: BinanceFuturesClient) -> None:
-        reconcile_pending_locked(account, client, report)
+        if pending_trusted(account, reason):
+            report.extra[PENDING_TRUSTED] = True
+        else:
+            reconcile_pending_locked(account, client, report)
         if not report.stopped_early:
             compare_positions(account, client, report)
 

@@ -9,9 +9,11 @@ from django.utils import timezone
 
 from reconciliation import tasks
 from reconciliation.models import AccountSyncState, ReconcileRun
+from reconciliation.positions.sync import PENDING_TRUSTED, sync_positions_with_binance
 from reconciliation.reconcile.audit import audit_not_due
 from reconciliation.services import reconcile_pending
 from tests.factories import TradeFactory
+from tests.helpers import entered
 from trades.models import Trade
 
 pytestmark = pytest.mark.django_db
@@ -28,6 +30,15 @@ def healthy(account, *, audited_ago=60, connected_ago=3600, heartbeat_ago=5, **f
     }
     values.update(fields)
     AccountSyncState.objects.update_or_create(account=account, defaults=values)
+    report = values["last_reconcile_report"]
+    if values["last_reconcile_at"] is not None and report:  # the run itself, as Report.finish keeps it
+        ReconcileRun.objects.create(
+            account=account,
+            kind=report["kind"],
+            reason="beat",
+            outcome=report["outcome"],
+            started_at=values["last_reconcile_at"],
+        )
     return account
 
 
@@ -50,14 +61,19 @@ def test_a_healthy_stream_audited_recently_is_left_to_its_next_audit(make_accoun
     assert f"left to their next audit (stream healthy, audited recently): {quiet.pk}" in caplog.text
 
 
-def test_a_healthy_stream_is_audited_again_once_its_audit_is_older_than_the_interval(make_account, sent, settings):
+def test_a_healthy_stream_is_audited_again_at_the_last_beat_before_its_audit_passes_the_interval(
+    make_account, sent, settings
+):
+    """Beats are a minute apart: an audit 541 s old would be 601 s old at the next one, so this beat sends it (the
+    time between audits stays within RECONCILE_AUDIT_SEC plus the wait in the queue)."""
     settings.RECONCILE_AUDIT_SEC = 600
-    due = healthy(make_account(), audited_ago=601)
-    healthy(make_account(), audited_ago=599)
+    overdue = healthy(make_account(), audited_ago=601)
+    due = healthy(make_account(), audited_ago=541)
+    healthy(make_account(), audited_ago=539)
 
     tasks.reconcile_all_accounts()
 
-    assert sent == [(due.pk, "beat")]
+    assert sorted(sent) == sorted([(overdue.pk, "beat"), (due.pk, "beat")])
 
 
 @pytest.mark.parametrize(
@@ -214,3 +230,135 @@ def test_a_zero_audit_interval_syncs_every_account_s_positions_every_time(make_a
     account = position_synced(healthy(make_account()))
 
     assert tasks.sync_all_positions() == 1 and syncs_sent == [account.pk]
+
+
+# --- the periodic position sync leaves the pending reconcile to the audit that just did it ---------------------------
+
+
+def test_a_beat_position_sync_of_a_trusted_account_leaves_the_pending_reconcile_to_the_audit(
+    binance, account, settings
+):
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account)
+    TradeFactory(account=account, price=Decimal("50000"), exchange_status="NEW")  # one pending trade
+
+    trusted = sync_positions_with_binance(account, reason="beat")
+    asked = sync_positions_with_binance(account, reason="ws_account_update")  # asked for a reason: reconciles
+
+    assert trusted["outcome"] == "ok" and trusted["extra"][PENDING_TRUSTED] is True and trusted["checked"] == 0
+    assert PENDING_TRUSTED not in asked["extra"] and asked["checked"] == 1
+
+
+@pytest.mark.parametrize("untrusted", [{"audited_ago": 590}, {"stream_state": "reconnecting"}, {"connected_ago": 30}])
+def test_a_beat_position_sync_reconciles_first_when_the_audit_would_not_leave_the_account_out(
+    binance, account, settings, untrusted
+):
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, **untrusted)
+    TradeFactory(account=account, price=Decimal("50000"), exchange_status="NEW")
+
+    report = sync_positions_with_binance(account, reason="beat")
+
+    assert PENDING_TRUSTED not in report["extra"] and report["checked"] == 1
+
+
+def test_a_position_sync_that_left_the_pending_reconcile_out_never_closes_a_trade(binance, account, settings):
+    """A trade whose position reads as gone is closed only by a read whose pending trades were just reconciled (a
+    fill of a pending trade the stream lost could be what nets the position out)."""
+    settings.RECONCILE_AUDIT_SEC = 600
+    settings.POSITION_CONFIRM_SEC = 5
+    trade = entered(account, "BUY")
+    healthy(account)
+    binance.control.lag_positions(account.api_key, count=2, mode="omit")
+    Trade.objects.filter(pk=trade.pk).update(position_gone_at=timezone.now() - timedelta(seconds=60))
+
+    trusted = sync_positions_with_binance(account, reason="beat")
+    assert Trade.objects.get(pk=trade.pk).status == Trade.Status.OPEN
+    assert trusted["extra"]["unconfirmed"] == 1 and trusted["extra"]["confirm_after"] == 5
+
+    confirming = sync_positions_with_binance(account, reason="confirm_close")
+    assert Trade.objects.get(pk=trade.pk).status == Trade.Status.CLOSED and confirming["extra"]["closed"] == 1
+
+
+# --- a (re)connect's position sync waits for that connection's reconcile ---------------------------------------------
+
+
+def test_a_reconnect_s_position_sync_waits_until_the_connection_s_reconcile_ended_ok(binance, account, settings):
+    """In a reconnect storm the gaps' reconciles come first: the position sync the stream asks for on a (re)connect
+    is put off while that connection has had no ok reconcile, a bounded number of times; then it runs, and leaves
+    the pending reconcile to the one that ran."""
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, audited_ago=60, connected_ago=30)  # reconnected after the last reconcile
+    TradeFactory(account=account, price=Decimal("50000"), exchange_status="NEW")
+
+    wait = tasks.connect_wait_sec(account.pk, "ws_connect", retries=0)
+    assert wait is not None and tasks.CONNECT_WAIT_SEC <= wait <= 1.5 * tasks.CONNECT_WAIT_SEC
+    assert tasks.connect_wait_sec(account.pk, "ws_connect", retries=tasks.CONNECT_WAIT_TRIES) is None  # bounded
+    assert tasks.connect_wait_sec(account.pk, "ws_account_update", retries=0) is None  # only a (re)connect's
+    assert not ReconcileRun.objects.filter(account=account, kind=ReconcileRun.Kind.POSITIONS).exists()
+
+    assert reconcile_pending(account, reason="ws_connect")["outcome"] == "ok"
+    assert tasks.connect_wait_sec(account.pk, "ws_connect", retries=1) is None
+    report = sync_positions_with_binance(account, reason="ws_connect")
+    assert report["outcome"] == "ok" and report["extra"][PENDING_TRUSTED] is True and report["checked"] == 0
+
+
+def test_the_position_sync_task_retries_later_instead_of_running_before_the_connect_reconcile(
+    binance, account, settings, monkeypatch
+):
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, audited_ago=60, connected_ago=30)
+    retried = []
+
+    def retry(*args, **kwargs):
+        retried.append(kwargs["countdown"])
+        return RuntimeError("retry")
+
+    monkeypatch.setattr(tasks.sync_positions, "retry", retry)
+    with pytest.raises(RuntimeError):
+        tasks.sync_positions.run(account.pk, reason="ws_connect")
+
+    assert len(retried) == 1 and retried[0] >= tasks.CONNECT_WAIT_SEC
+    assert not ReconcileRun.objects.filter(account=account, kind=ReconcileRun.Kind.POSITIONS).exists()  # nothing ran
+
+
+def test_a_reconnect_s_reconcile_is_left_out_once_a_reconcile_started_after_the_connection_ended_ok(
+    binance, account, settings
+):
+    """In a reconnect storm the beat finds every reconnected account due and may reconcile it before the
+    connection's own reconcile (refused by the budget, retried) comes back: that one then has nothing to find."""
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, audited_ago=60, connected_ago=30)
+    ReconcileRun.objects.filter(account=account).delete()
+    before = ReconcileRun.objects.create(
+        account=account,
+        kind=ReconcileRun.Kind.PENDING,
+        reason="beat",
+        outcome=ReconcileRun.Outcome.OK,
+        started_at=timezone.now() - timedelta(seconds=31),  # started before the connection: it does not cover it
+    )
+    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)
+    assert tasks.reconcile_account.apply(args=(account.pk,), kwargs={"reason": "ws_connect"}).get()["skipped"] is False
+
+    before.delete()
+    assert tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)  # the run above started after it
+    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=0)  # never the first run
+    assert not tasks.connect_reconcile_covered(account.pk, "cancel", retries=1)  # only a connection's own reconcile
+    AccountSyncState.objects.filter(account=account).update(stream_state="reconnecting")
+    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)  # connected only
+
+
+def test_a_refused_run_after_a_good_audit_does_not_make_the_account_due_again(binance, account, settings, sent):
+    """A run the budget refused (partial) verified nothing, and takes nothing from the audit before it: the account
+    stays left out until that audit's interval ends (else, under pressure, every refused run would call for another
+    full reconcile of an account already verified)."""
+    settings.RECONCILE_AUDIT_SEC = 600
+    healthy(account, audited_ago=60)
+    AccountSyncState.objects.filter(account=account).update(
+        last_reconcile_at=timezone.now(), last_reconcile_report={"kind": "pending", "outcome": "partial"}
+    )
+    ReconcileRun.objects.create(
+        account=account, kind="pending", reason="ws_connect", outcome="partial", started_at=timezone.now()
+    )
+
+    assert tasks.reconcile_all_accounts() == 0 and sent == []

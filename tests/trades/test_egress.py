@@ -90,7 +90,10 @@ def test_under_pressure_each_priority_stops_at_its_share(exchange, settings):
                     assert exc.status is None
                     break
             stopped_at[priority] = budget.used(gateway.egress, gateway.exchange_time_ms())
-    assert stopped_at == {"positions": 60, "reconcile": 80, "verify": 95}
+    assert stopped_at == {"positions": 50, "reconcile": 80, "verify": 95}
+    # Shares are caps, not reservations: whatever the position sync (and the deep pass) took first in a minute, the
+    # pending reconcile keeps 30 % of it, 720 of Binance's 2,400 (the audit of 1,000 healthy accounts needs ~530).
+    assert stopped_at["reconcile"] - stopped_at["positions"] >= 30
     # nothing refused was sent (this account's requests: other tests' leftovers may reach the session's sandbox)
     assert exchange.control.stats()["statuses_by_api_key"][account["api_key"]] == {"200": 95}
 
