@@ -130,11 +130,14 @@ CLOCK_MARGIN = timedelta(seconds=2)  # the stream process's and the worker's clo
 
 
 def reconciled_since_connect(account_id: int) -> bool:
-    """The account's stream is connected and a pending reconcile that ended "ok" started after it connected (with
+    """The account's stream is connected, not marked deaf, and a pending reconcile that ended "ok" started after it connected (with
     CLOCK_MARGIN): it read everything that happened before that connection, so the connection's own reconcile,
     still waiting (retried after the budget refused it), has nothing left to find."""
     changed = (
-        AccountSyncState.objects.filter(account_id=account_id, stream_state=StreamState.CONNECTED.value)
+        # a deaf mark is cleared only by its connection's own reconcile (reconcile/pending.py): never left out then
+        AccountSyncState.objects.filter(
+            account_id=account_id, stream_state=StreamState.CONNECTED.value, stream_deaf_since__isnull=True
+        )
         .values_list("stream_state_at", flat=True)
         .first()
     )

@@ -344,7 +344,9 @@ def test_a_reconnect_s_reconcile_is_left_out_once_a_reconcile_started_after_the_
     assert tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)  # the run above started after it
     assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=0)  # never the first run
     assert not tasks.connect_reconcile_covered(account.pk, "cancel", retries=1)  # only a connection's own reconcile
-    AccountSyncState.objects.filter(account=account).update(stream_state="reconnecting")
+    AccountSyncState.objects.filter(account=account).update(stream_deaf_since=timezone.now())
+    assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)  # only it clears a deaf mark
+    AccountSyncState.objects.filter(account=account).update(stream_deaf_since=None, stream_state="reconnecting")
     assert not tasks.connect_reconcile_covered(account.pk, "ws_connect", retries=1)  # connected only
 
 
