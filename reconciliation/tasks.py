@@ -175,18 +175,22 @@ def _stalest_first(accounts: QuerySet[Account], last_at: str) -> list[int]:
     return list(accounts.order_by(F(last_at).asc(nulls_first=True), "pk").values_list("pk", flat=True))
 
 
-CONNECT_WAIT_SEC = 30  # a (re)connect's position sync waits this long (× 1–1.5) at a time for the connect reconcile
-CONNECT_WAIT_TRIES = 8  # … at most this many times (4–6 minutes), then it runs anyway
+CONNECT_WAIT_SEC = 30  # a (re)connect's position sync waits at most this long (× 1–1.5) at a time for the reconcile
+CONNECT_WAIT_TRIES = 10  # … 2, 4, 8, 16, then 30 s: about 3–5 minutes in all, then it runs anyway
 
 
 def connect_wait_sec(account_id: int, reason: str, retries: int) -> float | None:
     """Seconds a position sync asked by a (re)connect should wait before running, or None. While that connection's
-    reconcile has not ended ok (audit.reconciled_since_connect) the sync would spend weight (its own pending reconcile,
-    positionRisk) the reconcile of the gap needs: in a reconnect storm the gaps' fills come first. Once it ran, the
-    sync leaves the pending reconcile to it (positions/sync.py, pending_trusted)."""
-    if reason != "ws_connect" or retries >= CONNECT_WAIT_TRIES or audit.reconciled_since_connect(account_id):
+    reconcile has not ended ok (audit.reconciled_since_connect, counting a reconcile started a clock margin before the
+    recorded connect: the connection's own starts within moments of it) the sync would spend weight (its own pending
+    reconcile, positionRisk) the reconcile of the gap needs: in a reconnect storm the gaps' fills come first. The
+    waits start short (a reconcile usually ends within seconds of the connect) and grow to CONNECT_WAIT_SEC. Once it
+    ran, the sync may leave the pending reconcile to it (positions/sync.py, pending_trusted)."""
+    if reason != "ws_connect" or retries >= CONNECT_WAIT_TRIES:
         return None
-    return CONNECT_WAIT_SEC * random.uniform(1, 1.5)
+    if audit.reconciled_since_connect(account_id, margin=-audit.CLOCK_MARGIN):
+        return None
+    return min(2.0 ** (retries + 1), CONNECT_WAIT_SEC) * random.uniform(1, 1.5)
 
 
 @shared_task(base=ExchangeTask, bind=True)

@@ -129,10 +129,12 @@ def positions_not_due(account_ids: Iterable[int], *, now: datetime | None = None
 CLOCK_MARGIN = timedelta(seconds=2)  # the stream process's and the worker's clocks (two hosts) may differ this much
 
 
-def reconciled_since_connect(account_id: int) -> bool:
+def reconciled_since_connect(account_id: int, *, margin: timedelta = CLOCK_MARGIN) -> bool:
     """The account's stream is connected, not marked deaf, and a pending reconcile that ended "ok" started after it connected (with
     CLOCK_MARGIN): it read everything that happened before that connection, so the connection's own reconcile,
-    still waiting (retried after the budget refused it), has nothing left to find."""
+    still waiting (retried after the budget refused it), has nothing left to find. A negative `margin` asks only
+    whether the connection's own reconcile (which starts within moments of the connect) has run: what a position
+    sync waits for, an ordering of the budget, not a safety condition."""
     changed = (
         # a deaf mark is cleared only by its connection's own reconcile (reconcile/pending.py): never left out then
         AccountSyncState.objects.filter(
@@ -147,7 +149,7 @@ def reconciled_since_connect(account_id: int) -> bool:
         account_id=account_id,
         kind=ReconcileRun.Kind.PENDING,
         outcome=ReconcileRun.Outcome.OK,
-        started_at__gte=changed + CLOCK_MARGIN,
+        started_at__gte=changed + margin,
     ).exists()
 
 
