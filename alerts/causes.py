@@ -34,7 +34,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reconciliation.models import OrphanPosition, ReconcileRun
-from reconciliation.stream.states import ON_ITS_WAY, StreamState
 from trades import egress
 from trades.models import Account, Trade, TradeEvent
 
@@ -111,7 +110,6 @@ def down_streams(now: datetime | None = None) -> Iterator[Cause]:
     """/health/'s user_stream verdict per account. A deaf mark gets HEALTH_STREAM_GRACE_SEC to be cleared by the
     reconnect it triggers; an account that has never streamed (just added) gets the same grace from its creation."""
     from reconciliation.health.checks import check_user_streams
-    from reconciliation.reconcile.audit import stream_heartbeat_max_age
 
     now = now or timezone.now()
     grace = timedelta(seconds=settings.HEALTH_STREAM_GRACE_SEC)
@@ -129,13 +127,7 @@ def down_streams(now: datetime | None = None) -> Iterator[Cause]:
         if heartbeat is None and info.get("state") == "none" and now - account.created_at < grace:
             continue  # not picked up by a stream process yet
         if deaf_since is not None:
-            since = _parse(info.get("since"))
-            alive = heartbeat is not None and now - heartbeat < stream_heartbeat_max_age()
-            state = info.get("state")
-            streaming = state == StreamState.CONNECTED or (
-                state in ON_ITS_WAY and since is not None and now - since < grace
-            )
-            if alive and streaming and now - deaf_since < grace:
+            if info.get("streaming") and now - deaf_since < grace:
                 continue  # marked deaf moments ago, otherwise fine: the reconnect it triggers is under way
             what = f"deaf (connected, missing order events) since {deaf_since:%H:%M:%S} UTC"
         else:

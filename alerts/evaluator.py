@@ -29,13 +29,13 @@ from django.utils import timezone
 
 from .causes import Cause, current_causes
 from .models import Alert, EvaluatorState
+from .notify import FIRING, RESOLVED
 
 logger = logging.getLogger(__name__)
 
 LEASE_SEC = 60  # longer than an evaluation can take (the task's time limit), short enough to survive a crash
 RETENTION_DAYS = 30  # resolved alerts kept; far longer than ALERT_CORRECTION_LOOKBACK_SEC (a pruned one-shot
 # still inside the look-back would fire again)
-FIRING, RESOLVED = "firing", "resolved"
 NOT_QUEUED = "not queued (broker unavailable): "  # + the notice; the next evaluation queues it again
 
 Enqueue = Callable[[int, str], None]

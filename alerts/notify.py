@@ -25,7 +25,7 @@ from .models import Alert
 logger = logging.getLogger(__name__)
 
 CLAIM_SEC = 120  # a send in flight holds the row this long at most (Apprise's own timeouts are far shorter)
-FIRING, RESOLVED = "firing", "resolved"
+FIRING, RESOLVED = "firing", "resolved"  # the two notices of an alert (evaluator.py sends them here)
 
 
 class DeliveryFailed(Exception):

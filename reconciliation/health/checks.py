@@ -84,9 +84,11 @@ def check_user_streams() -> Check:
         since = state.stream_state_at if state else None
         beat = state.stream_heartbeat_at if state else None
         alive = beat is not None and now - beat < heartbeat_max_age  # a killed process leaves "connected" behind
-        ok = alive and (current == StreamState.CONNECTED or (current in ON_ITS_WAY and since and now - since < grace))
-        deaf = state.stream_deaf_since if state else None  # connected, but missing events (stream_guard.py)
-        ok = ok and deaf is None
+        streaming = alive and (
+            current == StreamState.CONNECTED or (current in ON_ITS_WAY and since and now - since < grace)
+        )
+        deaf = state.stream_deaf_since if state else None  # connected, but missing events (stream/guard.py)
+        ok = streaming and deaf is None
         healthy &= bool(ok)
         details[account.name] = {
             "state": current or "none",
@@ -94,6 +96,7 @@ def check_user_streams() -> Check:
             "last_event_at": state.stream_last_event_at.isoformat() if state and state.stream_last_event_at else None,
             "heartbeat_at": beat.isoformat() if beat else None,
             "deaf_since": deaf.isoformat() if deaf else None,
+            "streaming": bool(streaming),  # alive and (re)connecting in time: ok but for a deaf mark
             "ok": bool(ok),
         }
     return healthy, details
